@@ -1,0 +1,329 @@
+"""The wire protocol as data: message types, line encoding and decoding, error answers.
+
+This module does no I/O (like h11): everything in it is testable without a socket.
+Messages are msgspec Structs, snake_case in Python and camelCase on the wire; msgspec
+validates types and constraints and its errors name the offending path (``at $.batchSize``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, Literal, TypeAlias, TypeVar
+
+import msgspec
+
+from archivist.errors import (
+    ArchivistError,
+    FrameTooLarge,
+    InvalidJson,
+    InvalidParams,
+    NotAnObject,
+    RemoteError,
+    UnknownCommand,
+)
+
+# JSON values are typed as ``object``: msgspec validates them, and code that reads one
+# narrows it with isinstance, as it must for data that came over a socket.
+JSONValue: TypeAlias = object
+JSONObject: TypeAlias = dict[str, object]
+
+DEFAULT_FRAME_LIMIT: Final = 16 * 1024 * 1024
+MAX_BATCH_SIZE: Final = 100_000
+# \Z, not $: ``$`` also matches before a trailing newline, which would admit "name\n".
+IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]*\Z"
+_IDENTIFIER_RE: Final = re.compile(IDENTIFIER)
+
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Collection = Annotated[str, msgspec.Meta(pattern=IDENTIFIER, max_length=128)]
+Handle = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+BatchSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Message(msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=False):
+    """Base of every wire message. Unknown fields are ignored, so newer peers interoperate."""
+
+
+# --- daemon -> worker requests -------------------------------------------------------------
+
+
+class Ping(Message, tag_field="command", tag="ping"):
+    request_id: RequestId | None = None
+
+
+class Archive(Message, tag_field="command", tag="archive"):
+    """Queue an archive task. ``order_by`` is an extension (see docs/protocol.md)."""
+
+    task_id: TaskId
+    collection: Collection
+    source_handle: Handle
+    dest_handle: Handle
+    max_rows: PositiveInt
+    batch_size: BatchSize
+    request_id: RequestId | None = None
+    order_by: Collection | None = None
+
+    def __post_init__(self) -> None:
+        if self.source_handle == self.dest_handle:
+            raise ValueError("sourceHandle and destHandle must differ")
+
+
+class Status(Message, tag_field="command", tag="status"):
+    request_id: RequestId | None = None
+
+
+class Cancel(Message, tag_field="command", tag="cancel"):
+    task_id: TaskId
+    request_id: RequestId | None = None
+
+
+# --- worker -> daemon requests and notifications ---------------------------------------------
+
+
+class Execute(Message, tag_field="command", tag="execute"):
+    """``task_id`` is an extension: which task the callback serves (for logs and hooks)."""
+
+    request_id: RequestId
+    target_command: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    params: JSONObject | None = None
+    task_id: TaskId | None = None
+
+    def __post_init__(self) -> None:
+        # Always on the wire, even when empty: peers written from the design read it.
+        if self.params is None:
+            self.params = {}
+
+
+class Progress(Message, tag_field="command", tag="progress"):
+    task_id: TaskId
+    archived: Count
+    total: Count
+    status: Literal["in_progress"]
+
+
+CompleteStatus = Literal["success", "error", "cancelled"]
+
+
+class Complete(Message, tag_field="command", tag="complete"):
+    task_id: TaskId
+    archived: Count
+    duration: Count
+    status: CompleteStatus
+    error: str | None = None
+    code: str | None = None
+
+
+WorkerRequest: TypeAlias = Ping | Archive | Status | Cancel
+DaemonRequest: TypeAlias = Execute | Progress | Complete
+Request: TypeAlias = WorkerRequest | DaemonRequest
+
+WORKER_COMMANDS: Final[dict[str, type[Request]]] = {
+    "ping": Ping,
+    "archive": Archive,
+    "status": Status,
+    "cancel": Cancel,
+}
+DAEMON_COMMANDS: Final[dict[str, type[Request]]] = {
+    "execute": Execute,
+    "progress": Progress,
+    "complete": Complete,
+}
+NOTIFICATIONS: Final = frozenset({"progress", "complete"})
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+class Answer(msgspec.Struct, rename="camel", omit_defaults=True):
+    """Base of answers: messages without ``command``."""
+
+
+class Pong(Answer):
+    status: Literal["success"]
+    message: Literal["pong"]
+    request_id: RequestId | None = None
+    uptime_ms: int | None = None
+    queued: int | None = None
+    running: int | None = None
+    version: str | None = None
+
+
+class Queued(Answer):
+    status: Literal["queued"]
+    task_id: TaskId
+    queue_position: PositiveInt
+    request_id: RequestId | None = None
+
+
+class ExecuteResult(Answer):
+    request_id: RequestId
+    status: Literal["success"]
+    result: JSONObject
+
+
+class TaskInfo(Message):
+    """One task as ``status`` reports it."""
+
+    task_id: str
+    collection: str
+    source_handle: str
+    dest_handle: str
+    max_rows: int
+    batch_size: int
+    state: Literal["queued", "running", "success", "error", "cancelled"]
+    archived: int = 0
+    total: int = 0
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: int | None = None
+    error: str | None = None
+    throttled: str | None = None
+
+
+class StatusResult(Answer):
+    status: Literal["success"]
+    queued: list[TaskInfo]
+    running: list[TaskInfo]
+    finished: list[TaskInfo]
+    counts: dict[str, int]
+    concurrency: int
+    uptime_ms: int
+    request_id: RequestId | None = None
+
+
+class Cancelled(Answer):
+    status: Literal["success"]
+    task_id: TaskId
+    request_id: RequestId | None = None
+
+
+class ErrorAnswer(Answer):
+    status: Literal["error"]
+    error: str
+    code: str
+    request_id: RequestId | None = None
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+_json_decoder: Final = msgspec.json.Decoder()
+_json_encoder: Final = msgspec.json.Encoder()
+
+
+class Incoming(msgspec.Struct, frozen=True):
+    """An answer from the peer: a frame without ``command``. ``body`` is the whole object."""
+
+    request_id: str | None
+    body: JSONObject
+
+
+def parse_object(line: bytes) -> JSONObject:
+    """Parse one frame (without its newline) into a JSON object, or raise a protocol error."""
+    try:
+        value = _json_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise InvalidJson(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # msgspec reports invalid UTF-8 inside a string this way, not as a DecodeError.
+        raise InvalidJson(f"not valid UTF-8: {exc}") from None
+    except RecursionError:
+        raise InvalidJson("not accepted JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise NotAnObject(f"a frame must be a JSON object, got {type_name(value)}")
+    return value
+
+
+def decode_frame(line: bytes, accepted: dict[str, type[Request]]) -> Request | Incoming:
+    """Decode one frame into a typed request, or an `Incoming` answer.
+
+    ``accepted`` maps the command names this side serves to their types; any other
+    ``command`` is an `UnknownCommand`. Invalid fields raise `InvalidParams` naming the path.
+    """
+    obj = parse_object(line)
+    command = obj.get("command")
+    if command is None:
+        request_id = obj.get("requestId")
+        return Incoming(request_id if isinstance(request_id, str) else None, obj)
+    if not isinstance(command, str):
+        raise InvalidParams(f"command must be a string, got {type_name(command)}")
+    message_type = accepted.get(command)
+    if message_type is None:
+        raise UnknownCommand(f"unknown command {command!r}; known: {', '.join(sorted(accepted))}")
+    return convert(obj, message_type)
+
+
+T = TypeVar("T")
+
+
+def convert(obj: object, message_type: type[T]) -> T:
+    """Validate a decoded JSON object as ``message_type``; errors become `InvalidParams`."""
+    try:
+        return msgspec.convert(obj, message_type)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(str(exc)) from None
+
+
+def request_id_of(line: bytes) -> str | None:
+    """The ``requestId`` of a frame that failed to decode, if one can still be read from it."""
+    try:
+        obj = _json_decoder.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        value = obj.get("requestId")
+        if isinstance(value, str) and 0 < len(value) <= 256:
+            return value
+    return None
+
+
+def check_answer(answer: Incoming) -> JSONObject:
+    """The body of a successful answer; an error answer raises `RemoteError` with its code."""
+    body = answer.body
+    if body.get("status") == "error":
+        error = body.get("error")
+        code = body.get("code")
+        raise RemoteError(
+            error if isinstance(error, str) else "the peer answered with an error",
+            code if isinstance(code, str) else "error",
+        )
+    return body
+
+
+def is_identifier(name: str) -> bool:
+    return bool(_IDENTIFIER_RE.match(name))
+
+
+def type_name(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "boolean"
+        case int() | float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case _:
+            return "object"
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def encode(message: msgspec.Struct | JSONObject) -> bytes:
+    """One frame: compact JSON and a newline. Field order is the declaration order."""
+    return _json_encoder.encode(message) + b"\n"
+
+
+def error_answer(exc: ArchivistError, request_id: str | None = None) -> ErrorAnswer:
+    """The one place where an archivist error becomes a wire answer."""
+    return ErrorAnswer(status="error", error=exc.message, code=exc.code, request_id=request_id)
+
+
+def frame_too_large(limit: int) -> ErrorAnswer:
+    return error_answer(FrameTooLarge(f"frame longer than the limit of {limit} bytes"))

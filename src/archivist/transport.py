@@ -1,0 +1,306 @@
+"""One connection, both directions: newline-delimited JSON framing over asyncio streams.
+
+`Peer` reads frames, dispatches the peer's requests to a handler, correlates answers to
+the requests this side sent (by ``requestId``, else in order), sends notifications, and
+fails every pending request at once when the connection drops. Worker and daemon both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
+
+import msgspec
+
+from archivist import protocol
+from archivist.errors import (
+    ArchivistError,
+    ConnectionClosed,
+    ProtocolError,
+    RequestTimeout,
+)
+from archivist.protocol import Answer, Incoming, JSONObject, Request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+
+
+class Handler(Protocol):
+    """Serves one request from the peer; returns the answer, or None for a notification."""
+
+    def __call__(self, peer: Peer, message: Request) -> Awaitable[Answer | None]: ...
+
+
+class _Pending:
+    __slots__ = ("future", "request_id")
+
+    def __init__(self, request_id: str, future: asyncio.Future[Incoming]) -> None:
+        self.request_id = request_id
+        self.future = future
+
+
+class Peer:
+    """Serves one stream connection in both directions until it closes."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        accepted: dict[str, type[Request]],
+        handler: Handler,
+        name: str,
+        frame_limit: int = protocol.DEFAULT_FRAME_LIMIT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        idle_timeout: float | None = None,
+        concurrent: bool = False,
+        request_prefix: str = "req",
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._accepted = accepted
+        self._handler = handler
+        self.name = name
+        self.frame_limit = frame_limit
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self._concurrent = concurrent
+        self._prefix = request_prefix
+        self._write_lock = asyncio.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._order: collections.deque[_Pending] = collections.deque()
+        self._closed = asyncio.Event()
+        self._close_callbacks: list[Callable[[Peer], None]] = []
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self.frames_in = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def on_close(self, callback: Callable[[Peer], None]) -> None:
+        """Call ``callback(peer)`` once when the connection is gone."""
+        if self.closed:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    async def run(self) -> None:
+        """Read and dispatch frames until EOF, an oversized frame, or `close`."""
+        try:
+            async with asyncio.TaskGroup() as handlers:
+                try:
+                    await self._read_loop(handlers)
+                finally:
+                    # Requests still being served cannot be answered on a closed connection.
+                    for task in list(self._handler_tasks):
+                        task.cancel()
+        except* (ConnectionError, OSError) as group:
+            log.debug("%s: connection error: %s", self.name, group.exceptions[0])
+        finally:
+            self._mark_closed()
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+
+    async def close(self) -> None:
+        """Close the connection; `run` then returns and pending requests fail."""
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+        self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        error = ConnectionClosed(f"connection to {self.name} closed")
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._pending.clear()
+        self._order.clear()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def _read_loop(self, handlers: asyncio.TaskGroup) -> None:
+        while not self.closed:
+            line = await self._read_frame()
+            if line is None:
+                return
+            self.frames_in += 1
+            try:
+                message = protocol.decode_frame(line, self._accepted)
+            except ProtocolError as exc:
+                log.info("%s: bad frame answered with %s: %s", self.name, exc.code, exc.message)
+                await self._try_send(protocol.error_answer(exc, protocol.request_id_of(line)))
+                continue
+            if isinstance(message, Incoming):
+                self._resolve(message)
+            elif self._concurrent:
+                task = handlers.create_task(self._serve(message))
+                self._handler_tasks.add(task)
+                task.add_done_callback(self._handler_tasks.discard)
+            else:
+                await self._serve(message)
+
+    async def _read_frame(self) -> bytes | None:
+        """The next line without its newline, or None when the connection is done."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            log.warning("%s: frame over %d bytes; closing", self.name, self.frame_limit)
+            await self._try_send(protocol.frame_too_large(self.frame_limit))
+            return None
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                # A last line without its newline: answer it, then the connection ends.
+                await self._answer_bad_tail(exc.partial)
+            return None
+        except TimeoutError:
+            log.info("%s: idle for %.0f s; closing", self.name, self.idle_timeout or 0)
+            return None
+        except (ConnectionError, OSError):
+            return None
+        if len(line) > self.frame_limit + 1:
+            await self._try_send(protocol.frame_too_large(self.frame_limit))
+            return None
+        return line[:-1]
+
+    async def _answer_bad_tail(self, partial: bytes) -> None:
+        try:
+            protocol.parse_object(partial)
+        except ProtocolError as exc:
+            await self._try_send(protocol.error_answer(exc, protocol.request_id_of(partial)))
+            return
+        error = ProtocolError("frame not terminated by a newline before the connection ended")
+        await self._try_send(protocol.error_answer(error, protocol.request_id_of(partial)))
+
+    async def _serve(self, message: Request) -> None:
+        request_id = getattr(message, "request_id", None)
+        try:
+            answer = await self._handler(self, message)
+        except ArchivistError as exc:
+            answer = protocol.error_answer(exc, request_id)
+        except Exception as exc:
+            log.exception("%s: handler failed on %s", self.name, type(message).__name__)
+            answer = protocol.error_answer(ArchivistError(f"internal error: {exc}"), request_id)
+        if answer is not None:
+            await self._try_send(answer)
+
+    def _resolve(self, answer: Incoming) -> None:
+        pending: _Pending | None = None
+        if answer.request_id is not None:
+            pending = self._pending.pop(answer.request_id, None)
+            if pending is not None:
+                with contextlib.suppress(ValueError):
+                    self._order.remove(pending)
+        else:
+            # A peer that does not echo requestId answers in order (PROTOCOL.md).
+            while self._order and pending is None:
+                candidate = self._order.popleft()
+                if self._pending.pop(candidate.request_id, None) is not None:
+                    pending = candidate
+        if pending is None:
+            log.warning("%s: answer to no pending request: %.200s", self.name, answer.body)
+            return
+        if not pending.future.done():
+            pending.future.set_result(answer)
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def send(self, message: msgspec.Struct | JSONObject) -> None:
+        """Write one frame; raises `ConnectionClosed` if the connection is gone."""
+        data = protocol.encode(message)
+        if self.closed:
+            raise ConnectionClosed(f"connection to {self.name} closed")
+        try:
+            async with self._write_lock:
+                self._writer.write(data)
+                await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._mark_closed()
+            raise ConnectionClosed(f"connection to {self.name} lost: {exc}") from None
+
+    async def _try_send(self, message: msgspec.Struct | JSONObject) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.send(message)
+
+    async def notify(self, message: msgspec.Struct) -> None:
+        """Send a one-way notification (``progress``, ``complete``)."""
+        await self.send(message)
+
+    def next_request_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    async def request(self, message: msgspec.Struct, *, timeout: float | None = None) -> JSONObject:
+        """Send a request and wait for its answer's body.
+
+        ``message`` must have a ``request_id`` field; one is assigned if it is None.
+        An error answer raises `RemoteError`; no answer in time raises `RequestTimeout`;
+        a dropped connection raises `ConnectionClosed`.
+        """
+        request_id = getattr(message, "request_id", None)
+        if request_id is None:
+            request_id = self.next_request_id()
+            message = msgspec.structs.replace(message, request_id=request_id)
+        future: asyncio.Future[Incoming] = asyncio.get_running_loop().create_future()
+        pending = _Pending(request_id, future)
+        self._pending[request_id] = pending
+        self._order.append(pending)
+        try:
+            await self.send(message)
+            async with asyncio.timeout(timeout if timeout is not None else self.request_timeout):
+                answer = await future
+        except TimeoutError:
+            raise RequestTimeout(
+                f"{self.name} did not answer {type(message).__name__.lower()} {request_id} in time"
+            ) from None
+        finally:
+            if self._pending.pop(request_id, None) is not None:
+                with contextlib.suppress(ValueError):
+                    self._order.remove(pending)
+        return protocol.check_answer(answer)
+
+
+async def open_peer(
+    path: str,
+    *,
+    accepted: dict[str, type[Request]],
+    handler: Handler,
+    name: str,
+    frame_limit: int = protocol.DEFAULT_FRAME_LIMIT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    concurrent: bool = False,
+    request_prefix: str = "req",
+) -> Peer:
+    """Connect to a Unix socket and wrap it in a `Peer` (call `run` to serve it)."""
+    reader, writer = await asyncio.open_unix_connection(path, limit=frame_limit + 1)
+    return Peer(
+        reader,
+        writer,
+        accepted=accepted,
+        handler=handler,
+        name=name,
+        frame_limit=frame_limit,
+        request_timeout=request_timeout,
+        concurrent=concurrent,
+        request_prefix=request_prefix,
+    )
