@@ -1,0 +1,180 @@
+"""The typed configuration of archivist, loaded once from a TOML file (or built in Python).
+
+Every error names the file and the key (``archivist.toml: archive[0].order_by: ...``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Final
+
+import msgspec
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from archivist.errors import ConfigError
+
+DEFAULT_FRAME_LIMIT: Final = 16 * 1024 * 1024
+MAX_BATCH_SIZE: Final = 100_000
+IDENTIFIER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+BatchSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)]
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+HandleName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One ``[[archive]]`` entry: the archive policy of one collection."""
+
+    collection: Identifier
+    order_by: Identifier
+    max_rows: PositiveInt
+    rows_per_archive: PositiveInt
+    batch_size: BatchSize | None = None
+    source_handle: HandleName = "primary"
+    dest_handle: HandleName = "archive"
+
+    @property
+    def effective_batch_size(self) -> int:
+        """``batch_size``, defaulting to ``rows_per_archive`` (capped at the protocol maximum)."""
+        return self.batch_size or min(self.rows_per_archive, MAX_BATCH_SIZE)
+
+
+class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    socket: str | None = None
+    concurrency: PositiveInt = 3
+    frame_limit: PositiveInt = DEFAULT_FRAME_LIMIT
+
+
+class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    check_interval: PositiveFloat = 60.0
+    health_interval: PositiveFloat = 30.0
+    entities: list[str] = msgspec.field(default_factory=list)
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration. ``source`` names where it came from, for error messages."""
+
+    handles: dict[str, str]
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    archive: list[ArchiveConfig] = msgspec.field(default_factory=list)
+    source: str = "<config>"
+
+    def where(self, key: str) -> str:
+        """``"<source>: <key>"``, the prefix of every message about ``key``."""
+        return f"{self.source}: {key}"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and return the configuration in the TOML file at ``path``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def config_from_dict(
+    data: dict[str, object], *, source: str = "<config>", base_dir: Path | None = None
+) -> Config:
+    """Validate a configuration given as a dict (the parsed TOML); ``source`` names it.
+
+    Relative SQLite paths resolve against ``base_dir`` (a config file's directory).
+    """
+    if "source" in data:
+        raise ConfigError(f"{source}: source: not a configuration key")
+    try:
+        config = msgspec.convert({**data, "source": source}, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_key_of(str(exc))}") from None
+    if base_dir is not None:
+        config.handles = {
+            name: resolve_sqlite_path(url, base_dir) for name, url in config.handles.items()
+        }
+    validate(config)
+    return config
+
+
+def make_config(
+    handles: dict[str, str],
+    archive: list[ArchiveConfig] | None = None,
+    *,
+    worker: WorkerConfig | None = None,
+    daemon: DaemonConfig | None = None,
+    source: str = "<python>",
+) -> Config:
+    """Build and validate a configuration in Python, without a file (tests, the demo)."""
+    config = Config(
+        handles=dict(handles),
+        worker=worker or WorkerConfig(),
+        daemon=daemon or DaemonConfig(),
+        archive=list(archive or []),
+        source=source,
+    )
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check what types alone cannot: URLs parse, handles exist, collections are unique."""
+    if not config.handles:
+        raise ConfigError(config.where("handles: at least one handle is required"))
+    for name, url in config.handles.items():
+        if not name:
+            raise ConfigError(config.where("handles: a handle name must not be empty"))
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise ConfigError(config.where(f"handles.{name}: not a database URL")) from None
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(config.archive):
+        key = f"archive[{index}]"
+        for field in ("source_handle", "dest_handle"):
+            handle = getattr(entry, field)
+            if handle not in config.handles:
+                raise ConfigError(config.where(f"{key}.{field}: unknown handle '{handle}'"))
+        if entry.source_handle == entry.dest_handle:
+            raise ConfigError(config.where(f"{key}.dest_handle: must differ from source_handle"))
+        if entry.collection in seen:
+            raise ConfigError(
+                config.where(
+                    f"{key}.collection: '{entry.collection}' is already configured "
+                    f"in archive[{seen[entry.collection]}]"
+                )
+            )
+        seen[entry.collection] = index
+
+
+def resolve_sqlite_path(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite file path in ``url`` relative to ``base_dir``."""
+    parsed = make_url(url)
+    database = parsed.database
+    if (
+        not parsed.drivername.startswith("sqlite")
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or Path(database).is_absolute()
+    ):
+        return url
+    resolved = parsed.set(database=str((base_dir / database).resolve()))
+    return resolved.render_as_string(hide_password=False)
+
+
+_PATH_RE: Final = re.compile(r"^(?P<msg>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+def _key_of(message: str) -> str:
+    """msgspec's "Expected `int` - at `$.worker.concurrency`" as "worker.concurrency: ..."."""
+    match = _PATH_RE.match(message)
+    if match is None or not match.group("path"):
+        return message
+    return f"{match.group('path')}: {match.group('msg')}"

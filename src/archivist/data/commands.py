@@ -1,0 +1,402 @@
+"""The commands the daemon executes for the worker (PROTOCOL.md): ``ping``, ``data/list``,
+``data/count``, ``data/create`` and ``data/delete``, each one short transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from archivist.data.catalog import Catalog
+from archivist.data.filters import (
+    SortKey,
+    compile_filter,
+    keyset_condition,
+    order_clauses,
+    sort_keys,
+)
+from archivist.data.schema import TableInfo
+from archivist.data.values import JSONObject, decode_value
+from archivist.errors import Conflict, InvalidParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 100_000
+MAX_ITEMS: Final = 100_000
+# Bound parameters per IN list: well under every driver's limit (SQLite 32766, PostgreSQL 65535).
+IN_CHUNK: Final = 5_000
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class _Params(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    collection: Name
+    db_handle: Name
+
+
+class OrderByParam(msgspec.Struct, forbid_unknown_fields=True):
+    field: Name
+    direction: Literal["asc", "desc"] = "asc"
+
+
+class CursorParam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    field: Name
+    value: Any
+    direction: Literal["after", "before"] = "after"
+    # Extension: the primary key of the row at the cursor, so rows sharing ``value`` are not
+    # skipped (a tuple cursor). The field name ``id`` is used whatever the key column is called.
+    id: Any = msgspec.UNSET
+
+
+class ListParams(_Params):
+    filter: dict[str, Any] | None = None
+    order_by: list[OrderByParam] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    cursor: CursorParam | None = None
+    fields: list[Name] | None = None
+
+
+class CountParams(_Params):
+    filter: dict[str, Any] | None = None
+
+
+class CreateParams(_Params):
+    data: dict[str, Any] | None = None
+    items: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
+    on_conflict: Literal["error", "replace"] = "error"
+
+
+class DeleteParams(_Params):
+    id: Any = msgspec.UNSET
+    ids: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
+    expected: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
+
+
+P = TypeVar("P", bound=msgspec.Struct)
+
+
+def parse_params(params: object, type_: type[P]) -> P:
+    """Validate ``params`` into ``type_``; errors are InvalidParams naming the path."""
+    try:
+        return msgspec.convert(params, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid params: {exc}") from None
+
+
+def _chunks(values: Sequence[object], size: int = IN_CHUNK) -> Iterator[Sequence[object]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class DataCommands:
+    """The data commands over one catalog; register them on a CommandBus with ``register``."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def ping(self, params: JSONObject) -> JSONObject:
+        return {"message": "pong"}
+
+    # --- data/list ------------------------------------------------------------------------
+
+    async def list(self, params: JSONObject) -> JSONObject:
+        p = parse_params(params, ListParams)
+        entity, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        fields = list(dict.fromkeys(p.fields)) if p.fields is not None else None
+        if fields is not None:
+            info.codec.check_fields(fields, what="field in fields")
+        query = _ListQuery.build(info, p, entity.order_by)
+        rows = await handle.transaction(query.run)
+        return {
+            "items": [info.codec.encode_row(row, fields) for row in rows],
+            "count": len(rows),
+            "collection": entity.collection,
+            "primaryKey": info.pk,
+            "orderBy": entity.order_by,
+        }
+
+    # --- data/count -----------------------------------------------------------------------
+
+    async def count(self, params: JSONObject) -> JSONObject:
+        p = parse_params(params, CountParams)
+        _, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        where = compile_filter(info, p.filter)
+        query = sa.select(sa.func.count()).select_from(info.table).where(where)
+        count = await handle.transaction(_scalar, query)
+        assert isinstance(count, int)
+        return {"count": count}
+
+    # --- data/create ----------------------------------------------------------------------
+
+    async def create(self, params: JSONObject) -> JSONObject:
+        p = parse_params(params, CreateParams)
+        if (p.data is None) == (p.items is None):
+            raise InvalidParams("invalid params: give exactly one of data (one item) or items")
+        raw_items = [p.data] if p.data is not None else list(p.items or [])
+        _, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        where = "data." if p.data is not None else "items[{}]."
+        rows = [
+            info.codec.decode_item(item, where=where.format(index))
+            for index, item in enumerate(raw_items)
+        ]
+        if not rows:
+            return {"created": 0}
+        plan = _CreatePlan(info, rows, replace=p.on_conflict == "replace")
+        created = await handle.transaction(plan.run, write=True)
+        return {"created": created}
+
+    # --- data/delete ----------------------------------------------------------------------
+
+    async def delete(self, params: JSONObject) -> JSONObject:
+        p = parse_params(params, DeleteParams)
+        given = [p.id is not msgspec.UNSET, p.ids is not None, p.expected is not None]
+        _, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        pk_spec = info.spec(info.pk)
+        if p.expected is not None:
+            expected = [
+                info.codec.decode_item(item, where=f"expected[{index}].")
+                for index, item in enumerate(p.expected)
+            ]
+            for index, item in enumerate(expected):
+                if item.get(info.pk) is None:
+                    raise InvalidParams(f"expected[{index}]: needs its primary key {info.pk}")
+            if given[0] or given[1]:
+                ids = [p.id] if given[0] else list(p.ids or [])
+                decoded = {decode_value(pk_spec, v, where="ids.") for v in ids}
+                if decoded != {item[info.pk] for item in expected}:
+                    raise InvalidParams("invalid params: ids must name the same rows as expected")
+            deleted, skipped = await handle.transaction(
+                _delete_expected, info, expected, write=True
+            )
+            return {"deleted": deleted, "skipped": skipped}
+        if given[0] == given[1]:
+            raise InvalidParams("invalid params: give exactly one of id or ids")
+        raw_ids = [p.id] if given[0] else list(p.ids or [])
+        ids = list(dict.fromkeys(decode_value(pk_spec, v, where="ids.") for v in raw_ids))
+        if any(value is None for value in ids):
+            raise InvalidParams("invalid params: an id must not be null")
+        deleted = await handle.transaction(_delete_ids, info, ids, write=True)
+        return {"deleted": deleted}
+
+
+def _scalar(connection: Connection, query: sa.Select[Any]) -> object:
+    return connection.execute(query).scalar_one()
+
+
+# --- list -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ListQuery:
+    query: sa.Select[Any]
+    reverse: bool
+
+    @classmethod
+    def build(cls, info: TableInfo, p: ListParams, default_order: str) -> _ListQuery:
+        requested = [SortKey(o.field, o.direction) for o in p.order_by or []]
+        cursor = p.cursor
+        if cursor is not None:
+            info.codec.check_fields([cursor.field], what="cursor field")
+            if requested and requested[0].field != cursor.field:
+                raise InvalidParams("invalid params: cursor.field must be the first orderBy field")
+            extra = [k.field for k in requested[1:] if k.field != info.pk]
+            if extra:
+                raise InvalidParams(
+                    "invalid params: with a cursor, orderBy may name only the cursor field"
+                )
+            if not requested:
+                requested = [SortKey(cursor.field, "asc")]
+        keys = sort_keys(info, requested, default_order)
+        where = compile_filter(info, p.filter)
+        reverse = False
+        if cursor is not None:
+            value = decode_value(info.spec(cursor.field), cursor.value, where="cursor.")
+            position: list[object] = [value]
+            if cursor.field == info.pk:
+                position = [value]
+            elif cursor.id is not msgspec.UNSET:
+                pk_value = decode_value(info.spec(info.pk), cursor.id, where="cursor.")
+                position = [value, pk_value]
+            after = cursor.direction == "after"
+            where = sa.and_(where, keyset_condition(info, keys, position, after=after))
+            reverse = not after
+        query = (
+            sa.select(info.table)
+            .where(where)
+            .order_by(*order_clauses(info, keys, reverse=reverse))
+            .limit(p.limit)
+        )
+        return cls(query, reverse)
+
+    def run(self, connection: Connection) -> list[dict[str, object]]:
+        rows = [dict(row) for row in connection.execute(self.query).mappings()]
+        if self.reverse:
+            rows.reverse()  # a page before the cursor still comes in the listing order
+        return rows
+
+
+# --- create -----------------------------------------------------------------------------------
+
+
+class _CreatePlan:
+    """One call's insert: find existing rows by key in a few statements, fail on any conflict
+    before writing, then insert the rest with one executemany (and update, with replace)."""
+
+    def __init__(self, info: TableInfo, rows: list[dict[str, object]], *, replace: bool) -> None:
+        self.info = info
+        self.rows = rows
+        self.replace = replace
+
+    def run(self, connection: Connection) -> int:
+        info, pk, codec = self.info, self.info.pk, self.info.codec
+        # Keys compare in their JSON form, so 1.50 and 1.5 (or two spellings of one instant)
+        # are the same key, as they are in the database.
+        keyed: dict[object, tuple[dict[str, object], JSONObject]] = {}
+        unkeyed: list[dict[str, object]] = []
+        for row in self.rows:
+            if row.get(pk) is None:
+                unkeyed.append(row)
+                continue
+            encoded = codec.encode_row(row)
+            key = encoded[pk]
+            previous = keyed.get(key)
+            if previous is not None and _differs(encoded, previous[1]):
+                raise Conflict(
+                    f"conflict: items with {pk}={_show(key)} differ within one call; "
+                    "nothing was written"
+                )
+            keyed[key] = (row, encoded)
+        existing = self._existing(connection, [row[pk] for row, _ in keyed.values()])
+        inserts: list[dict[str, object]] = list(unkeyed)
+        updates: list[dict[str, object]] = []
+        conflicts: list[object] = []
+        for key, (row, encoded) in keyed.items():
+            current = existing.get(key)
+            if current is None:
+                inserts.append(row)
+            elif _differs(encoded, current):
+                if self.replace:
+                    updates.append(row)
+                else:
+                    conflicts.append(key)
+        if conflicts:
+            shown = ", ".join(_show(key) for key in conflicts[:10])
+            more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+            raise Conflict(
+                f"conflict: {info.name} already holds different rows with {pk} {shown}{more}; "
+                "nothing was written"
+            )
+        try:
+            self._insert(connection, inserts)
+            self._update(connection, updates)
+        except IntegrityError as exc:
+            raise Conflict(
+                f"conflict: {info.name}: a row with the same key was written concurrently "
+                f"or a constraint failed; nothing was written ({_first_line(exc.orig)})"
+            ) from None
+        return len(self.rows)
+
+    def _existing(self, connection: Connection, keys: list[object]) -> dict[object, JSONObject]:
+        info = self.info
+        pk_column = info.table.c[info.pk]
+        found: dict[object, JSONObject] = {}
+        for chunk in _chunks(keys):
+            query = sa.select(info.table).where(pk_column.in_(chunk))
+            for row in connection.execute(query).mappings():
+                encoded = info.codec.encode_row(row)
+                found[encoded[info.pk]] = encoded
+        return found
+
+    def _insert(self, connection: Connection, rows: list[dict[str, object]]) -> None:
+        if not rows:
+            return
+        # executemany needs one key set: group rows by their columns (normally one group).
+        groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row), []).append(row)
+        for group in groups.values():
+            connection.execute(sa.insert(self.info.table), group)
+
+    def _update(self, connection: Connection, rows: list[dict[str, object]]) -> None:
+        if not rows:
+            return
+        table, pk = self.info.table, self.info.pk
+        groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(name for name in row if name != pk), []).append(row)
+        for names, group in groups.items():
+            if not names:
+                continue
+            statement = (
+                sa.update(table)
+                .where(table.c[pk] == sa.bindparam("_archivist_pk"))
+                .values({name: sa.bindparam(f"_v_{i}") for i, name in enumerate(names)})
+            )
+            params = [
+                {"_archivist_pk": row[pk], **{f"_v_{i}": row[n] for i, n in enumerate(names)}}
+                for row in group
+            ]
+            connection.execute(statement, params)
+
+
+def _differs(item: JSONObject, current: JSONObject) -> bool:
+    """True if a column the item names holds something else in ``current``."""
+    return any(current.get(name) != value for name, value in item.items())
+
+
+def _show(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- delete -----------------------------------------------------------------------------------
+
+
+def _delete_ids(connection: Connection, info: TableInfo, ids: list[object]) -> int:
+    pk_column = info.table.c[info.pk]
+    deleted = 0
+    for chunk in _chunks(ids):
+        result = connection.execute(sa.delete(info.table).where(pk_column.in_(chunk)))
+        deleted += max(result.rowcount, 0)
+    return deleted
+
+
+def _delete_expected(
+    connection: Connection, info: TableInfo, expected: list[dict[str, object]]
+) -> tuple[int, list[object]]:
+    """Delete only rows still equal to what the caller copied; report the others as skipped."""
+    codec, pk = info.codec, info.pk
+    pk_column = info.table.c[pk]
+    wanted: dict[object, tuple[object, JSONObject]] = {}
+    for item in expected:
+        encoded = codec.encode_row(item)
+        wanted[encoded[pk]] = (item[pk], encoded)
+    current: dict[object, JSONObject] = {}
+    for chunk in _chunks([key for key, _ in wanted.values()]):
+        query = sa.select(info.table).where(pk_column.in_(chunk)).with_for_update()
+        for row in connection.execute(query).mappings():
+            encoded = codec.encode_row(row)
+            current[encoded[pk]] = encoded
+    matched: list[object] = []
+    skipped: list[object] = []
+    for key, (value, item) in wanted.items():
+        found = current.get(key)
+        if found is not None and not _differs(item, found):
+            matched.append(value)
+        else:
+            skipped.append(key)
+    deleted = _delete_ids(connection, info, matched) if matched else 0
+    return deleted, skipped

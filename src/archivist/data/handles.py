@@ -1,0 +1,152 @@
+"""Named database handles: one SQLAlchemy engine per configured URL, and the one place where
+blocking database work runs off the event loop (a thread pool per handle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from archivist.errors import ArchivistError, ConfigError, DatabaseError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+DEFAULT_THREADS: Final = 4
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Pick the drivers archivist supports: psycopg 3 for PostgreSQL, PyMySQL for MariaDB/MySQL
+    (with utf8mb4)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend in ("mysql", "mariadb"):
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername=f"{backend}+pymysql")
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed
+
+
+def safe_url(url: URL) -> str:
+    """The URL as it may be logged or shown: never with its password."""
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(url: str | URL) -> Engine:
+    """An engine with archivist's session settings: SQLite in WAL mode with a busy timeout and
+    foreign keys; MariaDB and PostgreSQL sessions in UTC."""
+    parsed = normalize_url(url)
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, object] = {}
+    if backend == "postgresql":
+        connect_args["options"] = "-c TimeZone=UTC"
+    elif backend in ("mysql", "mariadb"):
+        connect_args["init_command"] = "SET time_zone = '+00:00'"
+    engine = sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    if backend == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: object, _record: object) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        # A write transaction takes the write lock up front, so a read-then-write command
+        # waits for other writers (busy timeout) instead of failing half way.
+        write = connection.get_execution_options().get("archivist_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Handle:
+    """One named database: its engine and the threads that run its blocking work."""
+
+    def __init__(self, name: str, url: str | URL, *, threads: int = DEFAULT_THREADS) -> None:
+        self.name = name
+        try:
+            self.url = normalize_url(url)
+            self.engine = create_engine(self.url)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise ConfigError(f"handles.{name}: cannot use this database URL: {exc}") from None
+        self.dialect_name = self.engine.dialect.name
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix=f"archivist-db-{name}"
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Handle({self.name!r}, {safe_url(self.url)!r})"
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking ``fn`` in this handle's threads; driver errors become DatabaseError."""
+        if self._closed:
+            raise DatabaseError(f"handle '{self.name}' is closed")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, call)
+
+    async def transaction(self, fn: Callable[..., T], *args: object, write: bool = False) -> T:
+        """Run ``fn(connection, *args)`` in one short transaction in this handle's threads."""
+        return await self.run(self._in_transaction, fn, args, write)
+
+    def _in_transaction(self, fn: Callable[..., T], args: tuple[object, ...], write: bool) -> T:
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(archivist_write=True) if write else plain
+            with connection.begin():
+                return fn(connection, *args)
+
+    def _guarded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except ArchivistError:
+            raise
+        except DBAPIError as exc:
+            log.debug("database error on handle %s", self.name, exc_info=True)
+            raise DatabaseError(
+                f"database error on handle '{self.name}': {_first_line(exc.orig)}"
+            ) from None
+        except SQLAlchemyError as exc:
+            log.debug("database error on handle %s", self.name, exc_info=True)
+            raise DatabaseError(
+                f"database error on handle '{self.name}': {_first_line(exc)}"
+            ) from None
+
+    async def close(self) -> None:
+        """Dispose the engine and stop the threads (waiting for running work)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.engine.dispose)
+        self._executor.shutdown(wait=True)
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else "unknown error"
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,248 @@
+"""Archivable entities: the ``@archive`` decorator for SQLAlchemy models (or functions returning a
+``Table``) and the registry that merges them with the config's ``[[archive]]`` entries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import sqlalchemy as sa
+
+from archivist.config import MAX_BATCH_SIZE, Config
+from archivist.errors import ConfigError, UnknownCollection
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def is_identifier(name: object) -> bool:
+    """A SQL identifier: letters, digits and ``_``, not starting with a digit."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 128
+        and not name[0].isdigit()
+        and all(ch in _IDENT_CHARS for ch in name)
+    )
+
+
+@dataclass(frozen=True)
+class Entity:
+    """An archivable collection and its policy. ``origin`` says where it was declared, for
+    messages (``archivist.toml: archive[0]`` or ``myapp.models.ChatMessage``); ``key`` is the
+    prefix for its keys (``archive[0].``) or empty for Python declarations."""
+
+    collection: str
+    order_by: str
+    max_rows: int
+    rows_per_archive: int
+    batch_size: int
+    source_handle: str = "primary"
+    dest_handle: str = "archive"
+    table: sa.Table | None = field(default=None, compare=False, repr=False)
+    origin: str = field(default="<python>", compare=False)
+    module: str = field(default="", compare=False)
+
+    def where(self, key: str) -> str:
+        """``"<origin>.<key>"`` or, for config entries, ``"<file>: archive[i].<key>"``."""
+        return f"{self.origin}.{key}"
+
+
+ArchivePolicy = Entity  # the policy and the entity are one record
+
+
+def make_entity(
+    collection: str,
+    *,
+    order_by: str,
+    max_rows: int,
+    rows_per_archive: int,
+    batch_size: int | None = None,
+    source_handle: str = "primary",
+    dest_handle: str = "archive",
+    table: sa.Table | None = None,
+    origin: str = "<python>",
+    module: str = "",
+) -> Entity:
+    """Validate and build an Entity; a bad value is a ConfigError naming ``origin``."""
+    where = origin
+    if not is_identifier(collection):
+        raise ConfigError(f"{where}: collection '{collection}' is not a SQL identifier")
+    if not is_identifier(order_by):
+        raise ConfigError(f"{where}: order_by '{order_by}' is not a SQL identifier")
+    for key, value in (("max_rows", max_rows), ("rows_per_archive", rows_per_archive)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}: {key} must be an integer >= 1")
+    batch = batch_size if batch_size is not None else min(rows_per_archive, MAX_BATCH_SIZE)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH_SIZE:
+        raise ConfigError(f"{where}: batch_size must be an integer from 1 to {MAX_BATCH_SIZE}")
+    if source_handle == dest_handle:
+        raise ConfigError(f"{where}: dest_handle must differ from source_handle")
+    return Entity(
+        collection=collection,
+        order_by=order_by,
+        max_rows=max_rows,
+        rows_per_archive=rows_per_archive,
+        batch_size=batch,
+        source_handle=source_handle,
+        dest_handle=dest_handle,
+        table=table,
+        origin=origin,
+        module=module,
+    )
+
+
+# Python declarations, in the order their modules ran. Registries pick from here by module.
+_DECLARED: list[Callable[[], Entity]] = []
+
+
+def archive(
+    *,
+    max_rows: int,
+    rows_per_archive: int,
+    order_by: str,
+    batch_size: int | None = None,
+    source_handle: str = "primary",
+    dest_handle: str = "archive",
+    collection: str | None = None,
+) -> Callable[[_T], _T]:
+    """Declare a SQLAlchemy declarative model (or a function returning a ``Table``) archivable.
+
+    The collection is the table's name unless ``collection`` is given. The same policy can be
+    written as an ``[[archive]]`` entry in the config file.
+    """
+
+    def decorate(target: _T) -> _T:
+        module = str(getattr(target, "__module__", ""))
+        origin = f"{module}.{getattr(target, '__qualname__', repr(target))}"
+
+        def build() -> Entity:
+            table = _table_of(target, origin)
+            return make_entity(
+                collection or table.name,
+                order_by=order_by,
+                max_rows=max_rows,
+                rows_per_archive=rows_per_archive,
+                batch_size=batch_size,
+                source_handle=source_handle,
+                dest_handle=dest_handle,
+                table=table,
+                origin=origin,
+                module=module,
+            )
+
+        if collection is not None and not is_identifier(collection):
+            raise ConfigError(f"{origin}: collection '{collection}' is not a SQL identifier")
+        _DECLARED.append(build)
+        return target
+
+    return decorate
+
+
+def _table_of(target: object, origin: str) -> sa.Table:
+    table = getattr(target, "__table__", None)
+    if table is None and callable(target):
+        table = target()
+    if not isinstance(table, sa.Table):
+        raise ConfigError(
+            f"{origin}: @archive needs a declarative model or a function returning a Table"
+        )
+    return table
+
+
+def declared_entities(modules: Iterable[str] = ()) -> list[Entity]:
+    """Entities declared with ``@archive`` in ``modules`` (or their submodules), after
+    importing them; with no modules, every declaration made so far."""
+    wanted = list(modules)
+    for name in wanted:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"daemon.entities: cannot import module '{name}': {exc}") from None
+    entities = [build() for build in _DECLARED]
+    if not wanted:
+        return entities
+    return [
+        entity
+        for entity in entities
+        if any(entity.module == name or entity.module.startswith(name + ".") for name in wanted)
+    ]
+
+
+class EntityRegistry:
+    """The archivable entities by collection name."""
+
+    def __init__(self, entities: Iterable[Entity] = ()) -> None:
+        self._entities: dict[str, Entity] = {}
+        for entity in entities:
+            self.add(entity)
+
+    @classmethod
+    def from_config(cls, config: Config, extra: Iterable[Entity] = ()) -> EntityRegistry:
+        """Entities declared in ``config.daemon.entities`` modules, then ``extra``, then the
+        config's ``[[archive]]`` entries (which override a Python declaration of the same
+        collection)."""
+        registry = cls()
+        if config.daemon.entities:
+            for entity in declared_entities(config.daemon.entities):
+                registry.add(entity)
+        for entity in extra:
+            registry.add(entity)
+        for index, entry in enumerate(config.archive):
+            origin = config.where(f"archive[{index}]")
+            entity = make_entity(
+                entry.collection,
+                order_by=entry.order_by,
+                max_rows=entry.max_rows,
+                rows_per_archive=entry.rows_per_archive,
+                batch_size=entry.batch_size,
+                source_handle=entry.source_handle,
+                dest_handle=entry.dest_handle,
+                origin=origin,
+            )
+            if entity.collection in registry:
+                log.info("%s overrides the Python declaration of %s", origin, entity.collection)
+            registry.add(entity, replace=True)
+        for entity in registry:
+            for key in ("source_handle", "dest_handle"):
+                handle = getattr(entity, key)
+                if handle not in config.handles:
+                    raise ConfigError(f"{entity.where(key)}: unknown handle '{handle}'")
+        return registry
+
+    def add(self, entity: Entity, *, replace: bool = False) -> None:
+        existing = self._entities.get(entity.collection)
+        if existing is not None and not replace:
+            raise ConfigError(
+                f"{entity.origin}: collection '{entity.collection}' is already declared "
+                f"by {existing.origin}"
+            )
+        self._entities[entity.collection] = entity
+
+    def get(self, collection: str) -> Entity:
+        """The entity of ``collection``; UnknownCollection if it is not declared."""
+        entity = self._entities.get(collection)
+        if entity is None:
+            shown = collection if is_identifier(collection) else repr(collection[:64])
+            raise UnknownCollection(f"unknown collection {shown}: not a declared archivable entity")
+        return entity
+
+    def replace(self, entity: Entity) -> None:
+        self._entities[entity.collection] = entity
+
+    def __contains__(self, collection: object) -> bool:
+        return collection in self._entities
+
+    def __iter__(self) -> Iterator[Entity]:
+        return iter(list(self._entities.values()))
+
+    def __len__(self) -> int:
+        return len(self._entities)
+
+    def collections(self) -> list[str]:
+        return list(self._entities)

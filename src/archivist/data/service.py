@@ -1,0 +1,234 @@
+"""The DataDaemon: handles, the registry of archivable entities and the command bus, started
+and closed together; what the ArchiveDaemon and the CLI use of the database side.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from archivist.config import Config
+from archivist.data.bus import CommandBus, JSONObject
+from archivist.data.catalog import Catalog
+from archivist.data.commands import DataCommands
+from archivist.data.handles import Handle
+from archivist.data.registry import Entity, EntityRegistry
+from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
+from archivist.data.values import encode_value
+from archivist.errors import ArchivistError, ConfigError, SchemaError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    """What archiving a collection now would do (``archivist archive --dry-run``)."""
+
+    collection: str
+    source_handle: str
+    dest_handle: str
+    rows: int
+    max_rows: int
+    rows_per_archive: int
+    batch_size: int
+    to_archive: int
+    archive_table: str  # "exists", "will be created", "will gain columns a, b"
+    order_by: str = ""
+    oldest: object = None  # the order_by value (JSON form) of the first row that would move
+    newest: object = None  # ... and of the last
+
+
+class DataDaemon:
+    """The database side: named handles, archivable entities, and the data commands on a bus."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        entities: Iterable[Entity] = (),
+        bus: CommandBus | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = EntityRegistry.from_config(config, entities)
+        self.handles: dict[str, Handle] = {}
+        try:
+            for name, url in config.handles.items():
+                self.handles[name] = Handle(name, url)
+        except ConfigError as exc:
+            self._dispose_now()
+            raise ConfigError(config.where(exc.message)) from None
+        self.catalog = Catalog(self.registry, self.handles)
+        self.commands = DataCommands(self.catalog)
+        self.bus = bus or CommandBus()
+        self.bus.register("ping", self.commands.ping, replace=True)
+        self.bus.register("data/list", self.commands.list, replace=True)
+        self.bus.register("data/count", self.commands.count, replace=True)
+        self.bus.register("data/create", self.commands.create, replace=True)
+        self.bus.register("data/delete", self.commands.delete, replace=True)
+        self._started = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check every entity against its source table (exists, has ``order_by``, one primary
+        key); a problem is a ConfigError naming the file (or declaration) and the key."""
+        try:
+            for entity in self.registry:
+                await self._check_entity(entity)
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
+        log.info(
+            "data daemon ready: handles %s, collections %s",
+            ", ".join(self.handles),
+            ", ".join(self.registry.collections()) or "(none)",
+        )
+
+    async def close(self) -> None:
+        """Dispose every engine and stop the database threads."""
+        for handle in self.handles.values():
+            await handle.close()
+        self._started = False
+
+    async def __aenter__(self) -> DataDaemon:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _dispose_now(self) -> None:
+        for handle in self.handles.values():
+            handle.engine.dispose()
+
+    async def _check_entity(self, entity: Entity) -> None:
+        if entity.table is not None and entity.order_by not in entity.table.c:
+            raise ConfigError(
+                f"{entity.where('order_by')}: column '{entity.order_by}' does not exist in "
+                f"table {entity.table.name}"
+            )
+        handle = self.catalog.handle(entity.source_handle)
+        info = await self.catalog.reflect(handle, entity.collection, fresh=True)
+        if info is None:
+            raise ConfigError(
+                f"{entity.where('collection')}: table {entity.collection} does not exist on "
+                f"handle '{handle.name}'"
+            )
+        if entity.order_by not in info.column_names:
+            raise ConfigError(
+                f"{entity.where('order_by')}: column '{entity.order_by}' does not exist in "
+                f"table {entity.collection}"
+            )
+        problem = require_single_pk(info)
+        if problem:
+            raise ConfigError(f"{entity.where('collection')}: {problem}")
+
+    # --- what the daemon and CLI call -----------------------------------------------------
+
+    async def execute(
+        self, name: str, params: Mapping[str, object] | None = None, *, caller: str = "local"
+    ) -> JSONObject:
+        """Run a command on the bus (see ``CommandBus.execute``)."""
+        return await self.bus.execute(name, params, caller=caller)
+
+    def policies(self) -> list[Entity]:
+        """Every archivable entity with its policy."""
+        return list(self.registry)
+
+    def entity(self, collection: str) -> Entity:
+        return self.catalog.entity(collection)
+
+    def handle(self, name: str) -> Handle:
+        return self.catalog.handle(name)
+
+    async def ensure_archive_table(self, collection: str) -> None:
+        """Make the archive table on the entity's destination handle mirror its source table
+        (create it, or add new columns); SchemaError for changes it cannot make safely."""
+        await self.catalog.ensure_archive_table(self.catalog.entity(collection))
+
+    async def table_info(self, collection: str, handle: str) -> TableInfo | None:
+        """The reflected table of ``collection`` on ``handle`` (None if it has none)."""
+        self.catalog.entity(collection)
+        return await self.catalog.reflect(self.catalog.handle(handle), collection)
+
+    async def count(self, collection: str, handle: str | None = None) -> int:
+        entity = self.catalog.entity(collection)
+        result = await self.execute(
+            "data/count",
+            {"collection": collection, "dbHandle": handle or entity.source_handle},
+        )
+        count = result["count"]
+        assert isinstance(count, int)
+        return count
+
+    async def plan(self, collection: str, max_rows: int | None = None) -> ArchivePlan:
+        """What archiving ``collection`` would do now, without doing it."""
+        entity = self.catalog.entity(collection)
+        rows = await self.count(collection)
+        if max_rows is None:
+            excess = rows - entity.max_rows
+            to_archive = rows - (entity.max_rows - entity.rows_per_archive) if excess > 0 else 0
+        else:
+            to_archive = min(rows, max_rows)
+        to_archive = max(0, min(rows, to_archive))
+        source = await self.catalog.reflect(
+            self.catalog.handle(entity.source_handle), collection, fresh=True
+        )
+        dest = await self.catalog.reflect(
+            self.catalog.handle(entity.dest_handle), collection, fresh=True
+        )
+        if source is None:
+            raise SchemaError(f"collection {collection}: no table on '{entity.source_handle}'")
+        try:
+            change = plan_archive_table(source, dest, entity.order_by)
+        except ArchivistError as exc:
+            state = f"cannot be updated: {exc.message}"
+        else:
+            if change.create:
+                state = "will be created"
+            elif change.add_columns:
+                state = "will gain columns " + ", ".join(c.name for c in change.add_columns)
+            else:
+                state = "exists"
+        oldest = newest = None
+        if to_archive > 0:
+            oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
+                _order_span, source, entity.order_by, to_archive
+            )
+        return ArchivePlan(
+            order_by=entity.order_by,
+            oldest=oldest,
+            newest=newest,
+            collection=collection,
+            source_handle=entity.source_handle,
+            dest_handle=entity.dest_handle,
+            rows=rows,
+            max_rows=entity.max_rows,
+            rows_per_archive=entity.rows_per_archive,
+            batch_size=entity.batch_size,
+            to_archive=to_archive,
+            archive_table=state,
+        )
+
+
+def _order_span(
+    connection: Connection, info: TableInfo, order_by: str, rows: int
+) -> tuple[object, object]:
+    """The ``order_by`` values of the first and the ``rows``-th row in archive order."""
+    column, pk = info.table.c[order_by], info.table.c[info.pk]
+    base = sa.select(column).order_by(column.asc(), pk.asc())
+    first = connection.execute(base.limit(1)).scalar_one_or_none()
+    last = connection.execute(base.offset(rows - 1).limit(1)).scalar_one_or_none()
+    spec = info.spec(order_by)
+    return encode_value(spec, first), encode_value(spec, last)

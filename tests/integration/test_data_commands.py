@@ -1,0 +1,473 @@
+"""The data/* commands against fresh SQLite, PostgreSQL and MariaDB databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from archivist.data import DataDaemon
+from archivist.errors import (
+    ArchivistError,
+    Conflict,
+    DatabaseError,
+    Forbidden,
+    InvalidParams,
+    UnknownCollection,
+    UnknownCommand,
+    UnknownField,
+    UnknownHandle,
+)
+from datasupport import create_table, run, sql, started
+
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+def message(i: int, **overrides: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "id": i,
+        "room": f"room{i % 3}",
+        "created_at": (BASE + dt.timedelta(seconds=i)).isoformat(),
+        "body": f"message {i} 😀",
+        "score": i / 4,
+        "meta": {"n": i},
+    }
+    row.update(overrides)
+    return row
+
+
+async def seed(daemon: DataDaemon, count: int, handle: str = "primary") -> None:
+    await daemon.execute(
+        "data/create",
+        {
+            "collection": "chat_messages",
+            "dbHandle": handle,
+            "items": [message(i) for i in range(1, count + 1)],
+        },
+    )
+
+
+async def call(daemon: DataDaemon, name: str, **params: object) -> dict[str, object]:
+    return await daemon.execute(
+        name, {"collection": "chat_messages", "dbHandle": "primary", **params}
+    )
+
+
+def ids_of(result: dict[str, object]) -> list[object]:
+    items = result["items"]
+    assert isinstance(items, list)
+    return [item["id"] for item in items]
+
+
+def test_ping_answers_pong(sqlite_url: str) -> None:
+    create_table(sqlite_url)
+
+    async def go() -> dict[str, object]:
+        async with started(sqlite_url) as daemon:
+            return await daemon.execute("ping", {}, caller="worker")
+
+    assert run(go()) == {"message": "pong"}
+
+
+def test_list_count_create_delete_work_on_every_engine(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> None:
+        async with started(any_url) as daemon:
+            assert await call(daemon, "data/create", data=message(1)) == {"created": 1}
+            assert await call(daemon, "data/create", items=[message(i) for i in range(2, 11)]) == {
+                "created": 9
+            }
+            assert await call(daemon, "data/count") == {"count": 10}
+            listed = await call(daemon, "data/list", limit=3)
+            assert ids_of(listed) == [1, 2, 3]
+            assert listed["count"] == 3
+            assert listed["collection"] == "chat_messages"
+            assert listed["primaryKey"] == "id"
+            assert listed["orderBy"] == "created_at"
+            assert listed["items"][0] == {  # type: ignore[index]
+                **message(1),
+                "created_at": "2024-01-01T00:00:01+00:00",
+            }
+            assert await call(daemon, "data/delete", id=1) == {"deleted": 1}
+            assert await call(daemon, "data/delete", ids=[2, 3, 99]) == {"deleted": 2}
+            assert await call(daemon, "data/count") == {"count": 7}
+
+    run(go())
+
+
+def test_list_without_order_uses_declared_order_then_primary_key(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> None:
+        async with started(any_url) as daemon:
+            same = BASE.isoformat()
+            items = [message(i, created_at=same) for i in (5, 3, 4)] + [
+                message(1, created_at=(BASE + dt.timedelta(days=1)).isoformat()),
+                message(2, created_at=(BASE - dt.timedelta(days=1)).isoformat()),
+            ]
+            await call(daemon, "data/create", items=items)
+            assert ids_of(await call(daemon, "data/list")) == [2, 3, 4, 5, 1]
+            desc = await call(
+                daemon, "data/list", orderBy=[{"field": "created_at", "direction": "desc"}]
+            )
+            assert ids_of(desc) == [1, 5, 4, 3, 2]
+
+    run(go())
+
+
+FILTER_CASES: list[tuple[str, dict[str, object], list[int]]] = [
+    ("equality", {"room": "room1"}, [1, 4, 7, 10]),
+    ("$eq", {"id": {"$eq": 3}}, [3]),
+    ("$ne", {"room": {"$ne": "room1"}}, [2, 3, 5, 6, 8, 9]),
+    ("$gt", {"id": {"$gt": 8}}, [9, 10]),
+    ("$gte", {"id": {"$gte": 8}}, [8, 9, 10]),
+    ("$lt", {"score": {"$lt": 0.5}}, [1]),
+    ("$lte", {"score": {"$lte": 0.5}}, [1, 2]),
+    ("$in", {"id": {"$in": [2, 4, 42]}}, [2, 4]),
+    ("$nin", {"id": {"$nin": [1, 2, 3, 4, 5, 6, 7]}}, [8, 9, 10]),
+    ("$exists true", {"body": {"$exists": True}}, [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+    ("$exists false", {"body": {"$exists": False}}, [10]),
+    ("null equality", {"body": None}, [10]),
+    ("$ne includes null", {"body": {"$ne": "message 1 😀"}}, [2, 3, 4, 5, 6, 7, 8, 9, 10]),
+    ("range on timestamps", {"created_at": {"$gte": "2024-01-01T02:00:09+02:00"}}, [9, 10]),
+    ("several operators", {"id": {"$gt": 2, "$lt": 5}, "room": "room0"}, [3]),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "filter_", "expected"), FILTER_CASES, ids=[c[0] for c in FILTER_CASES]
+)
+def test_filter_operator_selects_matching_rows(
+    any_url: str, case: str, filter_: dict[str, object], expected: list[int]
+) -> None:
+    create_table(any_url)
+
+    async def go() -> tuple[list[object], object]:
+        async with started(any_url) as daemon:
+            items = [message(i) for i in range(1, 10)] + [message(10, body=None)]
+            await call(daemon, "data/create", items=items)
+            listed = await call(daemon, "data/list", filter=filter_, orderBy=[{"field": "id"}])
+            counted = await call(daemon, "data/count", filter=filter_)
+            return ids_of(listed), counted["count"]
+
+    listed, counted = run(go())
+    assert listed == expected
+    assert counted == len(expected)
+
+
+def test_cursor_pages_over_ten_thousand_rows_in_both_directions(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> None:
+        async with started(any_url) as daemon:
+            # Pairs of rows share a timestamp, so the primary key must break the ties.
+            items = [
+                message(i, created_at=(BASE + dt.timedelta(seconds=i // 2)).isoformat())
+                for i in range(1, 10_001)
+            ]
+            await call(daemon, "data/create", items=items)
+            seen: list[object] = []
+            cursor: dict[str, object] | None = None
+            pages = 0
+            while True:
+                params: dict[str, object] = {"limit": 1000, "fields": ["id", "created_at"]}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                page = await call(daemon, "data/list", **params)
+                page_items = page["items"]
+                assert isinstance(page_items, list)
+                if not page_items:
+                    break
+                pages += 1
+                seen.extend(item["id"] for item in page_items)
+                last = page_items[-1]
+                cursor = {"field": "created_at", "value": last["created_at"], "id": last["id"]}
+            assert pages == 10
+            assert seen == list(range(1, 10_001))
+
+            backwards: list[object] = []
+            first = await call(
+                daemon, "data/list", limit=1, orderBy=[{"field": "created_at", "direction": "desc"}]
+            )
+            top = first["items"][0]  # type: ignore[index]
+            backwards.append(top["id"])
+            cursor = {
+                "field": "created_at",
+                "value": top["created_at"],
+                "id": top["id"],
+                "direction": "before",
+            }
+            while True:
+                page = await call(daemon, "data/list", limit=1000, cursor=cursor)
+                page_items = page["items"]
+                assert isinstance(page_items, list)
+                if not page_items:
+                    break
+                # "before" returns the rows just before the cursor, still in listing order.
+                backwards.extend(reversed([item["id"] for item in page_items]))
+                head = page_items[0]
+                cursor = {
+                    "field": "created_at",
+                    "value": head["created_at"],
+                    "id": head["id"],
+                    "direction": "before",
+                }
+            assert backwards == list(range(10_000, 0, -1))
+
+    run(go())
+
+
+def test_fields_projects_only_the_named_columns(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> dict[str, object]:
+        async with started(any_url) as daemon:
+            await seed(daemon, 2)
+            return await call(daemon, "data/list", fields=["id", "body"], limit=1)
+
+    assert run(go())["items"] == [{"id": 1, "body": "message 1 😀"}]
+
+
+def test_create_identical_existing_row_counts_as_created(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> tuple[object, object]:
+        async with started(any_url) as daemon:
+            await seed(daemon, 3)
+            again = await call(daemon, "data/create", items=[message(2), message(3), message(4)])
+            return again, (await call(daemon, "data/count"))["count"]
+
+    assert run(go()) == ({"created": 3}, 4)
+
+
+def test_create_different_existing_row_is_a_conflict_naming_the_key_and_writes_nothing(
+    any_url: str,
+) -> None:
+    create_table(any_url)
+
+    async def go() -> tuple[str, object, object]:
+        async with started(any_url) as daemon:
+            await seed(daemon, 3)
+            with pytest.raises(Conflict) as caught:
+                await call(daemon, "data/create", items=[message(10), message(2, body="changed")])
+            count = (await call(daemon, "data/count"))["count"]
+            body = (await call(daemon, "data/list", filter={"id": 2}))["items"]
+            return caught.value.message, count, body
+
+    text, count, items = run(go())
+    assert "id 2" in text and "conflict" in text
+    assert count == 3
+    assert items == [message(2, created_at="2024-01-01T00:00:02+00:00")]
+
+
+def test_create_with_replace_overwrites_existing_rows(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> list[object]:
+        async with started(any_url) as daemon:
+            await seed(daemon, 2)
+            result = await call(
+                daemon,
+                "data/create",
+                items=[message(2, body="new"), message(3)],
+                onConflict="replace",
+            )
+            assert result == {"created": 2}
+            listed = await call(daemon, "data/list", fields=["id", "body"])
+            return listed["items"]  # type: ignore[return-value]
+
+    assert run(go()) == [
+        {"id": 1, "body": "message 1 😀"},
+        {"id": 2, "body": "new"},
+        {"id": 3, "body": "message 3 😀"},
+    ]
+
+
+def test_delete_with_expected_skips_rows_changed_since_the_copy(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> tuple[dict[str, object], object]:
+        async with started(any_url) as daemon:
+            await seed(daemon, 4)
+            copied = (await call(daemon, "data/list"))["items"]
+            assert isinstance(copied, list)
+            await call(
+                daemon, "data/create", items=[message(2, body="edited")], onConflict="replace"
+            )
+            result = await call(daemon, "data/delete", expected=[*copied[:3], message(99)])
+            remaining = ids_of(await call(daemon, "data/list"))
+            return result, remaining
+
+    result, remaining = run(go())
+    assert result == {"deleted": 2, "skipped": [2, 99]}
+    assert remaining == [2, 4]
+
+
+INVALID_CALLS: list[tuple[str, str, dict[str, object], type[ArchivistError]]] = [
+    ("unknown handle", "data/list", {"dbHandle": "nope"}, UnknownHandle),
+    ("unknown collection", "data/list", {"collection": "users"}, UnknownCollection),
+    ("unknown field in filter", "data/list", {"filter": {"nope": 1}}, UnknownField),
+    ("unknown field in orderBy", "data/list", {"orderBy": [{"field": "nope"}]}, UnknownField),
+    ("unknown field in fields", "data/list", {"fields": ["id", "nope"]}, UnknownField),
+    ("unknown field in item", "data/create", {"data": {"id": 1, "nope": 2}}, UnknownField),
+    ("unknown param", "data/list", {"fitler": {"id": 1}}, InvalidParams),
+    ("limit too large", "data/list", {"limit": 100_001}, InvalidParams),
+    ("wrong type", "data/list", {"limit": "10"}, InvalidParams),
+    ("unknown operator", "data/count", {"filter": {"id": {"$regex": "1"}}}, InvalidParams),
+    ("bad value", "data/create", {"data": {"id": "one"}}, InvalidParams),
+    ("data and items", "data/create", {"data": {"id": 1}, "items": []}, InvalidParams),
+    ("neither id nor ids", "data/delete", {}, InvalidParams),
+    (
+        "injection in collection",
+        "data/list",
+        {"collection": "x; DROP TABLE chat_messages"},
+        InvalidParams,
+    ),
+    ("injection in field", "data/list", {"fields": ["id; DROP TABLE chat_messages"]}, UnknownField),
+    (
+        "injection in filter key",
+        "data/count",
+        {"filter": {"id = 1 OR 1=1; DROP TABLE chat_messages --": 1}},
+        UnknownField,
+    ),
+    (
+        "injection in orderBy",
+        "data/list",
+        {"orderBy": [{"field": "id; DROP TABLE chat_messages"}]},
+        UnknownField,
+    ),
+    (
+        "injection in handle",
+        "data/list",
+        {"dbHandle": "primary; DROP TABLE chat_messages"},
+        UnknownHandle,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "command", "params", "error"), INVALID_CALLS, ids=[c[0] for c in INVALID_CALLS]
+)
+def test_invalid_call_is_a_clear_error_and_changes_nothing(
+    any_url: str, case: str, command: str, params: dict[str, object], error: type[ArchivistError]
+) -> None:
+    create_table(any_url)
+
+    async def go() -> ArchivistError:
+        async with started(any_url) as daemon:
+            await seed(daemon, 3)
+            with pytest.raises(error) as caught:
+                await call(daemon, command, **params)
+            assert (await call(daemon, "data/count"))["count"] == 3
+            return caught.value
+
+    raised = run(go())
+    assert raised.code == error.code
+    assert raised.message
+    assert sql(any_url, "SELECT count(*) FROM chat_messages") == [(3,)]
+
+
+def test_injection_in_filter_value_is_bound_not_executed(any_url: str) -> None:
+    create_table(any_url)
+
+    async def go() -> object:
+        async with started(any_url) as daemon:
+            await seed(daemon, 3)
+            hostile = "x'; DROP TABLE chat_messages; --"
+            result = await call(daemon, "data/list", filter={"room": hostile})
+            await call(daemon, "data/create", data=message(4, body=hostile))
+            return result["items"], (await call(daemon, "data/list", filter={"body": hostile}))
+
+    items, found = run(go())
+    assert items == []
+    assert ids_of(found) == [4]  # type: ignore[arg-type]
+
+
+def test_worker_may_run_only_allowlisted_commands(sqlite_url: str) -> None:
+    create_table(sqlite_url)
+
+    async def go() -> None:
+        async with started(sqlite_url) as daemon:
+            daemon.bus.register("admin/reset", lambda params: call(daemon, "data/count"))
+            with pytest.raises(Forbidden):
+                await daemon.execute("admin/reset", {}, caller="worker")
+            assert await daemon.execute("admin/reset", {}) == {"count": 0}
+            with pytest.raises(UnknownCommand):
+                await daemon.execute("data/nope", {})
+
+    run(go())
+
+
+def test_table_missing_on_a_handle_is_unknown_collection_not_a_fallback(
+    sqlite_url: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    create_table(sqlite_url)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+
+    async def go() -> None:
+        config_handles = {"primary": sqlite_url, "archive": "sqlite://", "other": other}
+        from archivist.config import make_config
+        from datasupport import chat_policy
+
+        daemon = DataDaemon(make_config(config_handles, [chat_policy()]))
+        await daemon.start()
+        try:
+            with pytest.raises(UnknownCollection, match="other"):
+                await daemon.execute(
+                    "data/list", {"collection": "chat_messages", "dbHandle": "other"}
+                )
+        finally:
+            await daemon.close()
+
+    run(go())
+
+
+def test_database_error_names_the_handle_and_hides_the_password(sqlite_url: str) -> None:
+    create_table(sqlite_url)
+
+    async def go() -> None:
+        from archivist.config import make_config
+        from datasupport import chat_policy
+
+        config = make_config(
+            {"primary": sqlite_url, "archive": "postgresql://someone:s3cret@127.0.0.1:1/none"},
+            [chat_policy()],
+        )
+        daemon = DataDaemon(config)
+        await daemon.start()
+        try:
+            with pytest.raises(DatabaseError) as caught:
+                await daemon.execute(
+                    "data/count", {"collection": "chat_messages", "dbHandle": "archive"}
+                )
+            assert "'archive'" in caught.value.message
+            assert "s3cret" not in caught.value.message
+        finally:
+            await daemon.close()
+
+    run(go())
+
+
+def test_many_items_are_created_in_few_statements(sqlite_url: str) -> None:
+    create_table(sqlite_url)
+    statements: list[str] = []
+
+    async def go() -> None:
+        from sqlalchemy import event
+
+        async with started(sqlite_url) as daemon:
+            engine = daemon.handle("primary").engine
+
+            @event.listens_for(engine, "before_cursor_execute")
+            def count(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+                statements.append(statement)
+
+            await seed(daemon, 1000)
+            await call(daemon, "data/delete", ids=list(range(1, 1001)))
+
+    run(go())
+    writes = [
+        s for s in statements if s.lstrip().upper().startswith(("INSERT", "DELETE", "SELECT"))
+    ]
+    assert len(writes) <= 4, writes

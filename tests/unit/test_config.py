@@ -1,0 +1,132 @@
+"""Configuration: TOML names, defaults, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archivist.config import ArchiveConfig, load_config, make_config
+from archivist.errors import ConfigError
+
+FULL = """
+[handles]
+primary = "sqlite:///data/primary.db"
+archive = "sqlite:///data/archive.db"
+
+[worker]
+socket = "/run/user/1000/archivist/worker.sock"
+concurrency = 3
+
+[daemon]
+check_interval = 60
+health_interval = 30
+entities = ["myapp.models"]
+
+[[archive]]
+collection = "chat_messages"
+order_by = "created_at"
+max_rows = 10000
+rows_per_archive = 1000
+batch_size = 500
+source_handle = "primary"
+dest_handle = "archive"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "archivist.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_example_loads_with_its_values(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+    assert config.worker.socket == "/run/user/1000/archivist/worker.sock"
+    assert config.worker.concurrency == 3
+    assert config.worker.frame_limit == 16 * 1024 * 1024
+    assert config.daemon.check_interval == 60
+    assert config.daemon.entities == ["myapp.models"]
+    entry = config.archive[0]
+    assert (entry.collection, entry.order_by, entry.max_rows, entry.batch_size) == (
+        "chat_messages",
+        "created_at",
+        10000,
+        500,
+    )
+
+
+def test_relative_sqlite_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+    assert config.handles["primary"] == f"sqlite:///{tmp_path.resolve()}/data/primary.db"
+
+
+def test_defaults_fill_optional_keys(tmp_path: Path) -> None:
+    text = """
+[handles]
+primary = "sqlite:///p.db"
+archive = "postgresql://u:pw@localhost/db"
+[[archive]]
+collection = "events"
+order_by = "ts"
+max_rows = 10
+rows_per_archive = 4
+"""
+    config = load_config(write(tmp_path, text))
+    entry = config.archive[0]
+    assert entry.batch_size is None and entry.effective_batch_size == 4
+    assert (entry.source_handle, entry.dest_handle) == ("primary", "archive")
+    assert config.daemon.health_interval == 30
+    assert config.handles["archive"] == "postgresql://u:pw@localhost/db"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (FULL.replace("max_rows = 10000", 'max_rows = "many"'), "archive[0].max_rows"),
+        (FULL.replace("concurrency = 3", "concurrency = 0"), "worker.concurrency"),
+        (FULL.replace('order_by = "created_at"', 'order_by = "x; DROP"'), "archive[0].order_by"),
+        (FULL.replace('dest_handle = "archive"', 'dest_handle = "cold"'), "archive[0].dest_handle"),
+        (FULL.replace("[daemon]", "[daemon]\ncolour = 1"), "daemon"),
+        (
+            FULL + "\n[[archive]]\ncollection='chat_messages'\norder_by='a'\n"
+            "max_rows=1\nrows_per_archive=1\n",
+            "archive[1].collection",
+        ),
+        ("[handles\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_an_error_naming_file_and_key(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in caught.value.message
+    assert fragment in caught.value.message
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_config_can_be_built_in_python() -> None:
+    config = make_config(
+        {"primary": "sqlite://", "archive": "sqlite://"},
+        [ArchiveConfig(collection="t", order_by="ts", max_rows=5, rows_per_archive=2)],
+    )
+    assert config.archive[0].effective_batch_size == 2
+    with pytest.raises(ConfigError, match="unknown handle 'cold'"):
+        make_config(
+            {"primary": "sqlite://"},
+            [
+                ArchiveConfig(
+                    collection="t",
+                    order_by="ts",
+                    max_rows=5,
+                    rows_per_archive=2,
+                    dest_handle="cold",
+                )
+            ],
+        )
