@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
+from rich.console import Console
 
 import archivist
 from archivist import protocol
-from archivist.errors import ArchivistError
+from archivist.errors import ArchivistError, UnknownCollection
+
+if TYPE_CHECKING:
+    from archivist.config import Config
 
 log = logging.getLogger("archivist")
 
@@ -83,7 +88,8 @@ def main() -> None:
     type=click.FloatRange(min=0.1),
     default=600.0,
     show_default=True,
-    help="Seconds a silent connection is kept open.",
+    help="Seconds a connection may go without sending a complete frame before it is "
+    "closed (a silent client, or one that trickles bytes).",
 )
 @click.option(
     "--shutdown-timeout",
@@ -91,6 +97,18 @@ def main() -> None:
     default=30.0,
     show_default=True,
     help="Seconds running tasks get to reach a safe point on SIGTERM.",
+)
+@click.option(
+    "--allow-uid",
+    "allow_uids",
+    type=click.IntRange(0),
+    multiple=True,
+    metavar="UID",
+    help="Also serve processes of this user (repeatable). The worker's own user is always "
+    "served and every other one refused (checked with SO_PEERCRED). Without this option "
+    "the socket is 0600 in a 0700 directory; with it the socket is 0666 in a 0711 "
+    "directory, so other users can reach it, and the credential check refuses all but "
+    "the allowed ones. Directories above the socket's must let them pass too.",
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
@@ -100,6 +118,7 @@ def worker(
     frame_limit: int,
     idle_timeout: float,
     shutdown_timeout: float,
+    allow_uids: tuple[int, ...],
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -124,5 +143,269 @@ def worker(
         frame_limit=frame_limit,
         idle_timeout=idle_timeout,
         shutdown_timeout=shutdown_timeout,
+        allowed_uids=frozenset(allow_uids),
     )
     run_async(serve(options))
+
+
+# --- configuration-driven commands -------------------------------------------------------
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The TOML configuration file (handles, worker, daemon, [[archive]] policies).",
+)
+socket_option = click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="Use the worker that listens on this socket instead of starting one.",
+)
+
+
+def load(config_path: Path) -> Config:
+    from archivist.config import load_config
+
+    try:
+        return load_config(config_path)
+    except ArchivistError as exc:
+        fail(exc.message)
+
+
+@main.command(context_settings=CONTEXT)
+@config_option
+@socket_option
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+def run(config_path: Path, socket_path: Path | None, verbose: int) -> None:
+    """Archive by policy until stopped: the main job.
+
+    Starts a worker as a child process (restarting it if it dies), or uses the one at
+    --socket; then every `check_interval` seconds counts each archivable table and, when
+    one holds more than `max_rows`, moves its oldest rows to the archive handle until it
+    is back at `max_rows - rows_per_archive`. SIGTERM or SIGINT stop it cleanly.
+
+    Example:
+
+        archivist run --config archivist.toml
+    """
+    setup_logging(verbose)
+    config = load(config_path)
+    run_async(_run(config, socket_path, watch=True))
+
+
+@main.command(context_settings=CONTEXT)
+@config_option
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The socket of a worker that runs already (see `archivist worker`).",
+)
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+def daemon(config_path: Path, socket_path: Path, verbose: int) -> None:
+    """Run the daemon alone, against a worker that runs already.
+
+    Like `archivist run`, but never starts a worker: it connects to --socket and
+    reconnects (with backoff) whenever the connection drops.
+
+    Example:
+
+        archivist worker --socket /tmp/arch/worker.sock &
+        archivist daemon --config archivist.toml --socket /tmp/arch/worker.sock
+    """
+    setup_logging(verbose)
+    config = load(config_path)
+    run_async(_run(config, socket_path, watch=True))
+
+
+async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None:
+    from archivist.daemon.runtime import Launch, running
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(config, Launch(socket=socket_path, watch=watch)):
+        await stop.wait()
+        log.info("stopping on signal")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("collection")
+@config_option
+@socket_option
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    help="Move the N oldest rows (or all there are). Default: what the policy says is over "
+    "its limit.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, protocol.MAX_BATCH_SIZE),
+    help="Rows per batch. Default: the policy's batch_size.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would move, and move nothing.")
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+def archive(
+    collection: str,
+    config_path: Path,
+    socket_path: Path | None,
+    max_rows: int | None,
+    batch_size: int | None,
+    dry_run: bool,
+    verbose: int,
+) -> None:
+    """Archive COLLECTION now, show progress, and exit.
+
+    Without --max-rows it moves what the policy says is over its limit (nothing if the
+    table is within max_rows). Exits 0 on success and 1 with the error on failure.
+
+    Examples:
+
+        archivist archive chat_messages --config archivist.toml --max-rows 50000
+        archivist archive chat_messages --config archivist.toml --dry-run
+    """
+    setup_logging(verbose, quiet=verbose == 0)
+    config = load(config_path)
+    run_async(_archive(config, collection, socket_path, max_rows, batch_size, dry_run))
+
+
+async def _archive(
+    config: Config,
+    collection: str,
+    socket_path: Path | None,
+    max_rows: int | None,
+    batch_size: int | None,
+    dry_run: bool,
+) -> None:
+    from archivist.daemon.runtime import Launch, archive_now, running
+    from archivist.ui import ArchiveProgress, print_summary
+
+    console = Console()
+    launch = Launch(socket=socket_path, private_socket=True, quiet_worker=True, watch=False)
+    if dry_run:
+        await _dry_run(config, collection, max_rows, console)
+        return
+    with ArchiveProgress(collection) as bar:
+        async with running(config, launch, on_update=bar.update) as service:
+            policy = service.policies.get(collection)
+            if policy is None:
+                raise UnknownCollection(
+                    f"{collection!r} is not an archivable collection; "
+                    f"known: {', '.join(sorted(service.policies)) or 'none'}"
+                )
+            rows = max_rows
+            if rows is None:
+                count = await service.count(collection, policy.source_handle)
+                rows = max(0, count - (policy.max_rows - policy.rows_per_archive))
+                if count <= policy.max_rows:
+                    rows = 0
+            if rows == 0:
+                console.print(f"{collection}: within its policy; nothing to archive.")
+                return
+            record = await archive_now(service, collection, rows, batch_size)
+    print_summary(console, record)
+
+
+async def _dry_run(config: Config, collection: str, max_rows: int | None, console: Console) -> None:
+    from archivist.data import DataDaemon
+    from archivist.ui import print_plan
+
+    data = DataDaemon(config)
+    await data.start()
+    try:
+        plan = await data.plan(collection, max_rows)
+    finally:
+        await data.close()
+    print_plan(console, plan)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Find the worker's socket in this config file.",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="The worker's socket (default: the config's, else the default path).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the worker's answer as JSON.")
+def status(config_path: Path | None, socket_path: Path | None, as_json: bool) -> None:
+    """Show queued, running (with progress) and recently finished tasks.
+
+    Examples:
+
+        archivist status --config archivist.toml
+        archivist status --socket /tmp/arch/worker.sock --json
+    """
+    from archivist.worker.paths import default_socket_path
+
+    if socket_path is None and config_path is not None:
+        configured = load(config_path).worker.socket
+        socket_path = Path(configured) if configured else None
+    run_async(_status(socket_path or default_socket_path(), as_json))
+
+
+async def _status(socket_path: Path, as_json: bool) -> None:
+    from archivist.daemon.connection import WorkerConnection
+    from archivist.ui import print_status
+
+    try:
+        connection = await WorkerConnection.open(socket_path)
+    except OSError as exc:
+        fail(f"no worker answers at {socket_path}: {exc.strerror or exc}")
+    async with asyncio.TaskGroup() as group:
+        group.create_task(connection.peer.run())
+        try:
+            result = await connection.status()
+        finally:
+            await connection.close()
+    if as_json:
+        click.echo(protocol.encode(result).decode().rstrip())
+    else:
+        print_status(Console(), result)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=100),
+    default=100_000,
+    show_default=True,
+    help="Rows in the demo chat_messages table.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("archivist-demo"),
+    show_default=True,
+    help="Where the demo's SQLite files go (recreated on every run).",
+)
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+def demo(rows: int, directory: Path, verbose: int) -> None:
+    """See archivist work on SQLite, with no config: the README's first command.
+
+    Creates a SQLite primary with a realistic chat_messages table (--rows rows), a policy
+    of max_rows = rows/2 with rows_per_archive = rows/20, and archives it down to its
+    policy through a real worker process, showing progress and the counts before and
+    after in both databases.
+
+    Example:
+
+        archivist demo --rows 20000
+    """
+    from archivist.demo import prepare_demo, run_demo
+
+    setup_logging(verbose, quiet=verbose == 0)
+    console = Console()
+    config = prepare_demo(directory, rows, console)
+    run_async(run_demo(config, directory, console))

@@ -243,15 +243,18 @@ def decode_frame(line: bytes, accepted: dict[str, type[Request]]) -> Request | I
     ``command`` is an `UnknownCommand`. Invalid fields raise `InvalidParams` naming the path.
     """
     obj = parse_object(line)
-    command = obj.get("command")
-    if command is None:
+    if "command" not in obj:
         request_id = obj.get("requestId")
         return Incoming(request_id if isinstance(request_id, str) else None, obj)
+    command = obj["command"]
     if not isinstance(command, str):
+        # "command": null too: the field makes it a request, so it must be answered.
         raise InvalidParams(f"command must be a string, got {type_name(command)}")
     message_type = accepted.get(command)
     if message_type is None:
-        raise UnknownCommand(f"unknown command {command!r}; known: {', '.join(sorted(accepted))}")
+        # Shortened: the name is echoed in the answer and the log, and a frame can be 16 MiB.
+        name = command if len(command) <= 64 else command[:64] + "..."
+        raise UnknownCommand(f"unknown command {name!r}; known: {', '.join(sorted(accepted))}")
     return convert(obj, message_type)
 
 

@@ -8,12 +8,20 @@ destination, or both, and a rerun converges (creates are idempotent by primary k
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
-from archivist.errors import ArchivistError, ConnectionClosed, VerifyMismatch
+from archivist.errors import (
+    ArchivistError,
+    ConnectionClosed,
+    RemoteError,
+    RequestTimeout,
+    VerifyMismatch,
+)
 from archivist.protocol import JSONObject
 from archivist.worker.queue import Task
 
@@ -22,6 +30,20 @@ log = logging.getLogger(__name__)
 DEFAULT_PRIMARY_KEY: Final = "id"
 STALLED_BATCHES: Final = 3
 """Consecutive batches that delete nothing (every row changed under us) before giving up."""
+
+
+TRANSIENT_CODES: Final = frozenset({"db_error", "timeout"})
+"""Wire codes of failures worth retrying: the database or the daemon may come back."""
+RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the executor behaves; one instance per worker."""
+
+    retry_for: float = 60.0
+    """Seconds a batch that keeps failing with a transient error is retried before the task
+    fails (0: fail at once)."""
 
 
 class Callbacks(Protocol):
@@ -46,10 +68,10 @@ class BadAnswer(ArchivistError):
     code = "bad_answer"
 
 
-async def run_task(task: Task, calls: Callbacks) -> Outcome:
+async def run_task(task: Task, calls: Callbacks, settings: Settings | None = None) -> Outcome:
     """Run one task to its end and say how it ended; never raises for a task's failure."""
     try:
-        finished = await _archive(task, calls)
+        finished = await _archive(task, calls, settings or Settings())
     except ConnectionClosed as exc:
         log.warning("task %s: connection lost (%s); dropped", task.task_id, exc.message)
         return Outcome("cancelled", task.archived, exc.message, exc.code, delivered=False)
@@ -65,7 +87,7 @@ async def run_task(task: Task, calls: Callbacks) -> Outcome:
     return Outcome("success", task.archived)
 
 
-async def _archive(task: Task, calls: Callbacks) -> bool:
+async def _archive(task: Task, calls: Callbacks, settings: Settings) -> bool:
     """Move the task's rows; True when all are moved (or the source ran out)."""
     spec = task.spec
     # One round trip before touching data proves the callback path (the design's Test 3).
@@ -75,11 +97,20 @@ async def _archive(task: Task, calls: Callbacks) -> bool:
     )
     task.total = min(spec.max_rows, _int_field(counted, "count", "data/count"))
     stalled = 0
+    failing_since: float | None = None
+    streak = 0
     while task.archived < spec.max_rows:
         if task.stop_reason is not None:
             return False
         limit = min(spec.batch_size, spec.max_rows - task.archived)
-        moved, listed = await _move_batch(task, calls, limit)
+        try:
+            moved, listed = await _move_batch(task, calls, limit)
+        except (RemoteError, RequestTimeout) as exc:
+            failing_since = failing_since or time.monotonic()
+            streak += 1
+            await _retry_pause(task, exc, streak, time.monotonic() - failing_since, settings)
+            continue
+        failing_since, streak = None, 0
         if listed == 0:
             return True
         task.archived += moved
@@ -93,6 +124,37 @@ async def _archive(task: Task, calls: Callbacks) -> bool:
         if listed < limit and moved == listed:
             return True  # the source ran out: no need to ask again
     return True
+
+
+async def _retry_pause(
+    task: Task,
+    exc: RemoteError | RequestTimeout,
+    streak: int,
+    failing_for: float,
+    settings: Settings,
+) -> None:
+    """Wait before retrying a failed batch, or re-raise when retrying is pointless or over.
+
+    Retrying is safe at any step: the next attempt lists the source again, its create is
+    idempotent, and only rows verified in the archive are deleted.
+    """
+    if exc.code not in TRANSIENT_CODES:
+        raise exc
+    if failing_for >= settings.retry_for:
+        raise type(exc)(
+            f"{exc.message} (gave up after retrying for {failing_for:.0f} s)", *_code_arg(exc)
+        ) from None
+    task.retries += 1
+    delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]
+    delay = min(delay, max(0.1, settings.retry_for - failing_for))
+    log.warning("task %s: batch failed (%s); retrying in %.1f s", task.task_id, exc.message, delay)
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline and task.stop_reason is None:  # noqa: ASYNC110
+        await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+
+
+def _code_arg(exc: RemoteError | RequestTimeout) -> tuple[str, ...]:
+    return (exc.code,) if isinstance(exc, RemoteError) else ()
 
 
 async def _move_batch(task: Task, calls: Callbacks, limit: int) -> tuple[int, int]:

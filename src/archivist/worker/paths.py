@@ -13,6 +13,12 @@ from archivist.errors import ArchivistError
 
 MAX_SOCKET_PATH = 107
 """sun_path holds 108 bytes including the terminating NUL."""
+DIRECTORY_MODE = 0o700
+DIRECTORY_MODE_SHARED = 0o711
+"""Others may enter (not list) the directory, to reach a socket that admits them."""
+SOCKET_MODE = 0o600
+SOCKET_MODE_SHARED = 0o666
+"""connect() needs write permission; SO_PEERCRED then decides who is served."""
 
 
 class SocketPathError(ArchivistError):
@@ -27,27 +33,35 @@ def default_socket_path() -> Path:
     return Path(f"/tmp/archivist-{os.getuid()}") / "worker.sock"
 
 
-def prepare(path: Path) -> None:
+def prepare(path: Path, *, shared: bool = False) -> None:
     """Make the socket's directory private (0700, ours) and clear a stale socket file.
 
-    Raises `SocketPathError` if the directory is shared with other users, the path is
-    too long for a Unix socket, or a live worker already listens there.
+    With ``shared`` (the worker admits other users, ``--allow-uid``) the directory is
+    0711 instead: others may pass through it to the socket but not list it, and the
+    worker's credential check (SO_PEERCRED) decides who is served.
+
+    Raises `SocketPathError` if the directory is open to other users beyond that, the
+    path is too long for a Unix socket, or a live worker already listens there.
     """
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise SocketPathError(f"socket path is longer than {MAX_SOCKET_PATH} bytes: {path}")
+    mode = DIRECTORY_MODE_SHARED if shared else DIRECTORY_MODE
     directory = path.parent
     if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True)
-        directory.chmod(0o700)
+        directory.mkdir(mode=mode, parents=True)
+        directory.chmod(mode)
     info = directory.stat()
     if info.st_uid != os.getuid():
         raise SocketPathError(f"socket directory {directory} belongs to another user")
-    if stat.S_IMODE(info.st_mode) & 0o077:
+    current = stat.S_IMODE(info.st_mode)
+    if current & 0o077 & ~mode:
         raise SocketPathError(
             f"socket directory {directory} is open to other users "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); use a directory only you can enter "
+            f"(mode {current:04o}); use a directory only you can enter "
             "(chmod 700) or leave --socket at its default"
         )
+    if shared and current != mode:
+        directory.chmod(mode)
     _clear_stale(path)
 
 

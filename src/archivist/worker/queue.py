@@ -34,6 +34,8 @@ class Task:
     stop_reason: str | None = None
     """Set to ask the executor to stop at its next safe point."""
     throttled: str | None = None
+    retries: int = 0
+    """Batches retried after a transient failure."""
 
     @property
     def task_id(self) -> str:

@@ -58,7 +58,10 @@ class WorkerOptions:
     shutdown_timeout: float = 30.0
     """Seconds running tasks get to reach a safe point on SIGTERM before they are cut."""
     allowed_uids: frozenset[int] = frozenset()
-    """Users besides the worker's own that may connect (checked with SO_PEERCRED)."""
+    """Users besides the worker's own that may connect (checked with SO_PEERCRED).
+
+    Non-empty, it opens the socket (0666) and its directory (0711) to other users so they
+    can reach the socket at all; the credential check is then what refuses the others."""
 
 
 class _TaskCalls:
@@ -111,7 +114,8 @@ class Worker:
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         path = self.options.socket_path
-        paths.prepare(path)
+        shared = bool(self.options.allowed_uids)
+        paths.prepare(path, shared=shared)
         old_umask = os.umask(0o177)  # the socket file is born 0600
         try:
             server = await asyncio.start_unix_server(
@@ -119,7 +123,7 @@ class Worker:
             )
         finally:
             os.umask(old_umask)
-        path.chmod(0o600)
+        path.chmod(paths.SOCKET_MODE_SHARED if shared else paths.SOCKET_MODE)
         log.info(
             "worker %s listening on %s (concurrency %d, pid %d)",
             archivist.__version__,

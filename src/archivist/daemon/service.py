@@ -1,0 +1,353 @@
+"""The ArchiveDaemon: watches archivable tables, queues archive tasks, keeps the worker reachable.
+
+It owns the policy loop (count, compare with ``max_rows``, ensure the archive table, queue
+a task), the connection to the worker (reconnect with backoff, health pings, tasks lost
+with a connection queued again), and it answers the worker's ``execute`` callbacks through
+the DataDaemon's command bus with the worker's allowlist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+from archivist.daemon.connection import WorkerConnection
+from archivist.daemon.supervisor import WorkerProcess
+from archivist.daemon.tracker import TaskRecord, Tracker
+from archivist.errors import ArchivistError, PeerError
+from archivist.protocol import Archive, Complete, JSONObject, Progress
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAYS: Final = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+STOP_TIMEOUT: Final = 30.0
+"""Seconds tasks get to reach a safe point when the daemon stops."""
+
+
+class Policy(Protocol):
+    """What the daemon needs to know of an archivable entity."""
+
+    @property
+    def collection(self) -> str: ...
+    @property
+    def order_by(self) -> str: ...
+    @property
+    def max_rows(self) -> int: ...
+    @property
+    def rows_per_archive(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def source_handle(self) -> str: ...
+    @property
+    def dest_handle(self) -> str: ...
+
+
+class DataService(Protocol):
+    """The DataDaemon as the ArchiveDaemon uses it."""
+
+    async def execute(
+        self, name: str, params: JSONObject, *, caller: str = "local"
+    ) -> JSONObject: ...
+
+    async def ensure_archive_table(self, collection: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    socket_path: Path
+    check_interval: float = 60.0
+    health_interval: float = 30.0
+    health_timeout: float = 10.0
+    request_timeout: float = 30.0
+
+
+class _ConnectionGone(Exception):
+    """Ends one connection's task group."""
+
+
+class ArchiveDaemon:
+    """Queues archive tasks by policy and serves the worker's callbacks."""
+
+    def __init__(
+        self,
+        data: DataService,
+        policies: Sequence[Policy],
+        options: DaemonOptions,
+        *,
+        supervisor: WorkerProcess | None = None,
+        on_update: Callable[[TaskRecord], None] | None = None,
+    ) -> None:
+        self.data = data
+        self.policies = {p.collection: p for p in policies}
+        self.options = options
+        self.supervisor = supervisor
+        self.tracker = Tracker()
+        self._on_update = on_update
+        self._connection: WorkerConnection | None = None
+        self._connected = asyncio.Event()
+        self.connections = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, watch: bool = True) -> None:
+        """Serve until ``stop`` is set; with ``watch``, check the policies periodically."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                if self.supervisor is not None:
+                    group.create_task(self.supervisor.run(), name="worker-process")
+                group.create_task(self._connect_loop(), name="worker-connection")
+                if watch:
+                    group.create_task(self._watch_loop(), name="policy-checks")
+                await stop.wait()
+                await self._stop_tasks()
+                raise _ConnectionGone
+        except* _ConnectionGone:
+            pass
+        finally:
+            if self.supervisor is not None:
+                await self.supervisor.stop()
+        log.info("daemon stopped")
+
+    async def _stop_tasks(self) -> None:
+        """Ask the worker to stop our tasks at their next safe point, wait, then disconnect.
+
+        Closing the connection first would also be safe (rows of an interrupted batch stay
+        in both databases and the next run converges) but leaves more to redo.
+        """
+        connection = self._connection
+        if connection is None:
+            return
+        unfinished = [r for r in self.tracker.records() if r.state in ("queued", "running")]
+        for record in unfinished:
+            try:
+                await connection.cancel(record.task_id)
+            except PeerError as exc:
+                log.debug("cancel %s: %s", record.task_id, exc.message)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                for record in unfinished:
+                    await record.done.wait()
+        except TimeoutError:
+            log.warning("tasks did not reach a safe point in %.0f s; disconnecting", STOP_TIMEOUT)
+        await connection.close()
+
+    async def connection(self) -> WorkerConnection:
+        """The current connection to the worker, waiting for one if needed."""
+        while True:
+            await self._connected.wait()
+            if self._connection is not None and not self._connection.peer.closed:
+                return self._connection
+
+    # --- the worker connection ---------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                connection = await WorkerConnection.open(
+                    self.options.socket_path,
+                    execute=self._serve_execute,
+                    notify=self._notified,
+                    request_timeout=self.options.request_timeout,
+                )
+            except OSError as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                if failures % 20 == 0:
+                    log.info(
+                        "worker not reachable at %s (%s); retrying",
+                        self.options.socket_path,
+                        exc.strerror or exc,
+                    )
+                failures += 1
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            await self._serve_connection(connection)
+
+    async def _serve_connection(self, connection: WorkerConnection) -> None:
+        self.connections += 1
+        log.info("connected to the worker at %s", self.options.socket_path)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(connection.peer.run(), name="worker-peer")
+                self._connection = connection
+                self._connected.set()
+                group.create_task(self._health_loop(connection), name="health")
+                await self._dispatch_pending(connection)
+                await connection.peer.wait_closed()
+                raise _ConnectionGone
+        except* _ConnectionGone:
+            pass
+        finally:
+            self._connected.clear()
+            self._connection = None
+            lost = self.tracker.mark_lost()
+            if lost:
+                log.warning(
+                    "lost the connection to the worker; %d unfinished task(s) will be queued "
+                    "again",
+                    len(lost),
+                )
+            else:
+                log.info("disconnected from the worker")
+
+    async def _health_loop(self, connection: WorkerConnection) -> None:
+        while not connection.peer.closed:
+            await asyncio.sleep(self.options.health_interval)
+            try:
+                await connection.ping(timeout=self.options.health_timeout)
+            except PeerError as exc:
+                log.warning("worker health check failed (%s); reconnecting", exc.message)
+                await connection.close()
+                return
+
+    async def _dispatch_pending(self, connection: WorkerConnection) -> None:
+        """Queue every record not yet (or no longer) known to the worker."""
+        for record in self.tracker.records():
+            if record.state == "lost":
+                try:
+                    rows = await self.count(record.collection, record.source_handle)
+                except ArchivistError as exc:
+                    self.tracker.finish(record, "error", f"cannot resume: {exc.message}")
+                    self._updated(record)
+                    continue
+                self.tracker.recount(record, rows)
+            if record.state in ("pending", "lost"):
+                await self._send(connection, record)
+
+    async def _send(self, connection: WorkerConnection, record: TaskRecord) -> None:
+        if record.remaining == 0:
+            self.tracker.finish(record, "success")
+            self._updated(record)
+            return
+        if record.attempts > 0:
+            self.tracker.rename(record, self.tracker.new_task_id(record.collection))
+        record.attempts += 1
+        task = Archive(
+            task_id=record.task_id,
+            collection=record.collection,
+            source_handle=record.source_handle,
+            dest_handle=record.dest_handle,
+            max_rows=record.remaining,
+            batch_size=record.batch_size,
+            order_by=record.order_by,
+        )
+        record.state = "queued"  # before the await: nobody else may send it meanwhile
+        try:
+            queued = await connection.archive(task)
+        except PeerError as exc:
+            if connection.peer.closed:
+                record.state = "lost"
+                return
+            self.tracker.finish(record, "error", f"the worker refused the task: {exc.message}")
+            self._updated(record)
+            return
+        log.info(
+            "queued task %s: %d row(s) of %s (position %d%s)",
+            record.task_id,
+            record.remaining,
+            record.collection,
+            queued.queue_position,
+            f", attempt {record.attempts}" if record.attempts > 1 else "",
+        )
+        self._updated(record)
+
+    # --- callbacks from the worker -------------------------------------------------------
+
+    async def _serve_execute(self, target: str, params: JSONObject) -> JSONObject:
+        return await self.data.execute(target, params, caller="worker")
+
+    def _notified(self, message: Progress | Complete) -> None:
+        if isinstance(message, Progress):
+            record = self.tracker.on_progress(message)
+        else:
+            record = self.tracker.on_complete(message)
+            if record is not None:
+                log.info(
+                    "task %s %s: %d row(s) of %s archived%s",
+                    message.task_id,
+                    message.status,
+                    record.archived,
+                    record.collection,
+                    f" ({message.error})" if message.error else "",
+                )
+        if record is not None:
+            self._updated(record)
+
+    def _updated(self, record: TaskRecord) -> None:
+        if self._on_update is not None:
+            self._on_update(record)
+
+    # --- policy --------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self.options.check_interval)
+
+    async def check_once(self) -> list[TaskRecord]:
+        """Count every policy's source and queue a task where it is over its limit."""
+        queued: list[TaskRecord] = []
+        for policy in self.policies.values():
+            if self.tracker.unfinished(policy.collection) is not None:
+                log.debug("%s: a task is still unfinished; not checking", policy.collection)
+                continue
+            try:
+                record = await self._check(policy)
+            except ArchivistError as exc:
+                log.error("%s: size check failed: %s", policy.collection, exc.message)
+                continue
+            if record is not None:
+                queued.append(record)
+        return queued
+
+    async def _check(self, policy: Policy) -> TaskRecord | None:
+        count = await self.count(policy.collection, policy.source_handle)
+        if count <= policy.max_rows:
+            log.debug("%s: %d row(s), within %d", policy.collection, count, policy.max_rows)
+            return None
+        excess = count - (policy.max_rows - policy.rows_per_archive)
+        log.info(
+            "%s: %d row(s) is over max_rows %d; archiving %d",
+            policy.collection,
+            count,
+            policy.max_rows,
+            excess,
+        )
+        return await self.submit(policy.collection, excess)
+
+    async def count(self, collection: str, handle: str) -> int:
+        result = await self.data.execute(
+            "data/count", {"collection": collection, "dbHandle": handle}
+        )
+        count = result.get("count")
+        return count if isinstance(count, int) else 0
+
+    async def submit(
+        self, collection: str, rows: int, *, batch_size: int | None = None
+    ) -> TaskRecord:
+        """Ensure the archive table, then queue ``rows`` rows of ``collection`` for the worker."""
+        policy = self.policies[collection]
+        await self.data.ensure_archive_table(collection)
+        source_rows = await self.count(collection, policy.source_handle)
+        rows = min(rows, source_rows)
+        record = TaskRecord(
+            collection=collection,
+            source_handle=policy.source_handle,
+            dest_handle=policy.dest_handle,
+            max_rows=rows,
+            batch_size=batch_size or policy.batch_size,
+            order_by=None,
+            task_id=self.tracker.new_task_id(collection),
+            target=source_rows - rows,
+        )
+        self.tracker.add(record)
+        connection = self._connection
+        if connection is not None and not connection.peer.closed:
+            await self._send(connection, record)
+        return record

@@ -1,0 +1,136 @@
+"""The daemon's record of the tasks it queued: progress, outcome, and what to queue again.
+
+Pure bookkeeping, no I/O. A task whose connection dropped before it completed is "lost"
+and is queued again, for the rows it had left, once the worker is reachable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from archivist.protocol import Complete, Progress
+
+RecordState = Literal["pending", "queued", "running", "success", "error", "cancelled", "lost"]
+UNFINISHED: frozenset[RecordState] = frozenset({"pending", "queued", "running", "lost"})
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """One archive job as the daemon sees it; it may span several worker tasks (attempts)."""
+
+    collection: str
+    source_handle: str
+    dest_handle: str
+    max_rows: int
+    batch_size: int
+    order_by: str | None
+    task_id: str
+    target: int = 0
+    """The source's row count when every row of this job has moved: an interrupted job's
+    remaining rows are recounted from it, since rows of its last batch may have moved
+    after its last progress report."""
+    state: RecordState = "pending"
+    archived: int = 0
+    """Rows moved by earlier, lost attempts plus the current one."""
+    carried: int = 0
+    """Rows moved by earlier attempts."""
+    total: int = 0
+    attempts: int = 0
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.max_rows - self.archived)
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in UNFINISHED
+
+    @property
+    def duration_ms(self) -> int:
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return round((end - self.created_at) * 1000)
+
+
+class Tracker:
+    """Task records by id, at most one unfinished per collection, and recent history."""
+
+    _serial = itertools.count(1)
+
+    def __init__(self, history: int = 100) -> None:
+        self._by_task: dict[str, TaskRecord] = {}
+        self._history: collections.deque[TaskRecord] = collections.deque(maxlen=history)
+        self._prefix = f"t{int(time.time()) % 100000:05d}"
+
+    def new_task_id(self, collection: str) -> str:
+        return f"{collection}-{self._prefix}-{next(self._serial)}"
+
+    def unfinished(self, collection: str) -> TaskRecord | None:
+        return next(
+            (r for r in self._by_task.values() if r.collection == collection and not r.finished),
+            None,
+        )
+
+    def records(self) -> list[TaskRecord]:
+        live = [r for r in self._by_task.values() if not r.finished]
+        return live + list(reversed(self._history))
+
+    def add(self, record: TaskRecord) -> None:
+        self._by_task[record.task_id] = record
+
+    def rename(self, record: TaskRecord, task_id: str) -> None:
+        """A new attempt of the same record runs under a new task id."""
+        self._by_task.pop(record.task_id, None)
+        record.task_id = task_id
+        self._by_task[task_id] = record
+
+    def on_progress(self, message: Progress) -> TaskRecord | None:
+        record = self._by_task.get(message.task_id)
+        if record is None:
+            return None
+        record.state = "running"
+        record.archived = record.carried + message.archived
+        record.total = max(record.total, record.carried + message.total)
+        return record
+
+    def on_complete(self, message: Complete) -> TaskRecord | None:
+        record = self._by_task.pop(message.task_id, None)
+        if record is None:
+            return None
+        record.archived = record.carried + message.archived
+        record.state = message.status
+        record.error = message.error
+        record.finished_at = time.time()
+        self._history.append(record)
+        record.done.set()
+        return record
+
+    def recount(self, record: TaskRecord, source_rows: int) -> None:
+        """Before queueing a lost record again: what it moved, from the source's count now."""
+        remaining = max(0, min(record.max_rows, source_rows - record.target))
+        record.archived = record.carried = record.max_rows - remaining
+
+    def mark_lost(self) -> list[TaskRecord]:
+        """The connection dropped: every unfinished record must be queued again."""
+        lost = [r for r in self._by_task.values() if not r.finished]
+        for record in lost:
+            record.state = "lost"
+            record.carried = record.archived
+        return lost
+
+    def finish(self, record: TaskRecord, state: RecordState, error: str | None = None) -> None:
+        """End a record the worker never completed (refused, or nothing left to move)."""
+        self._by_task.pop(record.task_id, None)
+        record.state = state
+        record.error = error
+        record.finished_at = time.time()
+        self._history.append(record)
+        record.done.set()

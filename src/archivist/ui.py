@@ -1,0 +1,140 @@
+"""What the command line shows people: progress bars on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from archivist.daemon.tracker import TaskRecord
+from archivist.data import ArchivePlan
+from archivist.protocol import StatusResult
+
+
+class ArchiveProgress:
+    """Shows one record's progress: rows, rate and ETA. Use as a context manager."""
+
+    def __init__(self, label: str, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.label = label
+        self.interactive = self.console.is_terminal
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._started = time.monotonic()
+        self._last_line = 0.0
+
+    def __enter__(self) -> ArchiveProgress:
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("rows  {task.fields[rate]:>9} rows/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=None, rate="-")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, record: TaskRecord) -> None:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = record.archived / elapsed
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task,
+                completed=record.archived,
+                total=record.total or None,
+                rate=f"{rate:,.0f}",
+            )
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 1.0 or record.finished:
+            self._last_line = now
+            total = f"/{record.total:,}" if record.total else ""
+            self.console.print(
+                f"{self.label}: {record.archived:,}{total} rows archived "
+                f"({rate:,.0f} rows/s, {record.state})",
+                markup=False,
+                highlight=False,
+            )
+
+
+def print_summary(console: Console, record: TaskRecord) -> None:
+    seconds = max(record.duration_ms / 1000, 1e-3)
+    console.print(
+        f"[bold green]archived[/] {record.archived:,} rows of {record.collection} "
+        f"({record.source_handle} -> {record.dest_handle}) in {seconds:,.1f} s, "
+        f"{record.archived / seconds:,.0f} rows/s"
+        + (f", {record.attempts} attempts" if record.attempts > 1 else "")
+    )
+
+
+def print_status(console: Console, status: StatusResult) -> None:
+    counts = ", ".join(f"{name} {number}" for name, number in status.counts.items())
+    console.print(
+        f"worker up {status.uptime_ms / 1000:,.0f} s, concurrency {status.concurrency}: {counts}"
+    )
+    rows = [*status.running, *status.queued, *status.finished]
+    if not rows:
+        console.print("no tasks yet")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("task", "collection", "handles", "state", "archived", "time", "note"):
+        table.add_column(column, justify="right" if column in ("archived", "time") else "left")
+    for task in rows:
+        archived = f"{task.archived:,}" + (f"/{task.total:,}" if task.total else "")
+        seconds = f"{task.duration / 1000:,.1f} s" if task.duration is not None else ""
+        note = task.error or (f"throttled: {task.throttled}" if task.throttled else "")
+        table.add_row(
+            task.task_id,
+            task.collection,
+            f"{task.source_handle} -> {task.dest_handle}",
+            task.state,
+            archived,
+            seconds,
+            note,
+        )
+    console.print(table)
+
+
+def print_plan(console: Console, plan: ArchivePlan) -> None:
+    """``archive --dry-run``: what would move, and nothing moved."""
+    console.print(
+        f"{plan.collection} on {plan.source_handle}: {plan.rows:,} rows "
+        f"(policy: max_rows {plan.max_rows:,}, rows_per_archive {plan.rows_per_archive:,})"
+    )
+    if plan.to_archive == 0:
+        console.print("would archive nothing: the table is within its policy")
+    else:
+        span = ""
+        if plan.oldest is not None:
+            span = f", {plan.order_by} from {plan.oldest} to {plan.newest}"
+        console.print(
+            f"would archive {plan.to_archive:,} rows to {plan.dest_handle} "
+            f"in batches of {plan.batch_size:,}{span}"
+        )
+    console.print(f"archive table on {plan.dest_handle}: {plan.archive_table}")
+    console.print("dry run: nothing was moved")

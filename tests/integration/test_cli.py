@@ -1,0 +1,75 @@
+"""The command line as a user meets it: help that teaches, one-line errors, the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+COMMANDS = ("worker", "run", "daemon", "archive", "status", "demo")
+
+
+def archivist(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archivist", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    shown = archivist(command, "--help")
+    assert shown.returncode == 0
+    assert "Example" in shown.stdout
+    assert f"archivist {command}" in shown.stdout
+
+
+def test_wrong_arguments_give_one_clear_line_not_a_traceback() -> None:
+    done = archivist("archive", "chat_messages", "--config", "x.toml", "--batch-size", "0")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "--batch-size" in done.stderr
+
+
+def test_a_bad_config_names_the_file_and_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[handles]\nprimary = "sqlite:///p.db"\n[[archive]]\ncollection = "t"\n'
+        'order_by = "c"\nmax_rows = 0\nrows_per_archive = 1\n'
+    )
+    done = archivist("archive", "t", "--config", str(config))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "bad.toml" in lines[0] and "max_rows" in lines[0]
+
+
+def test_status_without_a_worker_says_where_it_looked(tmp_path: Path) -> None:
+    done = archivist("status", "--socket", str(tmp_path / "none.sock"))
+    assert done.returncode == 1
+    assert "no worker answers at" in done.stderr and "none.sock" in done.stderr
+
+
+def test_demo_archives_a_fresh_sqlite_table_down_to_its_policy(tmp_path: Path) -> None:
+    done = archivist("demo", "--rows", "4000", "--dir", str(tmp_path / "demo"))
+
+    assert done.returncode == 0, done.stderr
+    assert "archived 2,200 rows" in " ".join(done.stdout.split())
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo' / 'primary.db'}")
+    archive = sa.create_engine(f"sqlite:///{tmp_path / 'demo' / 'archive.db'}")
+    with engine.connect() as a, archive.connect() as b:
+        assert a.execute(sa.text("SELECT count(*) FROM chat_messages")).scalar_one() == 1800
+        assert b.execute(sa.text("SELECT count(*) FROM chat_messages")).scalar_one() == 2200
+        oldest_left = a.execute(sa.text("SELECT min(id) FROM chat_messages")).scalar_one()
+        newest_archived = b.execute(sa.text("SELECT max(id) FROM chat_messages")).scalar_one()
+    engine.dispose()
+    archive.dispose()
+    assert newest_archived < oldest_left

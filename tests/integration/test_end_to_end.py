@@ -1,0 +1,410 @@
+"""End to end: policies and commands through a real worker process to rows in the archive.
+
+The design's Test 4 (10 rows) and Test 5 (three collections at once), cross-engine paths,
+the policy loop of `archivist run`, a verify mismatch, and a worker killed mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from archivist import sample
+from archivist.config import ArchiveConfig, WorkerConfig, make_config
+from archivist.daemon.runtime import Launch, archive_now, running
+from archivist.daemon.service import ArchiveDaemon
+from archivist.data.bus import JSONObject
+from archivist.errors import ArchivistError
+from support import short_socket_dir
+
+pytestmark = pytest.mark.timeout(180)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def make_chat_table(url: str, rows: int, name: str = "chat_messages") -> None:
+    engine = sa.create_engine(url)
+    try:
+        metadata = sa.MetaData()
+        table = sample.chat_messages_table(metadata, name)
+        metadata.create_all(engine)
+        sample.fill(engine, table, rows)
+    finally:
+        engine.dispose()
+
+
+def count(url: str, table: str = "chat_messages") -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table(table):
+                return 0
+            return int(connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def ids(url: str, table: str = "chat_messages") -> set[int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {int(r[0]) for r in connection.execute(sa.text(f"SELECT id FROM {table}"))}
+    finally:
+        engine.dispose()
+
+
+def policy(collection: str = "chat_messages", **overrides: object) -> ArchiveConfig:
+    values: dict[str, object] = {
+        "collection": collection,
+        "order_by": "created_at",
+        "max_rows": 1000,
+        "rows_per_archive": 100,
+        "batch_size": 100,
+    }
+    values.update(overrides)
+    return ArchiveConfig(**values)  # type: ignore[arg-type]
+
+
+def write_config(
+    path: Path,
+    handles: dict[str, str],
+    policies: list[dict[str, object]],
+    socket: Path | None = None,
+) -> Path:
+    lines = ["[handles]"]
+    lines += [f'{name} = "{url}"' for name, url in handles.items()]
+    lines += ["", "[daemon]", "check_interval = 0.2", "health_interval = 1", ""]
+    if socket is not None:
+        lines += ["[worker]", f'socket = "{socket}"', ""]
+    for entry in policies:
+        lines.append("[[archive]]")
+        for key, value in entry.items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def archivist(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archivist", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def snapshot(daemon: ArchiveDaemon, handle: str, limit: int) -> list[JSONObject]:
+    result = await daemon.data.execute(
+        "data/list", {"collection": "chat_messages", "dbHandle": handle, "limit": limit}
+    )
+    items = result["items"]
+    assert isinstance(items, list)
+    return items
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[str] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(
+                f"archivist exited ({process.returncode}) before {what}:\n{output}"
+            )
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+@pytest.fixture
+def run_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "archivist", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+# --- the design's Test 4 -------------------------------------------------------------------
+
+
+def test_design_test_4_archives_the_10_oldest_rows_sqlite_to_sqlite(tmp_path: Path) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 50)
+    config = make_config({"primary": primary, "archive": archive}, [policy()])
+
+    async def oldest_ten() -> list[JSONObject]:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            return await snapshot(daemon, "primary", 10)
+
+    expected = asyncio.run(oldest_ten())
+    config_file = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": archive},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 1000,
+                "rows_per_archive": 100,
+            }
+        ],
+    )
+
+    done = archivist("archive", "chat_messages", "--config", str(config_file), "--max-rows", "10")
+
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "archived 10 rows" in done.stdout
+    assert count(primary) == 40
+    assert count(archive) == 10
+
+    async def archived_rows() -> list[JSONObject]:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            return await snapshot(daemon, "archive", 100)
+
+    assert asyncio.run(archived_rows()) == expected
+    assert not ids(primary) & {item["id"] for item in expected}
+
+
+# --- the design's Test 5 -------------------------------------------------------------------
+
+
+def test_design_test_5_three_collections_archive_concurrently(tmp_path: Path) -> None:
+    names = ("chat_messages", "audit_log", "events")
+    handles: dict[str, str] = {}
+    policies = []
+    for name in names:
+        handles[f"{name}_src"] = f"sqlite:///{tmp_path / (name + '_primary.db')}"
+        handles[f"{name}_dst"] = f"sqlite:///{tmp_path / (name + '_archive.db')}"
+        make_chat_table(handles[f"{name}_src"], 3000, name)
+        policies.append(
+            policy(name, source_handle=f"{name}_src", dest_handle=f"{name}_dst", batch_size=100)
+        )
+    config = make_config(handles, policies, worker=WorkerConfig(concurrency=3))
+    spans: dict[str, list[float]] = {}
+
+    async def scenario() -> None:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            create = daemon.data.bus.command("data/create")
+
+            async def timed_create(params: JSONObject) -> JSONObject:
+                collection = str(params["collection"])
+                spans.setdefault(collection, []).append(time.monotonic())
+                await asyncio.sleep(0.01)  # a slow archive database widens the window
+                return await create(params)
+
+            daemon.data.bus.register("data/create", timed_create, replace=True)
+            records = await asyncio.gather(*(archive_now(daemon, n, 3000) for n in names))
+            assert [r.archived for r in records] == [3000, 3000, 3000]
+
+    asyncio.run(scenario())
+
+    for name in names:
+        assert count(handles[f"{name}_src"], name) == 0
+        assert count(handles[f"{name}_dst"], name) == 3000
+    # Overlap: every collection had batches both before and after the others started.
+    latest_start = max(min(times) for times in spans.values())
+    earliest_end = min(max(times) for times in spans.values())
+    assert latest_start < earliest_end, spans.keys()
+    assert all(len(times) == 30 for times in spans.values())
+
+
+# --- across engines ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["postgresql_to_mariadb", "mariadb_to_postgresql"])
+def test_archives_across_engines(direction: str, pg_url: str, mysql_url: str) -> None:
+    primary, archive = (
+        (pg_url, mysql_url)
+        if direction.startswith("postgresql")
+        else (
+            mysql_url,
+            pg_url,
+        )
+    )
+    make_chat_table(primary, 1500)
+    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=250)])
+
+    async def scenario() -> tuple[list[JSONObject], list[JSONObject], int]:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            before = await snapshot(daemon, "primary", 1000)
+            record = await archive_now(daemon, "chat_messages", 1000)
+            after = await snapshot(daemon, "archive", 2000)
+            return before, after, record.archived
+
+    before, after, archived = asyncio.run(scenario())
+
+    assert archived == 1000
+    assert after == before
+    assert count(primary) == 500
+    assert not ids(primary) & ids(archive)
+
+
+# --- the policy loop -----------------------------------------------------------------------
+
+
+def test_run_brings_a_table_over_max_rows_down_and_leaves_one_below_alone(
+    tmp_path: Path, run_process: Callable[..., subprocess.Popen[str]]
+) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 2500, "chat_messages")
+    make_chat_table(primary, 800, "small_table")
+    config_file = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": archive},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 1000,
+                "rows_per_archive": 200,
+                "batch_size": 300,
+            },
+            {
+                "collection": "small_table",
+                "order_by": "created_at",
+                "max_rows": 1000,
+                "rows_per_archive": 200,
+            },
+        ],
+        socket=short_socket_dir() / "worker.sock",
+    )
+    process = run_process("run", "--config", str(config_file))
+    wait_for(lambda: count(primary) == 800, 60, "chat_messages down to 800 rows", process)
+    time.sleep(1.0)  # several more checks: nothing else may move
+    shown = archivist("status", "--config", str(config_file), "--json", timeout=30)
+    table = archivist("status", "--config", str(config_file), timeout=30)
+
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=40)
+
+    assert process.returncode == 0, output
+    assert count(primary, "chat_messages") == 800
+    assert count(archive, "chat_messages") == 1700
+    assert count(primary, "small_table") == 800
+    assert count(archive, "small_table") == 0
+    assert "archiving 1700" in output
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["queued"] == [] and status["running"] == []
+    assert [(t["collection"], t["state"], t["archived"]) for t in status["finished"]] == [
+        ("chat_messages", "success", 1700)
+    ]
+    assert table.returncode == 0 and "chat_messages" in table.stdout and "success" in table.stdout
+
+
+# --- verification --------------------------------------------------------------------------
+
+
+def test_a_verify_mismatch_aborts_the_batch_and_deletes_nothing(tmp_path: Path) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 300)
+    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=100)])
+
+    async def scenario() -> str:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            create = daemon.data.bus.command("data/create")
+
+            async def create_then_corrupt(params: JSONObject) -> JSONObject:
+                result = await create(params)
+                if params.get("dbHandle") == "archive":
+                    engine = sa.create_engine(archive)
+                    with engine.begin() as connection:
+                        connection.execute(
+                            sa.text("UPDATE chat_messages SET body = 'corrupted' WHERE id = 7")
+                        )
+                    engine.dispose()
+                return result
+
+            daemon.data.bus.register("data/create", create_then_corrupt, replace=True)
+            with pytest.raises(ArchivistError) as failure:
+                await archive_now(daemon, "chat_messages", 300)
+            return failure.value.message
+
+    error = asyncio.run(scenario())
+
+    assert "differs" in error and "id=7" in error
+    assert count(primary) == 300
+    assert ids(primary) == set(range(1, 301))
+
+
+# --- a worker killed mid-run ---------------------------------------------------------------
+
+
+def test_the_daemon_restarts_a_killed_worker_and_the_archiving_completes(
+    tmp_path: Path, run_process: Callable[..., subprocess.Popen[str]]
+) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 20000)
+    config_file = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": archive},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 5000,
+                "rows_per_archive": 1000,
+                "batch_size": 200,
+            }
+        ],
+        socket=short_socket_dir() / "worker.sock",
+    )
+    process = run_process("run", "--config", str(config_file))
+    wait_for(lambda: count(archive) > 1000, 60, "archiving to start", process)
+    workers = children_of(process.pid)
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+
+    wait_for(lambda: count(primary) == 4000, 90, "chat_messages down to 4000 rows", process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=40)
+
+    assert process.returncode == 0, output
+    assert "worker exited with code -9; restarting" in output
+    primary_ids, archive_ids = ids(primary), ids(archive)
+    assert not primary_ids & archive_ids
+    assert primary_ids | archive_ids == set(range(1, 20001))
+    assert count(archive) == 16000
