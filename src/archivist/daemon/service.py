@@ -189,8 +189,7 @@ class ArchiveDaemon:
             lost = self.tracker.mark_lost()
             if lost:
                 log.warning(
-                    "lost the connection to the worker; %d unfinished task(s) will be queued "
-                    "again",
+                    "lost the connection to the worker; %d unfinished task(s) will be queued again",
                     len(lost),
                 )
             else:
