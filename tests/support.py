@@ -148,9 +148,28 @@ def answer(client: WireClient, request: Frame, result: Frame) -> None:
     client.send({"requestId": request["requestId"], "status": "success", "result": result})
 
 
+DESIGN_ONLY_UNKNOWN = frozenset({"data/load"})
+"""Extensions a daemon written from the design alone does not know; it refuses them."""
+
+
+def refuse_unknown(client: WireClient, request: Frame) -> None:
+    """Answer as a design-only daemon answers a command it does not have."""
+    client.send(
+        {
+            "requestId": request["requestId"],
+            "status": "error",
+            "error": f"unknown command {request['targetCommand']!r}",
+            "code": "unknown_command",
+        }
+    )
+
+
 def answer_as_empty_daemon(client: WireClient, request: Frame) -> None:
     """Answer one ``execute`` as a daemon whose collections are all empty."""
     target = request["targetCommand"]
+    if target in DESIGN_ONLY_UNKNOWN:
+        refuse_unknown(client, request)
+        return
     results: dict[object, Frame] = {
         "ping": {"message": "pong"},
         "data/count": {"count": 0},
@@ -313,6 +332,9 @@ class MemoryDaemon:
             elif is_complete(task_id)(frame):
                 return frame, progress
             elif frame.get("command") == "execute":
+                if frame["targetCommand"] in DESIGN_ONLY_UNKNOWN:
+                    refuse_unknown(client, frame)
+                    continue
                 self.calls.append(str(frame["targetCommand"]))
                 answer(client, frame, self.execute(str(frame["targetCommand"]), frame["params"]))
 

@@ -110,6 +110,63 @@ def main() -> None:
     "directory, so other users can reach it, and the credential check refuses all but "
     "the allowed ones. Directories above the socket's must let them pass too.",
 )
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a batch failing with a database error is retried (with backoff) before "
+    "its task fails.",
+)
+@click.option(
+    "--batch-time",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Seconds each batch should take: batch sizes adapt to it, never above the "
+    "task's batchSize (0: always the task's batchSize).",
+)
+@click.option(
+    "--min-batch",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Smallest batch the adaptive sizing goes down to.",
+)
+@click.option(
+    "--pause",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds each task rests between its batches.",
+)
+@click.option(
+    "--pause-file",
+    type=click.Path(path_type=Path),
+    help="While this file exists no batch starts (touch it to pause, remove it to resume).",
+)
+@click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(min=0),
+    default=100.0,
+    show_default=True,
+    help="Pause batches while a probe query on the source takes longer than this.",
+)
+@click.option(
+    "--max-active",
+    type=click.IntRange(0),
+    default=32,
+    show_default=True,
+    help="Pause batches while the source reports more busy connections than this "
+    "(PostgreSQL active backends, MariaDB Threads_running).",
+)
+@click.option(
+    "--per-database",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Batches that may write at once on one source database, across all tasks.",
+)
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
 def worker(
@@ -121,6 +178,14 @@ def worker(
     allow_uids: tuple[int, ...],
     verbose: int,
     quiet: bool,
+    retry_for: float,
+    batch_time: float,
+    min_batch: int,
+    pause: float,
+    pause_file: Path | None,
+    max_latency_ms: float,
+    max_active: int,
+    per_database: int,
 ) -> None:
     """Run an archive worker: a Unix-socket server with a task queue.
 
@@ -132,11 +197,30 @@ def worker(
     Example:
 
         archivist worker --socket /run/user/1000/archivist/worker.sock --concurrency 3
+
+    Batches are gentle by default: each aims at --batch-time, tasks on one database take
+    turns (--per-database), and batches wait while the database is busy (--max-latency-ms,
+    --max-active) or while --pause-file exists; `archivist status` shows why a task waits.
     """
     from archivist.worker import WorkerOptions, serve
+    from archivist.worker.executor import Settings
     from archivist.worker.paths import default_socket_path
+    from archivist.worker.throttle import ThrottleSettings
 
     setup_logging(verbose, quiet)
+    throttle = ThrottleSettings(
+        pause=pause,
+        pause_file=pause_file,
+        max_latency_ms=max_latency_ms,
+        max_active=max_active,
+        per_database=per_database,
+    )
+    settings = Settings(
+        retry_for=retry_for,
+        batch_time=batch_time,
+        min_batch=min_batch,
+        throttle=throttle,
+    )
     options = WorkerOptions(
         socket_path=socket_path or default_socket_path(),
         concurrency=concurrency,
@@ -144,6 +228,7 @@ def worker(
         idle_timeout=idle_timeout,
         shutdown_timeout=shutdown_timeout,
         allowed_uids=frozenset(allow_uids),
+        executor=settings,
     )
     run_async(serve(options))
 

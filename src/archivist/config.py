@@ -44,10 +44,46 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.batch_size or min(self.rows_per_archive, MAX_BATCH_SIZE)
 
 
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[worker]``: where the worker listens and how gently it moves rows.
+
+    The pacing keys are those of ``archivist worker --help`` with underscores; a worker the
+    daemon starts gets them on its command line.
+    """
+
     socket: str | None = None
     concurrency: PositiveInt = 3
     frame_limit: PositiveInt = DEFAULT_FRAME_LIMIT
+    idle_timeout: PositiveFloat = 600.0
+    retry_for: NonNegativeFloat = 60.0
+    batch_time: NonNegativeFloat = 0.5
+    min_batch: PositiveInt = 100
+    pause: NonNegativeFloat = 0.0
+    pause_file: str | None = None
+    max_latency_ms: NonNegativeFloat = 100.0
+    max_active: Annotated[int, msgspec.Meta(ge=0)] = 32
+    per_database: PositiveInt = 1
+
+    def command_line(self) -> list[str]:
+        """These settings as ``archivist worker`` options (socket and concurrency aside)."""
+        options = {
+            "--frame-limit": self.frame_limit,
+            "--idle-timeout": self.idle_timeout,
+            "--retry-for": self.retry_for,
+            "--batch-time": self.batch_time,
+            "--min-batch": self.min_batch,
+            "--pause": self.pause,
+            "--max-latency-ms": self.max_latency_ms,
+            "--max-active": self.max_active,
+            "--per-database": self.per_database,
+        }
+        args = [item for name, value in options.items() for item in (name, str(value))]
+        if self.pause_file is not None:
+            args += ["--pause-file", self.pause_file]
+        return args
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -56,7 +56,10 @@ async def running(
         else:
             socket = Path(config.worker.socket) if config.worker.socket else default_socket_path()
         supervisor = WorkerProcess(
-            socket, concurrency=config.worker.concurrency, quiet=launch.quiet_worker
+            socket,
+            concurrency=config.worker.concurrency,
+            quiet=launch.quiet_worker,
+            extra_args=tuple(config.worker.command_line()),
         )
         supervisor.check_free()
     data = DataDaemon(config)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -64,6 +65,29 @@ class ListParams(_Params):
     fields: list[Name] | None = None
 
 
+class LoadParams(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    db_handle: Name
+
+
+# Per engine: what counts as busy, and the query that reads it (one row, one integer).
+BUSY_METRICS: Final = {
+    "postgresql": (
+        "active backends",
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()",
+    ),
+    "mysql": ("threads running", "SHOW GLOBAL STATUS LIKE 'Threads_running'"),
+    "mariadb": ("threads running", "SHOW GLOBAL STATUS LIKE 'Threads_running'"),
+}
+
+
+def _probe(connection: Connection, busy_query: str | None) -> int | None:
+    connection.exec_driver_sql("SELECT 1").scalar()
+    if busy_query is None:
+        return None
+    row = connection.exec_driver_sql(busy_query).one()
+    return int(row[-1]) - (1 if busy_query.startswith("SHOW") else 0)
+
+
 class CountParams(_Params):
     filter: dict[str, Any] | None = None
 
@@ -104,6 +128,25 @@ class DataCommands:
 
     async def ping(self, params: JSONObject) -> JSONObject:
         return {"message": "pong"}
+
+    # --- data/load ------------------------------------------------------------------------
+
+    async def load(self, params: JSONObject) -> JSONObject:
+        """How busy a database is: a probe query's latency, and the engine's busy count.
+
+        The latency counts the whole path a batch's statements take (thread hand-off, pool,
+        server), so it rises with any kind of load, on every engine.
+        """
+        p = parse_params(params, LoadParams)
+        handle = self.catalog.handle(p.db_handle)
+        metric = BUSY_METRICS.get(handle.dialect_name)
+        started = time.perf_counter()
+        active = await handle.transaction(_probe, metric[1] if metric else None)
+        result: JSONObject = {"latencyMs": round((time.perf_counter() - started) * 1000, 3)}
+        if metric is not None and active is not None:
+            result["active"] = active
+            result["metric"] = metric[0]
+        return result
 
     # --- data/list ------------------------------------------------------------------------
 

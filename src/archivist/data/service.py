@@ -70,6 +70,7 @@ class DataDaemon:
         self.bus.register("data/count", self.commands.count, replace=True)
         self.bus.register("data/create", self.commands.create, replace=True)
         self.bus.register("data/delete", self.commands.delete, replace=True)
+        self.bus.register("data/load", self.commands.load, replace=True)
         self._started = False
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -4,15 +4,20 @@ The executor never touches a database: every step is an ``execute`` callback on 
 connection. A batch is deleted from the source only after its copy read back identical
 from the destination, so a failure at any step leaves every row in the source, the
 destination, or both, and a rerun converges (creates are idempotent by primary key).
+
+While one batch is written, the next one is already being listed (keyset cursor after the
+batch's last row), batch sizes follow a target time per batch, and the worker's `Throttle`
+decides when a batch may start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from archivist.errors import (
@@ -23,15 +28,15 @@ from archivist.errors import (
     VerifyMismatch,
 )
 from archivist.protocol import JSONObject
+from archivist.worker.batching import BatchSizer
 from archivist.worker.queue import Task
+from archivist.worker.throttle import Throttle, ThrottleSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRIMARY_KEY: Final = "id"
 STALLED_BATCHES: Final = 3
 """Consecutive batches that delete nothing (every row changed under us) before giving up."""
-
-
 TRANSIENT_CODES: Final = frozenset({"db_error", "timeout"})
 """Wire codes of failures worth retrying: the database or the daemon may come back."""
 RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -44,6 +49,13 @@ class Settings:
     retry_for: float = 60.0
     """Seconds a batch that keeps failing with a transient error is retried before the task
     fails (0: fail at once)."""
+    batch_time: float = 0.5
+    """Seconds each batch should take: sizes adapt to it, up to the task's batchSize
+    (0: always the task's batchSize)."""
+    min_batch: int = 100
+    prefetch: bool = True
+    """List the next batch while the current one is written."""
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
 
 class Callbacks(Protocol):
@@ -68,122 +80,274 @@ class BadAnswer(ArchivistError):
     code = "bad_answer"
 
 
-async def run_task(task: Task, calls: Callbacks, settings: Settings | None = None) -> Outcome:
-    """Run one task to its end and say how it ended; never raises for a task's failure."""
-    try:
-        finished = await _archive(task, calls, settings or Settings())
-    except ConnectionClosed as exc:
-        log.warning("task %s: connection lost (%s); dropped", task.task_id, exc.message)
-        return Outcome("cancelled", task.archived, exc.message, exc.code, delivered=False)
-    except ArchivistError as exc:
-        log.error("task %s failed after %d rows: %s", task.task_id, task.archived, exc.message)
-        return Outcome("error", task.archived, exc.message, exc.code)
-    except Exception as exc:
-        # A bug must fail this task, not end the runner (and with it the whole worker).
-        log.exception("task %s: internal error after %d rows", task.task_id, task.archived)
-        return Outcome("error", task.archived, f"internal error: {exc}", "internal")
-    if not finished and task.stop_reason is not None:
-        return Outcome("cancelled", task.archived, task.stop_reason, "cancelled")
-    return Outcome("success", task.archived)
+@dataclass(frozen=True)
+class Batch:
+    """Rows listed from the source, oldest first, and how they were asked for."""
+
+    items: list[JSONObject]
+    limit: int
+    primary_key: str
+    order_field: str | None
+    after_cursor: bool
+
+    def cursor_after(self) -> JSONObject | None:
+        """A keyset cursor just past this batch's last row, if the order is known."""
+        if self.order_field is None or not self.items:
+            return None
+        last = self.items[-1]
+        value = last.get(self.order_field)
+        if value is None:
+            return None
+        return {
+            "field": self.order_field,
+            "value": value,
+            "id": last.get(self.primary_key),
+            "direction": "after",
+        }
 
 
-async def _archive(task: Task, calls: Callbacks, settings: Settings) -> bool:
-    """Move the task's rows; True when all are moved (or the source ran out)."""
-    spec = task.spec
-    # One round trip before touching data proves the callback path (the design's Test 3).
-    await calls.execute("ping", {})
-    counted = await calls.execute(
-        "data/count", {"collection": spec.collection, "dbHandle": spec.source_handle}
-    )
-    task.total = min(spec.max_rows, _int_field(counted, "count", "data/count"))
-    stalled = 0
-    failing_since: float | None = None
-    streak = 0
-    while task.archived < spec.max_rows:
-        if task.stop_reason is not None:
-            return False
-        limit = min(spec.batch_size, spec.max_rows - task.archived)
+class Executor:
+    """Runs tasks; one per worker, so all tasks share its throttle."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.throttle = Throttle(self.settings.throttle)
+
+    async def run(self, task: Task, calls: Callbacks) -> Outcome:
+        """Run one task to its end and say how it ended; never raises for a task's failure."""
         try:
-            moved, listed = await _move_batch(task, calls, limit)
-        except (RemoteError, RequestTimeout) as exc:
-            failing_since = failing_since or time.monotonic()
-            streak += 1
-            await _retry_pause(task, exc, streak, time.monotonic() - failing_since, settings)
-            continue
-        failing_since, streak = None, 0
-        if listed == 0:
+            finished = await _TaskRun(self, task, calls).archive()
+        except ConnectionClosed as exc:
+            log.warning("task %s: connection lost (%s); dropped", task.task_id, exc.message)
+            return Outcome("cancelled", task.archived, exc.message, exc.code, delivered=False)
+        except ArchivistError as exc:
+            log.error("task %s failed after %d rows: %s", task.task_id, task.archived, exc.message)
+            return Outcome("error", task.archived, exc.message, exc.code)
+        except Exception as exc:
+            # A bug must fail this task, not end the runner (and with it the whole worker).
+            log.exception("task %s: internal error after %d rows", task.task_id, task.archived)
+            return Outcome("error", task.archived, f"internal error: {exc}", "internal")
+        if not finished and task.stop_reason is not None:
+            return Outcome("cancelled", task.archived, task.stop_reason, "cancelled")
+        return Outcome("success", task.archived)
+
+
+class _TaskRun:
+    """The state of one task while it runs."""
+
+    def __init__(self, executor: Executor, task: Task, calls: Callbacks) -> None:
+        spec = task.spec
+        settings = executor.settings
+        self.settings = settings
+        self.throttle = executor.throttle
+        self.task = task
+        self.calls = calls
+        self.source: JSONObject = {"collection": spec.collection, "dbHandle": spec.source_handle}
+        self.dest: JSONObject = {"collection": spec.collection, "dbHandle": spec.dest_handle}
+        self.sizer = BatchSizer.for_task(spec.batch_size, settings.batch_time, settings.min_batch)
+        self.skipped_since_restart = 0
+        self.stalled = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.task.spec.max_rows - self.task.archived
+
+    def stopped(self) -> bool:
+        return self.task.stop_reason is not None
+
+    async def archive(self) -> bool:
+        """Move the task's rows; True when all are moved (or the source ran out)."""
+        task = self.task
+        # One round trip before touching data proves the callback path (the design's Test 3).
+        await self.calls.execute("ping", {})
+        counted = await self.calls.execute("data/count", self.source)
+        task.total = min(task.spec.max_rows, _int_field(counted, "count", "data/count"))
+        ahead: asyncio.Task[Batch] | None = None
+        failing_since: float | None = None
+        streak = 0
+        try:
+            while self.remaining > 0:
+                if self.stopped():
+                    return False
+                await self.throttle.wait_turn(
+                    task.spec.source_handle, self.calls.execute, self._throttled, self.stopped
+                )
+                if self.stopped():
+                    return False
+                started = time.monotonic()
+                try:
+                    batch = await ahead if ahead is not None else await self._list(None)
+                    ahead = None
+                    if not batch.items:
+                        if batch.after_cursor and self.skipped_since_restart:
+                            self.skipped_since_restart = 0
+                            continue  # rows skipped earlier sit before the cursor: go back
+                        return True
+                    ahead = self._list_ahead(batch)
+                    async with self.throttle.budget(task.spec.source_handle):
+                        moved = await self._write(batch)
+                except (RemoteError, RequestTimeout) as exc:
+                    await _cancelled(ahead)
+                    ahead = None
+                    failing_since = failing_since or time.monotonic()
+                    streak += 1
+                    await self._retry_pause(exc, streak, time.monotonic() - failing_since)
+                    continue
+                failing_since, streak = None, 0
+                self.sizer.record(len(batch.items), time.monotonic() - started)
+                task.archived += moved
+                await self.calls.progress(task.archived, max(task.total, task.archived))
+                if self._ran_out(batch, moved):
+                    await _cancelled(ahead)
+                    ahead = None
+                    return True
+                await self._pause_between_batches()
             return True
-        task.archived += moved
-        stalled = stalled + 1 if moved == 0 else 0
-        if stalled >= STALLED_BATCHES:
+        finally:
+            await _cancelled(ahead)
+
+    # --- one batch -------------------------------------------------------------------------
+
+    async def _list(self, cursor: JSONObject | None) -> Batch:
+        limit = min(self.sizer.size, self.remaining)
+        params: JSONObject = {**self.source, "limit": limit}
+        order_by = self.task.spec.order_by
+        if order_by is not None:
+            params["orderBy"] = [{"field": order_by, "direction": "asc"}]
+        if cursor is not None:
+            params["cursor"] = cursor
+        listed = await self.calls.execute("data/list", params)
+        order_field = order_by or listed.get("orderBy")
+        return Batch(
+            items=_items(listed, "data/list"),
+            limit=limit,
+            primary_key=_primary_key(listed),
+            order_field=order_field if isinstance(order_field, str) else None,
+            after_cursor=cursor is not None,
+        )
+
+    def _list_ahead(self, batch: Batch) -> asyncio.Task[Batch] | None:
+        """Start listing the batch after this one, if there will be one and we can find it."""
+        if not self.settings.prefetch or self.remaining - len(batch.items) <= 0:
+            return None
+        if len(batch.items) < batch.limit:
+            return None  # the source has nothing after this batch
+        cursor = batch.cursor_after()
+        if cursor is None:
+            return None
+        return asyncio.create_task(self._list_after(cursor, len(batch.items)))
+
+    async def _list_after(self, cursor: JSONObject, in_flight: int) -> Batch:
+        limit = min(self.sizer.size, self.remaining - in_flight)
+        params: JSONObject = {**self.source, "limit": max(1, limit), "cursor": cursor}
+        order_by = self.task.spec.order_by
+        if order_by is not None:
+            params["orderBy"] = [{"field": order_by, "direction": "asc"}]
+        listed = await self.calls.execute("data/list", params)
+        return Batch(
+            items=_items(listed, "data/list"),
+            limit=max(1, limit),
+            primary_key=_primary_key(listed),
+            order_field=str(cursor["field"]),
+            after_cursor=True,
+        )
+
+    async def _write(self, batch: Batch) -> int:
+        """Copy, verify and delete one listed batch; returns the rows deleted."""
+        items, primary_key = batch.items, batch.primary_key
+        ids = [_key_of(item, primary_key) for item in items]
+        # The source is authoritative for rows it still holds: a copy left by an earlier,
+        # interrupted run is overwritten rather than reported as a conflict.
+        await self.calls.execute(
+            "data/create", {**self.dest, "items": items, "onConflict": "replace"}
+        )
+        copies = await self.calls.execute(
+            "data/list",
+            {**self.dest, "filter": {primary_key: {"$in": ids}}, "limit": len(ids)},
+        )
+        _verify(items, _items(copies, "data/list"), primary_key, self.task.spec.dest_handle)
+        # Delete only rows still equal to what was copied: a row updated since is kept and
+        # moved again, updated, by a later batch.
+        deleted = await self.calls.execute(
+            "data/delete", {**self.source, "ids": ids, "expected": items}
+        )
+        moved = _int_field(deleted, "deleted", "data/delete")
+        self._count_skips(len(items) - moved, len(items))
+        return moved
+
+    def _count_skips(self, skipped: int, listed: int) -> None:
+        self.skipped_since_restart += skipped
+        self.stalled = self.stalled + 1 if skipped == listed else 0
+        if skipped:
+            log.info(
+                "task %s: %d changed row(s) left for a later batch", self.task.task_id, skipped
+            )
+        if self.stalled >= STALLED_BATCHES:
             raise VerifyMismatch(
-                f"{stalled} batches in a row found every row changed since it was copied; "
+                f"{self.stalled} batches in a row found every row changed since it was copied; "
                 "the source is being rewritten faster than it can be archived"
             )
-        await calls.progress(task.archived, max(task.total, task.archived))
-        if listed < limit and moved == listed:
-            return True  # the source ran out: no need to ask again
-    return True
+
+    def _ran_out(self, batch: Batch, moved: int) -> bool:
+        """True when the source has no more rows for this task."""
+        if len(batch.items) >= batch.limit:
+            return False
+        if moved < len(batch.items):
+            return False  # changed rows stay behind; a later batch takes them
+        return not (batch.after_cursor and self.skipped_since_restart)
+
+    # --- pacing --------------------------------------------------------------------------
+
+    def _throttled(self, reason: str | None) -> None:
+        if reason != self.task.throttled:
+            if reason is None:
+                log.info("task %s: resumed", self.task.task_id)
+            else:
+                log.info("task %s: throttled: %s", self.task.task_id, reason)
+        self.task.throttled = reason
+
+    async def _pause_between_batches(self) -> None:
+        pause = self.settings.throttle.pause
+        if pause > 0:
+            await self._sleep(pause)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early when the task is asked to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stopped():  # noqa: ASYNC110
+            await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+
+    async def _retry_pause(
+        self, exc: RemoteError | RequestTimeout, streak: int, failing_for: float
+    ) -> None:
+        """Wait before retrying a failed batch, or re-raise when retrying is pointless or over.
+
+        Retrying is safe at any step: the next attempt lists the source again, its create is
+        idempotent, and only rows verified in the archive are deleted.
+        """
+        if exc.code not in TRANSIENT_CODES:
+            raise exc
+        if failing_for >= self.settings.retry_for:
+            message = f"{exc.message} (gave up after retrying for {failing_for:.0f} s)"
+            if isinstance(exc, RemoteError):
+                raise RemoteError(message, exc.code) from None
+            raise RequestTimeout(message) from None
+        self.task.retries += 1
+        delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]
+        delay = min(delay, max(0.1, self.settings.retry_for - failing_for))
+        log.warning(
+            "task %s: batch failed (%s); retrying in %.1f s", self.task.task_id, exc.message, delay
+        )
+        await self._sleep(delay)
 
 
-async def _retry_pause(
-    task: Task,
-    exc: RemoteError | RequestTimeout,
-    streak: int,
-    failing_for: float,
-    settings: Settings,
-) -> None:
-    """Wait before retrying a failed batch, or re-raise when retrying is pointless or over.
-
-    Retrying is safe at any step: the next attempt lists the source again, its create is
-    idempotent, and only rows verified in the archive are deleted.
-    """
-    if exc.code not in TRANSIENT_CODES:
-        raise exc
-    if failing_for >= settings.retry_for:
-        raise type(exc)(
-            f"{exc.message} (gave up after retrying for {failing_for:.0f} s)", *_code_arg(exc)
-        ) from None
-    task.retries += 1
-    delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]
-    delay = min(delay, max(0.1, settings.retry_for - failing_for))
-    log.warning("task %s: batch failed (%s); retrying in %.1f s", task.task_id, exc.message, delay)
-    deadline = time.monotonic() + delay
-    while time.monotonic() < deadline and task.stop_reason is None:  # noqa: ASYNC110
-        await asyncio.sleep(min(0.1, deadline - time.monotonic()))
-
-
-def _code_arg(exc: RemoteError | RequestTimeout) -> tuple[str, ...]:
-    return (exc.code,) if isinstance(exc, RemoteError) else ()
-
-
-async def _move_batch(task: Task, calls: Callbacks, limit: int) -> tuple[int, int]:
-    """Copy, verify and delete the oldest ``limit`` rows; returns (deleted, listed)."""
-    spec = task.spec
-    source = {"collection": spec.collection, "dbHandle": spec.source_handle}
-    dest = {"collection": spec.collection, "dbHandle": spec.dest_handle}
-    listing: JSONObject = {**source, "limit": limit}
-    if spec.order_by is not None:
-        listing["orderBy"] = [{"field": spec.order_by, "direction": "asc"}]
-    listed = await calls.execute("data/list", listing)
-    items = _items(listed, "data/list")
-    if not items:
-        return 0, 0
-    primary_key = _primary_key(listed)
-    ids = [_key_of(item, primary_key) for item in items]
-
-    # The source is authoritative for rows it still holds: a copy left by an earlier,
-    # interrupted run is overwritten rather than reported as a conflict.
-    await calls.execute("data/create", {**dest, "items": items, "onConflict": "replace"})
-    copies = await calls.execute(
-        "data/list", {**dest, "filter": {primary_key: {"$in": ids}}, "limit": len(ids)}
-    )
-    _verify(items, _items(copies, "data/list"), primary_key, spec.dest_handle)
-
-    # Delete only rows still equal to what was copied: a row updated since is kept and
-    # moved again, updated, by a later batch.
-    deleted = await calls.execute("data/delete", {**source, "ids": ids, "expected": items})
-    return _int_field(deleted, "deleted", "data/delete"), len(items)
+async def _cancelled(task: asyncio.Task[Batch] | None) -> None:
+    """Cancel a listing that is no longer wanted and wait for it to end."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ArchivistError):
+        await task
 
 
 def _verify(
@@ -220,7 +384,7 @@ def _key_of(item: JSONObject, primary_key: str) -> object:
         raise BadAnswer(f"an item has no primary key field {primary_key!r}")
     key = item[primary_key]
     if key is None or isinstance(key, list | dict):
-        raise BadAnswer(f"an item's primary key {primary_key!r} is not a scalar: {key!r:.100}")
+        raise BadAnswer(f"an item's primary key {primary_key!r} is not a scalar: {key!r}")
     return key
 
 

@@ -40,7 +40,7 @@ from archivist.protocol import (
 )
 from archivist.transport import Peer
 from archivist.worker import paths
-from archivist.worker.executor import Outcome, run_task
+from archivist.worker.executor import Executor, Outcome, Settings
 from archivist.worker.queue import Task, TaskQueue
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class WorkerOptions:
     """Seconds a connection may stay silent before it is closed (None: never)."""
     shutdown_timeout: float = 30.0
     """Seconds running tasks get to reach a safe point on SIGTERM before they are cut."""
+    executor: Settings = field(default_factory=Settings)
+    """Retries, batch sizing and throttling of the tasks' batches."""
     allowed_uids: frozenset[int] = frozenset()
     """Users besides the worker's own that may connect (checked with SO_PEERCRED).
 
@@ -100,6 +102,7 @@ class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.queue = TaskQueue()
+        self.executor = Executor(options.executor)
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._peers: set[Peer] = set()
@@ -196,7 +199,7 @@ class Worker:
                 task.spec.batch_size,
             )
             assert isinstance(task.owner, Peer)
-            outcome = await run_task(task, _TaskCalls(task.owner, task))
+            outcome = await self.executor.run(task, _TaskCalls(task.owner, task))
             self.queue.finish(task, outcome.status, outcome.error)
             log.info(
                 "runner %d: task %s finished: %s, %d rows in %d ms%s",
@@ -364,3 +367,5 @@ async def serve(options: WorkerOptions, ready: Callable[[], None] | None = None)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+            # The process is ending: a repeated signal must not turn a clean exit into a kill.
+            signal.signal(signum, signal.SIG_IGN)

@@ -1,0 +1,131 @@
+"""Gentleness shared by all of a worker's tasks: a pause between batches, a pause file,
+the databases' load signals, and one batch budget per database.
+
+Concurrency 3 must not mean three times the load on one primary: every batch holds its
+source database's budget (one batch at a time by default) while it writes, so tasks on
+the same database take turns and tasks on different databases run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from archivist.errors import ArchivistError
+from archivist.protocol import JSONObject
+
+log = logging.getLogger(__name__)
+
+POLL: Final = 0.2
+"""Seconds between looks at the pause file while it exists."""
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    pause: float = 0.0
+    """Seconds each task sleeps between its batches."""
+    pause_file: Path | None = None
+    """While this file exists, no batch starts."""
+    max_latency_ms: float | None = 100.0
+    """Pause while the database's probe query takes longer than this (None: ignore)."""
+    max_active: int | None = 32
+    """Pause while the database reports more busy connections than this: PostgreSQL's
+    active backends, MariaDB's Threads_running (None: ignore)."""
+    load_interval: float = 1.0
+    """Seconds a load reading is reused, by every task on that database."""
+    per_database: int = 1
+    """Batches that may run at once on one source database."""
+
+
+Execute = Callable[[str, JSONObject], Awaitable[JSONObject]]
+
+
+@dataclass
+class _Reading:
+    at: float
+    reason: str | None
+
+
+class Throttle:
+    """One per worker; every task asks it before each batch."""
+
+    def __init__(self, settings: ThrottleSettings) -> None:
+        self.settings = settings
+        self._budgets: dict[str, asyncio.Semaphore] = {}
+        self._readings: dict[str, _Reading] = {}
+        self._no_signal: set[str] = set()
+
+    @contextlib.asynccontextmanager
+    async def budget(self, database: str) -> AsyncIterator[None]:
+        """Hold one of ``database``'s batch slots for the duration of a batch's writes."""
+        semaphore = self._budgets.get(database)
+        if semaphore is None:
+            semaphore = self._budgets[database] = asyncio.Semaphore(self.settings.per_database)
+        async with semaphore:
+            yield
+
+    async def wait_turn(
+        self,
+        database: str,
+        execute: Execute,
+        report: Callable[[str | None], None],
+        stopped: Callable[[], bool],
+    ) -> None:
+        """Wait while the pause file exists or ``database`` is over its load limits.
+
+        ``report`` receives the reason while throttled and None once it clears.
+        """
+        while not stopped():
+            reason = self._paused_by_file() or await self._overloaded(database, execute)
+            report(reason)
+            if reason is None:
+                return
+            await asyncio.sleep(POLL if reason.startswith("pause file") else self._interval())
+
+    def _interval(self) -> float:
+        return max(POLL, self.settings.load_interval)
+
+    def _paused_by_file(self) -> str | None:
+        path = self.settings.pause_file
+        if path is not None and path.exists():
+            return f"pause file {path} exists"
+        return None
+
+    async def _overloaded(self, database: str, execute: Execute) -> str | None:
+        settings = self.settings
+        if database in self._no_signal or (
+            settings.max_latency_ms is None and settings.max_active is None
+        ):
+            return None
+        reading = self._readings.get(database)
+        now = time.monotonic()
+        if reading is not None and now - reading.at < settings.load_interval:
+            return reading.reason
+        try:
+            load = await execute("data/load", {"dbHandle": database})
+        except ArchivistError as exc:
+            # A daemon written from the design alone has no data/load: go without it.
+            log.info("no load signal for %s (%s); not throttling on load", database, exc.message)
+            self._no_signal.add(database)
+            return None
+        reason = self._judge(database, load)
+        self._readings[database] = _Reading(time.monotonic(), reason)
+        return reason
+
+    def _judge(self, database: str, load: JSONObject) -> str | None:
+        latency = load.get("latencyMs")
+        active = load.get("active")
+        limit_ms = self.settings.max_latency_ms
+        if limit_ms is not None and isinstance(latency, int | float) and latency > limit_ms:
+            return f"{database} probe took {latency:.0f} ms (limit {limit_ms:.0f} ms)"
+        limit_active = self.settings.max_active
+        if limit_active is not None and isinstance(active, int) and active > limit_active:
+            metric = load.get("metric", "busy connections")
+            return f"{database} has {active} {metric} (limit {limit_active})"
+        return None
