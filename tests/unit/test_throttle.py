@@ -1,0 +1,110 @@
+"""The worker's throttle: pause file, load limits, a design-only daemon, one budget per database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from archivist.errors import RemoteError
+from archivist.protocol import JSONObject
+from archivist.worker.throttle import Throttle, ThrottleSettings
+
+
+class LoadReadings:
+    """Answers data/load with the readings it is given, in turn (the last one repeats)."""
+
+    def __init__(self, *readings: JSONObject) -> None:
+        self.readings = list(readings)
+        self.calls = 0
+
+    async def __call__(self, target: str, params: JSONObject) -> JSONObject:
+        assert target == "data/load"
+        self.calls += 1
+        return self.readings[min(self.calls, len(self.readings)) - 1]
+
+
+def wait(throttle: Throttle, execute: LoadReadings) -> list[str | None]:
+    reasons: list[str | None] = []
+    asyncio.run(throttle.wait_turn("primary", execute, reasons.append, lambda: False))
+    return reasons
+
+
+def test_a_quiet_database_lets_the_batch_start_at_once() -> None:
+    reasons = wait(Throttle(ThrottleSettings()), LoadReadings({"latencyMs": 0.3}))
+    assert reasons == [None]
+
+
+def test_a_slow_probe_pauses_until_it_is_fast_again() -> None:
+    throttle = Throttle(ThrottleSettings(max_latency_ms=50, load_interval=0.01))
+    readings = LoadReadings({"latencyMs": 120.0}, {"latencyMs": 80.0}, {"latencyMs": 2.0})
+    reasons = wait(throttle, readings)
+    assert reasons[-1] is None
+    assert reasons[0] == "primary probe took 120 ms (limit 50 ms)"
+    assert readings.calls == 3
+
+
+def test_too_many_busy_connections_pause_with_the_engines_metric_named() -> None:
+    throttle = Throttle(ThrottleSettings(max_active=4, load_interval=0.01))
+    readings = LoadReadings(
+        {"latencyMs": 1.0, "active": 9, "metric": "active backends"},
+        {"latencyMs": 1.0, "active": 2, "metric": "active backends"},
+    )
+    reasons = wait(throttle, readings)
+    assert reasons == ["primary has 9 active backends (limit 4)", None]
+
+
+def test_a_daemon_without_data_load_is_not_asked_again() -> None:
+    class DesignOnly:
+        calls = 0
+
+        async def __call__(self, target: str, params: JSONObject) -> JSONObject:
+            self.calls += 1
+            raise RemoteError("unknown command 'data/load'", "unknown_command")
+
+    throttle = Throttle(ThrottleSettings())
+    daemon = DesignOnly()
+    for _ in range(3):
+        asyncio.run(throttle.wait_turn("primary", daemon, lambda _: None, lambda: False))
+    assert daemon.calls == 1
+
+
+def test_the_pause_file_holds_batches_while_it_exists(tmp_path: Path) -> None:
+    pause = tmp_path / "pause"
+    pause.touch()
+    throttle = Throttle(ThrottleSettings(pause_file=pause, max_latency_ms=None, max_active=None))
+    reasons: list[str | None] = []
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, pause.unlink)
+        started = loop.time()
+        await throttle.wait_turn("primary", LoadReadings(), reasons.append, lambda: False)
+        return loop.time() - started
+
+    waited = asyncio.run(scenario())
+    assert waited >= 0.45
+    assert reasons[0] == f"pause file {pause} exists"
+    assert reasons[-1] is None
+
+
+def test_tasks_on_one_database_take_turns_and_other_databases_do_not_wait() -> None:
+    throttle = Throttle(ThrottleSettings(per_database=1))
+    inside: dict[str, int] = {"primary": 0, "other": 0}
+    most: dict[str, int] = {"primary": 0, "other": 0, "both": 0}
+
+    async def batch(database: str) -> None:
+        async with throttle.budget(database):
+            inside[database] += 1
+            most[database] = max(most[database], inside[database])
+            most["both"] = max(most["both"], sum(inside.values()))
+            await asyncio.sleep(0.01)
+            inside[database] -= 1
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(3):
+                group.create_task(batch("primary"))
+                group.create_task(batch("other"))
+
+    asyncio.run(scenario())
+    assert most == {"primary": 1, "other": 1, "both": 2}
