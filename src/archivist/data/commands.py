@@ -157,9 +157,12 @@ class DataCommands:
         if fields is not None:
             info.codec.check_fields(fields, what="field in fields")
         query = _ListQuery.build(info, p, entity.order_by)
-        rows = await handle.transaction(query.run)
+        names, rows = await handle.transaction(query.run)
+        items = info.codec.encode_tuples(names, rows)
+        if fields is not None:
+            items = [{name: item[name] for name in fields} for item in items]
         return {
-            "items": [info.codec.encode_row(row, fields) for row in rows],
+            "items": items,
             "count": len(rows),
             "collection": entity.collection,
             "primaryKey": info.pk,
@@ -204,20 +207,19 @@ class DataCommands:
         _, handle, info = await self.catalog.table(p.collection, p.db_handle)
         pk_spec = info.spec(info.pk)
         if p.expected is not None:
-            expected = [
-                info.codec.decode_item(item, where=f"expected[{index}].")
-                for index, item in enumerate(p.expected)
-            ]
+            expected = list(p.expected)
+            keys: list[object] = []
             for index, item in enumerate(expected):
-                if item.get(info.pk) is None:
+                if not isinstance(item, dict) or item.get(info.pk) is None:
                     raise InvalidParams(f"expected[{index}]: needs its primary key {info.pk}")
+                keys.append(decode_value(pk_spec, item[info.pk], where=f"expected[{index}]."))
             if given[0] or given[1]:
                 ids = [p.id] if given[0] else list(p.ids or [])
                 decoded = {decode_value(pk_spec, v, where="ids.") for v in ids}
-                if decoded != {item[info.pk] for item in expected}:
+                if decoded != set(keys):
                     raise InvalidParams("invalid params: ids must name the same rows as expected")
             deleted, skipped = await handle.transaction(
-                _delete_expected, info, expected, write=True
+                _delete_expected, info, list(zip(keys, expected, strict=True)), write=True
             )
             return {"deleted": deleted, "skipped": skipped}
         if given[0] == given[1]:
@@ -279,11 +281,13 @@ class _ListQuery:
         )
         return cls(query, reverse)
 
-    def run(self, connection: Connection) -> list[dict[str, object]]:
-        rows = [dict(row) for row in connection.execute(self.query).mappings()]
+    def run(self, connection: Connection) -> tuple[list[str], list[Sequence[object]]]:
+        result = connection.execute(self.query)
+        names = list(result.keys())
+        rows: list[Sequence[object]] = list(result.all())
         if self.reverse:
             rows.reverse()  # a page before the cursor still comes in the listing order
-        return rows
+        return names, rows
 
 
 # --- create -----------------------------------------------------------------------------------
@@ -418,28 +422,33 @@ def _delete_ids(connection: Connection, info: TableInfo, ids: list[object]) -> i
 
 
 def _delete_expected(
-    connection: Connection, info: TableInfo, expected: list[dict[str, object]]
+    connection: Connection, info: TableInfo, expected: list[tuple[object, dict[str, object]]]
 ) -> tuple[int, list[object]]:
-    """Delete only rows still equal to what the caller copied; report the others as skipped."""
+    """Delete only rows still equal to what the caller copied; report the others as skipped.
+
+    ``expected`` pairs each row's key (bound form) with the item as the caller has it.
+    Items normally come from this table's own listing, so they compare as they are; only
+    one that differs is normalised (``"1.50"`` -> ``"1.5"``) and compared again.
+    """
     codec, pk = info.codec, info.pk
     pk_column = info.table.c[pk]
-    wanted: dict[object, tuple[object, JSONObject]] = {}
-    for item in expected:
-        encoded = codec.encode_row(item)
-        wanted[encoded[pk]] = (item[pk], encoded)
     current: dict[object, JSONObject] = {}
-    for chunk in _chunks([key for key, _ in wanted.values()]):
+    for chunk in _chunks([key for key, _ in expected]):
         query = sa.select(info.table).where(pk_column.in_(chunk)).with_for_update()
-        for row in connection.execute(query).mappings():
-            encoded = codec.encode_row(row)
+        result = connection.execute(query)
+        names = list(result.keys())
+        for encoded in codec.encode_tuples(names, result.all()):
             current[encoded[pk]] = encoded
     matched: list[object] = []
     skipped: list[object] = []
-    for key, (value, item) in wanted.items():
-        found = current.get(key)
-        if found is not None and not _differs(item, found):
-            matched.append(value)
-        else:
-            skipped.append(key)
+    for key, item in expected:
+        found = current.get(item[pk])
+        if found is None or _differs(item, found):
+            normal = codec.normalize_item(item)
+            found = current.get(normal[pk])
+            if found is None or _differs(normal, found):
+                skipped.append(normal[pk])
+                continue
+        matched.append(key)
     deleted = _delete_ids(connection, info, matched) if matched else 0
     return deleted, skipped
