@@ -92,6 +92,20 @@ def main() -> None:
     "closed (a silent client, or one that trickles bytes).",
 )
 @click.option(
+    "--write-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a client may leave the worker's answers unread before it is dropped.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Queued tasks held at most; more are refused with code queue_full.",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -174,6 +188,8 @@ def worker(
     concurrency: int,
     frame_limit: int,
     idle_timeout: float,
+    write_timeout: float,
+    max_queue: int,
     shutdown_timeout: float,
     allow_uids: tuple[int, ...],
     verbose: int,
@@ -226,6 +242,8 @@ def worker(
         concurrency=concurrency,
         frame_limit=frame_limit,
         idle_timeout=idle_timeout,
+        write_timeout=write_timeout,
+        max_queue=max_queue,
         shutdown_timeout=shutdown_timeout,
         allowed_uids=frozenset(allow_uids),
         executor=settings,

@@ -82,6 +82,10 @@ class UnknownTask(TaskError):
     code = "unknown_task"
 
 
+class QueueFull(TaskError):
+    code = "queue_full"
+
+
 class ShuttingDown(TaskError):
     code = "shutting_down"
 

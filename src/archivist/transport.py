@@ -29,6 +29,10 @@ from archivist.protocol import Answer, Incoming, JSONObject, Request
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds buffered answers get to reach a closing peer before the stream is dropped."""
+DEFAULT_WRITE_TIMEOUT: Final = 60.0
+"""Seconds a write may wait for the peer to read before the connection is dropped."""
 
 
 class Handler(Protocol):
@@ -63,6 +67,7 @@ class Peer:
         idle_timeout: float | None = None,
         concurrent: bool = False,
         request_prefix: str = "req",
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -72,6 +77,7 @@ class Peer:
         self.frame_limit = frame_limit
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         self._concurrent = concurrent
         self._prefix = request_prefix
         self._write_lock = asyncio.Lock()
@@ -112,16 +118,23 @@ class Peer:
             log.debug("%s: connection error: %s", self.name, group.exceptions[0])
         finally:
             self._mark_closed()
-            self._writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._writer.wait_closed()
+            await self._shut()
 
     async def close(self) -> None:
         """Close the connection; `run` then returns and pending requests fail."""
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        await self._shut()
         self._mark_closed()
+
+    async def _shut(self) -> None:
+        """Close the stream, flushing what is buffered for a bounded time, then drop it."""
+        self._writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except TimeoutError:  # a peer that does not read: drop what it would not take
+            self._writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass
 
     def _mark_closed(self) -> None:
         if self._closed.is_set():
@@ -234,7 +247,14 @@ class Peer:
         try:
             async with self._write_lock:
                 self._writer.write(data)
-                await self._writer.drain()
+                async with asyncio.timeout(self.write_timeout):
+                    await self._writer.drain()
+        except TimeoutError:  # before OSError, of which it is a subclass
+            # A peer that stops reading must not hold whoever writes to it (a runner, say).
+            log.warning("%s: not reading for %.0f s; closing", self.name, self.write_timeout)
+            self._writer.transport.abort()
+            self._mark_closed()
+            raise ConnectionClosed(f"{self.name} stopped reading; connection closed") from None
         except (ConnectionError, OSError) as exc:
             self._mark_closed()
             raise ConnectionClosed(f"connection to {self.name} lost: {exc}") from None

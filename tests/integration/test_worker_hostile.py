@@ -621,3 +621,37 @@ def test_hundred_clients_connected_at_once_each_get_pong(
     record("clients_served", served)
     assert served == clients_wanted
     assert all(answer.get("message") == "pong" for answer in again)
+
+
+def test_a_client_that_never_reads_its_answers_is_dropped_without_delaying_others(
+    start_worker: StartWorker, record: Record
+) -> None:
+    with start_worker("--write-timeout", "1") as worker:
+        busy = worker.connect()
+        deaf = worker.connect()
+        deaf.sock.setblocking(False)
+        ping = b'{"command":"ping"}\n' * 1000
+        sent = 0
+        started = time.monotonic()
+        dropped_after: float | None = None
+        latencies: list[float] = []
+        while time.monotonic() - started < 10:
+            try:
+                sent += deaf.sock.send(ping)
+            except BlockingIOError:
+                pass  # the worker stopped reading us: it is blocked writing our answers
+            except (BrokenPipeError, ConnectionResetError):
+                dropped_after = time.monotonic() - started
+                break
+            before = time.monotonic()
+            assert busy.ping()["message"] == "pong"
+            latencies.append(time.monotonic() - before)
+            time.sleep(0.01)
+        busy.close()
+        deaf.close()
+        log = worker.stderr()
+    record("deaf_client_bytes_sent", sent)
+    record("deaf_client_dropped_after_s", dropped_after)
+    assert dropped_after is not None, "the worker kept a client that never reads"
+    assert "stopped reading" in log or "not reading" in log
+    assert max(latencies) < 0.5

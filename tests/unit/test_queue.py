@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archivist.errors import DuplicateTask, UnknownTask
+from archivist.errors import DuplicateTask, QueueFull, UnknownTask
 from archivist.protocol import Archive
 from archivist.worker.queue import Task, TaskQueue
 
@@ -212,3 +212,12 @@ def test_task_info_reports_wire_fields() -> None:
         "chat_messages",
     )
     assert info.duration is not None and info.duration >= 0
+
+
+def test_a_full_queue_refuses_more_tasks_without_queueing_them() -> None:
+    queue = TaskQueue(limit=2)
+    queue.add(task("t1"))
+    queue.add(task("t2", collection="other"))
+    with pytest.raises(QueueFull):
+        queue.add(task("t3", collection="third"))
+    assert [t.task_id for t in queue.queued] == ["t1", "t2"]

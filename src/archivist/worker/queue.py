@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from archivist.errors import DuplicateTask, UnknownTask
+from archivist.errors import DuplicateTask, QueueFull, UnknownTask
 from archivist.protocol import Archive, TaskInfo
 
 TaskState = Literal["queued", "running", "success", "error", "cancelled"]
@@ -76,7 +76,8 @@ class Task:
 class TaskQueue:
     """Queued, running and recently finished tasks, keyed by taskId."""
 
-    def __init__(self, history: int = 100) -> None:
+    def __init__(self, history: int = 100, limit: int = 10_000) -> None:
+        self.limit = limit
         self._queued: list[Task] = []
         self._running: dict[str, Task] = {}
         self._finished: collections.deque[Task] = collections.deque(maxlen=history)
@@ -107,6 +108,8 @@ class TaskQueue:
         """Queue a task; returns its queuePosition (unfinished tasks, this one included)."""
         if self.get(task.task_id) is not None:
             raise DuplicateTask(f"task {task.task_id!r} is already queued or running")
+        if len(self._queued) >= self.limit:
+            raise QueueFull(f"the queue holds {self.limit} tasks already; try again later")
         self._queued.append(task)
         return self.unfinished
 

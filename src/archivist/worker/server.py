@@ -57,6 +57,10 @@ class WorkerOptions:
     """Seconds a connection may stay silent before it is closed (None: never)."""
     shutdown_timeout: float = 30.0
     """Seconds running tasks get to reach a safe point on SIGTERM before they are cut."""
+    write_timeout: float = 60.0
+    """Seconds a client may leave answers unread before its connection is dropped."""
+    max_queue: int = 10_000
+    """Queued tasks the worker holds at most; more are refused with ``queue_full``."""
     executor: Settings = field(default_factory=Settings)
     """Retries, batch sizing and throttling of the tasks' batches."""
     allowed_uids: frozenset[int] = frozenset()
@@ -101,7 +105,7 @@ class Worker:
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self.queue = TaskQueue()
+        self.queue = TaskQueue(limit=options.max_queue)
         self.executor = Executor(options.executor)
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -242,6 +246,7 @@ class Worker:
             frame_limit=self.options.frame_limit,
             request_timeout=self.options.request_timeout,
             idle_timeout=self.options.idle_timeout,
+            write_timeout=self.options.write_timeout,
         )
         refusal = self._check_credentials(writer)
         if refusal is not None:
