@@ -1,0 +1,275 @@
+"""The archivist benchmark (issue 6): archivist end to end against the application-level and
+in-database limits and pt-archiver, the foreground application's latency, peak memory and
+the socket round trip, on the same generated ``chat_messages`` data.
+
+    .venv/bin/python bench/archive_bench.py --quick      # CI size (make bench)
+    .venv/bin/python bench/archive_bench.py              # 500,000 of 1,000,000 rows
+
+Each figure is the median of ``--runs`` runs with min and max; ratios are run by run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from engines import ENGINES, Target, targets
+from report import Results, machine, percentile, print_report, write_json
+from rich.console import Console
+from workloads import (
+    ArchiveRun,
+    Foreground,
+    pt_archiver_version,
+    run_archivist,
+    run_in_database,
+    run_pings,
+    run_plain_loop,
+    run_pt_archiver,
+)
+
+MIB = 1024
+ORDER: list[tuple[str, str]] = [
+    ("archivist", "archivist end to end (wall clock, incl. start-up)"),
+    ("archivist_task", "archivist task (its own summary)"),
+    ("plain", "plain Python loop (SQLAlchemy Core, 2 connections)"),
+    ("in_db", "in-database loop (ATTACH / COPY / INSERT..SELECT)"),
+    ("pt_commit", "pt-archiver --limit 1000 --commit-each"),
+    ("pt_bulk", "pt-archiver ... --bulk-insert --bulk-delete"),
+    ("r_plain", "ratio archivist / plain loop"),
+    ("r_task_plain", "ratio archivist task / plain loop"),
+    ("r_in_db", "ratio archivist / in-database"),
+    ("r_pt_bulk", "ratio archivist / pt-archiver bulk"),
+    ("r_pt_commit", "ratio archivist / pt-archiver commit-each"),
+    ("fg_idle_p50", "foreground p50, idle"),
+    ("fg_idle_p99", "foreground p99, idle"),
+    ("fg_archivist_p50", "foreground p50, during archivist"),
+    ("fg_archivist_p99", "foreground p99, during archivist"),
+    ("fg_plain_p50", "foreground p50, during plain loop"),
+    ("fg_plain_p99", "foreground p99, during plain loop"),
+    ("r_fg_archivist", "ratio foreground p99 archivist / idle"),
+    ("r_fg_plain", "ratio foreground p99 plain loop / idle"),
+    ("archivist_fg", "archivist with the foreground running"),
+    ("plain_fg", "plain loop with the foreground running"),
+    ("rss_daemon_small", "daemon peak RSS, {small:,} source rows"),
+    ("rss_worker_small", "worker peak RSS, {small:,} source rows"),
+    ("rss_daemon", "daemon peak RSS, {rows:,} source rows"),
+    ("rss_worker", "worker peak RSS, {rows:,} source rows"),
+    ("ping_p50", "ping round trip p50"),
+    ("ping_p99", "ping round trip p99"),
+    ("ping_rate", "pings per second, one connection"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    rows: int
+    archive_rows: int
+    runs: int
+    batch_size: int
+    memory_rows: int
+    pings: int
+    idle_seconds: float
+    foreground: bool
+    memory: bool
+    engines: list[str]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="CI size: 30,000 of 60,000 rows")
+    parser.add_argument("--rows", type=int, help="rows in the source table (1,000,000)")
+    parser.add_argument("--archive-rows", type=int, help="rows archived per run (half of --rows)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (3)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="rows per batch (1000)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="sqlite,postgresql,mariadb")
+    parser.add_argument("--json", type=Path, help="where the JSON goes (bench/results/<time>.json)")
+    parser.add_argument("--skip-foreground", action="store_true", help="no foreground latency")
+    parser.add_argument("--skip-memory", action="store_true", help="no small-table memory runs")
+    parser.add_argument("--pings", type=int, help="pings per run (5000; quick 2000)")
+    args = parser.parse_args(argv)
+    rows = args.rows or (60_000 if args.quick else 1_000_000)
+    engines = [name.strip() for name in args.engines.split(",") if name.strip()]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engines: {', '.join(unknown)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    settings = Settings(
+        rows=rows,
+        archive_rows=min(args.archive_rows or rows // 2, rows),
+        runs=args.runs,
+        batch_size=args.batch_size,
+        memory_rows=20_000 if args.quick else 100_000,
+        pings=args.pings or (2_000 if args.quick else 5_000),
+        idle_seconds=3.0 if args.quick else 5.0,
+        foreground=not args.skip_foreground,
+        memory=not args.skip_memory,
+        engines=engines,
+    )
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path = args.json or Path(__file__).parent / "results" / f"{stamp}.json"
+    return settings, json_path
+
+
+class Bench:
+    """Runs every measurement of one engine, ``runs`` times, into ``results``."""
+
+    def __init__(
+        self, settings: Settings, results: Results, console: Console, workdir: Path
+    ) -> None:
+        self.settings = settings
+        self.results = results
+        self.console = console
+        self.workdir = workdir
+        self.has_pt_archiver = shutil.which("pt-archiver") is not None
+
+    def engine(self, target: Target) -> None:
+        s = self.settings
+        name = target.engine
+        started = time.monotonic()
+        target.seed(max(s.rows, s.memory_rows))
+        self.say(f"{name}: seeded {target.seeded:,} rows in {time.monotonic() - started:.1f} s")
+        for run in range(1, s.runs + 1):
+            self.say(f"{name}: run {run}/{s.runs}")
+            archived = self.archive("archivist", target, lambda: self._archivist(target))
+            self.rss(name, "", archived)
+            self.archive(
+                "plain", target, lambda: run_plain_loop(target, s.archive_rows, s.batch_size)
+            )
+            self.archive(
+                "in_db", target, lambda: run_in_database(target, s.archive_rows, s.batch_size)
+            )
+            if name == "mariadb" and self.has_pt_archiver:
+                for key, bulk in (("pt_commit", False), ("pt_bulk", True)):
+                    self.archive(
+                        key,
+                        target,
+                        lambda bulk=bulk: run_pt_archiver(
+                            target, s.archive_rows, s.batch_size, bulk=bulk
+                        ),
+                    )
+            if s.foreground:
+                self.foreground(target)
+            if s.memory and s.memory_rows < s.rows:
+                target.reset(s.memory_rows)
+                small = run_archivist(target, s.memory_rows // 2, s.batch_size, self.workdir)
+                self.rss(name, "_small", small)
+        for ratio, top, bottom in (
+            ("r_plain", "archivist", "plain"),
+            ("r_task_plain", "archivist_task", "plain"),
+            ("r_in_db", "archivist", "in_db"),
+            ("r_pt_bulk", "archivist", "pt_bulk"),
+            ("r_pt_commit", "archivist", "pt_commit"),
+            ("r_fg_archivist", "fg_archivist_p99", "fg_idle_p99"),
+            ("r_fg_plain", "fg_plain_p99", "fg_idle_p99"),
+        ):
+            self.results.add_ratios(name, ratio, top, bottom)
+        if name == "mariadb" and not self.has_pt_archiver:
+            self.results.notes.append(
+                "pt-archiver: skipped, not installed (apt-get install percona-toolkit)"
+            )
+
+    def _archivist(self, target: Target) -> ArchiveRun:
+        run = run_archivist(
+            target, self.settings.archive_rows, self.settings.batch_size, self.workdir
+        )
+        self.results.add(target.engine, "archivist_task", "rows/s", run.task_rows_per_second)
+        return run
+
+    def archive(self, key: str, target: Target, work: Callable[[], ArchiveRun]) -> ArchiveRun:
+        """Reset the data, run one archiving method, check what moved, record rows/s."""
+        target.reset(self.settings.rows)
+        run = work()
+        moved = target.count("archive")
+        if moved != self.settings.archive_rows or run.rows != moved:
+            raise RuntimeError(f"{target.engine} {key}: archive holds {moved} rows, ran {run.rows}")
+        self.results.add(target.engine, key, "rows/s", run.rows_per_second)
+        self.say(f"  {key:<10} {run.rows_per_second:>10,.0f} rows/s  ({run.seconds:.2f} s)")
+        return run
+
+    def rss(self, engine: str, suffix: str, run: ArchiveRun) -> None:
+        self.results.add(engine, f"rss_daemon{suffix}", "MiB", run.daemon_peak_kib / MIB)
+        self.results.add(engine, f"rss_worker{suffix}", "MiB", run.worker_peak_kib / MIB)
+
+    def foreground(self, target: Target) -> None:
+        s = self.settings
+        target.reset(s.rows)
+        with Foreground(target, s.idle_seconds) as idle:
+            time.sleep(s.idle_seconds)
+        self.latency(target.engine, "idle", idle.latencies)
+        for key, work in (
+            (
+                "archivist",
+                lambda: run_archivist(target, s.archive_rows, s.batch_size, self.workdir),
+            ),
+            ("plain", lambda: run_plain_loop(target, s.archive_rows, s.batch_size)),
+        ):
+            target.reset(s.rows)
+            with Foreground(target, 3600.0) as app:
+                run = work()
+            self.results.add(target.engine, f"{key}_fg", "rows/s", run.rows_per_second)
+            self.latency(target.engine, key, app.latencies)
+
+    def latency(self, engine: str, key: str, latencies: list[float]) -> None:
+        if not latencies:
+            self.results.notes.append(f"{engine}: no foreground operations recorded ({key})")
+            return
+        p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+        self.results.add(engine, f"fg_{key}_p50", "ms", p50)
+        self.results.add(engine, f"fg_{key}_p99", "ms", p99)
+        self.say(
+            f"  foreground {key:<9} p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({len(latencies)} ops)"
+        )
+
+    def pings(self) -> None:
+        for _ in range(self.settings.runs):
+            run = run_pings(self.settings.pings)
+            self.results.add("socket", "ping_p50", "µs", percentile(run.latencies, 0.5) * 1e6)
+            self.results.add("socket", "ping_p99", "µs", percentile(run.latencies, 0.99) * 1e6)
+            self.results.add("socket", "ping_rate", "pings/s", run.per_second)
+            self.say(f"  ping: {run.per_second:,.0f}/s")
+
+    def say(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, json_path = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    results = Results()
+    workdir = Path(tempfile.mkdtemp(prefix="archivist-bench-config-"))
+    versions: dict[str, str] = {"pt_archiver": pt_archiver_version()}
+    console.print(
+        f"archiving {settings.archive_rows:,} of {settings.rows:,} rows, batches of "
+        f"{settings.batch_size:,}, {settings.runs} runs, engines {', '.join(settings.engines)}"
+    )
+    bench = Bench(settings, results, console, workdir)
+    try:
+        with targets(settings.engines, results.notes) as opened:
+            for target in opened:
+                versions[target.engine] = target.version
+                bench.engine(target)
+        bench.pings()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    info = machine(versions)
+    order = [
+        (key, label.format(small=settings.memory_rows, rows=settings.rows)) for key, label in ORDER
+    ]
+    print_report(console, results, order, info)
+    write_json(json_path, results, info, settings.__dict__)
+    console.print(f"JSON: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

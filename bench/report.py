@@ -1,0 +1,164 @@
+"""Figures from runs: median with min and max, ratios computed run by run, the machine, the
+table printed for humans and the JSON kept for comparing later runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import archivist
+
+
+@dataclass
+class Figure:
+    """One measured quantity: its value in each run."""
+
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "unit": self.unit,
+            "median": self.median,
+            "min": min(self.values),
+            "max": max(self.values),
+            "runs": self.values,
+        }
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` in 0..1) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class Results:
+    """Every figure of a benchmark run, keyed by (engine, figure name)."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, dict[str, Figure]] = {}
+        self.notes: list[str] = []
+
+    def add(self, engine: str, name: str, unit: str, value: float) -> None:
+        figure = self.figures.setdefault(engine, {}).setdefault(name, Figure(name, unit))
+        figure.values.append(value)
+
+    def get(self, engine: str, name: str) -> Figure | None:
+        return self.figures.get(engine, {}).get(name)
+
+    def add_ratios(self, engine: str, name: str, numerator: str, denominator: str) -> None:
+        """``numerator / denominator`` for each run that has both (ratios run by run)."""
+        top, bottom = self.get(engine, numerator), self.get(engine, denominator)
+        if top is None or bottom is None:
+            return
+        for high, low in zip(top.values, bottom.values, strict=False):
+            if low:
+                self.add(engine, name, "x", high / low)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            engine: {name: figure.as_json() for name, figure in figures.items()}
+            for engine, figures in self.figures.items()
+        }
+
+
+def machine(versions: dict[str, str]) -> dict[str, object]:
+    """What the figures ran on."""
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory_kib = int(line.split()[1])
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "archivist": archivist.__version__,
+        "archivist_source": str(Path(archivist.__file__).parent),
+        "commit": commit,
+        **versions,
+    }
+
+
+def _cell(figure: Figure | None) -> str:
+    if figure is None or not figure.values:
+        return "-"
+    return (
+        f"{_number(figure.median, figure.unit)} "
+        f"[{_number(min(figure.values), figure.unit)}-{_number(max(figure.values), figure.unit)}]"
+    )
+
+
+def _number(value: float, unit: str) -> str:
+    if unit == "x":
+        return f"{value:.2f}"
+    if unit in ("ms", "µs"):
+        return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:,.0f}"
+
+
+def print_report(
+    console: Console, results: Results, order: Sequence[tuple[str, str]], info: dict[str, object]
+) -> None:
+    """One table: a row per figure (``order``: name and label), a column per engine."""
+    engines = list(results.figures)
+    table = Table(
+        title=escape("archivist benchmark: median [min-max] over runs"),
+        header_style="bold",
+        show_lines=False,
+    )
+    table.add_column("figure")
+    table.add_column("unit")
+    for engine in engines:
+        table.add_column(engine, justify="right")
+    for name, label in order:
+        cells = [_cell(results.get(engine, name)) for engine in engines]
+        if all(cell == "-" for cell in cells):
+            continue
+        unit = next(f.unit for e in engines if (f := results.get(e, name)) is not None)
+        table.add_row(escape(label), unit, *(escape(cell) for cell in cells))
+    console.print(table)
+    console.print(
+        "machine: "
+        + ", ".join(f"{key} {value}" for key, value in info.items() if value not in ("", None))
+    )
+    for note in results.notes:
+        console.print(f"note: {note}")
+
+
+def write_json(
+    path: Path, results: Results, info: dict[str, object], settings: dict[str, object]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "machine": info,
+        "settings": settings,
+        "figures": results.as_json(),
+        "notes": results.notes,
+    }
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

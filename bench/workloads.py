@@ -1,0 +1,473 @@
+"""What the benchmark measures: archivist end to end, the baselines it is compared with,
+the foreground application, and the worker socket's round trip.
+
+Every function here moves or times one thing and returns plain numbers; the main script
+decides when each runs and `report` turns the numbers into figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
+import multiprocessing.synchronize
+import os
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import psycopg
+import pymysql
+import sqlalchemy as sa
+from engines import FOREGROUND_ID_BASE, TABLE, Target, chat_table
+
+SUMMARY_RE: Final = re.compile(
+    r"archived ([\d,]+) rows of \S+ .*? in ([\d.,]+) s, ([\d,]+) rows/s", re.DOTALL
+)
+RSS_POLL_SECONDS: Final = 0.02
+FOREGROUND_PACE: Final = 0.004
+"""Seconds between the starts of two foreground operations (an app at ~250 ops/s)."""
+
+
+@dataclass
+class ArchiveRun:
+    rows: int
+    seconds: float
+    """Wall clock, measured outside the process (start-up, schema mirroring, everything)."""
+    task_rows_per_second: float = 0.0
+    """What archivist's own summary says: the task, from queueing to completion."""
+    daemon_peak_kib: int = 0
+    worker_peak_kib: int = 0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds
+
+
+# --- archivist ------------------------------------------------------------------------------
+
+
+def run_archivist(target: Target, rows: int, batch_size: int, workdir: Path) -> ArchiveRun:
+    """``archivist archive`` as a subprocess (daemon in it, worker its child), timed from
+    outside, with the peak RSS (VmHWM) of both processes polled while it runs."""
+    config = workdir / f"{target.engine}.toml"
+    config.write_text(target.config_toml(batch_size), encoding="utf-8")
+    command = [
+        sys.executable,
+        "-m",
+        "archivist",
+        "archive",
+        TABLE,
+        "--config",
+        str(config),
+        "--max-rows",
+        str(rows),
+        "--batch-size",
+        str(batch_size),
+    ]
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    with _peak_rss(process.pid) as peaks:
+        stdout, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"archivist archive failed ({process.returncode}): {stderr[-2000:]}")
+    match = SUMMARY_RE.search(stdout)
+    if match is None:
+        raise RuntimeError(f"no summary line in archivist's output: {stdout[-1000:]}")
+    archived = int(match.group(1).replace(",", ""))
+    if archived != rows:
+        raise RuntimeError(f"archivist archived {archived} rows, not {rows}")
+    return ArchiveRun(
+        rows=archived,
+        seconds=seconds,
+        task_rows_per_second=float(match.group(3).replace(",", "")),
+        daemon_peak_kib=peaks["daemon"],
+        worker_peak_kib=peaks["worker"],
+    )
+
+
+@contextlib.contextmanager
+def _peak_rss(pid: int) -> Iterator[dict[str, int]]:
+    """Poll VmHWM (the kernel's peak RSS) of ``pid`` and of its children until exit."""
+    peaks = {"daemon": 0, "worker": 0}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peaks["daemon"] = max(peaks["daemon"], _vm_hwm(pid))
+            for child in _children(pid):
+                peaks["worker"] = max(peaks["worker"], _vm_hwm(child))
+            done.wait(RSS_POLL_SECONDS)
+
+    thread = threading.Thread(target=poll, name="rss-poll", daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()
+
+
+def _vm_hwm(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+# --- the application-level limit: a plain Python loop -----------------------------------
+
+
+def run_plain_loop(target: Target, rows: int, batch_size: int) -> ArchiveRun:
+    """Read a batch with one connection, insert it into the archive with another, delete it,
+    commit both (archive first): what an application would write with SQLAlchemy Core."""
+    archive_table = target.create_archive()
+    source = chat_table(sa.MetaData())
+    primary, archive = target.sa_engine("primary"), target.sa_engine("archive")
+    moved = 0
+    started = time.perf_counter()
+    # On SQLite the read must take the write lock up front (BEGIN IMMEDIATE, as archivist's
+    # handles do): a read snapshot cannot be upgraded once another writer has committed.
+    with (
+        primary.connect().execution_options(archivist_write=True) as reader,
+        archive.connect() as writer,
+    ):
+        while moved < rows:
+            limit = min(batch_size, rows - moved)
+            batch = reader.execute(
+                sa.select(source).order_by(source.c.created_at).limit(limit)
+            ).all()
+            if not batch:
+                break
+            writer.execute(archive_table.insert(), [row._asdict() for row in batch])
+            ids = [row.id for row in batch]
+            reader.execute(source.delete().where(source.c.id.in_(ids)))
+            writer.commit()
+            reader.commit()
+            moved += len(batch)
+    return ArchiveRun(rows=moved, seconds=time.perf_counter() - started)
+
+
+# --- the in-database limit ----------------------------------------------------------------
+
+
+def run_in_database(target: Target, rows: int, batch_size: int) -> ArchiveRun:
+    """Rows never leave the database server (SQLite ATTACH, MariaDB across databases), or
+    leave it only as raw binary COPY blocks (PostgreSQL, two databases)."""
+    target.create_archive()
+    target.dispose()
+    started = time.perf_counter()
+    if target.engine == "sqlite":
+        moved = _sqlite_in_db(target, rows, batch_size)
+    elif target.engine == "postgresql":
+        moved = _postgres_copy(target, rows, batch_size)
+    else:
+        moved = _mariadb_in_db(target, rows, batch_size)
+    return ArchiveRun(rows=moved, seconds=time.perf_counter() - started)
+
+
+def _sqlite_in_db(target: Target, rows: int, batch_size: int) -> int:
+    connection = sqlite3.connect(target.primary_db, isolation_level=None, timeout=30)
+    try:
+        connection.execute("ATTACH DATABASE ? AS arch", (target.archive_db,))
+        oldest = f"SELECT id FROM main.{TABLE} ORDER BY created_at LIMIT ?"
+        moved = 0
+        while moved < rows:
+            limit = min(batch_size, rows - moved)
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(
+                f"INSERT INTO arch.{TABLE} SELECT * FROM main.{TABLE} WHERE id IN ({oldest})",
+                (limit,),
+            )
+            deleted = connection.execute(
+                f"DELETE FROM main.{TABLE} WHERE id IN ({oldest})", (limit,)
+            ).rowcount
+            connection.execute("COMMIT")
+            if deleted == 0:
+                break
+            moved += deleted
+        return moved
+    finally:
+        connection.close()
+
+
+def _postgres_copy(target: Target, rows: int, batch_size: int) -> int:
+    server = "host=127.0.0.1 port=5432 user=postgres options='-c TimeZone=UTC'"
+    with (
+        psycopg.connect(f"{server} dbname={target.primary_db}") as source,
+        psycopg.connect(f"{server} dbname={target.archive_db}") as dest,
+    ):
+        moved = 0
+        while moved < rows:
+            limit = min(batch_size, rows - moved)
+            oldest = f"SELECT id FROM {TABLE} ORDER BY created_at LIMIT {limit}"
+            with (
+                source.cursor() as reader,
+                dest.cursor() as writer,
+                reader.copy(
+                    f"COPY (SELECT * FROM {TABLE} WHERE id IN ({oldest})) TO STDOUT (FORMAT BINARY)"
+                ) as out,
+                writer.copy(f"COPY {TABLE} FROM STDIN (FORMAT BINARY)") as into,
+            ):
+                for block in out:
+                    into.write(block)
+            with source.cursor() as deleter:
+                deleter.execute(f"DELETE FROM {TABLE} WHERE id IN ({oldest})")
+                deleted = deleter.rowcount
+            dest.commit()
+            source.commit()
+            if deleted == 0:
+                break
+            moved += deleted
+        return moved
+
+
+def _mariadb_in_db(target: Target, rows: int, batch_size: int) -> int:
+    connection = pymysql.connect(
+        host="127.0.0.1", port=3306, user="root", database=target.primary_db, autocommit=False
+    )
+    try:
+        moved = 0
+        with connection.cursor() as cursor:
+            cursor.execute("SET time_zone = '+00:00'")
+            while moved < rows:
+                limit = min(batch_size, rows - moved)
+                cursor.execute(
+                    f"INSERT INTO {target.archive_db}.{TABLE} "
+                    f"SELECT * FROM {TABLE} ORDER BY created_at LIMIT {limit}"
+                )
+                deleted = cursor.execute(f"DELETE FROM {TABLE} ORDER BY created_at LIMIT {limit}")
+                connection.commit()
+                if deleted == 0:
+                    break
+                moved += deleted
+        return moved
+    finally:
+        connection.close()
+
+
+# --- pt-archiver --------------------------------------------------------------------------
+
+
+def run_pt_archiver(target: Target, rows: int, batch_size: int, *, bulk: bool) -> ArchiveRun:
+    """Percona's pt-archiver on MariaDB, moving the same rows (ids 1..rows are the oldest)."""
+    target.create_archive()
+    target.dispose()
+    dsn = "h=127.0.0.1,P=3306,u=root,D={},t=" + TABLE
+    command = [
+        "pt-archiver",
+        "--source",
+        dsn.format(target.primary_db),
+        "--dest",
+        dsn.format(target.archive_db),
+        "--where",
+        f"id <= {rows}",
+        "--limit",
+        str(batch_size),
+        "--commit-each",
+        "--no-check-charset",
+        "--no-version-check",
+        "--set-vars",
+        "time_zone='+00:00'",
+    ]
+    if bulk:
+        command += ["--bulk-insert", "--bulk-delete"]
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if finished.returncode != 0:
+        raise RuntimeError(f"pt-archiver failed ({finished.returncode}): {finished.stderr[-2000:]}")
+    moved = target.count("archive")
+    if moved != rows:
+        raise RuntimeError(f"pt-archiver moved {moved} rows, not {rows}")
+    return ArchiveRun(rows=moved, seconds=seconds)
+
+
+def pt_archiver_version() -> str:
+    if shutil.which("pt-archiver") is None:
+        return ""
+    finished = subprocess.run(
+        ["pt-archiver", "--version"], capture_output=True, text=True, check=False
+    )
+    return finished.stdout.strip()
+
+
+# --- foreground: the application next to the archiver -----------------------------------
+
+
+@dataclass
+class Foreground:
+    """A second process doing application work on the primary while something else runs."""
+
+    target: Target
+    max_seconds: float
+    _stop: multiprocessing.synchronize.Event | None = None
+    _process: multiprocessing.process.BaseProcess | None = None
+    _results: multiprocessing.connection.Connection | None = None
+    latencies: list[float] = field(default_factory=list)
+
+    def __enter__(self) -> Foreground:
+        context = multiprocessing.get_context("fork")
+        self._stop = context.Event()
+        ready = context.Event()
+        receiver, sender = context.Pipe(duplex=False)
+        self.target.dispose()  # no pooled connection crosses the fork
+        self._process = context.Process(
+            target=_foreground_main,
+            args=(self.target.primary_url, self._stop, ready, sender, self.max_seconds),
+            name="bench-foreground",
+        )
+        self._process.start()
+        sender.close()
+        self._results = receiver
+        if not ready.wait(30):
+            raise RuntimeError("the foreground process did not start")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._stop is not None and self._process is not None and self._results is not None
+        self._stop.set()
+        self.latencies = self._results.recv() if self._results.poll(60) else []
+        self._process.join(30)
+        self._results.close()
+
+
+def _foreground_main(
+    url: str,
+    stop: multiprocessing.synchronize.Event,
+    ready: multiprocessing.synchronize.Event,
+    results: multiprocessing.connection.Connection,
+    max_seconds: float,
+) -> None:
+    """Alternately insert a new message and read a random room's latest 50, paced, until
+    told to stop or ``max_seconds`` pass; sends back each operation's latency (seconds)."""
+    from archivist.data.handles import create_engine
+
+    engine = create_engine(url)
+    table = chat_table(sa.MetaData())
+    rng = random.Random(os.getpid())
+    latest = (
+        sa.select(table)
+        .where(table.c.room_id == sa.bindparam("room"))
+        .order_by(table.c.created_at.desc())
+        .limit(50)
+    )
+    latencies: list[float] = []
+    next_id = FOREGROUND_ID_BASE + rng.randrange(1_000_000) * 100_000
+    with engine.connect() as connection:
+        connection.execute(latest, {"room": 1}).all()  # connect and warm up before timing
+        connection.commit()
+        ready.set()
+        deadline = time.monotonic() + max_seconds
+        insert = True
+        while not stop.is_set() and time.monotonic() < deadline:
+            began = time.perf_counter()
+            if insert:
+                connection.execute(table.insert(), [_new_message(next_id, rng)])
+                connection.commit()
+                next_id += 1
+            else:
+                connection.execute(latest, {"room": rng.randint(1, 200)}).all()
+                connection.commit()
+            ended = time.perf_counter()
+            latencies.append(ended - began)
+            insert = not insert
+            time.sleep(max(0.0, FOREGROUND_PACE - (ended - began)))
+    engine.dispose()
+    results.send(latencies)
+    results.close()
+
+
+def _new_message(row_id: int, rng: random.Random) -> dict[str, object]:
+    import datetime as dt
+
+    return {
+        "id": row_id,
+        "room_id": rng.randint(1, 200),
+        "sender_id": rng.randint(1, 5000),
+        "created_at": dt.datetime.now(dt.UTC),
+        "body": "a new message from the foreground application " * 4,
+        "metadata": {"client": "web", "edited": False, "reactions": 0, "lang": "en"},
+    }
+
+
+# --- the worker socket's round trip -------------------------------------------------------
+
+
+@dataclass
+class PingRun:
+    latencies: list[float]
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+def run_pings(count: int) -> PingRun:
+    """Start a worker on a private socket and send it ``count`` pings, one at a time, on
+    one connection (a raw blocking socket: the client adds as little as possible)."""
+    scratch = Path(tempfile.mkdtemp(prefix="archivist-ping-"))
+    path = scratch / "w.sock"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "archivist", "worker", "--socket", str(path), "-q"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = _connect(path)
+        with client, client.makefile("rb") as answers:
+            latencies: list[float] = []
+            started = time.perf_counter()
+            for number in range(count):
+                began = time.perf_counter()
+                client.sendall(b'{"command":"ping","requestId":"p%d"}\n' % number)
+                answer = answers.readline()
+                latencies.append(time.perf_counter() - began)
+                if b'"success"' not in answer:
+                    raise RuntimeError(f"unexpected ping answer: {answer[:200]!r}")
+            seconds = time.perf_counter() - started
+        return PingRun(latencies, seconds)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _connect(path: Path) -> socket.socket:
+    deadline = time.monotonic() + 20
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            client.connect(str(path))
+            return client
+        except OSError:
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
