@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
+import e2esupport
 import support
 
 
@@ -41,3 +43,11 @@ def worker(
     """A worker with default options (concurrency 3)."""
     with start_worker() as running:
         yield running
+
+
+@pytest.fixture
+def run_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``run_process("run", "--config", f)`` starts an archivist process; every one still
+    running when the test ends is killed (a supervised worker child first)."""
+    with e2esupport.processes() as started:
+        yield started.start

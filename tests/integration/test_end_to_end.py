@@ -11,99 +11,34 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from archivist import sample
-from archivist.config import ArchiveConfig, WorkerConfig, make_config
+from archivist.config import WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.service import ArchiveDaemon
 from archivist.data.bus import JSONObject
 from archivist.errors import ArchivistError
+from e2esupport import (
+    archivist,
+    children_of,
+    count,
+    ids,
+    make_chat_table,
+    policy,
+    wait_for,
+    write_config,
+)
 from support import short_socket_dir
 
 pytestmark = pytest.mark.timeout(180)
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def make_chat_table(url: str, rows: int, name: str = "chat_messages") -> None:
-    engine = sa.create_engine(url)
-    try:
-        metadata = sa.MetaData()
-        table = sample.chat_messages_table(metadata, name)
-        metadata.create_all(engine)
-        sample.fill(engine, table, rows)
-    finally:
-        engine.dispose()
-
-
-def count(url: str, table: str = "chat_messages") -> int:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            if not sa.inspect(connection).has_table(table):
-                return 0
-            return int(connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
-    finally:
-        engine.dispose()
-
-
-def ids(url: str, table: str = "chat_messages") -> set[int]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return {int(r[0]) for r in connection.execute(sa.text(f"SELECT id FROM {table}"))}
-    finally:
-        engine.dispose()
-
-
-def policy(collection: str = "chat_messages", **overrides: object) -> ArchiveConfig:
-    values: dict[str, object] = {
-        "collection": collection,
-        "order_by": "created_at",
-        "max_rows": 1000,
-        "rows_per_archive": 100,
-        "batch_size": 100,
-    }
-    values.update(overrides)
-    return ArchiveConfig(**values)  # type: ignore[arg-type]
-
-
-def write_config(
-    path: Path,
-    handles: dict[str, str],
-    policies: list[dict[str, object]],
-    socket: Path | None = None,
-) -> Path:
-    lines = ["[handles]"]
-    lines += [f'{name} = "{url}"' for name, url in handles.items()]
-    lines += ["", "[daemon]", "check_interval = 0.2", "health_interval = 1", ""]
-    if socket is not None:
-        lines += ["[worker]", f'socket = "{socket}"', ""]
-    for entry in policies:
-        lines.append("[[archive]]")
-        for key, value in entry.items():
-            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-def archivist(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "archivist", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 async def snapshot(daemon: ArchiveDaemon, handle: str, limit: int) -> list[JSONObject]:
@@ -113,54 +48,6 @@ async def snapshot(daemon: ArchiveDaemon, handle: str, limit: int) -> list[JSONO
     items = result["items"]
     assert isinstance(items, list)
     return items
-
-
-def wait_for(
-    predicate: Callable[[], bool],
-    timeout: float,
-    what: str,
-    process: subprocess.Popen[str] | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None and process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(
-                f"archivist exited ({process.returncode}) before {what}:\n{output}"
-            )
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def children_of(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
-    return found
-
-
-@pytest.fixture
-def run_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "archivist", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 # --- the design's Test 4 -------------------------------------------------------------------

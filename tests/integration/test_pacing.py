@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from test_end_to_end import count, make_chat_table, policy
 
 from archivist.config import WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.service import ArchiveDaemon
 from archivist.data.bus import JSONObject
+from e2esupport import count, make_chat_table, policy
 
 pytestmark = pytest.mark.timeout(120)
 

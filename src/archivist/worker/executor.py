@@ -145,7 +145,6 @@ class _TaskRun:
         self.source: JSONObject = {"collection": spec.collection, "dbHandle": spec.source_handle}
         self.dest: JSONObject = {"collection": spec.collection, "dbHandle": spec.dest_handle}
         self.sizer = BatchSizer.for_task(spec.batch_size, settings.batch_time, settings.min_batch)
-        self.skipped_since_restart = 0
         self.stalled = 0
 
     @property
@@ -179,13 +178,16 @@ class _TaskRun:
                     batch = await ahead if ahead is not None else await self._list(None)
                     ahead = None
                     if not batch.items:
-                        if batch.after_cursor and self.skipped_since_restart:
-                            self.skipped_since_restart = 0
-                            continue  # rows skipped earlier sit before the cursor: go back
                         return True
                     ahead = self._list_ahead(batch)
                     async with self.throttle.budget(task.spec.source_handle):
                         moved = await self._write(batch)
+                    if moved < len(batch.items):
+                        # Rows changed since they were listed stay in the source. They are
+                        # the oldest there now: list from the start again, not past them,
+                        # so they move next (updated) and the cursor never skips a row.
+                        await _cancelled(ahead)
+                        ahead = None
                 except (RemoteError, RequestTimeout) as exc:
                     await _cancelled(ahead)
                     ahead = None
@@ -197,10 +199,8 @@ class _TaskRun:
                 self.sizer.record(len(batch.items), time.monotonic() - started)
                 task.archived += moved
                 await self.calls.progress(task.archived, max(task.total, task.archived))
-                if self._ran_out(batch, moved):
-                    await _cancelled(ahead)
-                    ahead = None
-                    return True
+                if len(batch.items) < batch.limit and moved == len(batch.items):
+                    return True  # the source has nothing after this batch
                 await self._pause_between_batches()
             return True
         finally:
@@ -227,7 +227,11 @@ class _TaskRun:
         )
 
     def _list_ahead(self, batch: Batch) -> asyncio.Task[Batch] | None:
-        """Start listing the batch after this one, if there will be one and we can find it."""
+        """Start listing the batch after this one, if there will be one and we can find it.
+
+        A cursor past this batch is sound because every row before it has moved: a batch
+        that leaves rows behind drops the listing made ahead of it (see `archive`).
+        """
         if not self.settings.prefetch or self.remaining - len(batch.items) <= 0:
             return None
         if len(batch.items) < batch.limit:
@@ -276,7 +280,6 @@ class _TaskRun:
         return moved
 
     def _count_skips(self, skipped: int, listed: int) -> None:
-        self.skipped_since_restart += skipped
         self.stalled = self.stalled + 1 if skipped == listed else 0
         if skipped:
             log.info(
@@ -287,14 +290,6 @@ class _TaskRun:
                 f"{self.stalled} batches in a row found every row changed since it was copied; "
                 "the source is being rewritten faster than it can be archived"
             )
-
-    def _ran_out(self, batch: Batch, moved: int) -> bool:
-        """True when the source has no more rows for this task."""
-        if len(batch.items) >= batch.limit:
-            return False
-        if moved < len(batch.items):
-            return False  # changed rows stay behind; a later batch takes them
-        return not (batch.after_cursor and self.skipped_since_restart)
 
     # --- pacing --------------------------------------------------------------------------
 
