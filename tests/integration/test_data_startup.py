@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from archivist.config import load_config
+from archivist.config import ArchiveConfig, load_config, make_config
 from archivist.data import DataDaemon
 from archivist.data.columns import ColumnSpec, Kind
 from archivist.errors import ConfigError
@@ -100,3 +101,51 @@ def test_plan_reports_what_would_move_without_moving_it(tmp_path: Path) -> None:
     assert plan.oldest == "2024-01-01T00:00:01+00:00"  # type: ignore[attr-defined]
     assert plan.newest == "2024-01-01T00:00:30+00:00"  # type: ignore[attr-defined]
     assert plan.archive_table == "will be created"  # type: ignore[attr-defined]
+
+
+def start_with(handles: dict[str, str]) -> None:
+    config = make_config(
+        handles,
+        [
+            ArchiveConfig(
+                collection="chat_messages", order_by="created_at", max_rows=10, rows_per_archive=1
+            )
+        ],
+    )
+
+    async def go() -> None:
+        daemon = DataDaemon(config)
+        await daemon.start()
+        await daemon.close()
+
+    run(go())
+
+
+def test_one_sqlite_file_under_two_names_is_refused_before_anything_moves(
+    tmp_path: Path,
+) -> None:
+    create_table(f"sqlite:///{tmp_path / 'primary.db'}")
+    (tmp_path / "alias.db").symlink_to(tmp_path / "primary.db")
+    with pytest.raises(ConfigError, match="reach the same database"):
+        start_with(
+            {
+                "primary": f"sqlite:///{tmp_path / 'primary.db'}",
+                "archive": f"sqlite:///{tmp_path / 'alias.db'}",
+            }
+        )
+
+
+def test_one_server_database_under_two_host_names_is_refused(pg_url: str) -> None:
+    create_table(pg_url)
+    alias = pg_url.replace("127.0.0.1", "localhost")
+    assert alias != pg_url
+    with pytest.raises(ConfigError, match=r"archive\[0\]\.dest_handle: handles 'primary'"):
+        start_with({"primary": pg_url, "archive": alias})
+
+
+def test_two_databases_on_one_server_are_distinct(
+    pg_url: str, fresh_db: Callable[[str], str]
+) -> None:
+    create_table(pg_url)
+    other = fresh_db("postgresql")
+    start_with({"primary": pg_url, "archive": other})

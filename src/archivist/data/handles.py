@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, ParamSpec, TypeVar
@@ -70,6 +71,24 @@ def create_engine(url: str | URL) -> Engine:
     return engine
 
 
+def _identity(connection: Connection) -> tuple[str, ...]:
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        rows = connection.exec_driver_sql("PRAGMA database_list").all()
+        path = next((str(row[2]) for row in rows if row[1] == "main"), "")
+        # An in-memory database is private to its connection pool: never shared.
+        return ("sqlite", os.path.realpath(path) if path else f"memory:{id(connection.engine)}")
+    if dialect == "postgresql":
+        row = connection.exec_driver_sql(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+        ).one()
+        return ("postgresql", str(row[0]), str(row[1]))
+    if dialect in ("mysql", "mariadb"):
+        row = connection.exec_driver_sql("SELECT @@hostname, @@port, DATABASE()").one()
+        return ("mysql", *(str(value) for value in row))
+    return (dialect, str(connection.engine.url.render_as_string(hide_password=True)))
+
+
 def _json_loads(text: str | bytes) -> object:
     """JSON columns read with msgspec (several times faster than the json module); a
     document msgspec refuses (NaN, Infinity, which json.dumps writes) falls back to json.
@@ -130,6 +149,11 @@ class Handle:
         loop = asyncio.get_running_loop()
         call = functools.partial(self._guarded, fn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, call)
+
+    async def identity(self) -> tuple[str, ...]:
+        """What tells this database apart from every other one, asked of the database itself
+        (two URLs may reach one database: another host name, a symlinked file)."""
+        return await self.transaction(_identity)
 
     async def transaction(self, fn: Callable[..., T], *args: object, write: bool = False) -> T:
         """Run ``fn(connection, *args)`` in one short transaction in this handle's threads."""

@@ -20,7 +20,7 @@ from archivist.data.handles import Handle
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.values import encode_value
-from archivist.errors import ArchivistError, ConfigError, SchemaError
+from archivist.errors import ArchivistError, ConfigError, DatabaseError, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class DataDaemon:
         self.bus.register("data/delete", self.commands.delete, replace=True)
         self.bus.register("data/load", self.commands.load, replace=True)
         self._started = False
+        self._distinct: set[tuple[str, str]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class DataDaemon:
         try:
             for entity in self.registry:
                 await self._check_entity(entity)
+            await self._check_distinct_databases()
         except BaseException:
             await self.close()
             raise
@@ -112,6 +114,31 @@ class DataDaemon:
     def _dispose_now(self) -> None:
         for handle in self.handles.values():
             handle.engine.dispose()
+
+    async def _check_distinct_databases(self) -> None:
+        """At start-up, check every policy's handles that can be reached now; the others are
+        checked before their first archive task (`ensure_archive_table`)."""
+        for entity in self.registry:
+            try:
+                await self._require_distinct(entity)
+            except DatabaseError as exc:
+                log.warning("%s: cannot check its handles yet: %s", entity.collection, exc.message)
+
+    async def _require_distinct(self, entity: Entity) -> None:
+        """Refuse a policy whose source and destination are one database under two names:
+        its rows would be copied onto themselves, verified, and deleted."""
+        pair = (entity.source_handle, entity.dest_handle)
+        if pair in self._distinct:
+            return
+        source = await self.catalog.handle(pair[0]).identity()
+        dest = await self.catalog.handle(pair[1]).identity()
+        if source == dest:
+            raise ConfigError(
+                f"{entity.where('dest_handle')}: handles '{pair[0]}' and '{pair[1]}' reach the "
+                f"same database; archiving {entity.collection} there would delete the rows it "
+                "copies onto themselves"
+            )
+        self._distinct.add(pair)
 
     async def _check_entity(self, entity: Entity) -> None:
         if entity.table is not None and entity.order_by not in entity.table.c:
@@ -156,7 +183,9 @@ class DataDaemon:
     async def ensure_archive_table(self, collection: str) -> None:
         """Make the archive table on the entity's destination handle mirror its source table
         (create it, or add new columns); SchemaError for changes it cannot make safely."""
-        await self.catalog.ensure_archive_table(self.catalog.entity(collection))
+        entity = self.catalog.entity(collection)
+        await self._require_distinct(entity)
+        await self.catalog.ensure_archive_table(entity)
 
     async def table_info(self, collection: str, handle: str) -> TableInfo | None:
         """The reflected table of ``collection`` on ``handle`` (None if it has none)."""
