@@ -306,30 +306,29 @@ class _CreatePlan:
         info, pk, codec = self.info, self.info.pk, self.info.codec
         # Keys compare in their JSON form, so 1.50 and 1.5 (or two spellings of one instant)
         # are the same key, as they are in the database.
-        keyed: dict[object, tuple[dict[str, object], JSONObject]] = {}
+        keyed: dict[object, dict[str, object]] = {}
         unkeyed: list[dict[str, object]] = []
         for row in self.rows:
             if row.get(pk) is None:
                 unkeyed.append(row)
                 continue
-            encoded = codec.encode_row(row)
-            key = encoded[pk]
+            key = codec.encode_field(pk, row[pk])
             previous = keyed.get(key)
-            if previous is not None and _differs(encoded, previous[1]):
+            if previous is not None and _differs(codec.encode_row(row), codec.encode_row(previous)):
                 raise Conflict(
                     f"conflict: items with {pk}={_show(key)} differ within one call; "
                     "nothing was written"
                 )
-            keyed[key] = (row, encoded)
-        existing = self._existing(connection, [row[pk] for row, _ in keyed.values()])
+            keyed[key] = row
+        existing = self._existing(connection, [row[pk] for row in keyed.values()])
         inserts: list[dict[str, object]] = list(unkeyed)
         updates: list[dict[str, object]] = []
         conflicts: list[object] = []
-        for key, (row, encoded) in keyed.items():
+        for key, row in keyed.items():
             current = existing.get(key)
             if current is None:
-                inserts.append(row)
-            elif _differs(encoded, current):
+                inserts.append(row)  # the usual case: no need to encode the row again
+            elif _differs(codec.encode_row(row), current):
                 if self.replace:
                     updates.append(row)
                 else:
@@ -356,9 +355,8 @@ class _CreatePlan:
         pk_column = info.table.c[info.pk]
         found: dict[object, JSONObject] = {}
         for chunk in _chunks(keys):
-            query = sa.select(info.table).where(pk_column.in_(chunk))
-            for row in connection.execute(query).mappings():
-                encoded = info.codec.encode_row(row)
+            result = connection.execute(sa.select(info.table).where(pk_column.in_(chunk)))
+            for encoded in info.codec.encode_tuples(list(result.keys()), result.all()):
                 found[encoded[info.pk]] = encoded
         return found
 

@@ -322,6 +322,10 @@ class RowCodec:
         self._encoders = {spec.name: encoder_for(spec) for spec in specs}
         self._decoders = {spec.name: decoder_for(spec) for spec in specs}
 
+    def encode_field(self, name: str, value: object) -> JSONValue:
+        """The JSON form of one value of column ``name``."""
+        return None if value is None else self._encoders[name](value)
+
     def encode_tuples(
         self, names: Sequence[str], rows: Iterable[Sequence[object]]
     ) -> list[JSONObject]:
