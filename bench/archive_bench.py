@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -81,6 +81,7 @@ class Settings:
     foreground: bool
     memory: bool
     engines: list[str]
+    worker: dict[str, str] = field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
@@ -95,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     parser.add_argument("--skip-foreground", action="store_true", help="no foreground latency")
     parser.add_argument("--skip-memory", action="store_true", help="no small-table memory runs")
     parser.add_argument("--pings", type=int, help="pings per run (5000; quick 2000)")
+    parser.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [worker] setting for archivist's runs, e.g. pause=0.05 (repeatable)",
+    )
     args = parser.parse_args(argv)
     rows = args.rows or (60_000 if args.quick else 1_000_000)
     engines = [name.strip() for name in args.engines.split(",") if name.strip()]
@@ -114,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         foreground=not args.skip_foreground,
         memory=not args.skip_memory,
         engines=engines,
+        worker=dict(item.split("=", 1) for item in args.worker),
     )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or Path(__file__).parent / "results" / f"{stamp}.json"
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with targets(settings.engines, results.notes) as opened:
             for target in opened:
+                target.worker_settings = settings.worker
                 versions[target.engine] = target.version
                 bench.engine(target)
         bench.pings()

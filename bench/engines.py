@@ -20,7 +20,6 @@ from typing import Final
 import sqlalchemy as sa
 
 from archivist import sample
-from archivist.data import UTC_COMMENT, UTCDateTime
 from archivist.data.handles import create_engine
 
 TABLE: Final = "chat_messages"
@@ -34,18 +33,8 @@ ENGINES: Final = ("sqlite", "postgresql", "mariadb")
 
 
 def chat_table(metadata: sa.MetaData, name: str = TABLE) -> sa.Table:
-    """``archivist.sample``'s columns, with ``created_at`` a timestamp with time zone on
-    every engine (``UTCDateTime``) and no secondary index (see `create_indexes`)."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
-        sa.Column("room_id", sa.Integer, nullable=False),
-        sa.Column("sender_id", sa.Integer, nullable=False),
-        sa.Column("created_at", UTCDateTime(), nullable=False, comment=UTC_COMMENT),
-        sa.Column("body", sa.Text, nullable=False),
-        sa.Column("metadata", sa.JSON, nullable=True),
-    )
+    """``archivist.sample``'s table without its index (see `create_indexes`)."""
+    return sample.chat_messages_table(metadata, name, index=False)
 
 
 def create_indexes(connection: sa.Connection, table: sa.Table, *, app_index: bool) -> None:
@@ -69,6 +58,8 @@ class Target:
     archive_db: str
     version: str = ""
     seeded: int = 0
+    worker_settings: dict[str, str] = field(default_factory=dict)
+    """Extra ``[worker]`` settings for archivist's runs (raw TOML values)."""
     _engines: dict[str, sa.Engine] = field(default_factory=dict)
 
     def sa_engine(self, which: str) -> sa.Engine:
@@ -140,7 +131,9 @@ class Target:
             "[handles]\n"
             f'primary = "{self.primary_url}"\n'
             f'archive = "{self.archive_url}"\n\n'
-            "[worker]\nconcurrency = 1\n\n"
+            "[worker]\nconcurrency = 1\n"
+            + "".join(f"{key} = {value}\n" for key, value in self.worker_settings.items())
+            + "\n"
             "[[archive]]\n"
             f'collection = "{TABLE}"\n'
             'order_by = "created_at"\n'

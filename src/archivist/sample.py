@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+from archivist.data.columns import UTC_COMMENT, UTCDateTime
+
 BODY_WORDS = [
     "archive",
     "rows",
@@ -37,15 +39,18 @@ BODY_WORDS = [
 EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
-def chat_messages_table(metadata: sa.MetaData, name: str = "chat_messages") -> sa.Table:
-    """id, room_id, sender_id, created_at (indexed), a ~200-byte body and ~100-byte JSON."""
+def chat_messages_table(
+    metadata: sa.MetaData, name: str = "chat_messages", *, index: bool = True
+) -> sa.Table:
+    """id, room_id, sender_id, created_at (a timestamp with time zone on every engine,
+    indexed unless ``index`` is false), a ~200-byte body and ~100-byte JSON metadata."""
     return sa.Table(
         name,
         metadata,
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("room_id", sa.Integer, nullable=False),
         sa.Column("sender_id", sa.Integer, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False, index=index, comment=UTC_COMMENT),
         sa.Column("body", sa.Text, nullable=False),
         sa.Column("metadata", sa.JSON, nullable=True),
     )
