@@ -181,6 +181,13 @@ def main() -> None:
     show_default=True,
     help="Batches that may write at once on one source database, across all tasks.",
 )
+@click.option(
+    "--parent",
+    type=click.IntRange(1),
+    metavar="PID",
+    help="Stop when process PID, this worker's parent, ends (a daemon that starts its "
+    "worker passes its own pid).",
+)
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
 def worker(
@@ -194,6 +201,7 @@ def worker(
     allow_uids: tuple[int, ...],
     verbose: int,
     quiet: bool,
+    parent: int | None,
     retry_for: float,
     batch_time: float,
     min_batch: int,
@@ -246,6 +254,7 @@ def worker(
         max_queue=max_queue,
         shutdown_timeout=shutdown_timeout,
         allowed_uids=frozenset(allow_uids),
+        parent=parent,
         executor=settings,
     )
     run_async(serve(options))
@@ -410,8 +419,14 @@ async def _archive(
             if rows == 0:
                 console.print(f"{collection}: within its policy; nothing to archive.")
                 return
-            record = await archive_now(service, collection, rows, batch_size)
+            interrupt = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, interrupt.set)
+            record = await archive_now(service, collection, rows, batch_size, interrupt=interrupt)
     print_summary(console, record)
+    if record.state == "cancelled":
+        fail(f"interrupted after {record.archived:,} rows; run it again to move the rest", 130)
 
 
 async def _dry_run(config: Config, collection: str, max_rows: int | None, console: Console) -> None:

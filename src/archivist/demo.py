@@ -12,7 +12,7 @@ from rich.table import Table
 
 from archivist import sample
 from archivist.config import ArchiveConfig, Config, make_config
-from archivist.daemon.runtime import Launch, running
+from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
 from archivist.errors import ArchivistError
 from archivist.ui import ArchiveProgress, print_summary
 
@@ -94,9 +94,10 @@ async def run_demo(config: Config, directory: Path, console: Console) -> None:
     launch = Launch(private_socket=True, quiet_worker=True, watch=False)
     with ArchiveProgress("chat_messages", console) as bar:
         async with running(config, launch, on_update=bar.update) as daemon:
+            interrupt = interrupt_on_signals()
             records = await daemon.check_once()
             for record in records:
-                await record.done.wait()
+                await until_done(daemon, record, interrupt)
     if not records:
         raise ArchivistError("the policy check queued nothing; the demo table is within limits")
     record = records[0]

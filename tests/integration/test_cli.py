@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from e2esupport import count, ids, make_chat_table, wait_for, write_config
 
 COMMANDS = ("worker", "run", "daemon", "archive", "status", "demo")
 
@@ -73,3 +76,54 @@ def test_demo_archives_a_fresh_sqlite_table_down_to_its_policy(tmp_path: Path) -
     engine.dispose()
     archive.dispose()
     assert newest_archived < oldest_left
+
+
+def test_interrupting_archive_stops_after_a_batch_and_says_how_far_it_got(tmp_path: Path) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 60_000)
+    config = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": archive},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 1000,
+                "rows_per_archive": 100,
+                "batch_size": 200,
+            }
+        ],
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "archivist",
+            "archive",
+            "chat_messages",
+            "--config",
+            str(config),
+            "--max-rows",
+            "60000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: count(archive) >= 1000, 60, "archiving to start")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+    assert process.returncode == 130, err
+    assert "interrupted after" in err and "Traceback" not in err
+    moved = count(archive)
+    assert 1000 <= moved < 60_000
+    assert count(primary) + moved == 60_000
+    assert not ids(primary) & ids(archive)
+    assert f"archived {moved:,} rows" in " ".join(out.split())

@@ -295,3 +295,42 @@ def test_the_daemon_restarts_a_killed_worker_and_the_archiving_completes(
     assert not primary_ids & archive_ids
     assert primary_ids | archive_ids == set(range(1, 20001))
     assert count(archive) == 16000
+
+
+def test_a_worker_started_by_the_daemon_ends_when_the_daemon_is_killed(
+    tmp_path: Path, run_process: Callable[..., subprocess.Popen[str]]
+) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    make_chat_table(primary, 10)
+    socket = short_socket_dir() / "worker.sock"
+    config_file = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": f"sqlite:///{tmp_path / 'archive.db'}"},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 1000,
+                "rows_per_archive": 100,
+            }
+        ],
+        socket=socket,
+    )
+    process = run_process("run", "--config", str(config_file))
+    wait_for(socket.exists, 30, "the worker's socket", process)
+    wait_for(lambda: len(children_of(process.pid)) == 1, 30, "the worker process", process)
+    worker = children_of(process.pid)[0]
+
+    process.kill()
+    process.wait(10)
+
+    def gone() -> bool:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        state = Path(f"/proc/{worker}/stat").read_text().split()[2]
+        return state == "Z"  # exited, waiting to be reaped
+
+    wait_for(gone, 20, "the orphaned worker to stop")
+    assert not socket.exists(), "the worker did not shut down cleanly"

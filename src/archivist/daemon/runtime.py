@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import signal
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,38 @@ async def running(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+async def until_done(
+    daemon: ArchiveDaemon, record: TaskRecord, interrupt: asyncio.Event | None = None
+) -> None:
+    """Wait for ``record`` to end; if ``interrupt`` is set first, stop it after its batch."""
+    if interrupt is None:
+        await record.done.wait()
+        return
+    await _first(record.done.wait(), interrupt.wait())
+    if not record.done.is_set():
+        log.info("interrupted: stopping %s after its current batch", record.task_id)
+        await daemon.cancel(record)
+
+
+def interrupt_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (for commands that stop cleanly when asked)."""
+    interrupt = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, interrupt.set)
+    return interrupt
+
+
+async def _first(*waits: Coroutine[object, object, object]) -> None:
+    """Wait until the first of ``waits`` finishes; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one error inside a task group's group, so callers see an ArchivistError as is."""
     leaves: list[BaseException] = []
@@ -104,11 +137,20 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def archive_now(
-    daemon: ArchiveDaemon, collection: str, rows: int, batch_size: int | None = None
+    daemon: ArchiveDaemon,
+    collection: str,
+    rows: int,
+    batch_size: int | None = None,
+    *,
+    interrupt: asyncio.Event | None = None,
 ) -> TaskRecord:
-    """Queue one task and wait until it has completed (through reconnects)."""
+    """Queue one task and wait until it has completed (through reconnects).
+
+    When ``interrupt`` is set first, the task is asked to stop after its current batch and
+    the record comes back ``cancelled`` with the rows moved so far.
+    """
     record = await daemon.submit(collection, rows, batch_size=batch_size)
-    await record.done.wait()
+    await until_done(daemon, record, interrupt)
     if record.state == "error":
         raise ArchivistError(f"archiving {collection} failed: {record.error}")
     return record

@@ -113,6 +113,22 @@ class ArchiveDaemon:
                 await self.supervisor.stop()
         log.info("daemon stopped")
 
+    async def cancel(self, record: TaskRecord) -> None:
+        """Stop one record's task after its current batch and wait until it has ended."""
+        connection = self._connection
+        if connection is not None and record.state in ("queued", "running"):
+            try:
+                await connection.cancel(record.task_id)
+            except PeerError as exc:
+                log.debug("cancel %s: %s", record.task_id, exc.message)
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await record.done.wait()
+                return
+            except TimeoutError:
+                log.warning("task %s did not stop in %.0f s", record.task_id, STOP_TIMEOUT)
+        self.tracker.finish(record, "cancelled", "interrupted")
+
     async def _stop_tasks(self) -> None:
         """Ask the worker to stop our tasks at their next safe point, wait, then disconnect.
 

@@ -69,6 +69,8 @@ class WorkerProcess:
             os.fspath(self.socket_path),
             "--concurrency",
             str(self.concurrency),
+            "--parent",
+            str(os.getpid()),
         ]
         if self.quiet:
             command.append("--quiet")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -63,6 +64,8 @@ class WorkerOptions:
     """Queued tasks the worker holds at most; more are refused with ``queue_full``."""
     executor: Settings = field(default_factory=Settings)
     """Retries, batch sizing and throttling of the tasks' batches."""
+    parent: int | None = None
+    """Stop when this process, our parent (the daemon that started us), ends."""
     allowed_uids: frozenset[int] = frozenset()
     """Users besides the worker's own that may connect (checked with SO_PEERCRED).
 
@@ -361,8 +364,25 @@ class _Stopped(Exception):
     """Ends the runners' task group when shutdown has drained."""
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent(parent: int) -> bool:
+    """Ask Linux to SIGTERM this process when ``parent`` (its parent) dies; False if it has
+    died already. A worker whose daemon was killed would otherwise live on, orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.info("cannot ask to end with the parent here; relying on the idle timeout")
+    return os.getppid() == parent
+
+
 async def serve(options: WorkerOptions, ready: Callable[[], None] | None = None) -> None:
     """Run a worker until SIGTERM or SIGINT, then shut it down gracefully."""
+    if options.parent is not None and not end_with_parent(options.parent):
+        log.warning("parent process %d is gone; not starting", options.parent)
+        return
     worker = Worker(options)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
