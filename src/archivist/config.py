@@ -15,15 +15,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from archivist.errors import ConfigError
-
-DEFAULT_FRAME_LIMIT: Final = 16 * 1024 * 1024
-MAX_BATCH_SIZE: Final = 100_000
-IDENTIFIER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+from archivist.protocol import DEFAULT_FRAME_LIMIT, IDENTIFIER, MAX_BATCH_SIZE
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 BatchSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)]
-Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+Identifier = Annotated[str, msgspec.Meta(pattern=IDENTIFIER, max_length=128)]
 HandleName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 

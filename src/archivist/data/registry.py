@@ -12,8 +12,9 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from archivist.config import MAX_BATCH_SIZE, Config
+from archivist.config import Config
 from archivist.errors import ConfigError, UnknownCollection
+from archivist.protocol import MAX_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
