@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from archivist import sample
-from archivist.config import ArchiveConfig
+from archivist.config import ArchiveConfig, Config, DaemonConfig, WorkerConfig, make_config
 
 # --- tables and rows -------------------------------------------------------------------------
 
@@ -34,6 +34,18 @@ def policy(collection: str = "chat_messages", **overrides: object) -> ArchiveCon
     }
     values.update(overrides)
     return ArchiveConfig(**values)  # type: ignore[arg-type]
+
+
+def small_config(primary: str, archive: str, *, retry_for: float = 60.0) -> Config:
+    """A policy that keeps 1,800 of 3,000 rows (2,000 max, 200 per archive), batches of 200,
+    checked every 0.2 s."""
+    entry = policy(max_rows=2000, rows_per_archive=200, batch_size=200)
+    return make_config(
+        {"primary": primary, "archive": archive},
+        [entry],
+        worker=WorkerConfig(retry_for=retry_for),
+        daemon=DaemonConfig(check_interval=0.2, health_interval=1),
+    )
 
 
 def make_chat_table(url: str, rows: int, name: str = "chat_messages") -> None:

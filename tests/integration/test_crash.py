@@ -23,13 +23,21 @@ from typing import Literal
 import pytest
 import sqlalchemy as sa
 
-from archivist.config import ArchiveConfig, Config, DaemonConfig, WorkerConfig, make_config
+from archivist.config import ArchiveConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.tracker import TaskRecord
 from archivist.data import DataDaemon
 from archivist.data.bus import JSONObject
 from archivist.errors import ArchivistError
-from e2esupport import Processes, count, ids, make_chat_table, processes, write_config
+from e2esupport import (
+    Processes,
+    count,
+    ids,
+    make_chat_table,
+    processes,
+    small_config,
+    write_config,
+)
 from support import short_socket_dir
 
 ROWS = 50_000
@@ -259,22 +267,6 @@ def test_sigkilled_worker_and_daemon_lose_no_row_and_converge_to_the_policy(
 
 
 # --- the windows between copy and delete, deterministically --------------------------------
-
-
-def small_config(primary: str, archive: str, **worker: object) -> Config:
-    entry = ArchiveConfig(
-        collection="chat_messages",
-        order_by="created_at",
-        max_rows=2000,
-        rows_per_archive=200,
-        batch_size=200,
-    )
-    return make_config(
-        {"primary": primary, "archive": archive},
-        [entry],
-        worker=WorkerConfig(**worker),  # type: ignore[arg-type]
-        daemon=DaemonConfig(check_interval=0.2, health_interval=1),
-    )
 
 
 @pytest.mark.timeout(120)

@@ -25,33 +25,24 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from archivist.config import ArchiveConfig, Config, DaemonConfig, WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.tracker import TaskRecord
 from archivist.data import DataDaemon, handles
 from archivist.data.bus import JSONObject
 from archivist.errors import ArchivistError
-from e2esupport import archivist, count, ids, make_chat_table, processes, wait_for, write_config
+from e2esupport import (
+    archivist,
+    count,
+    ids,
+    make_chat_table,
+    processes,
+    small_config,
+    wait_for,
+    write_config,
+)
 from support import short_socket_dir
 
 ROWS = 3000
-
-
-def config_for(primary: str, archive: str, *, retry_for: float = 60.0) -> Config:
-    """A policy that keeps 1,800 of 3,000 rows (2,000 max, 200 per archive), batches of 200."""
-    entry = ArchiveConfig(
-        collection="chat_messages",
-        order_by="created_at",
-        max_rows=2000,
-        rows_per_archive=200,
-        batch_size=200,
-    )
-    return make_config(
-        {"primary": primary, "archive": archive},
-        [entry],
-        worker=WorkerConfig(retry_for=retry_for),
-        daemon=DaemonConfig(check_interval=0.2, health_interval=1),
-    )
 
 
 def assert_every_row_once(primary: str, archive: str, rows: int = ROWS) -> None:
@@ -100,7 +91,7 @@ def test_a_locked_archive_database_fails_batches_that_retry_with_backoff_then_co
     primary, archive_file = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "a.db"
     archive = f"sqlite:///{archive_file}"
     make_chat_table(primary, ROWS)
-    config = config_for(primary, archive, retry_for=30)
+    config = small_config(primary, archive, retry_for=30)
     locks: list[ExclusiveLock] = []
 
     async def scenario() -> TaskRecord:
@@ -147,7 +138,7 @@ def test_a_database_locked_longer_than_retry_for_fails_the_task_naming_it_then_l
     primary, archive_file = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "a.db"
     archive = f"sqlite:///{archive_file}"
     make_chat_table(primary, ROWS)
-    config = config_for(primary, archive, retry_for=1.5)
+    config = small_config(primary, archive, retry_for=1.5)
     locks: list[ExclusiveLock] = []
     updates: list[tuple[str, str, str | None]] = []
 
@@ -252,7 +243,7 @@ def test_postgresql_stopped_mid_task_fails_batches_that_retry_until_it_is_back(
 ) -> None:
     archive = f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(pg_url, ROWS)
-    config = config_for(pg_url, archive, retry_for=60)
+    config = small_config(pg_url, archive, retry_for=60)
     outage: list[float] = []
 
     async def scenario() -> TaskRecord:
@@ -297,7 +288,7 @@ def test_a_connection_closed_by_the_daemon_mid_task_is_reopened_and_the_task_que
 ) -> None:
     primary, archive = f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(primary, ROWS)
-    config = config_for(primary, archive)
+    config = small_config(primary, archive)
     closed: list[int] = []
 
     async def scenario() -> tuple[TaskRecord, int]:
@@ -337,7 +328,7 @@ def test_a_connection_closed_by_the_worker_mid_task_is_reopened_and_later_checks
     brings the table down to exactly what it leaves."""
     primary, archive = f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(primary, ROWS)
-    config = config_for(primary, archive)
+    config = small_config(primary, archive)
     stopped: list[int] = []
 
     async def scenario() -> tuple[int, int]:
@@ -382,13 +373,13 @@ def test_a_read_only_archive_database_fails_the_task_clearly_and_deletes_nothing
     make_chat_table(primary, ROWS)
 
     async def create_archive_table() -> None:
-        async with DataDaemon(config_for(primary, f"sqlite:///{archive_file}")) as data:
+        async with DataDaemon(small_config(primary, f"sqlite:///{archive_file}")) as data:
             await data.ensure_archive_table("chat_messages")
 
     asyncio.run(create_archive_table())
     # As root, file modes do not stop writes; SQLite's read-only open mode does.
     read_only = f"sqlite:///file:{archive_file}?mode=ro&uri=true"
-    config = config_for(primary, read_only, retry_for=1.0)
+    config = small_config(primary, read_only, retry_for=1.0)
 
     async def scenario() -> str:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
@@ -423,7 +414,7 @@ def test_a_full_archive_disk_fails_the_task_clearly_and_deletes_no_row_it_could_
     try:
         primary, archive = f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{disk / 'a.db'}"
         make_chat_table(primary, ROWS)
-        config = config_for(primary, archive, retry_for=1.0)
+        config = small_config(primary, archive, retry_for=1.0)
 
         async def scenario() -> str:
             async with running(config, Launch(private_socket=True, watch=False)) as daemon:
