@@ -86,6 +86,8 @@ class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     check_interval: PositiveFloat = 60.0
     health_interval: PositiveFloat = 30.0
+    health_timeout: PositiveFloat = 10.0
+    """Seconds the worker has to answer a health ping before the daemon reconnects."""
     entities: list[str] = msgspec.field(default_factory=list)
 
 

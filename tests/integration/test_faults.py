@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -535,3 +536,43 @@ def test_passwords_in_database_urls_never_appear_in_output_errors_or_status(
 
     leaks = [name for name, text in outputs.items() if password in text]
     assert not leaks, f"the password appears in: {leaks}"
+
+
+def test_a_worker_that_stops_answering_is_reconnected_to_after_a_missed_ping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, ROWS)
+    config = small_config(primary, archive)
+    config.daemon.health_interval = 0.3
+    config.daemon.health_timeout = 0.5
+
+    async def scenario() -> tuple[int, int, int]:
+        launch = Launch(private_socket=True, watch=False)
+        async with running(config, launch) as daemon:
+            assert daemon.supervisor is not None
+            create = daemon.data.bus.command("data/create")
+            frozen = asyncio.Event()
+
+            async def freeze_worker_once(params: JSONObject) -> JSONObject:
+                result = await create(params)
+                worker = daemon.supervisor.pid if daemon.supervisor else None
+                if not frozen.is_set() and worker is not None:
+                    frozen.set()
+                    os.kill(worker, signal.SIGSTOP)  # alive, but answers nothing
+                    asyncio.get_running_loop().call_later(2.0, os.kill, worker, signal.SIGCONT)
+                return result
+
+            daemon.data.bus.register("data/create", freeze_worker_once, replace=True)
+            record = await archive_now(daemon, "chat_messages", 1200)
+            return record.archived, record.attempts, daemon.connections
+
+    with caplog.at_level(logging.WARNING, logger="archivist.daemon.service"):
+        archived, attempts, connections = asyncio.run(scenario())
+
+    assert "worker health check failed" in caplog.text
+    assert connections >= 2 and attempts >= 2
+    assert archived == 1200
+    assert count(primary) == ROWS - 1200
+    assert_every_row_once(primary, archive)

@@ -69,6 +69,7 @@ async def running(
         socket_path=socket,
         check_interval=config.daemon.check_interval,
         health_interval=config.daemon.health_interval,
+        health_timeout=config.daemon.health_timeout,
     )
     daemon = ArchiveDaemon(
         data, data.policies(), options, supervisor=supervisor, on_update=on_update
