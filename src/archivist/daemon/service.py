@@ -139,17 +139,7 @@ class ArchiveDaemon:
         if connection is None:
             return
         unfinished = [r for r in self.tracker.records() if r.state in ("queued", "running")]
-        for record in unfinished:
-            try:
-                await connection.cancel(record.task_id)
-            except PeerError as exc:
-                log.debug("cancel %s: %s", record.task_id, exc.message)
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT):
-                for record in unfinished:
-                    await record.done.wait()
-        except TimeoutError:
-            log.warning("tasks did not reach a safe point in %.0f s; disconnecting", STOP_TIMEOUT)
+        await asyncio.gather(*(self.cancel(record) for record in unfinished))
         await connection.close()
 
     async def connection(self) -> WorkerConnection:

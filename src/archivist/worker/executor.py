@@ -208,8 +208,10 @@ class _TaskRun:
 
     # --- one batch -------------------------------------------------------------------------
 
-    async def _list(self, cursor: JSONObject | None) -> Batch:
-        limit = min(self.sizer.size, self.remaining)
+    async def _list(self, cursor: JSONObject | None, in_flight: int = 0) -> Batch:
+        """The oldest rows still to move, or those just past ``cursor``; ``in_flight`` rows
+        are being written meanwhile and count against the task's remaining rows."""
+        limit = max(1, min(self.sizer.size, self.remaining - in_flight))
         params: JSONObject = {**self.source, "limit": limit}
         order_by = self.task.spec.order_by
         if order_by is not None:
@@ -239,22 +241,7 @@ class _TaskRun:
         cursor = batch.cursor_after()
         if cursor is None:
             return None
-        return asyncio.create_task(self._list_after(cursor, len(batch.items)))
-
-    async def _list_after(self, cursor: JSONObject, in_flight: int) -> Batch:
-        limit = min(self.sizer.size, self.remaining - in_flight)
-        params: JSONObject = {**self.source, "limit": max(1, limit), "cursor": cursor}
-        order_by = self.task.spec.order_by
-        if order_by is not None:
-            params["orderBy"] = [{"field": order_by, "direction": "asc"}]
-        listed = await self.calls.execute("data/list", params)
-        return Batch(
-            items=_items(listed, "data/list"),
-            limit=max(1, limit),
-            primary_key=_primary_key(listed),
-            order_field=str(cursor["field"]),
-            after_cursor=True,
-        )
+        return asyncio.create_task(self._list(cursor, in_flight=len(batch.items)))
 
     async def _write(self, batch: Batch) -> int:
         """Copy, verify and delete one listed batch; returns the rows deleted."""
