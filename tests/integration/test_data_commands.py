@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import sqlite3
 
 import pytest
 
-from archivist.data import DataDaemon
+from archivist.data import DataDaemon, commands
 from archivist.errors import (
     ArchivistError,
     Conflict,
@@ -302,6 +305,95 @@ def test_delete_with_expected_skips_rows_changed_since_the_copy(any_url: str) ->
     result, remaining = run(go())
     assert result == {"deleted": 2, "skipped": [2, 99]}
     assert remaining == [2, 4]
+
+
+def _sqlite_file(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
+    """On SQLite the expected rows are compared before the write lock is taken: the compare
+    completes while another connection holds the lock, and only the delete waits for it."""
+    create_table(sqlite_url)
+
+    async def go() -> tuple[int, int, list[object]]:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, 3)
+            copied = (await call(daemon, "data/list"))["items"]
+            assert isinstance(copied, list)
+            info = await daemon.table_info("chat_messages", "primary")
+            assert info is not None
+            handle = daemon.handle("primary")
+            writer = sqlite3.connect(_sqlite_file(sqlite_url), isolation_level=None)
+            writer.execute("BEGIN IMMEDIATE")  # another writer holds the lock meanwhile
+            try:
+                unchanged, skipped = await asyncio.wait_for(
+                    handle.transaction(
+                        commands._match_expected, info, [(i["id"], i) for i in copied]
+                    ),
+                    timeout=5,
+                )
+            finally:
+                writer.execute("ROLLBACK")
+                writer.close()
+            deleted, kept = await handle.transaction(
+                commands._delete_unchanged, info, unchanged, write=True
+            )
+            return len(unchanged), deleted, [*skipped, *kept]
+
+    assert run(go()) == (3, 3, [])
+
+
+def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url: str) -> None:
+    """A row updated or deleted by the application after the compare, before the delete's
+    lock, is kept (or reported gone), never deleted; the rest are deleted."""
+    create_table(sqlite_url)
+    path = _sqlite_file(sqlite_url)
+
+    async def go() -> tuple[int, list[object], list[object]]:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, 5)
+            copied = (await call(daemon, "data/list"))["items"]
+            assert isinstance(copied, list)
+            info = await daemon.table_info("chat_messages", "primary")
+            assert info is not None
+            handle = daemon.handle("primary")
+            unchanged, skipped = await handle.transaction(
+                commands._match_expected, info, [(i["id"], i) for i in copied]
+            )
+            assert skipped == []
+            with contextlib.closing(sqlite3.connect(path)) as app, app:
+                app.execute("UPDATE chat_messages SET body = 'edited' WHERE id = 2")
+                app.execute("UPDATE chat_messages SET meta = NULL WHERE id = 3")
+                app.execute("DELETE FROM chat_messages WHERE id = 4")
+            deleted, kept = await handle.transaction(
+                commands._delete_unchanged, info, unchanged, write=True
+            )
+            return deleted, kept, ids_of(await call(daemon, "data/list"))
+
+    deleted, kept, remaining = run(go())
+    assert deleted == 2
+    assert sorted(kept) == [2, 3, 4]
+    assert remaining == [2, 3]
+
+
+def test_sqlite_delete_matches_the_applications_own_text_forms(sqlite_url: str) -> None:
+    """Rows the application wrote with its own JSON spelling are still deleted: the guard
+    binds the stored text as read, not archivist's re-encoding of it."""
+    create_table(sqlite_url)
+    sql(
+        sqlite_url,
+        "INSERT INTO chat_messages (id, room, created_at, body, score, meta) VALUES "
+        "(1, 'r', '2024-01-01 00:00:01.000000', 'b', 0.5, '{ \"n\" :1,\"k\":[1, 2]}')",
+    )
+
+    async def go() -> tuple[dict[str, object], list[object]]:
+        async with started(sqlite_url) as daemon:
+            copied = (await call(daemon, "data/list"))["items"]
+            result = await call(daemon, "data/delete", expected=copied)
+            return result, ids_of(await call(daemon, "data/list"))
+
+    assert run(go()) == ({"deleted": 1, "skipped": []}, [])
 
 
 INVALID_CALLS: list[tuple[str, str, dict[str, object], type[ArchivistError]]] = [

@@ -8,12 +8,13 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
 from archivist.data.filters import (
@@ -218,9 +219,18 @@ class DataCommands:
                 decoded = {decode_value(pk_spec, v, where="ids.") for v in ids}
                 if decoded != set(keys):
                     raise InvalidParams("invalid params: ids must name the same rows as expected")
-            deleted, skipped = await handle.transaction(
-                _delete_expected, info, list(zip(keys, expected, strict=True)), write=True
-            )
+            pairs = list(zip(keys, expected, strict=True))
+            if handle.dialect_name == "sqlite":
+                # SQLite locks the whole database for a write: compare outside the lock, then
+                # delete under it only rows still holding the very values compared.
+                unchanged, skipped = await handle.transaction(_match_expected, info, pairs)
+                if not unchanged:
+                    return {"deleted": 0, "skipped": skipped}
+                deleted, changed = await handle.transaction(
+                    _delete_unchanged, info, unchanged, write=True
+                )
+                return {"deleted": deleted, "skipped": skipped + changed}
+            deleted, skipped = await handle.transaction(_delete_expected, info, pairs, write=True)
             return {"deleted": deleted, "skipped": skipped}
         if given[0] == given[1]:
             raise InvalidParams("invalid params: give exactly one of id or ids")
@@ -424,29 +434,143 @@ def _delete_expected(
 ) -> tuple[int, list[object]]:
     """Delete only rows still equal to what the caller copied; report the others as skipped.
 
-    ``expected`` pairs each row's key (bound form) with the item as the caller has it.
+    ``expected`` pairs each row's key (bound form) with the item as the caller has it. The
+    rows are read under row locks (``FOR UPDATE``), so none can change before the delete.
+    """
+    current = _current_rows(connection, info, [key for key, _ in expected], stored=False)
+    matched, skipped = _compare_expected(info, current, expected)
+    deleted = _delete_ids(connection, info, [key for key, _ in matched]) if matched else 0
+    return deleted, skipped
+
+
+def _match_expected(
+    connection: Connection, info: TableInfo, expected: list[tuple[object, dict[str, object]]]
+) -> tuple[list[_Unchanged], list[object]]:
+    """The first half of a delete outside the write lock (SQLite): which rows are still equal
+    to what the caller copied, with the values they hold as stored, for `_delete_unchanged`."""
+    current = _current_rows(connection, info, [key for key, _ in expected], stored=True)
+    matched, skipped = _compare_expected(info, current, expected)
+    return [(encoded_key, stored) for _, (encoded_key, stored) in matched], skipped
+
+
+def _delete_unchanged(
+    connection: Connection, info: TableInfo, rows: list[_Unchanged]
+) -> tuple[int, list[object]]:
+    """Delete rows that still hold exactly the stored values read by `_match_expected`.
+
+    Each row's delete names every column's stored value (``col IS ?``), bound as the driver
+    returned it, so a row written in between (whatever the application's text formats) is
+    kept. Returns the rows deleted and the keys of rows kept or gone.
+    """
+    table, pk = info.table, info.pk
+    columns = list(table.c)
+    pk_at = next(i for i, column in enumerate(columns) if column.name == pk)
+    guard = [
+        (sa.type_coerce(column, NullType()) == sa.bindparam(f"_g{i}", type_=NullType()))
+        if i == pk_at
+        else sa.type_coerce(column, NullType()).is_not_distinct_from(
+            sa.bindparam(f"_g{i}", type_=NullType())
+        )
+        for i, column in enumerate(columns)
+    ]
+    compiled = sa.delete(table).where(*guard).compile(dialect=connection.dialect)
+    order = [int(name[2:]) for name in compiled.positiontup or []]
+
+    def delete(batch: list[_Unchanged]) -> int:
+        # Straight to the driver's executemany: the values are already in its own form.
+        params = [tuple(stored[i] for i in order) for _, stored in batch]
+        return connection.exec_driver_sql(compiled.string, params).rowcount
+
+    def still_there(batch: list[_Unchanged]) -> list[_Unchanged]:
+        raw_pk = sa.type_coerce(table.c[pk], NullType())
+        found: set[object] = set()
+        for chunk in _chunks([stored[pk_at] for _, stored in batch]):
+            query = sa.select(raw_pk).where(raw_pk.in_(chunk))
+            found.update(connection.execute(query).scalars())
+        return [row for row in batch if row[1][pk_at] in found]
+
+    savepoint = connection.begin_nested()
+    deleted = delete(rows)
+    if deleted == len(rows):  # the usual case: nothing changed since it was compared
+        savepoint.commit()
+        return deleted, []
+    # Some row changed or went: say which, exactly. Under the lock nothing moves now.
+    savepoint.rollback()
+    present = still_there(rows)
+    present_keys = {key for key, _ in present}
+    gone = [key for key, _ in rows if key not in present_keys]
+    deleted = delete(present) if present else 0
+    kept = still_there(present) if deleted < len(present) else []
+    return deleted, gone + [key for key, _ in kept]
+
+
+_Unchanged: TypeAlias = tuple[object, tuple[object, ...]]
+"""A row found equal to its expected item: its key (JSON form) and its values as stored."""
+_Current: TypeAlias = tuple[JSONObject, tuple[object, ...]]
+"""A row as read now: its item (JSON form) and its values as stored, in column order."""
+
+
+def _current_rows(
+    connection: Connection, info: TableInfo, keys: list[object], *, stored: bool
+) -> dict[object, _Current]:
+    """The rows with these keys now, by JSON key: encoded and, with ``stored``, as the driver
+    returned them (else an empty tuple); without ``stored`` the rows are locked for update.
+
+    For the stored form, a column the dialect converts on reading (timestamps, JSON) is
+    selected a second time without type processing; the others are stored as read.
+    """
+    codec, pk, table = info.codec, info.pk, info.table
+    columns = list(table.c)
+    width = len(columns)
+    dialect = connection.dialect
+    converted = [
+        i
+        for i, column in enumerate(columns)
+        if stored and column.type.dialect_impl(dialect).result_processor(dialect, None)
+    ]
+    raw = [sa.type_coerce(columns[i], NullType()).label(f"_raw_{i}") for i in converted]
+    names = [c.name for c in columns]
+    current: dict[object, _Current] = {}
+    for chunk in _chunks(keys):
+        query = sa.select(*columns, *raw).where(table.c[pk].in_(chunk))
+        if not stored:
+            query = query.with_for_update()
+        rows = connection.execute(query).all()
+        encoded = codec.encode_tuples(names, (row[:width] for row in rows))
+        for item, row in zip(encoded, rows, strict=True):
+            values: tuple[object, ...] = ()
+            if stored:
+                as_stored = list(row[:width])
+                for at, i in enumerate(converted, start=width):
+                    as_stored[i] = row[at]
+                values = tuple(as_stored)
+            current[item[pk]] = (item, values)
+    return current
+
+
+def _compare_expected(
+    info: TableInfo,
+    current: dict[object, _Current],
+    expected: list[tuple[object, dict[str, object]]],
+) -> tuple[list[tuple[object, _Unchanged]], list[object]]:
+    """Split expected rows into those still equal now (bound key, (JSON key, stored values))
+    and the JSON keys of those changed or gone.
+
     Items normally come from this table's own listing, so they compare as they are; only
     one that differs is normalised (``"1.50"`` -> ``"1.5"``) and compared again.
     """
     codec, pk = info.codec, info.pk
-    pk_column = info.table.c[pk]
-    current: dict[object, JSONObject] = {}
-    for chunk in _chunks([key for key, _ in expected]):
-        query = sa.select(info.table).where(pk_column.in_(chunk)).with_for_update()
-        result = connection.execute(query)
-        names = list(result.keys())
-        for encoded in codec.encode_tuples(names, result.all()):
-            current[encoded[pk]] = encoded
-    matched: list[object] = []
+    matched: list[tuple[object, _Unchanged]] = []
     skipped: list[object] = []
     for key, item in expected:
-        found = current.get(item[pk])
-        if found is None or _differs(item, found):
+        json_key = item[pk]
+        found = current.get(json_key)
+        if found is None or _differs(item, found[0]):
             normal = codec.normalize_item(item)
-            found = current.get(normal[pk])
-            if found is None or _differs(normal, found):
-                skipped.append(normal[pk])
+            json_key = normal[pk]
+            found = current.get(json_key)
+            if found is None or _differs(normal, found[0]):
+                skipped.append(json_key)
                 continue
-        matched.append(key)
-    deleted = _delete_ids(connection, info, matched) if matched else 0
-    return deleted, skipped
+        matched.append((key, (json_key, found[1])))
+    return matched, skipped

@@ -86,6 +86,8 @@ def _enc_naive_datetime(value: object) -> JSONValue:
 
 def _enc_aware_datetime(value: object) -> JSONValue:
     if isinstance(value, dt.datetime):
+        if value.tzinfo is dt.UTC:  # the usual case (UTCDateTime reads): no conversion
+            return value.isoformat()
         aware = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
         return aware.astimezone(dt.UTC).isoformat()
     return str(value)
