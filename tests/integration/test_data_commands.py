@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 
 import pytest
 
@@ -394,6 +395,77 @@ def test_sqlite_delete_matches_the_applications_own_text_forms(sqlite_url: str) 
             return result, ids_of(await call(daemon, "data/list"))
 
     assert run(go()) == ({"deleted": 1, "skipped": []}, [])
+
+
+APP_JSON = '{ "n" :1,"k":[1, 2]}'
+"""A JSON document as an application might have written it: not json.dumps's spelling."""
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
+def test_a_copy_between_like_tables_stores_what_the_source_held(
+    engine: str, fresh_db: Callable[[str], str]
+) -> None:
+    """Listed items created unchanged in a like table are bound in their stored form (the
+    source's own JSON text arrives byte for byte where the engine keeps text); an item
+    changed after the listing is decoded and stored as given."""
+    source, dest = fresh_db(engine), fresh_db(engine)
+    create_table(source)
+    stamp = "'2024-01-01 00:00:01'"
+    for i in (1, 2):
+        sql(
+            source,
+            "INSERT INTO chat_messages (id, room, created_at, body, score, meta) VALUES "
+            f"({i}, 'r', {stamp}, 'b{i}', 0.1, '{APP_JSON}')",
+        )
+
+    archive = {"collection": "chat_messages", "dbHandle": "archive"}
+
+    async def go() -> tuple[bool, object]:
+        async with started(source, dest) as daemon:
+            await daemon.ensure_archive_table("chat_messages")
+            listed = (await call(daemon, "data/list"))["items"]
+            assert isinstance(listed, list)
+            changed = {**listed[1], "body": "changed", "meta": {"n": 2}}
+            await daemon.execute("data/create", {**archive, "items": [listed[0], changed]})
+            copies = await daemon.execute("data/list", archive)
+            return [listed[0], changed] == copies["items"], copies["items"]
+
+    equal, copies = run(go())
+    assert equal, copies
+    texts = sql(dest, "SELECT id, body, meta FROM chat_messages ORDER BY id")
+    if engine == "postgresql":  # psycopg reads JSON as objects: no stored-form copy
+        assert [row[:2] for row in texts] == [(1, "b1"), (2, "changed")]
+    else:
+        assert texts == [(1, "b1", APP_JSON), (2, "changed", '{"n": 2}')]
+
+
+def test_sqlite_delete_detects_a_case_only_change_under_a_nocase_collation(
+    sqlite_url: str,
+) -> None:
+    """The delete's guard compares text byte for byte, whatever the column's collation: a
+    row whose body changed only in case since it was listed is kept."""
+    sql(
+        sqlite_url,
+        "CREATE TABLE chat_messages (id INTEGER PRIMARY KEY, room VARCHAR(40) NOT NULL, "
+        "created_at TIMESTAMP WITH TIME ZONE NOT NULL, body TEXT COLLATE NOCASE, "
+        "score REAL, meta JSON)",
+    )
+    sql(sqlite_url, "CREATE INDEX ix_created ON chat_messages (created_at)")
+    for i in (1, 2):
+        sql(
+            sqlite_url,
+            "INSERT INTO chat_messages VALUES "
+            f"({i}, 'r', '2024-01-01 00:00:0{i}.000000', 'Hello', 0.5, NULL)",
+        )
+
+    async def go() -> tuple[dict[str, object], list[object]]:
+        async with started(sqlite_url) as daemon:
+            listed = (await call(daemon, "data/list"))["items"]
+            sql(sqlite_url, "UPDATE chat_messages SET body = 'hello' WHERE id = 2")
+            result = await call(daemon, "data/delete", expected=listed)
+            return result, ids_of(await call(daemon, "data/list"))
+
+    assert run(go()) == ({"deleted": 1, "skipped": [2]}, [2])
 
 
 INVALID_CALLS: list[tuple[str, str, dict[str, object], type[ArchivistError]]] = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
 
@@ -24,8 +24,11 @@ from archivist.data.filters import (
     order_clauses,
     sort_keys,
 )
+from archivist.data.handles import Handle
 from archivist.data.schema import TableInfo
-from archivist.data.values import JSONObject, decode_value
+from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
+from archivist.data.stored import RecentRows, Stored, StoredForm
+from archivist.data.values import JSONObject, RowCodec, decode_value
 from archivist.errors import Conflict, InvalidParams
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,7 @@ class DataCommands:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.recent = RecentRows()
 
     async def ping(self, params: JSONObject) -> JSONObject:
         return {"message": "pong"}
@@ -157,9 +161,14 @@ class DataCommands:
         fields = list(dict.fromkeys(p.fields)) if p.fields is not None else None
         if fields is not None:
             info.codec.check_fields(fields, what="field in fields")
-        query = _ListQuery.build(info, p, entity.order_by)
-        names, rows = await handle.transaction(query.run)
+        # A plain listing (no filter, every field) is what a copy starts from: remember its
+        # rows' stored form, so creating the same items in a like table binds them as read.
+        remember = p.filter is None and fields is None and handle.dialect_name in PASSTHROUGH
+        query = _ListQuery.build(info, p, entity.order_by, stored=remember)
+        names, rows, stored = await handle.transaction(query.run)
         items = info.codec.encode_tuples(names, rows)
+        if stored is not None:
+            self.recent.remember(info, handle.name, items, stored)
         if fields is not None:
             items = [{name: item[name] for name in fields} for item in items]
         return {
@@ -190,9 +199,15 @@ class DataCommands:
         raw_items = [p.data] if p.data is not None else list(p.items or [])
         _, handle, info = await self.catalog.table(p.collection, p.db_handle)
         where = "data." if p.data is not None else "items[{}]."
+        # Items equal to rows just listed from a like table need no decoding: their stored
+        # form is bound as it was read.
         rows = [
-            info.codec.decode_item(item, where=where.format(index))
-            for index, item in enumerate(raw_items)
+            _NewRow(item, None, stored)
+            if stored is not None
+            else _NewRow(item, info.codec.decode_item(item, where=where.format(index)), None)
+            for index, (item, stored) in enumerate(
+                zip(raw_items, self.recent.find(info, raw_items), strict=True)
+            )
         ]
         if not rows:
             return {"created": 0}
@@ -221,15 +236,7 @@ class DataCommands:
                     raise InvalidParams("invalid params: ids must name the same rows as expected")
             pairs = list(zip(keys, expected, strict=True))
             if handle.dialect_name == "sqlite":
-                # SQLite locks the whole database for a write: compare outside the lock, then
-                # delete under it only rows still holding the very values compared.
-                unchanged, skipped = await handle.transaction(_match_expected, info, pairs)
-                if not unchanged:
-                    return {"deleted": 0, "skipped": skipped}
-                deleted, changed = await handle.transaction(
-                    _delete_unchanged, info, unchanged, write=True
-                )
-                return {"deleted": deleted, "skipped": skipped + changed}
+                return await _delete_sqlite(self.recent, handle, info, pairs)
             deleted, skipped = await handle.transaction(_delete_expected, info, pairs, write=True)
             return {"deleted": deleted, "skipped": skipped}
         if given[0] == given[1]:
@@ -253,9 +260,14 @@ def _scalar(connection: Connection, query: sa.Select[Any]) -> object:
 class _ListQuery:
     query: sa.Select[Any]
     reverse: bool
+    table: sa.Table
+    stored: bool
+    """Also read each row's stored form."""
 
     @classmethod
-    def build(cls, info: TableInfo, p: ListParams, default_order: str) -> _ListQuery:
+    def build(
+        cls, info: TableInfo, p: ListParams, default_order: str, *, stored: bool = False
+    ) -> _ListQuery:
         requested = [SortKey(o.field, o.direction) for o in p.order_by or []]
         cursor = p.cursor
         if cursor is not None:
@@ -289,58 +301,92 @@ class _ListQuery:
             .order_by(*order_clauses(info, keys, reverse=reverse))
             .limit(p.limit)
         )
-        return cls(query, reverse)
+        return cls(query, reverse, info.table, stored)
 
-    def run(self, connection: Connection) -> tuple[list[str], list[Sequence[object]]]:
-        result = connection.execute(self.query)
-        names = list(result.keys())
-        rows: list[Sequence[object]] = list(result.all())
+    def run(
+        self, connection: Connection
+    ) -> tuple[list[str], list[Sequence[object]], list[Stored] | None]:
+        """The column names, the rows, and (if asked) the rows' stored forms."""
+        if not self.stored:
+            result = connection.execute(self.query)
+            rows: list[Sequence[object]] = list(result.all())
+            if self.reverse:
+                rows.reverse()  # a page before the cursor still comes in the listing order
+            return list(result.keys()), rows, None
+        form = StoredForm.of(self.table, connection.dialect)
+        result = connection.execute(self.query.add_columns(*form.extra))
+        split = [form.split(row) for row in result]
         if self.reverse:
-            rows.reverse()  # a page before the cursor still comes in the listing order
-        return names, rows
+            split.reverse()
+        names = list(result.keys())[: form.width]
+        return names, [typed for typed, _ in split], [values for _, values in split]
 
 
 # --- create -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _NewRow:
+    """One item to create: decoded for binding, or with the stored form of an identical row
+    of a like table (then ``item`` is in this table's own JSON form)."""
+
+    item: Mapping[str, object]
+    decoded: dict[str, object] | None
+    stored: Stored | None
+
+    def encoded(self, codec: RowCodec) -> Mapping[str, object]:
+        return self.item if self.decoded is None else codec.encode_row(self.decoded)
+
+    def values(self, codec: RowCodec) -> dict[str, object]:
+        return self.decoded if self.decoded is not None else codec.decode_item(self.item)
 
 
 class _CreatePlan:
     """One call's insert: find existing rows by key in a few statements, fail on any conflict
     before writing, then insert the rest with one executemany (and update, with replace)."""
 
-    def __init__(self, info: TableInfo, rows: list[dict[str, object]], *, replace: bool) -> None:
+    def __init__(self, info: TableInfo, rows: list[_NewRow], *, replace: bool) -> None:
         self.info = info
         self.rows = rows
         self.replace = replace
 
     def run(self, connection: Connection) -> int:
         info, pk, codec = self.info, self.info.pk, self.info.codec
+        pk_spec = info.spec(pk)
         # Keys compare in their JSON form, so 1.50 and 1.5 (or two spellings of one instant)
         # are the same key, as they are in the database.
-        keyed: dict[object, dict[str, object]] = {}
-        unkeyed: list[dict[str, object]] = []
+        keyed: dict[object, _NewRow] = {}
+        bound: dict[object, object] = {}
+        unkeyed: list[_NewRow] = []
         for row in self.rows:
-            if row.get(pk) is None:
+            if row.decoded is None:
+                key = row.item[pk]
+                value = decode_value(pk_spec, key)
+            elif row.decoded.get(pk) is None:
                 unkeyed.append(row)
                 continue
-            key = codec.encode_field(pk, row[pk])
+            else:
+                value = row.decoded[pk]
+                key = codec.encode_field(pk, value)
             previous = keyed.get(key)
-            if previous is not None and _differs(codec.encode_row(row), codec.encode_row(previous)):
+            if previous is not None and _differs(row.encoded(codec), previous.encoded(codec)):
                 raise Conflict(
                     f"conflict: items with {pk}={_show(key)} differ within one call; "
                     "nothing was written"
                 )
             keyed[key] = row
-        existing = self._existing(connection, [row[pk] for row in keyed.values()])
-        inserts: list[dict[str, object]] = list(unkeyed)
+            bound[key] = value
+        existing = self._existing(connection, list(bound.values()))
+        inserts: list[_NewRow] = list(unkeyed)
         updates: list[dict[str, object]] = []
         conflicts: list[object] = []
         for key, row in keyed.items():
             current = existing.get(key)
             if current is None:
                 inserts.append(row)  # the usual case: no need to encode the row again
-            elif _differs(codec.encode_row(row), current):
+            elif _differs(row.encoded(codec), current):
                 if self.replace:
-                    updates.append(row)
+                    updates.append(row.values(codec))
                 else:
                     conflicts.append(key)
         if conflicts:
@@ -351,7 +397,8 @@ class _CreatePlan:
                 "nothing was written"
             )
         try:
-            self._insert(connection, inserts)
+            self._insert_stored(connection, [r.stored for r in inserts if r.stored is not None])
+            self._insert(connection, [r.decoded for r in inserts if r.decoded is not None])
             self._update(connection, updates)
         except IntegrityError as exc:
             raise Conflict(
@@ -369,6 +416,24 @@ class _CreatePlan:
             for encoded in info.codec.encode_tuples(list(result.keys()), result.all()):
                 found[encoded[info.pk]] = encoded
         return found
+
+    def _insert_stored(self, connection: Connection, rows: list[Stored]) -> None:
+        """Insert rows given in their stored form, straight through the driver's executemany
+        (the values are already in its own form, in the table's column order)."""
+        if not rows:
+            return
+        columns = list(self.info.table.c)
+        statement = sa.insert(self.info.table).values(
+            {c.name: sa.bindparam(f"_s{i}", type_=NullType()) for i, c in enumerate(columns)}
+        )
+        compiled = statement.compile(dialect=connection.dialect)
+        if compiled.positiontup is not None:
+            order = [int(name[2:]) for name in compiled.positiontup]
+            positional = [tuple(row[i] for i in order) for row in rows]
+            connection.exec_driver_sql(compiled.string, positional)
+        else:
+            named = [{f"_s{i}": value for i, value in enumerate(row)} for row in rows]
+            connection.exec_driver_sql(compiled.string, named)
 
     def _insert(self, connection: Connection, rows: list[dict[str, object]]) -> None:
         if not rows:
@@ -402,7 +467,7 @@ class _CreatePlan:
             connection.execute(statement, params)
 
 
-def _differs(item: JSONObject, current: JSONObject) -> bool:
+def _differs(item: Mapping[str, object], current: Mapping[str, object]) -> bool:
     """True if a column the item names holds something else in ``current``."""
     return any(current.get(name) != value for name, value in item.items())
 
@@ -418,6 +483,43 @@ def _first_line(exc: BaseException | None) -> str:
 
 
 # --- delete -----------------------------------------------------------------------------------
+
+
+async def _delete_sqlite(
+    recent: RecentRows,
+    handle: Handle,
+    info: TableInfo,
+    pairs: list[tuple[object, dict[str, object]]],
+) -> JSONObject:
+    """SQLite locks the whole database for a write, so the comparing happens outside the
+    lock and the delete under it removes only rows still holding the very values compared.
+
+    An expected item equal to a row this daemon listed from this table needs no
+    comparing: its stored form at listing time is what the delete must still find.
+    """
+    remembered = recent.find(info, [item for _, item in pairs], handle=handle.name)
+    unchanged: list[_Unchanged] = [
+        (item[info.pk], stored)
+        for (_, item), stored in zip(pairs, remembered, strict=True)
+        if stored is not None
+    ]
+    rest = [pair for pair, stored in zip(pairs, remembered, strict=True) if stored is None]
+    skipped: list[object] = []
+    if rest:
+        compared, skipped = await handle.transaction(_match_expected, info, rest)
+        unchanged += compared
+    if not unchanged:
+        return {"deleted": 0, "skipped": skipped}
+    deleted, kept = await handle.transaction(_delete_unchanged, info, unchanged, write=True)
+    recent.forget(info, [key for key, _ in unchanged])
+    position = {_hashable(item[info.pk]): index for index, (_, item) in enumerate(pairs)}
+    skipped.extend(kept)
+    skipped.sort(key=lambda key: position.get(_hashable(key), len(position)))  # as expected
+    return {"deleted": deleted, "skipped": skipped}
+
+
+def _hashable(value: object) -> object:
+    return value if isinstance(value, int | str | float) else repr(value)
 
 
 def _delete_ids(connection: Connection, info: TableInfo, ids: list[object]) -> int:
@@ -468,9 +570,9 @@ def _delete_unchanged(
     guard = [
         (sa.type_coerce(column, NullType()) == sa.bindparam(f"_g{i}", type_=NullType()))
         if i == pk_at
-        else sa.type_coerce(column, NullType()).is_not_distinct_from(
-            sa.bindparam(f"_g{i}", type_=NullType())
-        )
+        else sa.type_coerce(column, NullType())
+        .collate("BINARY")  # a case-only change is a change, whatever the column's collation
+        .is_not_distinct_from(sa.bindparam(f"_g{i}", type_=NullType()))
         for i, column in enumerate(columns)
     ]
     compiled = sa.delete(table).where(*guard).compile(dialect=connection.dialect)
@@ -513,37 +615,22 @@ _Current: TypeAlias = tuple[JSONObject, tuple[object, ...]]
 def _current_rows(
     connection: Connection, info: TableInfo, keys: list[object], *, stored: bool
 ) -> dict[object, _Current]:
-    """The rows with these keys now, by JSON key: encoded and, with ``stored``, as the driver
-    returned them (else an empty tuple); without ``stored`` the rows are locked for update.
-
-    For the stored form, a column the dialect converts on reading (timestamps, JSON) is
-    selected a second time without type processing; the others are stored as read.
-    """
+    """The rows with these keys now, by JSON key: encoded and, with ``stored``, in their
+    stored form (else an empty tuple); without ``stored`` the rows are locked for update."""
     codec, pk, table = info.codec, info.pk, info.table
-    columns = list(table.c)
-    width = len(columns)
-    dialect = connection.dialect
-    converted = [
-        i
-        for i, column in enumerate(columns)
-        if stored and column.type.dialect_impl(dialect).result_processor(dialect, None)
-    ]
-    raw = [sa.type_coerce(columns[i], NullType()).label(f"_raw_{i}") for i in converted]
-    names = [c.name for c in columns]
+    form = StoredForm.of(table, connection.dialect) if stored else None
+    names = info.column_names
     current: dict[object, _Current] = {}
     for chunk in _chunks(keys):
-        query = sa.select(*columns, *raw).where(table.c[pk].in_(chunk))
-        if not stored:
-            query = query.with_for_update()
-        rows = connection.execute(query).all()
-        encoded = codec.encode_tuples(names, (row[:width] for row in rows))
-        for item, row in zip(encoded, rows, strict=True):
-            values: tuple[object, ...] = ()
-            if stored:
-                as_stored = list(row[:width])
-                for at, i in enumerate(converted, start=width):
-                    as_stored[i] = row[at]
-                values = tuple(as_stored)
+        query = sa.select(table).where(table.c[pk].in_(chunk))
+        if form is None:
+            rows = connection.execute(query.with_for_update()).all()
+            for item in codec.encode_tuples(names, rows):
+                current[item[pk]] = (item, ())
+            continue
+        split = [form.split(row) for row in connection.execute(query.add_columns(*form.extra))]
+        encoded = codec.encode_tuples(names, (typed for typed, _ in split))
+        for item, (_, values) in zip(encoded, split, strict=True):
             current[item[pk]] = (item, values)
     return current
 

@@ -1,0 +1,141 @@
+"""Rows in their stored form: the values exactly as the driver returned them, beside the
+typed values the codec encodes.
+
+Two uses. A SQLite delete binds the stored form to delete a row only if it still holds it
+(`commands._delete_unchanged`). And a copy between like tables (same engine, same columns)
+binds the stored form of each listed row straight into the destination: `RecentRows` keeps
+the stored form of recent listings, so that a ``data/create`` of those very items skips
+decoding and SQLAlchemy's per-value type processing (the bulk path of a copy), and stores
+byte for byte what the source held (a JSON document keeps the application's own text).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import NullType
+
+from archivist.data.schema import TableInfo
+
+PASSTHROUGH_DIALECTS: Final = frozenset({"sqlite", "mysql", "mariadb"})
+"""Engines whose drivers return values they also accept as parameters, unchanged (psycopg
+returns JSON documents as Python objects, which it does not bind back as JSON)."""
+RECENT_ROWS: Final = 20_000
+"""Listed rows remembered, across all tables: the batches in flight of a few concurrent
+tasks (a deleted row is forgotten at once)."""
+
+Stored: TypeAlias = tuple[object, ...]
+Layout: TypeAlias = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class StoredForm:
+    """How to read a table's rows in both forms: its columns, then again, without type
+    processing, each column the dialect converts on reading (timestamps, JSON)."""
+
+    width: int
+    converted: tuple[int, ...]
+    extra: tuple[sa.ColumnElement[Any], ...]
+
+    @classmethod
+    def of(cls, table: sa.Table, dialect: Dialect) -> StoredForm:
+        columns = list(table.c)
+        converted = tuple(
+            i
+            for i, column in enumerate(columns)
+            if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None
+        )
+        extra = tuple(
+            sa.type_coerce(columns[i], NullType()).label(f"_stored_{i}") for i in converted
+        )
+        return cls(len(columns), converted, extra)
+
+    def split(self, row: Sequence[object]) -> tuple[Sequence[object], Stored]:
+        """A row read with ``extra`` appended: its typed values and its stored form."""
+        typed = row[: self.width]
+        if not self.converted:
+            return typed, tuple(typed)
+        stored = list(typed)
+        for at, i in enumerate(self.converted, start=self.width):
+            stored[i] = row[at]
+        return typed, tuple(stored)
+
+
+def layout(info: TableInfo) -> Layout:
+    """What must match for one table's stored values to mean the same in another."""
+    return (
+        info.dialect_name,
+        info.name,
+        tuple(
+            (s.name, s.kind, s.int_bits, s.length, s.precision, s.scale, s.timezone, s.jsonb)
+            for s in info.columns
+        ),
+    )
+
+
+class RecentRows:
+    """The stored form of recently listed rows, by table layout and key (JSON form).
+
+    Only an item equal to what was listed is matched, so a stale or evicted entry can make
+    a command slower, never different. Rows leave when deleted, or oldest first beyond
+    ``max_rows``.
+    """
+
+    def __init__(self, max_rows: int = RECENT_ROWS) -> None:
+        self.max_rows = max_rows
+        self._rows: OrderedDict[tuple[Layout, object], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def remember(
+        self,
+        info: TableInfo,
+        handle: str,
+        items: Sequence[Mapping[str, object]],
+        stored: Sequence[Stored],
+    ) -> None:
+        if info.dialect_name not in PASSTHROUGH_DIALECTS:
+            return
+        shape, pk, rows = layout(info), info.pk, self._rows
+        for item, values in zip(items, stored, strict=True):
+            key = (shape, item.get(pk))
+            rows[key] = _Entry(item, values, handle)
+            rows.move_to_end(key)
+        while len(rows) > self.max_rows:
+            rows.popitem(last=False)
+
+    def find(
+        self, info: TableInfo, items: Sequence[Mapping[str, object]], *, handle: str | None = None
+    ) -> list[Stored | None]:
+        """For each item, the stored form of an identical row listed from a like table (from
+        ``handle`` itself, if given)."""
+        if info.dialect_name not in PASSTHROUGH_DIALECTS or not self._rows:
+            return [None] * len(items)
+        shape, pk, rows = layout(info), info.pk, self._rows
+        found: list[Stored | None] = []
+        for item in items:
+            key = item.get(pk)
+            entry = rows.get((shape, key)) if isinstance(key, int | str) else None
+            if entry is None or (handle is not None and entry.handle != handle):
+                found.append(None)
+            else:
+                found.append(entry.stored if entry.item == item else None)
+        return found
+
+    def forget(self, info: TableInfo, keys: Sequence[object]) -> None:
+        shape = layout(info)
+        for key in keys:
+            self._rows.pop((shape, key), None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    item: Mapping[str, object]
+    stored: Stored
+    handle: str

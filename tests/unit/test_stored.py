@@ -1,0 +1,64 @@
+"""RecentRows: the stored form of listed rows is found only for an identical item of a like
+table, and the memory it takes is bounded."""
+
+from __future__ import annotations
+
+from archivist.data.columns import ColumnSpec, Kind
+from archivist.data.schema import TableInfo, build_info
+from archivist.data.stored import RecentRows
+from datasupport import CHAT_COLUMNS
+
+
+def info(
+    dialect: str = "sqlite",
+    name: str = "chat_messages",
+    columns: tuple[ColumnSpec, ...] = CHAT_COLUMNS,
+) -> TableInfo:
+    return build_info(name, dialect, list(columns), ["id"])
+
+
+def item(i: int, body: str = "hello") -> dict[str, object]:
+    return {"id": i, "room": "r", "created_at": "2024-01-01T00:00:00+00:00", "body": body}
+
+
+def stored(i: int) -> tuple[object, ...]:
+    return (i, "r", "2024-01-01 00:00:00.000000", "hello", None, None)
+
+
+def test_an_identical_item_of_a_like_table_finds_its_stored_form() -> None:
+    recent = RecentRows()
+    recent.remember(info(), "primary", [item(1), item(2)], [stored(1), stored(2)])
+    assert recent.find(info(), [item(2), item(1)]) == [stored(2), stored(1)]
+    assert recent.find(info(), [item(1)], handle="primary") == [stored(1)]
+
+
+def test_anything_but_an_identical_item_of_a_like_table_finds_nothing() -> None:
+    recent = RecentRows()
+    recent.remember(info(), "primary", [item(1)], [stored(1)])
+    assert recent.find(info(), [item(1, body="edited")]) == [None]
+    assert recent.find(info(), [item(3)]) == [None]
+    assert recent.find(info(), [item(1)], handle="other") == [None]
+    assert recent.find(info(name="other_table"), [item(1)]) == [None]
+    wider = (*CHAT_COLUMNS, ColumnSpec("extra", Kind.TEXT))
+    assert recent.find(info(columns=wider), [item(1)]) == [None]
+    assert recent.find(info(dialect="mysql"), [item(1)]) == [None]
+    assert recent.find(info(), [{"id": [1], "body": "x"}]) == [None]
+
+
+def test_postgresql_rows_are_not_remembered() -> None:
+    """psycopg returns JSON documents as Python objects, which it does not bind back."""
+    recent = RecentRows()
+    recent.remember(info("postgresql"), "primary", [item(1)], [stored(1)])
+    assert len(recent) == 0
+    assert recent.find(info("postgresql"), [item(1)]) == [None]
+
+
+def test_memory_is_bounded_oldest_first_and_deleted_rows_are_forgotten() -> None:
+    recent = RecentRows(max_rows=3)
+    ids = range(1, 6)
+    recent.remember(info(), "primary", [item(i) for i in ids], [stored(i) for i in ids])
+    assert len(recent) == 3
+    assert recent.find(info(), [item(i) for i in ids]) == [None, None, *map(stored, (3, 4, 5))]
+    recent.forget(info(), [4, 99])
+    assert len(recent) == 2
+    assert recent.find(info(), [item(4)]) == [None]
