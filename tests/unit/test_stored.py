@@ -3,6 +3,8 @@ table, and the memory it takes is bounded."""
 
 from __future__ import annotations
 
+import pytest
+
 from archivist.data.columns import ColumnSpec, Kind
 from archivist.data.schema import TableInfo, build_info
 from archivist.data.stored import RecentRows
@@ -45,12 +47,12 @@ def test_anything_but_an_identical_item_of_a_like_table_finds_nothing() -> None:
     assert recent.find(info(), [{"id": [1], "body": "x"}]) == [None]
 
 
-def test_postgresql_rows_are_not_remembered() -> None:
-    """psycopg returns JSON documents as Python objects, which it does not bind back."""
+@pytest.mark.parametrize("dialect", ["postgresql", "mysql"])
+def test_rows_of_server_engines_are_not_remembered(dialect: str) -> None:
     recent = RecentRows()
-    recent.remember(info("postgresql"), "primary", [item(1)], [stored(1)])
+    recent.remember(info(dialect), "primary", [item(1)], [stored(1)])
     assert len(recent) == 0
-    assert recent.find(info("postgresql"), [item(1)]) == [None]
+    assert recent.find(info(dialect), [item(1)]) == [None]
 
 
 def test_memory_is_bounded_oldest_first_and_deleted_rows_are_forgotten() -> None:

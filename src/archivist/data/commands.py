@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -315,7 +316,7 @@ class _ListQuery:
             return list(result.keys()), rows, None
         form = StoredForm.of(self.table, connection.dialect)
         result = connection.execute(self.query.add_columns(*form.extra))
-        split = [form.split(row) for row in result]
+        split = [form.split(row) for row in result.all()]
         if self.reverse:
             split.reverse()
         names = list(result.keys())[: form.width]
@@ -429,7 +430,7 @@ class _CreatePlan:
         compiled = statement.compile(dialect=connection.dialect)
         if compiled.positiontup is not None:
             order = [int(name[2:]) for name in compiled.positiontup]
-            positional = [tuple(row[i] for i in order) for row in rows]
+            positional = _in_order(rows, order)
             connection.exec_driver_sql(compiled.string, positional)
         else:
             named = [{f"_s{i}": value for i, value in enumerate(row)} for row in rows]
@@ -465,6 +466,14 @@ class _CreatePlan:
                 for row in group
             ]
             connection.execute(statement, params)
+
+
+def _in_order(rows: list[Stored], order: list[int]) -> Sequence[Stored]:
+    """Stored rows with their values in a statement's parameter order."""
+    if order == list(range(len(order))):
+        return rows  # the usual case: parameters in column order
+    pick = operator.itemgetter(*order)
+    return [tuple(pick(row)) if len(order) > 1 else (pick(row),) for row in rows]
 
 
 def _differs(item: Mapping[str, object], current: Mapping[str, object]) -> bool:
@@ -580,7 +589,7 @@ def _delete_unchanged(
 
     def delete(batch: list[_Unchanged]) -> int:
         # Straight to the driver's executemany: the values are already in its own form.
-        params = [tuple(stored[i] for i in order) for _, stored in batch]
+        params = _in_order([stored for _, stored in batch], order)
         return connection.exec_driver_sql(compiled.string, params).rowcount
 
     def still_there(batch: list[_Unchanged]) -> list[_Unchanged]:
@@ -628,7 +637,8 @@ def _current_rows(
             for item in codec.encode_tuples(names, rows):
                 current[item[pk]] = (item, ())
             continue
-        split = [form.split(row) for row in connection.execute(query.add_columns(*form.extra))]
+        rows = connection.execute(query.add_columns(*form.extra)).all()
+        split = [form.split(row) for row in rows]
         encoded = codec.encode_tuples(names, (typed for typed, _ in split))
         for item, (_, values) in zip(encoded, split, strict=True):
             current[item[pk]] = (item, values)

@@ -11,8 +11,9 @@ byte for byte what the source held (a JSON document keeps the application's own 
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -22,9 +23,11 @@ from sqlalchemy.types import NullType
 
 from archivist.data.schema import TableInfo
 
-PASSTHROUGH_DIALECTS: Final = frozenset({"sqlite", "mysql", "mariadb"})
-"""Engines whose drivers return values they also accept as parameters, unchanged (psycopg
-returns JSON documents as Python objects, which it does not bind back as JSON)."""
+PASSTHROUGH_DIALECTS: Final = frozenset({"sqlite"})
+"""Engines where reading the stored form costs next to nothing: sqlite3 returns stored
+values as they are, and binds them back unchanged. (PyMySQL would parse each timestamp a
+second time in Python, and psycopg returns JSON documents as objects it does not bind back
+as JSON: measured slower on MariaDB, so both keep the decoding path.)"""
 RECENT_ROWS: Final = 20_000
 """Listed rows remembered, across all tables: the batches in flight of a few concurrent
 tasks (a deleted row is forgotten at once)."""
@@ -39,31 +42,31 @@ class StoredForm:
     processing, each column the dialect converts on reading (timestamps, JSON)."""
 
     width: int
-    converted: tuple[int, ...]
     extra: tuple[sa.ColumnElement[Any], ...]
+    pick: Callable[[Sequence[object]], Stored]
+    """From a row read with ``extra`` appended, its stored form (in column order)."""
 
     @classmethod
     def of(cls, table: sa.Table, dialect: Dialect) -> StoredForm:
         columns = list(table.c)
-        converted = tuple(
+        converted = [
             i
             for i, column in enumerate(columns)
             if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None
-        )
+        ]
         extra = tuple(
             sa.type_coerce(columns[i], NullType()).label(f"_stored_{i}") for i in converted
         )
-        return cls(len(columns), converted, extra)
+        at = {i: len(columns) + k for k, i in enumerate(converted)}
+        positions = [at.get(i, i) for i in range(len(columns))]
+        if len(positions) == 1:
+            only = positions[0]
+            return cls(len(columns), extra, lambda row: (row[only],))
+        return cls(len(columns), extra, operator.itemgetter(*positions))
 
     def split(self, row: Sequence[object]) -> tuple[Sequence[object], Stored]:
         """A row read with ``extra`` appended: its typed values and its stored form."""
-        typed = row[: self.width]
-        if not self.converted:
-            return typed, tuple(typed)
-        stored = list(typed)
-        for at, i in enumerate(self.converted, start=self.width):
-            stored[i] = row[at]
-        return typed, tuple(stored)
+        return row[: self.width], self.pick(row)
 
 
 def layout(info: TableInfo) -> Layout:
@@ -88,10 +91,16 @@ class RecentRows:
 
     def __init__(self, max_rows: int = RECENT_ROWS) -> None:
         self.max_rows = max_rows
-        self._rows: OrderedDict[tuple[Layout, object], _Entry] = OrderedDict()
+        self._rows: OrderedDict[tuple[int, object], _Entry] = OrderedDict()
+        self._layouts: dict[Layout, int] = {}
+        """A small number per table layout: rows are keyed by it (a layout is a deep tuple,
+        slow to hash once per row)."""
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def _table(self, info: TableInfo) -> int:
+        return self._layouts.setdefault(layout(info), len(self._layouts))
 
     def remember(
         self,
@@ -102,9 +111,9 @@ class RecentRows:
     ) -> None:
         if info.dialect_name not in PASSTHROUGH_DIALECTS:
             return
-        shape, pk, rows = layout(info), info.pk, self._rows
+        table, pk, rows = self._table(info), info.pk, self._rows
         for item, values in zip(items, stored, strict=True):
-            key = (shape, item.get(pk))
+            key = (table, item.get(pk))
             rows[key] = _Entry(item, values, handle)
             rows.move_to_end(key)
         while len(rows) > self.max_rows:
@@ -117,11 +126,11 @@ class RecentRows:
         ``handle`` itself, if given)."""
         if info.dialect_name not in PASSTHROUGH_DIALECTS or not self._rows:
             return [None] * len(items)
-        shape, pk, rows = layout(info), info.pk, self._rows
+        table, pk, rows = self._table(info), info.pk, self._rows
         found: list[Stored | None] = []
         for item in items:
             key = item.get(pk)
-            entry = rows.get((shape, key)) if isinstance(key, int | str) else None
+            entry = rows.get((table, key)) if isinstance(key, int | str) else None
             if entry is None or (handle is not None and entry.handle != handle):
                 found.append(None)
             else:
@@ -129,9 +138,9 @@ class RecentRows:
         return found
 
     def forget(self, info: TableInfo, keys: Sequence[object]) -> None:
-        shape = layout(info)
+        table, rows = self._table(info), self._rows
         for key in keys:
-            self._rows.pop((shape, key), None)
+            rows.pop((table, key), None)
 
 
 @dataclass(frozen=True, slots=True)
