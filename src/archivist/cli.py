@@ -155,6 +155,14 @@ def main() -> None:
     help="Seconds each task rests between its batches.",
 )
 @click.option(
+    "--nice-ratio",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="After each batch, rest this many times as long as the batch took, like gh-ost's "
+    "--nice-ratio: 1 about halves the load on the database, at half the speed.",
+)
+@click.option(
     "--pause-file",
     type=click.Path(path_type=Path),
     help="While this file exists no batch starts (touch it to pause, remove it to resume).",
@@ -206,6 +214,7 @@ def worker(
     batch_time: float,
     min_batch: int,
     pause: float,
+    nice_ratio: float,
     pause_file: Path | None,
     max_latency_ms: float,
     max_active: int,
@@ -234,6 +243,7 @@ def worker(
     setup_logging(verbose, quiet)
     throttle = ThrottleSettings(
         pause=pause,
+        nice_ratio=nice_ratio,
         pause_file=pause_file,
         max_latency_ms=max_latency_ms,
         max_active=max_active,

@@ -59,6 +59,7 @@ class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_time: NonNegativeFloat = 0.5
     min_batch: PositiveInt = 100
     pause: NonNegativeFloat = 0.0
+    nice_ratio: NonNegativeFloat = 0.0
     pause_file: str | None = None
     max_latency_ms: NonNegativeFloat = 100.0
     max_active: Annotated[int, msgspec.Meta(ge=0)] = 32
@@ -73,6 +74,7 @@ class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "--batch-time": self.batch_time,
             "--min-batch": self.min_batch,
             "--pause": self.pause,
+            "--nice-ratio": self.nice_ratio,
             "--max-latency-ms": self.max_latency_ms,
             "--max-active": self.max_active,
             "--per-database": self.per_database,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from archivist.errors import RemoteError
 from archivist.protocol import JSONObject
 from archivist.worker.throttle import Throttle, ThrottleSettings
@@ -108,3 +110,11 @@ def test_tasks_on_one_database_take_turns_and_other_databases_do_not_wait() -> N
 
     asyncio.run(scenario())
     assert most == {"primary": 1, "other": 1, "both": 2}
+
+
+def test_the_rest_after_a_batch_is_the_pause_plus_the_nice_ratio_of_its_duration() -> None:
+    assert ThrottleSettings().rest_after(0.4) == 0.0
+    assert ThrottleSettings(pause=0.25).rest_after(0.4) == 0.25
+    assert ThrottleSettings(nice_ratio=1.5).rest_after(0.4) == pytest.approx(0.6)
+    assert ThrottleSettings(pause=0.25, nice_ratio=2).rest_after(0.5) == 1.25
+    assert ThrottleSettings(pause=0.25, nice_ratio=2).rest_after(-1) == 0.25

@@ -196,12 +196,13 @@ class _TaskRun:
                     await self._retry_pause(exc, streak, time.monotonic() - failing_since)
                     continue
                 failing_since, streak = None, 0
-                self.sizer.record(len(batch.items), time.monotonic() - started)
+                took = time.monotonic() - started
+                self.sizer.record(len(batch.items), took)
                 task.archived += moved
                 await self.calls.progress(task.archived, max(task.total, task.archived))
                 if len(batch.items) < batch.limit and moved == len(batch.items):
                     return True  # the source has nothing after this batch
-                await self._pause_between_batches()
+                await self._pause_between_batches(took)
             return True
         finally:
             await _cancelled(ahead)
@@ -288,10 +289,10 @@ class _TaskRun:
                 log.info("task %s: throttled: %s", self.task.task_id, reason)
         self.task.throttled = reason
 
-    async def _pause_between_batches(self) -> None:
-        pause = self.settings.throttle.pause
-        if pause > 0:
-            await self._sleep(pause)
+    async def _pause_between_batches(self, took: float) -> None:
+        rest = self.settings.throttle.rest_after(took)
+        if rest > 0:
+            await self._sleep(rest)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early when the task is asked to stop."""

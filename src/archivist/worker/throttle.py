@@ -30,6 +30,9 @@ POLL: Final = 0.2
 class ThrottleSettings:
     pause: float = 0.0
     """Seconds each task sleeps between its batches."""
+    nice_ratio: float = 0.0
+    """After each batch, a task also rests this many times as long as the batch took
+    (gh-ost's --nice-ratio): 1 about halves the load a task puts on its database."""
     pause_file: Path | None = None
     """While this file exists, no batch starts."""
     max_latency_ms: float | None = 100.0
@@ -41,6 +44,10 @@ class ThrottleSettings:
     """Seconds a load reading is reused, by every task on that database."""
     per_database: int = 1
     """Batches that may run at once on one source database."""
+
+    def rest_after(self, batch_seconds: float) -> float:
+        """Seconds a task rests after a batch that took ``batch_seconds``."""
+        return self.pause + self.nice_ratio * max(0.0, batch_seconds)
 
 
 Execute = Callable[[str, JSONObject], Awaitable[JSONObject]]
