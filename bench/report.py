@@ -105,7 +105,7 @@ def machine(versions: dict[str, str]) -> dict[str, object]:
     }
 
 
-def _cell(figure: Figure | None) -> str:
+def cell(figure: Figure | None) -> str:
     if figure is None or not figure.values:
         return "-"
     return (
@@ -137,11 +137,11 @@ def print_report(
     for engine in engines:
         table.add_column(engine, justify="right")
     for name, label in order:
-        cells = [_cell(results.get(engine, name)) for engine in engines]
-        if all(cell == "-" for cell in cells):
+        cells = [cell(results.get(engine, name)) for engine in engines]
+        if all(text == "-" for text in cells):
             continue
         unit = next(f.unit for e in engines if (f := results.get(e, name)) is not None)
-        table.add_row(escape(label), unit, *(escape(cell) for cell in cells))
+        table.add_row(escape(label), unit, *(escape(text) for text in cells))
     console.print(table)
     console.print(
         "machine: "

@@ -439,6 +439,36 @@ def test_a_copy_between_like_tables_stores_what_the_source_held(
         assert [row[:2] for row in texts] == [(1, "b1"), (2, "changed")]
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "mysql"])
+def test_reading_a_copy_back_shows_what_the_archive_holds_not_what_was_listed(
+    engine: str, fresh_db: Callable[[str], str]
+) -> None:
+    """The verify step's listing by keys reports the archive's own rows: one changed after
+    the copy (or gone) shows changed (or missing), whatever the daemon remembers."""
+    source, dest = fresh_db(engine), fresh_db(engine)
+    create_table(source)
+    archive = {"collection": "chat_messages", "dbHandle": "archive"}
+
+    async def go() -> tuple[list[object], list[object], list[object]]:
+        async with started(source, dest) as daemon:
+            await seed(daemon, 4)
+            await daemon.ensure_archive_table("chat_messages")
+            listed = (await call(daemon, "data/list"))["items"]
+            assert isinstance(listed, list)
+            await daemon.execute("data/create", {**archive, "items": listed})
+            by_keys = {**archive, "filter": {"id": {"$in": [1, 2, 3, 4]}}}
+            intact = (await daemon.execute("data/list", by_keys))["items"]
+            sql(dest, "UPDATE chat_messages SET body = 'tampered' WHERE id = 2")
+            sql(dest, "DELETE FROM chat_messages WHERE id = 4")
+            after = (await daemon.execute("data/list", by_keys))["items"]
+            assert isinstance(intact, list) and isinstance(after, list)
+            return listed, intact, after
+
+    listed, intact, after = run(go())
+    assert intact == listed
+    assert after == [listed[0], {**listed[1], "body": "tampered"}, listed[2]]
+
+
 def test_sqlite_delete_detects_a_case_only_change_under_a_nocase_collation(
     sqlite_url: str,
 ) -> None:

@@ -64,3 +64,20 @@ def test_memory_is_bounded_oldest_first_and_deleted_rows_are_forgotten() -> None
     recent.forget(info(), [4, 99])
     assert len(recent) == 2
     assert recent.find(info(), [item(4)]) == [None]
+
+
+def test_a_read_back_copy_holding_the_remembered_stored_form_gives_the_listed_items() -> None:
+    recent = RecentRows()
+    recent.remember(info(), "primary", [item(1), item(2)], [stored(1), stored(2)])
+    assert recent.covers(info(), [2, 1])
+    assert not recent.covers(info(), [1, 3])
+    assert not recent.covers(info(dialect="postgresql"), [1])
+    assert recent.items_for(info(), [stored(2), stored(1)]) == [item(2), item(1)]
+
+
+def test_a_read_back_copy_that_differs_in_any_stored_value_gives_nothing() -> None:
+    recent = RecentRows()
+    recent.remember(info(), "primary", [item(1), item(2)], [stored(1), stored(2)])
+    tampered = (2, "r", "2024-01-01 00:00:00.000000", "HELLO", None, None)
+    assert recent.items_for(info(), [stored(1), tampered]) is None
+    assert recent.items_for(info(), [stored(1), (3, *stored(3)[1:])]) is None

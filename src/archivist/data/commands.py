@@ -99,17 +99,19 @@ class CountParams(_Params):
 
 class CreateParams(_Params):
     data: dict[str, Any] | None = None
-    items: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
+    # Items are checked one by one when decoded (a typed list would copy every item).
+    items: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
     on_conflict: Literal["error", "replace"] = "error"
 
 
 class DeleteParams(_Params):
     id: Any = msgspec.UNSET
     ids: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
-    expected: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
+    expected: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
 
 
 P = TypeVar("P", bound=msgspec.Struct)
+_Items: TypeAlias = list[JSONObject]
 
 
 def parse_params(params: object, type_: type[P]) -> P:
@@ -166,19 +168,37 @@ class DataCommands:
         # rows' stored form, so creating the same items in a like table binds them as read.
         remember = p.filter is None and fields is None and handle.dialect_name in PASSTHROUGH
         query = _ListQuery.build(info, p, entity.order_by, stored=remember)
-        names, rows, stored = await handle.transaction(query.run)
-        items = info.codec.encode_tuples(names, rows)
-        if stored is not None:
-            self.recent.remember(info, handle.name, items, stored)
+        items = await self._list_remembered(handle, info, query, p) if fields is None else None
+        if items is None:
+            names, rows, stored = await handle.transaction(query.run)
+            items = info.codec.encode_tuples(names, rows)
+            if stored is not None:
+                self.recent.remember(info, handle.name, items, stored)
         if fields is not None:
             items = [{name: item[name] for name in fields} for item in items]
         return {
             "items": items,
-            "count": len(rows),
+            "count": len(items),
             "collection": entity.collection,
             "primaryKey": info.pk,
             "orderBy": entity.order_by,
         }
+
+    async def _list_remembered(
+        self, handle: Handle, info: TableInfo, query: _ListQuery, p: ListParams
+    ) -> _Items | None:
+        """A listing by keys of rows that all hold the stored form of rows just listed from
+        a like table (a copy being verified): their items are those rows' items, with no
+        type processing or encoding. None when any row differs: then list as usual.
+
+        Equal stored values mean equal items (the encoding is a function of them), so this
+        checks the copy byte for byte, more strictly than comparing items.
+        """
+        keys = _keys_of_filter(p.filter, info.pk)
+        if keys is None or not self.recent.covers(info, keys):
+            return None
+        stored = await handle.transaction(query.run_stored_only)
+        return self.recent.items_for(info, stored)
 
     # --- data/count -----------------------------------------------------------------------
 
@@ -248,6 +268,17 @@ class DataCommands:
             raise InvalidParams("invalid params: an id must not be null")
         deleted = await handle.transaction(_delete_ids, info, ids, write=True)
         return {"deleted": deleted}
+
+
+def _keys_of_filter(filter_: dict[str, Any] | None, pk: str) -> list[object] | None:
+    """The keys a filter of the form ``{pk: {"$in": [...]}}`` names, else None."""
+    if filter_ is None or list(filter_) != [pk]:
+        return None
+    condition = filter_[pk]
+    if isinstance(condition, dict) and list(condition) == ["$in"]:
+        keys = condition["$in"]
+        return keys if isinstance(keys, list) else None
+    return None
 
 
 def _scalar(connection: Connection, query: sa.Select[Any]) -> object:
@@ -321,6 +352,14 @@ class _ListQuery:
             split.reverse()
         names = list(result.keys())[: form.width]
         return names, [typed for typed, _ in split], [values for _, values in split]
+
+    def run_stored_only(self, connection: Connection) -> list[Stored]:
+        """The listing's rows in their stored form only (no type processing)."""
+        raw = [sa.type_coerce(column, NullType()) for column in self.table.c]
+        rows = [tuple(row) for row in connection.execute(self.query.with_only_columns(*raw))]
+        if self.reverse:
+            rows.reverse()
+        return rows
 
 
 # --- create -----------------------------------------------------------------------------------

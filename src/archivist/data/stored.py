@@ -22,6 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import NullType
 
 from archivist.data.schema import TableInfo
+from archivist.data.values import JSONObject
 
 PASSTHROUGH_DIALECTS: Final = frozenset({"sqlite"})
 """Engines where reading the stored form costs next to nothing: sqlite3 returns stored
@@ -136,6 +137,27 @@ class RecentRows:
             else:
                 found.append(entry.stored if entry.item == item else None)
         return found
+
+    def covers(self, info: TableInfo, keys: Sequence[object]) -> bool:
+        """Whether a row of a like table is remembered under each of these keys."""
+        if info.dialect_name not in PASSTHROUGH_DIALECTS or not keys or not self._rows:
+            return False
+        table, rows = self._table(info), self._rows
+        return all(isinstance(key, int | str) and (table, key) in rows for key in keys)
+
+    def items_for(self, info: TableInfo, stored: Sequence[Stored]) -> list[JSONObject] | None:
+        """The items of rows read in their stored form, when each holds exactly the stored
+        form of a remembered row of a like table (the same key, the same values); else None."""
+        table, rows = self._table(info), self._rows
+        at = info.column_names.index(info.pk)
+        items: list[JSONObject] = []
+        for values in stored:
+            key = values[at]
+            entry = rows.get((table, key)) if isinstance(key, int | str) else None
+            if entry is None or entry.stored != values:
+                return None
+            items.append(dict(entry.item))
+        return items
 
     def forget(self, info: TableInfo, keys: Sequence[object]) -> None:
         table, rows = self._table(info), self._rows
