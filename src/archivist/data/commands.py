@@ -560,9 +560,10 @@ async def _delete_sqlite(
         return {"deleted": 0, "skipped": skipped}
     deleted, kept = await handle.transaction(_delete_unchanged, info, unchanged, write=True)
     recent.forget(info, [key for key, _ in unchanged])
-    position = {_hashable(item[info.pk]): index for index, (_, item) in enumerate(pairs)}
     skipped.extend(kept)
-    skipped.sort(key=lambda key: position.get(_hashable(key), len(position)))  # as expected
+    if len(skipped) > 1:  # rare: report them in the order of expected
+        position = {_hashable(item[info.pk]): index for index, (_, item) in enumerate(pairs)}
+        skipped.sort(key=lambda key: position.get(_hashable(key), len(position)))
     return {"deleted": deleted, "skipped": skipped}
 
 
