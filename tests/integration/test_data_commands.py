@@ -136,6 +136,13 @@ FILTER_CASES: list[tuple[str, dict[str, object], list[int]]] = [
     ("$ne includes null", {"body": {"$ne": "message 1 😀"}}, [2, 3, 4, 5, 6, 7, 8, 9, 10]),
     ("range on timestamps", {"created_at": {"$gte": "2024-01-01T02:00:09+02:00"}}, [9, 10]),
     ("several operators", {"id": {"$gt": 2, "$lt": 5}, "room": "room0"}, [3]),
+    ("$in with null", {"body": {"$in": ["message 2 😀", None]}}, [2, 10]),
+    ("$nin includes null", {"body": {"$nin": ["message 1 😀"]}}, [2, 3, 4, 5, 6, 7, 8, 9, 10]),
+    (
+        "$in on timestamps",
+        {"created_at": {"$in": ["2024-01-01T00:00:03+00:00", "2024-01-01T02:00:05+02:00"]}},
+        [3, 5],
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from archivist.data.filters import (
     SortKey,
     compile_filter,
     keyset_condition,
+    one_of,
     order_clauses,
     sort_keys,
 )
@@ -452,7 +453,8 @@ class _CreatePlan:
         pk_column = info.table.c[info.pk]
         found: dict[object, JSONObject] = {}
         for chunk in _chunks(keys):
-            result = connection.execute(sa.select(info.table).where(pk_column.in_(chunk)))
+            query = sa.select(info.table).where(one_of(info, pk_column, chunk))
+            result = connection.execute(query)
             for encoded in info.codec.encode_tuples(list(result.keys()), result.all()):
                 found[encoded[info.pk]] = encoded
         return found
@@ -575,7 +577,7 @@ def _delete_ids(connection: Connection, info: TableInfo, ids: list[object]) -> i
     pk_column = info.table.c[info.pk]
     deleted = 0
     for chunk in _chunks(ids):
-        result = connection.execute(sa.delete(info.table).where(pk_column.in_(chunk)))
+        result = connection.execute(sa.delete(info.table).where(one_of(info, pk_column, chunk)))
         deleted += max(result.rowcount, 0)
     return deleted
 
@@ -671,7 +673,7 @@ def _current_rows(
     names = info.column_names
     current: dict[object, _Current] = {}
     for chunk in _chunks(keys):
-        query = sa.select(table).where(table.c[pk].in_(chunk))
+        query = sa.select(table).where(one_of(info, table.c[pk], chunk))
         if form is None:
             rows = connection.execute(query.with_for_update()).all()
             for item in codec.encode_tuples(names, rows):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.data.schema import TableInfo
@@ -20,6 +21,21 @@ OPERATORS: Final = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "
 MAX_IN_VALUES: Final = 100_000
 
 Direction = Literal["asc", "desc"]
+
+
+def one_of(
+    info: TableInfo, column: ColumnElement[Any], values: Sequence[object], *, negate: bool = False
+) -> ColumnElement[bool]:
+    """``column IN (values)`` (``NOT IN`` with ``negate``), values bound.
+
+    On PostgreSQL as ``= ANY(array)`` (``<> ALL``): one array parameter, so the statement's
+    text is the same whatever the list, compiled once by SQLAlchemy and parsed once by
+    psycopg, instead of one placeholder per value rendered and parsed on every call.
+    """
+    if info.dialect_name == "postgresql":
+        array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+        return column != sa.all_(array) if negate else column == sa.any_(array)
+    return column.not_in(values) if negate else column.in_(values)
 
 
 @dataclass(frozen=True)
@@ -71,10 +87,10 @@ def _operator(info: TableInfo, name: str, op: str, operand: object) -> ColumnEle
         present = [value for value in values if value is not None]
         has_null = len(present) != len(values)
         if op == "$in":
-            found = column.in_(present) if present else sa.false()
+            found = one_of(info, column, present) if present else sa.false()
             return sa.or_(found, column.is_(None)) if has_null else found
         # Like MongoDB: $nin also matches rows where the field is null, unless null is listed.
-        missing = column.not_in(present) if present else sa.true()
+        missing = one_of(info, column, present, negate=True) if present else sa.true()
         if has_null:
             return sa.and_(missing, column.is_not(None))
         return sa.or_(missing, column.is_(None))
