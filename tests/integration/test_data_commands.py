@@ -11,6 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from archivist.data import DataDaemon, commands
+from archivist.data.handles import Handle
+from archivist.data.schema import TableInfo
 from archivist.errors import (
     ArchivistError,
     Conflict,
@@ -319,6 +321,18 @@ def _sqlite_file(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
+async def seeded_and_listed(
+    daemon: DataDaemon, count: int
+) -> tuple[list[dict[str, object]], TableInfo, Handle]:
+    """Seed ``count`` rows on the primary and list them: the items, the table, the handle."""
+    await seed(daemon, count)
+    copied = (await call(daemon, "data/list"))["items"]
+    assert isinstance(copied, list)
+    info = await daemon.table_info("chat_messages", "primary")
+    assert info is not None
+    return copied, info, daemon.handle("primary")
+
+
 def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
     """On SQLite the expected rows are compared before the write lock is taken: the compare
     completes while another connection holds the lock, and only the delete waits for it."""
@@ -326,12 +340,7 @@ def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
 
     async def go() -> tuple[int, int, list[object]]:
         async with started(sqlite_url) as daemon:
-            await seed(daemon, 3)
-            copied = (await call(daemon, "data/list"))["items"]
-            assert isinstance(copied, list)
-            info = await daemon.table_info("chat_messages", "primary")
-            assert info is not None
-            handle = daemon.handle("primary")
+            copied, info, handle = await seeded_and_listed(daemon, 3)
             writer = sqlite3.connect(_sqlite_file(sqlite_url), isolation_level=None)
             writer.execute("BEGIN IMMEDIATE")  # another writer holds the lock meanwhile
             try:
@@ -360,12 +369,7 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
 
     async def go() -> tuple[int, list[object], list[object]]:
         async with started(sqlite_url) as daemon:
-            await seed(daemon, 5)
-            copied = (await call(daemon, "data/list"))["items"]
-            assert isinstance(copied, list)
-            info = await daemon.table_info("chat_messages", "primary")
-            assert info is not None
-            handle = daemon.handle("primary")
+            copied, info, handle = await seeded_and_listed(daemon, 5)
             unchanged, skipped = await handle.transaction(
                 commands._match_expected, info, [(i["id"], i) for i in copied]
             )
