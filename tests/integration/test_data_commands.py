@@ -509,6 +509,39 @@ def test_sqlite_delete_detects_a_case_only_change_under_a_nocase_collation(
     assert run(go()) == ({"deleted": 1, "skipped": [2]}, [2])
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_bulk_create_that_breaks_a_constraint_is_a_conflict_and_writes_nothing(
+    engine: str, fresh_db: Callable[[str], str]
+) -> None:
+    """Many items written at once (COPY on PostgreSQL) that break a unique constraint other
+    than the key are a conflict naming the table, and none of them is written; a value too
+    long for its column is a database error naming the handle."""
+    url = fresh_db(engine)
+    create_table(url)
+    sql(url, "CREATE UNIQUE INDEX ux_body ON chat_messages (body)")
+
+    async def go() -> tuple[ArchivistError, ArchivistError, int]:
+        async with started(url) as daemon:
+            with pytest.raises(Conflict) as duplicate:
+                await call(
+                    daemon, "data/create", items=[message(1), message(2, body="message 1 😀")]
+                )
+            too_long = "x" * 41 if engine == "postgresql" else None
+            failure: ArchivistError = Conflict("unused")
+            if too_long is not None:
+                with pytest.raises(DatabaseError) as error:
+                    await call(daemon, "data/create", items=[message(3), message(4, room=too_long)])
+                failure = error.value
+            counted = await call(daemon, "data/count")
+            return duplicate.value, failure, int(counted["count"])  # type: ignore[call-overload]
+
+    duplicate, failure, count = run(go())
+    assert "chat_messages" in duplicate.message and "nothing was written" in duplicate.message
+    if engine == "postgresql":
+        assert failure.code == "db_error" and "'primary'" in failure.message
+    assert count == 0
+
+
 INVALID_CALLS: list[tuple[str, str, dict[str, object], type[ArchivistError]]] = [
     ("unknown handle", "data/list", {"dbHandle": "nope"}, UnknownHandle),
     ("unknown collection", "data/list", {"collection": "users"}, UnknownCollection),

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
@@ -484,8 +484,11 @@ class _CreatePlan:
         groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
-        for group in groups.values():
-            connection.execute(sa.insert(self.info.table), group)
+        for names, group in groups.items():
+            if connection.dialect.name == "postgresql" and len(group) > 1:
+                _copy_in(connection, self.info.table, names, group)
+            else:
+                connection.execute(sa.insert(self.info.table), group)
 
     def _update(self, connection: Connection, rows: list[dict[str, object]]) -> None:
         if not rows:
@@ -507,6 +510,39 @@ class _CreatePlan:
                 for row in group
             ]
             connection.execute(statement, params)
+
+
+def _copy_in(
+    connection: Connection, table: sa.Table, names: tuple[str, ...], rows: list[dict[str, object]]
+) -> None:
+    """PostgreSQL's bulk path: ``COPY ... FROM STDIN`` on the transaction's own connection.
+
+    Values go through each column's SQLAlchemy bind processing (JSON to text, timestamps to
+    UTC), then psycopg writes them in COPY's text format and the server parses each by its
+    column's type, as it would a parameter.
+    """
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer
+    processors = [
+        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    ]
+    target = f"{quote.format_table(table)} ({', '.join(quote.quote(name) for name in names)})"
+    statement = f"COPY {target} FROM STDIN"
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(
+                    [
+                        value if value is None or process is None else process(value)
+                        for value, process in zip((row[n] for n in names), processors, strict=True)
+                    ]
+                )
+    except dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy would have raised it (IntegrityError for a duplicate key...), so the
+        # caller maps it to conflict or db_error like any other statement's failure.
+        raise DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from None
 
 
 def _in_order(rows: list[Stored], order: list[int]) -> Sequence[Stored]:
