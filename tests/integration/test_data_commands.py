@@ -542,6 +542,24 @@ def test_a_bulk_create_that_breaks_a_constraint_is_a_conflict_and_writes_nothing
     assert count == 0
 
 
+def test_items_that_are_not_objects_are_invalid_params_after_a_listing_too(
+    sqlite_url: str,
+) -> None:
+    """Once the daemon remembers listed rows, a create still checks each item: one that is
+    not a JSON object is invalid_params naming it, not an internal error."""
+    create_table(sqlite_url)
+
+    async def go() -> ArchivistError:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, 2)
+            await call(daemon, "data/list")
+            with pytest.raises(InvalidParams) as error:
+                await call(daemon, "data/create", items=[message(5), "not an object", 7])
+            return error.value
+
+    assert "items[1]" in run(go()).message
+
+
 INVALID_CALLS: list[tuple[str, str, dict[str, object], type[ArchivistError]]] = [
     ("unknown handle", "data/list", {"dbHandle": "nope"}, UnknownHandle),
     ("unknown collection", "data/list", {"collection": "users"}, UnknownCollection),

@@ -130,7 +130,8 @@ class RecentRows:
         table, pk, rows = self._table(info), info.pk, self._rows
         found: list[Stored | None] = []
         for item in items:
-            key = item.get(pk)
+            # An item that is not an object finds nothing; decoding it then says what is wrong.
+            key = item.get(pk) if isinstance(item, Mapping) else None
             entry = rows.get((table, key)) if isinstance(key, int | str) else None
             if entry is None or (handle is not None and entry.handle != handle):
                 found.append(None)
