@@ -626,7 +626,7 @@ def _delete_expected(
     ``expected`` pairs each row's key (bound form) with the item as the caller has it. The
     rows are read under row locks (``FOR UPDATE``), so none can change before the delete.
     """
-    current = _current_rows(connection, info, [key for key, _ in expected], stored=False)
+    current = _current_rows(connection, info, [key for key, _ in expected], lock=True, stored=False)
     matched, skipped = _compare_expected(info, current, expected)
     deleted = _delete_ids(connection, info, [key for key, _ in matched]) if matched else 0
     return deleted, skipped
@@ -637,7 +637,7 @@ def _match_expected(
 ) -> tuple[list[_Unchanged], list[object]]:
     """The first half of a delete outside the write lock (SQLite): which rows are still equal
     to what the caller copied, with the values they hold as stored, for `_delete_unchanged`."""
-    current = _current_rows(connection, info, [key for key, _ in expected], stored=True)
+    current = _current_rows(connection, info, [key for key, _ in expected], lock=False, stored=True)
     matched, skipped = _compare_expected(info, current, expected)
     return [(encoded_key, stored) for _, (encoded_key, stored) in matched], skipped
 
@@ -700,23 +700,22 @@ _Current: TypeAlias = tuple[JSONObject, tuple[object, ...]]
 
 
 def _current_rows(
-    connection: Connection, info: TableInfo, keys: list[object], *, stored: bool
+    connection: Connection, info: TableInfo, keys: list[object], *, lock: bool, stored: bool
 ) -> dict[object, _Current]:
     """The rows with these keys now, by JSON key: encoded and, with ``stored``, in their
-    stored form (else an empty tuple); without ``stored`` the rows are locked for update."""
+    stored form (else an empty tuple); with ``lock``, locked for update."""
     codec, pk, table = info.codec, info.pk, info.table
     form = StoredForm.of(table, connection.dialect) if stored else None
     names = info.column_names
     current: dict[object, _Current] = {}
     for chunk in _chunks(keys):
         query = sa.select(table).where(one_of(info, table.c[pk], chunk))
-        if form is None:
-            rows = connection.execute(query.with_for_update()).all()
-            for item in codec.encode_tuples(names, rows):
-                current[item[pk]] = (item, ())
-            continue
-        rows = connection.execute(query.add_columns(*form.extra)).all()
-        split = [form.split(row) for row in rows]
+        if lock:
+            query = query.with_for_update()
+        if form is not None:
+            query = query.add_columns(*form.extra)
+        rows = connection.execute(query).all()
+        split = [form.split(row) for row in rows] if form is not None else [(r, ()) for r in rows]
         encoded = codec.encode_tuples(names, (typed for typed, _ in split))
         for item, (_, values) in zip(encoded, split, strict=True):
             current[item[pk]] = (item, values)
