@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Callable
 
 import pytest
+import sqlalchemy as sa
 
 from archivist.data import DataDaemon, commands
 from archivist.data.handles import Handle
@@ -353,8 +354,8 @@ def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
             finally:
                 writer.execute("ROLLBACK")
                 writer.close()
-            deleted, kept = await handle.transaction(
-                commands._delete_unchanged, info, unchanged, write=True
+            deleted, kept = await handle.run(
+                commands._delete_in_slices, handle.engine, info, unchanged
             )
             return len(unchanged), deleted, [*skipped, *kept]
 
@@ -378,8 +379,8 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
                 app.execute("UPDATE chat_messages SET body = 'edited' WHERE id = 2")
                 app.execute("UPDATE chat_messages SET meta = NULL WHERE id = 3")
                 app.execute("DELETE FROM chat_messages WHERE id = 4")
-            deleted, kept = await handle.transaction(
-                commands._delete_unchanged, info, unchanged, write=True
+            deleted, kept = await handle.run(
+                commands._delete_in_slices, handle.engine, info, unchanged
             )
             return deleted, kept, ids_of(await call(daemon, "data/list"))
 
@@ -387,6 +388,69 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
     assert deleted == 2
     assert sorted(kept) == [2, 3, 4]
     assert remaining == [2, 3]
+
+
+def test_sqlite_delete_lets_application_writes_in_between_slices(sqlite_url: str) -> None:
+    """A delete of many rows does not hold SQLite's write lock from start to end: as each
+    later slice begins, an application write that will not wait at all (busy timeout 0)
+    gets through."""
+    create_table(sqlite_url)
+    count = 2 * commands.SLICE_ROWS + 5
+    path = _sqlite_file(sqlite_url)
+    writes: list[str] = []
+
+    def on_statement(statement: str) -> None:
+        if not statement.startswith("DELETE FROM"):
+            return
+        with contextlib.closing(sqlite3.connect(path, timeout=0)) as app:
+            try:
+                with app:
+                    app.execute("UPDATE chat_messages SET room = 'x' WHERE id = -1")
+                writes.append("written")
+            except sqlite3.OperationalError as exc:
+                writes.append(str(exc))
+
+    async def go() -> dict[str, object]:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, count)
+            listed = (await call(daemon, "data/list", limit=count))["items"]
+            engine = daemon.handle("primary").engine
+            engine.dispose()  # new connections, traced from the start
+
+            @sa.event.listens_for(engine, "connect")
+            def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+                dbapi_connection.set_trace_callback(on_statement)
+
+            return await call(daemon, "data/delete", expected=listed)
+
+    assert run(go()) == {"deleted": count, "skipped": []}
+    assert writes == ["written"] * 3, writes
+
+
+def test_sqlite_delete_spans_several_slices(sqlite_url: str) -> None:
+    """Rows changed in any slice, the last one (padded) included, are left and reported;
+    every other row of every slice is deleted."""
+    create_table(sqlite_url)
+    count = 2 * commands.SLICE_ROWS + 3
+    changed = [2, commands.SLICE_ROWS + 2, count]
+    path = _sqlite_file(sqlite_url)
+
+    async def go() -> tuple[dict[str, object], list[object]]:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, count)
+            listed = (await call(daemon, "data/list", limit=count))["items"]
+            assert isinstance(listed, list) and len(listed) == count
+            with contextlib.closing(sqlite3.connect(path)) as app, app:
+                app.executemany(
+                    "UPDATE chat_messages SET body = 'edited' WHERE id = ?",
+                    [(key,) for key in changed],
+                )
+            answer = await call(daemon, "data/delete", expected=listed)
+            return answer, ids_of(await call(daemon, "data/list"))
+
+    answer, remaining = run(go())
+    assert answer == {"deleted": count - len(changed), "skipped": changed}
+    assert remaining == changed
 
 
 def test_sqlite_delete_matches_the_applications_own_text_forms(sqlite_url: str) -> None:

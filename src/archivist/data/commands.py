@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -578,7 +580,8 @@ async def _delete_sqlite(
     pairs: list[tuple[object, dict[str, object]]],
 ) -> JSONObject:
     """SQLite locks the whole database for a write, so the comparing happens outside the
-    lock and the delete under it removes only rows still holding the very values compared.
+    lock and the delete under it removes only rows still holding the very values compared,
+    in short slices that let the application's writers in between (`_delete_in_slices`).
 
     An expected item equal to a row this daemon listed from this table needs no
     comparing: its stored form at listing time is what the delete must still find.
@@ -596,7 +599,7 @@ async def _delete_sqlite(
         unchanged += compared
     if not unchanged:
         return {"deleted": 0, "skipped": skipped}
-    deleted, kept = await handle.transaction(_delete_unchanged, info, unchanged, write=True)
+    deleted, kept = await handle.run(_delete_in_slices, handle.engine, info, unchanged)
     recent.forget(info, [key for key, _ in unchanged])
     skipped.extend(kept)
     if len(skipped) > 1:  # rare: report them in the order of expected
@@ -636,61 +639,137 @@ def _match_expected(
     connection: Connection, info: TableInfo, expected: list[tuple[object, dict[str, object]]]
 ) -> tuple[list[_Unchanged], list[object]]:
     """The first half of a delete outside the write lock (SQLite): which rows are still equal
-    to what the caller copied, with the values they hold as stored, for `_delete_unchanged`."""
+    to what the caller copied, with the values they hold as stored, for `_delete_in_slices`."""
     current = _current_rows(connection, info, [key for key, _ in expected], lock=False, stored=True)
     matched, skipped = _compare_expected(info, current, expected)
     return [(encoded_key, stored) for _, (encoded_key, stored) in matched], skipped
 
 
-def _delete_unchanged(
-    connection: Connection, info: TableInfo, rows: list[_Unchanged]
+SLICE_ROWS: Final = 200
+"""Rows per slice of a SQLite delete: each slice holds the write lock well under 1 ms."""
+SLICE_GAP: Final = 0.0015
+"""Seconds between slices, with the write lock free. An application writer that met a
+slice sleeps 1 ms in SQLite's busy handler before it tries again; the gap is longer, so
+that second try finds the lock free instead of the next slice."""
+
+
+def _delete_in_slices(
+    engine: sa.Engine, info: TableInfo, rows: list[_Unchanged]
 ) -> tuple[int, list[object]]:
-    """Delete rows that still hold exactly the stored values read by `_match_expected`.
+    """Delete rows that still hold exactly the stored values they were compared with (SQLite);
+    returns the rows deleted and the keys of those left (changed or gone since).
 
-    Each row's delete names every column's stored value (``col IS ?``), bound as the driver
-    returned it, so a row written in between (whatever the application's text formats) is
-    kept. Returns the rows deleted and the keys of rows kept or gone.
+    Every column's stored value is named (``col IS value COLLATE BINARY``), bound as the
+    driver returned it, so a row written in between (whatever the application's text
+    formats) is kept. The rows go in slices of `SLICE_ROWS`, each one statement in its own
+    transaction: SQLite takes the write lock, deletes and commits inside that one call,
+    with no round trip into Python (and its GIL) while the lock is held, and the lock is
+    free for `SLICE_GAP` between slices. A slice is first read with the same guard, without
+    the lock, so the answer can say which rows were left (all but a row that another writer
+    deletes in the instant between that read and the delete).
+
+    The commits do not wait for the disk (``synchronous=NORMAL``, for these statements
+    only): a delete lost in a power cut leaves rows that are in the archive too, and the
+    next run deletes them again; the copy they depend on was committed durably before.
     """
-    table, pk = info.table, info.pk
-    columns = list(table.c)
-    pk_at = next(i for i, column in enumerate(columns) if column.name == pk)
-    guard = [
-        (sa.type_coerce(column, NullType()) == sa.bindparam(f"_g{i}", type_=NullType()))
-        if i == pk_at
-        else sa.type_coerce(column, NullType())
-        .collate("BINARY")  # a case-only change is a change, whatever the column's collation
-        .is_not_distinct_from(sa.bindparam(f"_g{i}", type_=NullType()))
-        for i, column in enumerate(columns)
-    ]
-    compiled = sa.delete(table).where(*guard).compile(dialect=connection.dialect)
-    order = [int(name[2:]) for name in compiled.positiontup or []]
+    with engine.connect() as connection:
+        raw: Any = connection.connection.dbapi_connection
+        statement = _GuardedDelete.of(connection, info.table, raw)
+        pk_at = statement.pk_at
+        deleted = 0
+        left: list[object] = []
+        (synchronous,) = raw.execute("PRAGMA synchronous").fetchone()
+        raw.execute("PRAGMA synchronous=NORMAL")
+        try:
+            for start in range(0, len(rows), statement.rows):
+                if start:
+                    time.sleep(SLICE_GAP)
+                part = rows[start : start + statement.rows]
+                stored = [values for _, values in part]
+                matched = set(statement.matching(raw, stored))
+                gone = statement.delete(raw, stored)
+                deleted += gone
+                if gone < len(matched):  # rare: a row changed in the instant since it was read
+                    matched -= set(statement.present(raw, list(matched)))
+                left.extend(key for key, values in part if values[pk_at] not in matched)
+        finally:
+            raw.execute(f"PRAGMA synchronous={int(synchronous)}")
+    return deleted, left
 
-    def delete(batch: list[_Unchanged]) -> int:
-        # Straight to the driver's executemany: the values are already in its own form.
-        params = _in_order([stored for _, stored in batch], order)
-        return connection.exec_driver_sql(compiled.string, params).rowcount
 
-    def still_there(batch: list[_Unchanged]) -> list[_Unchanged]:
-        raw_pk = sa.type_coerce(table.c[pk], NullType())
-        found: set[object] = set()
-        for chunk in _chunks([stored[pk_at] for _, stored in batch]):
-            query = sa.select(raw_pk).where(raw_pk.in_(chunk))
-            found.update(connection.execute(query).scalars())
-        return [row for row in batch if row[1][pk_at] in found]
+@dataclass(frozen=True)
+class _GuardedDelete:
+    """Statements over a fixed number of rows of stored values (SQLite): which rows still
+    hold them, and the delete of those. ``(VALUES (...), ...) AS g JOIN t ON t.pk = g.pk``
+    finds each row by its key (the key's own index); the guard then asks for the very stored
+    value of every column, the key included, byte for byte.
 
-    savepoint = connection.begin_nested()
-    deleted = delete(rows)
-    if deleted == len(rows):  # the usual case: nothing changed since it was compared
-        savepoint.commit()
-        return deleted, []
-    # Some row changed or went: say which, exactly. Under the lock nothing moves now.
-    savepoint.rollback()
-    present = still_there(rows)
-    present_keys = {key for key, _ in present}
-    gone = [key for key, _ in rows if key not in present_keys]
-    deleted = delete(present) if present else 0
-    kept = still_there(present) if deleted < len(present) else []
-    return deleted, gone + [key for key, _ in kept]
+    A short slice is padded with NULL rows, which match nothing, so the text is always the
+    same and SQLite prepares each statement once per connection, not under the lock.
+    """
+
+    target: str
+    key: str
+    select: str
+    delete_sql: str
+    rows: int
+    width: int
+    pk_at: int
+
+    @classmethod
+    def of(cls, connection: Connection, table: sa.Table, raw: Any) -> _GuardedDelete:
+        preparer = connection.dialect.identifier_preparer
+        pk_at = next(i for i, column in enumerate(table.c) if column.primary_key)
+        names = tuple(preparer.quote(column.name) for column in table.c)
+        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        rows = max(1, min(SLICE_ROWS, limit // len(names)))
+        target = preparer.format_table(table)
+        select, delete = _guarded_sql(target, names, pk_at, rows)
+        return cls(target, names[pk_at], select, delete, rows, len(names), pk_at)
+
+    def _params(self, stored: list[Stored]) -> list[object]:
+        flat = [value for row in stored for value in row]
+        flat.extend((None,) * (self.width * (self.rows - len(stored))))
+        return flat
+
+    def matching(self, raw: Any, stored: list[Stored]) -> list[object]:
+        """The keys (stored form) of the rows that hold these values now."""
+        return [key for (key,) in self._run(raw, self.select, stored).fetchall()]
+
+    def delete(self, raw: Any, stored: list[Stored]) -> int:
+        """Delete the rows that hold these values now, in one transaction; how many went."""
+        return int(self._run(raw, self.delete_sql, stored).rowcount)
+
+    def present(self, raw: Any, keys: list[object]) -> list[object]:
+        """Which of these keys (stored form) are in the table now."""
+        marks = ", ".join(["?"] * len(keys))
+        sql = f"SELECT {self.key} FROM {self.target} WHERE {self.key} IN ({marks})"
+        return [key for (key,) in self._execute(raw, sql, keys).fetchall()]
+
+    def _run(self, raw: Any, sql: str, stored: list[Stored]) -> Any:
+        return self._execute(raw, sql, self._params(stored))
+
+    @staticmethod
+    def _execute(raw: Any, sql: str, params: list[object]) -> Any:
+        try:
+            return raw.execute(sql, params)
+        except sqlite3.Error as exc:
+            # As SQLAlchemy would raise it, so the handle reports it as a database error.
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _guarded_sql(target: str, names: tuple[str, ...], pk_at: int, rows: int) -> tuple[str, str]:
+    values = ", ".join(["(" + ", ".join(["?"] * len(names)) + ")"] * rows)
+    guard = " AND ".join(
+        f"t.{name} IS g.column{i + 1} COLLATE BINARY" for i, name in enumerate(names)
+    )
+    key = names[pk_at]
+    select = (
+        f"SELECT t.{key} FROM (VALUES {values}) AS g"
+        f" JOIN {target} AS t ON t.{key} = g.column{pk_at + 1} WHERE {guard}"
+    )
+    return select, f"DELETE FROM {target} WHERE {key} IN ({select})"
 
 
 _Unchanged: TypeAlias = tuple[object, tuple[object, ...]]
