@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Callable
 
 import pytest
@@ -791,3 +792,35 @@ def test_many_items_are_created_in_few_statements(sqlite_url: str) -> None:
         s for s in statements if s.lstrip().upper().startswith(("INSERT", "DELETE", "SELECT"))
     ]
     assert len(writes) <= 4, writes
+
+
+def test_a_cancelled_command_returns_only_once_its_transaction_has_ended(
+    sqlite_url: str,
+) -> None:
+    """A command whose caller goes away (its connection closed) cannot stop the thread that
+    runs its transaction; the cancellation waits for that transaction to end, so whoever
+    comes next (the recount before a task is queued again) sees what it did."""
+    create_table(sqlite_url)
+
+    def slow_insert(connection: sa.Connection) -> None:
+        time.sleep(0.3)
+        connection.exec_driver_sql(
+            "INSERT INTO chat_messages (id, room, created_at, body) "
+            "VALUES (1, 'r', '2024-01-01 00:00:00.000000', 'b')"
+        )
+
+    async def go() -> int:
+        handle = Handle("primary", sqlite_url)
+        try:
+            command = asyncio.ensure_future(handle.transaction(slow_insert, write=True))
+            await asyncio.sleep(0.05)
+            command.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await command
+            with contextlib.closing(sqlite3.connect(_sqlite_file(sqlite_url))) as db:
+                (rows,) = db.execute("SELECT count(*) FROM chat_messages").fetchone()
+            return int(rows)
+        finally:
+            await handle.close()
+
+    assert run(go()) == 1

@@ -5,6 +5,7 @@ blocking database work runs off the event loop (a thread pool per handle).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -148,7 +149,17 @@ class Handle:
             raise DatabaseError(f"handle '{self.name}' is closed")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._guarded, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._executor, call)
+        work = loop.run_in_executor(self._executor, call)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: its transaction commits or rolls back on its own.
+            # The caller is gone (a closed connection), but whoever comes next (a recount
+            # before a task is queued again) must see what that transaction did.
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([work])
+            raise
 
     async def identity(self) -> tuple[str, ...]:
         """What tells this database apart from every other one, asked of the database itself
