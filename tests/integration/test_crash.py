@@ -274,8 +274,9 @@ def test_a_copy_that_landed_before_a_crash_is_created_again_then_deleted_without
     tmp_path: Path,
 ) -> None:
     """The worker is SIGKILLed after its first batch was copied and verified, before the
-    delete ran: those rows sit in both databases; the rerun re-creates them (idempotent)
-    and deletes them, with no conflict and no duplicate."""
+    delete ran: those rows (and the second batch's, being copied beside that delete) sit in
+    both databases; the rerun re-creates them (idempotent) and deletes them, with no
+    conflict and no duplicate."""
     primary, archive = f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(primary, 3000)
     config = small_config(primary, archive)
@@ -301,7 +302,9 @@ def test_a_copy_that_landed_before_a_crash_is_created_again_then_deleted_without
 
     record = asyncio.run(scenario())
 
-    assert seen["in_both"] == set(range(1, 201)), "the first batch was copied, not deleted"
+    in_both = seen["in_both"]
+    assert isinstance(in_both, set)
+    assert set(range(1, 201)) <= in_both <= set(range(1, 401)), "not the first batch in both"
     assert seen["restarts"] == 1
     assert record.state == "success" and record.error is None
     assert record.archived == 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -108,33 +109,83 @@ def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path) -> None
         [policy(name, batch_size=100) for name in names],
         worker=WorkerConfig(concurrency=3, batch_time=0),
     )
-    writes: list[tuple[str, float, float]] = []
+    writes: list[tuple[str, str, float, float]] = []
+
+    async def scenario() -> None:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+
+            def timed(command: str) -> Callable[[JSONObject], Awaitable[JSONObject]]:
+                real = daemon.data.bus.command(command)
+
+                async def call(params: JSONObject) -> JSONObject:
+                    began = time.monotonic()
+                    await asyncio.sleep(0.005)
+                    result = await real(params)
+                    writes.append((str(params["collection"]), command, began, time.monotonic()))
+                    return result
+
+                return call
+
+            for command in ("data/create", "data/delete"):
+                daemon.data.bus.register(command, timed(command), replace=True)
+            await asyncio.gather(*(archive_now(daemon, name, 1500) for name in names))
+
+    asyncio.run(scenario())
+
+    # Each batch is created once and deleted once; a task's delete may overlap its own next
+    # copy, but no write of one task overlaps a write of another.
+    assert (
+        sorted(command for _, command, _, _ in writes)
+        == ["data/create"] * 45 + ["data/delete"] * 45
+    )
+    assert {name for name, _, _, _ in writes} == set(names)
+    for (name, _, start, end), (other, _, other_start, other_end) in itertools.combinations(
+        writes, 2
+    ):
+        if name != other:
+            assert end <= other_start or other_end <= start, (
+                f"{name} and {other} wrote to the primary at the same time"
+            )
+
+
+def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None:
+    """The delete of one batch runs beside the copy of the next, and the last batch is still
+    deleted: every row moves exactly once."""
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 1000)
+    config = make_config(
+        {"primary": primary, "archive": archive},
+        [policy("chat_messages", batch_size=200)],
+        worker=WorkerConfig(batch_time=0),
+    )
+    deletes: list[tuple[float, float]] = []
+    creates: list[float] = []
 
     async def scenario() -> None:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
             create = daemon.data.bus.command("data/create")
             delete = daemon.data.bus.command("data/delete")
-            opened: dict[str, float] = {}
 
-            async def timed_create(params: JSONObject) -> JSONObject:
-                opened[str(params["collection"])] = time.monotonic()
-                await asyncio.sleep(0.005)
+            async def noted_create(params: JSONObject) -> JSONObject:
+                creates.append(time.monotonic())
                 return await create(params)
 
-            async def timed_delete(params: JSONObject) -> JSONObject:
+            async def slow_delete(params: JSONObject) -> JSONObject:
+                began = time.monotonic()
+                await asyncio.sleep(0.2)
                 result = await delete(params)
-                name = str(params["collection"])
-                writes.append((name, opened[name], time.monotonic()))
+                deletes.append((began, time.monotonic()))
                 return result
 
-            daemon.data.bus.register("data/create", timed_create, replace=True)
-            daemon.data.bus.register("data/delete", timed_delete, replace=True)
-            await asyncio.gather(*(archive_now(daemon, name, 1500) for name in names))
+            daemon.data.bus.register("data/create", noted_create, replace=True)
+            daemon.data.bus.register("data/delete", slow_delete, replace=True)
+            await archive_now(daemon, "chat_messages", 1000)
 
     asyncio.run(scenario())
 
-    assert len(writes) == 45
-    assert {name for name, _, _ in writes} == set(names)
-    ordered = sorted(writes, key=lambda w: w[1])
-    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
-        assert start >= end, "two batches wrote to the primary at the same time"
+    assert len(creates) == len(deletes) == 5
+    # Sequentially, batch k+1's copy would begin only after batch k's delete has ended.
+    assert all(creates[k + 1] < deletes[k][1] for k in range(4)), (creates, deletes)
+    assert count(primary) == 0
+    assert count(archive) == 1000

@@ -6,8 +6,8 @@ from the destination, so a failure at any step leaves every row in the source, t
 destination, or both, and a rerun converges (creates are idempotent by primary key).
 
 While one batch is written, the next one is already being listed (keyset cursor after the
-batch's last row), batch sizes follow a target time per batch, and the worker's `Throttle`
-decides when a batch may start.
+batch's last row), and a batch's delete runs beside the next batch's copy. Batch sizes
+follow a target time per batch, and the worker's `Throttle` decides when a batch may start.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ class _TaskRun:
         self.dest: JSONObject = {"collection": spec.collection, "dbHandle": spec.dest_handle}
         self.sizer = BatchSizer.for_task(spec.batch_size, settings.batch_time, settings.min_batch)
         self.stalled = 0
+        self.pending: Batch | None = None
+        """The batch copied and verified last, whose delete runs beside the next copy."""
 
     @property
     def remaining(self) -> int:
@@ -165,24 +167,26 @@ class _TaskRun:
         failing_since: float | None = None
         streak = 0
         try:
-            while self.remaining > 0:
+            while self.remaining - self.unsettled > 0:
                 if self.stopped():
-                    return False
+                    return await self._settle_on_stop()
                 await self.throttle.wait_turn(
                     task.spec.source_handle, self.calls.execute, self._throttled, self.stopped
                 )
                 if self.stopped():
-                    return False
+                    return await self._settle_on_stop()
                 started = time.monotonic()
                 try:
                     batch = await ahead if ahead is not None else await self._list(None)
                     ahead = None
                     if not batch.items:
-                        return True
+                        if await self._settle_pending():
+                            return True  # the source ran out
+                        continue  # the last delete left rows behind: list from the start
                     ahead = self._list_ahead(batch)
                     async with self.throttle.budget(task.spec.source_handle):
-                        moved = await self._write(batch)
-                    if moved < len(batch.items):
+                        moved, left_behind = await self._write(batch, defer=ahead is not None)
+                    if left_behind:
                         # Rows changed since they were listed stay in the source. They are
                         # the oldest there now: list from the start again, not past them,
                         # so they move next (updated) and the cursor never skips a row.
@@ -191,6 +195,7 @@ class _TaskRun:
                 except (RemoteError, RequestTimeout) as exc:
                     await _cancelled(ahead)
                     ahead = None
+                    self.pending = None  # copied, not deleted: listed again from the start
                     failing_since = failing_since or time.monotonic()
                     streak += 1
                     await self._retry_pause(exc, streak, time.monotonic() - failing_since)
@@ -198,14 +203,43 @@ class _TaskRun:
                 failing_since, streak = None, 0
                 took = time.monotonic() - started
                 self.sizer.record(len(batch.items), took)
-                task.archived += moved
-                await self.calls.progress(task.archived, max(task.total, task.archived))
-                if len(batch.items) < batch.limit and moved == len(batch.items):
+                if moved:
+                    await self._moved(moved)
+                if len(batch.items) < batch.limit and not left_behind and self.pending is None:
                     return True  # the source has nothing after this batch
                 await self._pause_between_batches(took)
-            return True
+            return True  # a batch is kept pending only while more rows are to be listed
         finally:
             await _cancelled(ahead)
+
+    @property
+    def unsettled(self) -> int:
+        """Rows copied and verified whose delete has not run yet."""
+        return len(self.pending.items) if self.pending is not None else 0
+
+    async def _moved(self, moved: int) -> None:
+        self.task.archived += moved
+        await self.calls.progress(self.task.archived, max(self.task.total, self.task.archived))
+
+    async def _settle_on_stop(self) -> bool:
+        """Finish the batch copied last before stopping; False (the task did not finish)."""
+        try:
+            await self._settle_pending()
+        except (RemoteError, RequestTimeout) as exc:
+            # Its rows are in both databases; the next run deletes them.
+            log.warning("task %s: last delete failed on stopping: %s", self.task.task_id, exc)
+        return False
+
+    async def _settle_pending(self) -> bool:
+        """Delete the batch copied last, if its delete is still to run; True if none was left
+        behind by it."""
+        if self.pending is None:
+            return True
+        batch, self.pending = self.pending, None
+        moved = await self._delete(batch)
+        if moved:
+            await self._moved(moved)
+        return moved == len(batch.items)
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -235,17 +269,49 @@ class _TaskRun:
         A cursor past this batch is sound because every row before it has moved: a batch
         that leaves rows behind drops the listing made ahead of it (see `archive`).
         """
-        if not self.settings.prefetch or self.remaining - len(batch.items) <= 0:
+        in_flight = self.unsettled + len(batch.items)
+        if not self.settings.prefetch or self.remaining - in_flight <= 0:
             return None
         if len(batch.items) < batch.limit:
             return None  # the source has nothing after this batch
         cursor = batch.cursor_after()
         if cursor is None:
             return None
-        return asyncio.create_task(self._list(cursor, in_flight=len(batch.items)))
+        return asyncio.create_task(self._list(cursor, in_flight=in_flight))
 
-    async def _write(self, batch: Batch) -> int:
-        """Copy, verify and delete one listed batch; returns the rows deleted."""
+    async def _write(self, batch: Batch, *, defer: bool) -> tuple[int, bool]:
+        """Copy and verify one listed batch and delete the one copied before it, at once;
+        returns the rows deleted and whether a delete left rows behind.
+
+        The delete of a batch overlaps the copy of the next: the two touch different rows
+        and, mostly, different databases. Each batch is still deleted only after its own
+        copy read back identical. With ``defer`` false (the next batch is not being listed
+        past this one: the source ends here, or the order is unknown) or when a delete left
+        rows behind, this batch is deleted at once instead.
+        """
+        previous, self.pending = self.pending, None
+        if previous is None:
+            await self._copy(batch)
+            moved, left_behind = 0, False
+        else:
+            copying = asyncio.ensure_future(self._copy(batch))
+            deleting = asyncio.ensure_future(self._delete(previous))
+            done = await asyncio.gather(copying, deleting, return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    if isinstance(done[1], int) and done[1]:
+                        await self._moved(done[1])  # what did go must still be counted
+                    raise outcome
+            moved = int(done[1])  # type: ignore[arg-type]
+            left_behind = moved < len(previous.items)
+        if left_behind or not defer:
+            deleted = await self._delete(batch)
+            return moved + deleted, left_behind or deleted < len(batch.items)
+        self.pending = batch
+        return moved, False
+
+    async def _copy(self, batch: Batch) -> None:
+        """Copy one batch to the destination and check it reads back identical."""
         items, primary_key = batch.items, batch.primary_key
         ids = [_key_of(item, primary_key) for item in items]
         # The source is authoritative for rows it still holds: a copy left by an earlier,
@@ -258,8 +324,15 @@ class _TaskRun:
             {**self.dest, "filter": {primary_key: {"$in": ids}}, "limit": len(ids)},
         )
         _verify(items, _items(copies, "data/list"), primary_key, self.task.spec.dest_handle)
-        # Delete only rows still equal to what was copied: a row updated since is kept and
-        # moved again, updated, by a later batch.
+
+    async def _delete(self, batch: Batch) -> int:
+        """Delete a copied and verified batch from the source; returns the rows deleted.
+
+        Only rows still equal to what was copied go: a row updated since is kept and moved
+        again, updated, by a later batch.
+        """
+        items, primary_key = batch.items, batch.primary_key
+        ids = [_key_of(item, primary_key) for item in items]
         deleted = await self.calls.execute(
             "data/delete", {**self.source, "ids": ids, "expected": items}
         )
