@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from archivist.data import DataDaemon, commands
-from archivist.data.handles import Handle
+from archivist.data.handles import Handle, create_engine
 from archivist.data.schema import TableInfo
 from archivist.errors import (
     ArchivistError,
@@ -824,3 +824,30 @@ def test_a_cancelled_command_returns_only_once_its_transaction_has_ended(
             await handle.close()
 
     assert run(go()) == 1
+
+
+def test_sqlite_delete_waits_between_slices_only_while_others_write(sqlite_url: str) -> None:
+    """The gap between slices is taken when another connection has committed since this one
+    last looked (an application that writes may be waiting), not for this connection's own
+    commits, and not when nobody else writes."""
+    create_table(sqlite_url)
+    engine = create_engine(sqlite_url)  # archivist's: autocommit unless told otherwise
+    insert = (
+        "INSERT INTO chat_messages (id, room, created_at, body) "
+        "VALUES (?, 'r', '2024-01-01 00:00:00.000000', 'b')"
+    )
+    try:
+        with engine.connect() as connection:
+            raw = connection.connection.dbapi_connection
+            assert raw is not None
+            seen = [commands._others_wrote(connection, raw)]  # first time: assume so
+            seen.append(commands._others_wrote(connection, raw))  # nobody wrote
+            raw.execute(insert, (1,))  # this connection's own commit
+            seen.append(commands._others_wrote(connection, raw))
+            with contextlib.closing(sqlite3.connect(_sqlite_file(sqlite_url))) as app, app:
+                app.execute(insert, (2,))  # the application's
+            seen.append(commands._others_wrote(connection, raw))
+            seen.append(commands._others_wrote(connection, raw))
+    finally:
+        engine.dispose()
+    assert seen == [True, False, False, True, False]

@@ -648,9 +648,12 @@ def _match_expected(
 SLICE_ROWS: Final = 200
 """Rows per slice of a SQLite delete: each slice holds the write lock well under 1 ms."""
 SLICE_GAP: Final = 0.0015
-"""Seconds between slices, with the write lock free. An application writer that met a
-slice sleeps 1 ms in SQLite's busy handler before it tries again; the gap is longer, so
-that second try finds the lock free instead of the next slice."""
+"""Seconds between slices, with the write lock free, while other connections write to the
+database. An application writer that met a slice sleeps 1 ms in SQLite's busy handler
+before it tries again; the gap is longer, so that second try finds the lock free instead
+of the next slice."""
+DATA_VERSION: Final = "archivist_data_version"
+"""Where a pooled SQLite connection keeps the last ``PRAGMA data_version`` it read."""
 
 
 def _delete_in_slices(
@@ -664,9 +667,13 @@ def _delete_in_slices(
     formats) is kept. The rows go in slices of `SLICE_ROWS`, each one statement in its own
     transaction: SQLite takes the write lock, deletes and commits inside that one call,
     with no round trip into Python (and its GIL) while the lock is held, and the lock is
-    free for `SLICE_GAP` between slices. A slice is first read with the same guard, without
-    the lock, so the answer can say which rows were left (all but a row that another writer
-    deletes in the instant between that read and the delete).
+    free for `SLICE_GAP` between slices when another connection has committed to the
+    database since this one last looked (``PRAGMA data_version``, once per delete): the
+    application is writing, and a writer may be waiting. With no other writer, no time is
+    spent waiting.
+    A slice is first read with the same guard, without the lock, so the answer can say
+    which rows were left (all but a row that another writer deletes in the instant between
+    that read and the delete).
 
     The commits do not wait for the disk (``synchronous=NORMAL``, for these statements
     only): a delete lost in a power cut leaves rows that are in the archive too, and the
@@ -681,9 +688,13 @@ def _delete_in_slices(
         (synchronous,) = raw.execute("PRAGMA synchronous").fetchone()
         raw.execute("PRAGMA synchronous=NORMAL")
         try:
+            yielding: bool | None = None  # asked once, before the second slice
             for start in range(0, len(rows), statement.rows):
                 if start:
-                    time.sleep(SLICE_GAP)
+                    if yielding is None:
+                        yielding = _others_wrote(connection, raw)
+                    if yielding:
+                        time.sleep(SLICE_GAP)
                 part = rows[start : start + statement.rows]
                 stored = [values for _, values in part]
                 matched = set(statement.matching(raw, stored))
@@ -695,6 +706,15 @@ def _delete_in_slices(
         finally:
             raw.execute(f"PRAGMA synchronous={int(synchronous)}")
     return deleted, left
+
+
+def _others_wrote(connection: Connection, raw: Any) -> bool:
+    """Whether another connection committed to this database since this one last asked
+    (its own commits do not count); the first time, assume so."""
+    (version,) = raw.execute("PRAGMA data_version").fetchone()
+    seen = connection.connection.info.get(DATA_VERSION)
+    connection.connection.info[DATA_VERSION] = version
+    return bool(seen != version)
 
 
 @dataclass(frozen=True)
