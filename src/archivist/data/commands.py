@@ -681,7 +681,7 @@ def _delete_in_slices(
     """
     with engine.connect() as connection:
         raw: Any = connection.connection.dbapi_connection
-        statement = _GuardedDelete.of(connection, info.table, raw)
+        statement = _GuardedDelete.of(connection, info, raw)
         pk_at = statement.pk_at
         deleted = 0
         left: list[object] = []
@@ -737,9 +737,10 @@ class _GuardedDelete:
     pk_at: int
 
     @classmethod
-    def of(cls, connection: Connection, table: sa.Table, raw: Any) -> _GuardedDelete:
+    def of(cls, connection: Connection, info: TableInfo, raw: Any) -> _GuardedDelete:
         preparer = connection.dialect.identifier_preparer
-        pk_at = next(i for i, column in enumerate(table.c) if column.primary_key)
+        table = info.table
+        pk_at = next(i for i, column in enumerate(table.c) if column.name == info.pk)
         names = tuple(preparer.quote(column.name) for column in table.c)
         limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         rows = max(1, min(SLICE_ROWS, limit // len(names)))
