@@ -15,6 +15,7 @@ from archivist.config import WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.service import ArchiveDaemon
 from archivist.data.bus import JSONObject
+from archivist.errors import DatabaseError
 from e2esupport import count, make_chat_table, policy
 
 pytestmark = pytest.mark.timeout(120)
@@ -189,3 +190,40 @@ def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None
     assert all(creates[k + 1] < deletes[k][1] for k in range(4)), (creates, deletes)
     assert count(primary) == 0
     assert count(archive) == 1000
+
+
+def test_rows_deleted_beside_a_copy_count_even_when_the_next_delete_fails(
+    tmp_path: Path,
+) -> None:
+    """The last batch is deleted right after its copy, which ran beside the previous batch's
+    delete. When that last delete fails (and is retried), the previous batch's rows are
+    still counted: the task moves exactly what it was asked to, not a batch more."""
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 1000)
+    config = make_config(
+        {"primary": primary, "archive": archive},
+        [policy("chat_messages", batch_size=200)],
+        worker=WorkerConfig(batch_time=0),
+    )
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            delete = daemon.data.bus.command("data/delete")
+
+            async def third_delete_fails_once(params: JSONObject) -> JSONObject:
+                calls.append(len(params["ids"]))  # type: ignore[arg-type]
+                if len(calls) == 3:
+                    raise DatabaseError("database error on handle 'primary': injected")
+                return await delete(params)
+
+            daemon.data.bus.register("data/delete", third_delete_fails_once, replace=True)
+            record = await archive_now(daemon, "chat_messages", 500)
+            assert record.state == "success" and record.archived == 500
+
+    asyncio.run(scenario())
+
+    assert calls[:3] == [200, 200, 100]  # the third: the last batch, deleted at once
+    assert count(primary) == 500
+    assert count(archive) == 500

@@ -185,7 +185,7 @@ class _TaskRun:
                         continue  # the last delete left rows behind: list from the start
                     ahead = self._list_ahead(batch)
                     async with self.throttle.budget(task.spec.source_handle):
-                        moved, left_behind = await self._write(batch, defer=ahead is not None)
+                        left_behind = await self._write(batch, defer=ahead is not None)
                     if left_behind:
                         # Rows changed since they were listed stay in the source. They are
                         # the oldest there now: list from the start again, not past them,
@@ -203,8 +203,6 @@ class _TaskRun:
                 failing_since, streak = None, 0
                 took = time.monotonic() - started
                 self.sizer.record(len(batch.items), took)
-                if moved:
-                    await self._moved(moved)
                 if len(batch.items) < batch.limit and not left_behind and self.pending is None:
                     return True  # the source has nothing after this batch
                 await self._pause_between_batches(took)
@@ -218,6 +216,9 @@ class _TaskRun:
         return len(self.pending.items) if self.pending is not None else 0
 
     async def _moved(self, moved: int) -> None:
+        """Count rows a delete removed, and report the task's progress."""
+        if not moved:
+            return
         self.task.archived += moved
         await self.calls.progress(self.task.archived, max(self.task.total, self.task.archived))
 
@@ -237,8 +238,7 @@ class _TaskRun:
             return True
         batch, self.pending = self.pending, None
         moved = await self._delete(batch)
-        if moved:
-            await self._moved(moved)
+        await self._moved(moved)
         return moved == len(batch.items)
 
     # --- one batch -------------------------------------------------------------------------
@@ -279,9 +279,9 @@ class _TaskRun:
             return None
         return asyncio.create_task(self._list(cursor, in_flight=in_flight))
 
-    async def _write(self, batch: Batch, *, defer: bool) -> tuple[int, bool]:
+    async def _write(self, batch: Batch, *, defer: bool) -> bool:
         """Copy and verify one listed batch and delete the one copied before it, at once;
-        returns the rows deleted and whether a delete left rows behind.
+        returns whether a delete left rows behind. Rows deleted are counted as they go.
 
         The delete of a batch overlaps the copy of the next: the two touch different rows
         and, mostly, different databases. Each batch is still deleted only after its own
@@ -290,25 +290,25 @@ class _TaskRun:
         rows behind, this batch is deleted at once instead.
         """
         previous, self.pending = self.pending, None
+        left_behind = False
         if previous is None:
             await self._copy(batch)
-            moved, left_behind = 0, False
         else:
             copying = asyncio.ensure_future(self._copy(batch))
             deleting = asyncio.ensure_future(self._delete(previous))
-            done = await asyncio.gather(copying, deleting, return_exceptions=True)
-            for outcome in done:
+            copied, deleted = await asyncio.gather(copying, deleting, return_exceptions=True)
+            if isinstance(deleted, int):  # what went is counted, whatever the copy did
+                await self._moved(deleted)
+                left_behind = deleted < len(previous.items)
+            for outcome in (copied, deleted):
                 if isinstance(outcome, BaseException):
-                    if isinstance(done[1], int) and done[1]:
-                        await self._moved(done[1])  # what did go must still be counted
                     raise outcome
-            moved = int(done[1])  # type: ignore[arg-type]
-            left_behind = moved < len(previous.items)
         if left_behind or not defer:
-            deleted = await self._delete(batch)
-            return moved + deleted, left_behind or deleted < len(batch.items)
+            deleted_now = await self._delete(batch)
+            await self._moved(deleted_now)
+            return left_behind or deleted_now < len(batch.items)
         self.pending = batch
-        return moved, False
+        return False
 
     async def _copy(self, batch: Batch) -> None:
         """Copy one batch to the destination and check it reads back identical."""
