@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from archivist.config import WorkerConfig, make_config
+from archivist.config import Config, WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.service import ArchiveDaemon
 from archivist.data.bus import JSONObject
@@ -149,9 +149,8 @@ def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path) -> None
             )
 
 
-def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None:
-    """The delete of one batch runs beside the copy of the next, and the last batch is still
-    deleted: every row moves exactly once."""
+def _thousand_rows_in_batches_of_200(tmp_path: Path) -> tuple[str, str, Config]:
+    """SQLite primary and archive URLs, 1,000 rows in the primary, batches of 200."""
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
     make_chat_table(primary, 1000)
@@ -160,6 +159,13 @@ def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None
         [policy("chat_messages", batch_size=200)],
         worker=WorkerConfig(batch_time=0),
     )
+    return primary, archive, config
+
+
+def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None:
+    """The delete of one batch runs beside the copy of the next, and the last batch is still
+    deleted: every row moves exactly once."""
+    primary, archive, config = _thousand_rows_in_batches_of_200(tmp_path)
     deletes: list[tuple[float, float]] = []
     creates: list[float] = []
 
@@ -198,14 +204,7 @@ def test_rows_deleted_beside_a_copy_count_even_when_the_next_delete_fails(
     """The last batch is deleted right after its copy, which ran beside the previous batch's
     delete. When that last delete fails (and is retried), the previous batch's rows are
     still counted: the task moves exactly what it was asked to, not a batch more."""
-    primary = f"sqlite:///{tmp_path / 'primary.db'}"
-    archive = f"sqlite:///{tmp_path / 'archive.db'}"
-    make_chat_table(primary, 1000)
-    config = make_config(
-        {"primary": primary, "archive": archive},
-        [policy("chat_messages", batch_size=200)],
-        worker=WorkerConfig(batch_time=0),
-    )
+    primary, archive, config = _thousand_rows_in_batches_of_200(tmp_path)
     calls: list[int] = []
 
     async def scenario() -> None:
