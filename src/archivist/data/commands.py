@@ -698,9 +698,9 @@ def _delete_in_slices(
                 part = rows[start : start + statement.rows]
                 stored = [values for _, values in part]
                 matched = set(statement.matching(raw, stored))
-                gone = statement.delete(raw, stored)
-                deleted += gone
-                if gone < len(matched):  # rare: a row changed in the instant since it was read
+                removed = statement.delete(raw, stored)
+                deleted += removed
+                if removed < len(matched):  # rare: a row changed in the instant since it was read
                     matched -= set(statement.present(raw, list(matched)))
                 left.extend(key for key, values in part if values[pk_at] not in matched)
         finally:
