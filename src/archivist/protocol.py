@@ -96,6 +96,15 @@ class Execute(Message, tag_field="command", tag="execute"):
             self.params = {}
 
 
+class _ExecuteRows(Message, tag_field="command", tag="execute"):
+    """`Execute` as the daemon first reads it: each param still raw JSON (see `decode_frame`)."""
+
+    request_id: RequestId
+    target_command: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    params: dict[str, msgspec.Raw] | None = None
+    task_id: TaskId | None = None
+
+
 class Progress(Message, tag_field="command", tag="progress"):
     task_id: TaskId
     archived: Count
@@ -211,6 +220,15 @@ class ErrorAnswer(Answer):
 
 _json_decoder: Final = msgspec.json.Decoder()
 _json_encoder: Final = msgspec.json.Encoder()
+_execute_rows_decoder: Final = msgspec.json.Decoder(_ExecuteRows)
+_raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
+
+ROW_PARAMS: Final = frozenset({"items", "expected"})
+"""Params of ``execute`` that carry rows (``data/create`` ``items``, ``data/delete``
+``expected``). The daemon keeps each of their rows as raw JSON (`msgspec.Raw`), undecoded:
+a row it listed itself comes back byte for byte as it sent it, and is recognised by its
+bytes alone (`archivist.data.stored.RecentRows`); any other row is decoded where it is
+used (`decode_raw`)."""
 
 
 class Incoming(msgspec.Struct, frozen=True):
@@ -241,7 +259,13 @@ def decode_frame(line: bytes, accepted: dict[str, type[Request]]) -> Request | I
 
     ``accepted`` maps the command names this side serves to their types; any other
     ``command`` is an `UnknownCommand`. Invalid fields raise `InvalidParams` naming the path.
+    Where ``accepted`` has `Execute` (the daemon's side), the rows of an ``execute``'s
+    `ROW_PARAMS` stay raw JSON (`msgspec.Raw`), decoded only where they are used.
     """
+    if accepted.get("execute") is Execute:
+        execute = _decode_execute_rows(line)
+        if execute is not None:
+            return execute
     obj = parse_object(line)
     if "command" not in obj:
         request_id = obj.get("requestId")
@@ -256,6 +280,66 @@ def decode_frame(line: bytes, accepted: dict[str, type[Request]]) -> Request | I
         name = command if len(command) <= 64 else command[:64] + "..."
         raise UnknownCommand(f"unknown command {name!r}; known: {', '.join(sorted(accepted))}")
     return convert(obj, message_type)
+
+
+def _decode_execute_rows(line: bytes) -> Execute | None:
+    """A valid ``execute`` frame with the rows of its `ROW_PARAMS` left as raw JSON, or None
+    for any other frame, which then takes the general path (and its error answers).
+
+    It accepts no frame the general path refuses: the JSON is checked whole (msgspec
+    checks the syntax of what it leaves raw; UTF-8 is checked here), and the fields as
+    `Execute` checks them.
+    """
+    if not line.isascii():
+        try:
+            line.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        frame = _execute_rows_decoder.decode(line)
+        params: JSONObject = {}
+        for name, raw in (frame.params or {}).items():
+            if name in ROW_PARAMS and memoryview(raw)[:1].tobytes() == b"[":
+                params[name] = _raw_list_decoder.decode(raw)
+            else:
+                params[name] = _json_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return Execute(
+        request_id=frame.request_id,
+        target_command=frame.target_command,
+        params=params,
+        task_id=frame.task_id,
+    )
+
+
+def decode_raw(raw: msgspec.Raw) -> JSONValue:
+    """A value left raw by `decode_frame` (a row of `ROW_PARAMS`), decoded; the errors are
+    those a whole frame would get."""
+    try:
+        return _json_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidJson(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJson("not accepted JSON: nested too deeply") from None
+
+
+def with_rows_decoded(params: JSONObject) -> JSONObject:
+    """``params`` with any row `decode_frame` left raw decoded: what code that takes JSON
+    values only (a command not made for raw rows) must be given."""
+    if not any(isinstance(params.get(name), list) for name in ROW_PARAMS):
+        return params
+    decoded = dict(params)
+    for name in ROW_PARAMS:
+        rows = decoded.get(name)
+        if isinstance(rows, list):
+            decoded[name] = [decode_raw(r) if isinstance(r, msgspec.Raw) else r for r in rows]
+    return decoded
+
+
+def encode_json(value: JSONValue) -> bytes:
+    """Compact JSON of one value, exactly as it appears inside a frame `encode` makes."""
+    return _json_encoder.encode(value)
 
 
 T = TypeVar("T")

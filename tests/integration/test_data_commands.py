@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 
@@ -26,6 +27,7 @@ from archivist.errors import (
     UnknownField,
     UnknownHandle,
 )
+from archivist.protocol import encode_json
 from datasupport import create_table, run, sql, started
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -851,3 +853,27 @@ def test_sqlite_delete_waits_between_slices_only_while_others_write(sqlite_url: 
     finally:
         engine.dispose()
     assert seen == [True, False, False, True, False]
+
+
+def test_a_sqlite_delete_of_rows_sent_back_as_raw_json_keeps_those_changed_since(
+    sqlite_url: str,
+) -> None:
+    """Rows sent back byte for byte as listed are deleted by their listed stored form; a row
+    changed since is kept and reported, and a row whose JSON text differs by a space is
+    compared field by field (and still deleted: it says the same)."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    create_table(sqlite_url)
+
+    async def go() -> tuple[dict[str, object], list[object]]:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, 4)
+            listed = (await call(daemon, "data/list"))["items"]
+            assert isinstance(listed, list)
+            with contextlib.closing(sqlite3.connect(path)) as app, app:
+                app.execute("UPDATE chat_messages SET body = 'edited' WHERE id = 2")
+            rows = [msgspec.Raw(encode_json(item)) for item in listed]
+            rows[3] = msgspec.Raw(encode_json(listed[3]).replace(b":", b": ", 1))
+            answer = await call(daemon, "data/delete", expected=rows)
+            return answer, ids_of(await call(daemon, "data/list"))
+
+    assert run(go()) == ({"deleted": 3, "skipped": [2]}, [2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -136,3 +137,25 @@ def test_bus_wraps_unexpected_exceptions_as_internal_errors() -> None:
     with pytest.raises(ArchivistError) as caught:
         run(bus.execute("broken", {}))
     assert caught.value.code == "internal"
+
+
+def test_bus_gives_rows_left_raw_only_to_commands_made_for_them() -> None:
+    rows = [msgspec.Raw(b'{"id":1,"body":"x"}'), msgspec.Raw(b'{"id":2}')]
+    params = {"collection": "c", "items": rows, "expected": rows, "ids": [1, 2]}
+    bus = CommandBus()
+    bus.register("data/create", echo)
+    decoded = run(bus.execute("data/create", params, caller="worker"))["echo"]
+    assert decoded == {
+        "collection": "c",
+        "items": [{"id": 1, "body": "x"}, {"id": 2}],
+        "expected": [{"id": 1, "body": "x"}, {"id": 2}],
+        "ids": [1, 2],
+    }
+    bus.register("data/create", echo, replace=True, raw_rows=True)
+    kept = run(bus.execute("data/create", params, caller="worker"))["echo"]["items"]
+    assert all(isinstance(row, msgspec.Raw) for row in kept)
+    bus.register("data/create", echo, replace=True)  # a wrapper registered later decodes again
+    assert run(bus.execute("data/create", params))["echo"]["items"][0] == {"id": 1, "body": "x"}
+    with pytest.raises(ArchivistError) as caught:
+        run(bus.execute("data/create", {"items": [msgspec.Raw(b'{"id": ')]}))
+    assert caught.value.code == "invalid_json"

@@ -407,3 +407,79 @@ def test_known_commands_with_garbage_fields_raise_only_invalid_params(
         protocol.decode_frame(json.dumps(obj).encode(), WORKER_COMMANDS)
     except ArchivistError as exc:
         assert exc.code == "invalid_params"
+
+
+# --- rows left raw: the daemon reads an execute's rows as their JSON text ---------------------
+
+
+def _rows_decoded(execute: Execute) -> dict[str, object]:
+    """An execute's params with the rows the frame left raw decoded, as the general path has
+    them."""
+    params = dict(execute.params or {})
+    for name in protocol.ROW_PARAMS & params.keys():
+        value = params[name]
+        if isinstance(value, list):
+            params[name] = [
+                protocol.decode_raw(v) if isinstance(v, msgspec.Raw) else v for v in value
+            ]
+    return params
+
+
+def test_the_rows_of_an_execute_stay_raw_json_exactly_as_sent() -> None:
+    rows = [{"id": 1, "body": "h\u00e9llo", "meta": {"a": [1, 2.5]}}, {"id": 2, "body": None}]
+    line = protocol.encode(
+        Execute(
+            request_id="req-1",
+            target_command="data/delete",
+            params={"collection": "c", "dbHandle": "primary", "ids": [1, 2], "expected": rows},
+        )
+    )[:-1]
+    execute = protocol.decode_frame(line, DAEMON_COMMANDS)
+    assert isinstance(execute, Execute) and execute.params is not None
+    expected = execute.params["expected"]
+    assert isinstance(expected, list)
+    assert [bytes(row) for row in expected] == [protocol.encode_json(row) for row in rows]
+    assert execute.params["ids"] == [1, 2]  # only rows stay raw
+    assert _rows_decoded(execute)["expected"] == rows
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["collection", "dbHandle", "items", "expected", "ids"]) | st.text(),
+        json_values | st.lists(json_values),
+    ),
+    st.sampled_from(["req-1", "", None]),
+)
+def test_an_execute_means_the_same_with_its_rows_left_raw(
+    params: dict[str, object], request_id: str | None
+) -> None:
+    obj = {"command": "execute", "requestId": request_id, "targetCommand": "data/create"}
+    line = json.dumps({**obj, "params": params}, ensure_ascii=False).encode()
+    try:
+        general = protocol.convert(protocol.parse_object(line), Execute)
+    except ArchivistError as exc:
+        with pytest.raises(ArchivistError) as caught:
+            protocol.decode_frame(line, DAEMON_COMMANDS)
+        assert caught.value.code == exc.code
+        return
+    execute = protocol.decode_frame(line, DAEMON_COMMANDS)
+    assert isinstance(execute, Execute)
+    assert execute.request_id == general.request_id
+    assert _rows_decoded(execute) == general.params
+
+
+def test_a_row_that_is_not_valid_utf8_is_refused_as_the_whole_frame_would_be() -> None:
+    line = (
+        b'{"command":"execute","requestId":"r","targetCommand":"data/create",'
+        b'"params":{"items":[{"body":"\xff"}]}}'
+    )
+    with pytest.raises(ArchivistError) as caught:
+        protocol.decode_frame(line, DAEMON_COMMANDS)
+    assert caught.value.code == "invalid_json"
+    assert protocol.request_id_of(line) is None
+
+
+def test_decoding_a_raw_row_raises_the_errors_of_a_frame() -> None:
+    with pytest.raises(ArchivistError) as caught:
+        protocol.decode_raw(msgspec.Raw(b"[" * 100_000 + b"]" * 100_000))
+    assert caught.value.code == "invalid_json"

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Literal, TypeAlias
 
 from archivist.errors import ArchivistError, Forbidden, InvalidParams, UnknownCommand
+from archivist.protocol import with_rows_decoded
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,22 @@ class CommandBus:
 
     def __init__(self, *, worker_allowlist: Iterable[str] = WORKER_ALLOWLIST) -> None:
         self._commands: dict[str, Command] = {}
+        self._raw_rows: set[str] = set()
         self.worker_allowlist = frozenset(worker_allowlist)
 
-    def register(self, name: str, fn: Command, *, replace: bool = False) -> None:
+    def register(
+        self, name: str, fn: Command, *, replace: bool = False, raw_rows: bool = False
+    ) -> None:
+        """Register ``fn`` as ``name``. Its params are JSON values; with ``raw_rows``, the
+        rows of ``items`` and ``expected`` may also come as their JSON text, undecoded
+        (`msgspec.Raw`, see `archivist.protocol.ROW_PARAMS`), and ``fn`` decodes them."""
         if name in self._commands and not replace:
             raise ValueError(f"command {name!r} is already registered")
         self._commands[name] = fn
+        if raw_rows:
+            self._raw_rows.add(name)
+        else:
+            self._raw_rows.discard(name)
 
     def command(self, name: str) -> Command:
         """The function registered as ``name`` (to wrap it, e.g. in a test hook)."""
@@ -62,8 +73,11 @@ class CommandBus:
             params = {}
         if not isinstance(params, Mapping):
             raise InvalidParams("invalid params: must be a JSON object")
+        params = dict(params)
+        if name not in self._raw_rows:
+            params = with_rows_decoded(params)
         try:
-            return await fn(dict(params))
+            return await fn(params)
         except ArchivistError:
             raise
         except Exception as exc:

@@ -34,6 +34,7 @@ from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
 from archivist.data.values import JSONObject, RowCodec, decode_value
 from archivist.errors import Conflict, InvalidParams
+from archivist.protocol import decode_raw
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +227,14 @@ class DataCommands:
         # Items equal to rows just listed from a like table need no decoding: their stored
         # form is bound as it was read.
         rows = [
-            _NewRow(item, None, stored)
-            if stored is not None
-            else _NewRow(item, info.codec.decode_item(item, where=where.format(index)), None)
-            for index, (item, stored) in enumerate(
+            _NewRow(found.item, None, found.stored)
+            if found is not None
+            else _NewRow(
+                item := _json_value(raw),
+                info.codec.decode_item(item, where=where.format(index)),
+                None,
+            )
+            for index, (raw, found) in enumerate(
                 zip(raw_items, self.recent.find(info, raw_items), strict=True)
             )
         ]
@@ -247,7 +252,13 @@ class DataCommands:
         _, handle, info = await self.catalog.table(p.collection, p.db_handle)
         pk_spec = info.spec(info.pk)
         if p.expected is not None:
-            expected = list(p.expected)
+            # Rows this daemon listed from this table, as it listed them: their stored form
+            # is what the delete must still find (SQLite). Any other is decoded and compared.
+            found = self.recent.find(info, p.expected, handle=handle.name)
+            expected = [
+                entry.item if entry is not None else _json_value(raw)
+                for raw, entry in zip(p.expected, found, strict=True)
+            ]
             keys: list[object] = []
             for index, item in enumerate(expected):
                 if not isinstance(item, dict) or item.get(info.pk) is None:
@@ -260,7 +271,8 @@ class DataCommands:
                     raise InvalidParams("invalid params: ids must name the same rows as expected")
             pairs = list(zip(keys, expected, strict=True))
             if handle.dialect_name == "sqlite":
-                return await _delete_sqlite(self.recent, handle, info, pairs)
+                stored = [entry.stored if entry is not None else None for entry in found]
+                return await _delete_sqlite(self.recent, handle, info, pairs, stored)
             deleted, skipped = await handle.transaction(_delete_expected, info, pairs, write=True)
             return {"deleted": deleted, "skipped": skipped}
         if given[0] == given[1]:
@@ -271,6 +283,12 @@ class DataCommands:
             raise InvalidParams("invalid params: an id must not be null")
         deleted = await handle.transaction(_delete_ids, info, ids, write=True)
         return {"deleted": deleted}
+
+
+def _json_value(item: object) -> Any:
+    """An item as a JSON value: a row the frame left raw (`archivist.protocol.ROW_PARAMS`)
+    is decoded here, where it is used."""
+    return decode_raw(item) if isinstance(item, msgspec.Raw) else item
 
 
 def _keys_of_filter(filter_: dict[str, Any] | None, pk: str) -> list[object] | None:
@@ -578,15 +596,16 @@ async def _delete_sqlite(
     handle: Handle,
     info: TableInfo,
     pairs: list[tuple[object, dict[str, object]]],
+    remembered: list[Stored | None],
 ) -> JSONObject:
     """SQLite locks the whole database for a write, so the comparing happens outside the
     lock and the delete under it removes only rows still holding the very values compared,
     in short slices that let the application's writers in between (`_delete_in_slices`).
 
-    An expected item equal to a row this daemon listed from this table needs no
-    comparing: its stored form at listing time is what the delete must still find.
+    An expected item equal to a row this daemon listed from this table (``remembered``
+    holds that row's stored form) needs no comparing: its stored form at listing time is
+    what the delete must still find.
     """
-    remembered = recent.find(info, [item for _, item in pairs], handle=handle.name)
     unchanged: list[_Unchanged] = [
         (item[info.pk], stored)
         for (_, item), stored in zip(pairs, remembered, strict=True)

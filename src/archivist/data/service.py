@@ -68,8 +68,8 @@ class DataDaemon:
         self.bus.register("ping", self.commands.ping, replace=True)
         self.bus.register("data/list", self.commands.list, replace=True)
         self.bus.register("data/count", self.commands.count, replace=True)
-        self.bus.register("data/create", self.commands.create, replace=True)
-        self.bus.register("data/delete", self.commands.delete, replace=True)
+        self.bus.register("data/create", self.commands.create, replace=True, raw_rows=True)
+        self.bus.register("data/delete", self.commands.delete, replace=True, raw_rows=True)
         self.bus.register("data/load", self.commands.load, replace=True)
         self._started = False
         self._distinct: set[tuple[str, str]] = set()

@@ -7,6 +7,10 @@ binds the stored form of each listed row straight into the destination: `RecentR
 the stored form of recent listings, so that a ``data/create`` of those very items skips
 decoding and SQLAlchemy's per-value type processing (the bulk path of a copy), and stores
 byte for byte what the source held (a JSON document keeps the application's own text).
+
+A row comes back from the worker as the very JSON the daemon sent for it; the daemon leaves
+those rows raw when it reads the frame (`archivist.protocol.ROW_PARAMS`), and `RecentRows`
+recognises each by its bytes, without decoding or comparing it field by field.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import NullType
 
 from archivist.data.schema import TableInfo
 from archivist.data.values import JSONObject
+from archivist.protocol import encode_json
 
 PASSTHROUGH_DIALECTS: Final = frozenset({"sqlite"})
 """Engines where reading the stored form costs next to nothing: sqlite3 returns stored
@@ -83,7 +89,8 @@ def layout(info: TableInfo) -> Layout:
 
 
 class RecentRows:
-    """The stored form of recently listed rows, by table layout and key (JSON form).
+    """The stored form of recently listed rows, by table layout and key, and by the JSON the
+    listing sent for each.
 
     Only an item equal to what was listed is matched, so a stale or evicted entry can make
     a command slower, never different. Rows leave when deleted, or oldest first beyond
@@ -92,7 +99,8 @@ class RecentRows:
 
     def __init__(self, max_rows: int = RECENT_ROWS) -> None:
         self.max_rows = max_rows
-        self._rows: OrderedDict[tuple[int, object], _Entry] = OrderedDict()
+        self._rows: OrderedDict[tuple[int, object], Remembered] = OrderedDict()
+        self._by_json: dict[tuple[int, bytes], Remembered] = {}
         self._layouts: dict[Layout, int] = {}
         """A small number per table layout: rows are keyed by it (a layout is a deep tuple,
         slow to hash once per row)."""
@@ -107,36 +115,49 @@ class RecentRows:
         self,
         info: TableInfo,
         handle: str,
-        items: Sequence[Mapping[str, object]],
+        items: Sequence[JSONObject],
         stored: Sequence[Stored],
     ) -> None:
         if info.dialect_name not in PASSTHROUGH_DIALECTS:
             return
-        table, pk, rows = self._table(info), info.pk, self._rows
+        table, pk, rows, by_json = self._table(info), info.pk, self._rows, self._by_json
         for item, values in zip(items, stored, strict=True):
             key = (table, item.get(pk))
-            rows[key] = _Entry(item, values, handle)
-            rows.move_to_end(key)
+            old = rows.pop(key, None)
+            if old is not None:
+                by_json.pop((table, old.json), None)
+            entry = Remembered(item, encode_json(item), values, handle)
+            rows[key] = entry
+            by_json[(table, entry.json)] = entry
         while len(rows) > self.max_rows:
-            rows.popitem(last=False)
+            (old_table, _), old = rows.popitem(last=False)
+            by_json.pop((old_table, old.json), None)
 
     def find(
-        self, info: TableInfo, items: Sequence[Mapping[str, object]], *, handle: str | None = None
-    ) -> list[Stored | None]:
-        """For each item, the stored form of an identical row listed from a like table (from
-        ``handle`` itself, if given)."""
+        self, info: TableInfo, items: Sequence[object], *, handle: str | None = None
+    ) -> list[Remembered | None]:
+        """For each item, an identical row listed from a like table (from ``handle`` itself,
+        if given). An item left raw (`msgspec.Raw`) is matched by its bytes, an object by
+        its fields."""
         if info.dialect_name not in PASSTHROUGH_DIALECTS or not self._rows:
             return [None] * len(items)
-        table, pk, rows = self._table(info), info.pk, self._rows
-        found: list[Stored | None] = []
+        table, pk, rows, by_json = self._table(info), info.pk, self._rows, self._by_json
+        found: list[Remembered | None] = []
         for item in items:
-            # An item that is not an object finds nothing; decoding it then says what is wrong.
-            key = item.get(pk) if isinstance(item, Mapping) else None
-            entry = rows.get((table, key)) if isinstance(key, int | str) else None
-            if entry is None or (handle is not None and entry.handle != handle):
-                found.append(None)
+            entry: Remembered | None
+            if isinstance(item, msgspec.Raw):
+                entry = by_json.get((table, bytes(item)))
+            elif isinstance(item, Mapping):
+                key = item.get(pk)
+                entry = rows.get((table, key)) if isinstance(key, int | str) else None
+                if entry is not None and entry.item != item:
+                    entry = None
             else:
-                found.append(entry.stored if entry.item == item else None)
+                # Not an object: decoding it says what is wrong.
+                entry = None
+            if entry is not None and handle is not None and entry.handle != handle:
+                entry = None
+            found.append(entry)
         return found
 
     def covers(self, info: TableInfo, keys: Sequence[object]) -> bool:
@@ -161,13 +182,19 @@ class RecentRows:
         return items
 
     def forget(self, info: TableInfo, keys: Sequence[object]) -> None:
-        table, rows = self._table(info), self._rows
+        table, rows, by_json = self._table(info), self._rows, self._by_json
         for key in keys:
-            rows.pop((table, key), None)
+            old = rows.pop((table, key), None)
+            if old is not None:
+                by_json.pop((table, old.json), None)
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    item: Mapping[str, object]
+class Remembered:
+    """A listed row: its item, the item's JSON as the listing sent it, its stored form, and
+    the handle it was listed from."""
+
+    item: JSONObject
+    json: bytes
     stored: Stored
     handle: str
