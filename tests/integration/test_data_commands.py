@@ -855,6 +855,54 @@ def test_sqlite_delete_waits_between_slices_only_while_others_write(sqlite_url: 
     assert seen == [True, False, False, True, False]
 
 
+def test_a_sqlite_copy_of_listed_rows_overwrites_by_key_without_reading_first(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """A batch's create (rows just listed, as raw JSON like the worker sends them) is one
+    upsert by key: a stale copy left by an interrupted run is overwritten with no read of
+    the destination, and any other constraint still fails the whole call."""
+    source, dest = fresh_db("sqlite"), fresh_db("sqlite")
+    create_table(source)
+    archive = {"collection": "chat_messages", "dbHandle": "archive"}
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(" ".join(str(args[2]).split()[:4]))
+
+    async def go() -> list[tuple[object, ...]]:
+        async with started(source, dest) as daemon:
+            await seed(daemon, 3)
+            await daemon.ensure_archive_table("chat_messages")
+            sql(dest, "CREATE UNIQUE INDEX one_body ON chat_messages (body)")
+            sql(
+                dest,
+                "INSERT INTO chat_messages (id, room, created_at, body) VALUES "
+                "(1, 'stale', '2024-01-01 00:00:00.000000', 'stale copy'), "
+                "(99, 'other', '2024-01-01 00:00:00.000000', 'message 3 😀')",
+            )
+            listed = (await call(daemon, "data/list"))["items"]
+            assert isinstance(listed, list)
+            rows = [msgspec.Raw(encode_json(item)) for item in listed]
+            sa.event.listen(daemon.handles["archive"].engine, "before_cursor_execute", record)
+            created = await daemon.execute(
+                "data/create", {**archive, "items": rows[:2], "onConflict": "replace"}
+            )
+            assert created == {"created": 2}
+            reads = [s for s in statements if s.upper().startswith("SELECT") and "chat" in s]
+            assert not reads and any("INSERT" in s for s in statements), statements
+            with pytest.raises(Conflict):  # id 3's body is taken by id 99: nothing written
+                await daemon.execute(
+                    "data/create", {**archive, "items": rows, "onConflict": "replace"}
+                )
+        return sql(dest, "SELECT id, room, body FROM chat_messages ORDER BY id")
+
+    assert run(go()) == [
+        (1, "room1", "message 1 😀"),
+        (2, "room2", "message 2 😀"),
+        (99, "other", "message 3 😀"),
+    ]
+
+
 def test_a_sqlite_delete_of_rows_sent_back_as_raw_json_keeps_those_changed_since(
     sqlite_url: str,
 ) -> None:

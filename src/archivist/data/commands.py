@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import operator
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import NullType
@@ -437,6 +439,13 @@ class _CreatePlan:
                 )
             keyed[key] = row
             bound[key] = value
+        stored = [row.stored for row in keyed.values() if row.stored is not None]
+        if self.replace and not unkeyed and len(stored) == len(keyed) and _upserts(connection):
+            # A copy of rows just listed (the usual create of a batch): written by key in
+            # one statement, with no read of what the destination holds first.
+            with self._constraints():
+                self._write_stored(connection, stored, upsert=True)
+            return len(self.rows)
         existing = self._existing(connection, list(bound.values()))
         inserts: list[_NewRow] = list(unkeyed)
         updates: list[dict[str, object]] = []
@@ -457,16 +466,23 @@ class _CreatePlan:
                 f"conflict: {info.name} already holds different rows with {pk} {shown}{more}; "
                 "nothing was written"
             )
-        try:
-            self._insert_stored(connection, [r.stored for r in inserts if r.stored is not None])
+        with self._constraints():
+            self._write_stored(connection, [r.stored for r in inserts if r.stored is not None])
             self._insert(connection, [r.decoded for r in inserts if r.decoded is not None])
             self._update(connection, updates)
+        return len(self.rows)
+
+    @contextlib.contextmanager
+    def _constraints(self) -> Iterator[None]:
+        """A write the database refuses for a key or constraint is a `Conflict` (the call's
+        transaction then writes nothing)."""
+        try:
+            yield
         except IntegrityError as exc:
             raise Conflict(
-                f"conflict: {info.name}: a row with the same key was written concurrently "
+                f"conflict: {self.info.name}: a row with the same key was written concurrently "
                 f"or a constraint failed; nothing was written ({_first_line(exc.orig)})"
             ) from None
-        return len(self.rows)
 
     def _existing(self, connection: Connection, keys: list[object]) -> dict[object, JSONObject]:
         info = self.info
@@ -479,15 +495,29 @@ class _CreatePlan:
                 found[encoded[info.pk]] = encoded
         return found
 
-    def _insert_stored(self, connection: Connection, rows: list[Stored]) -> None:
+    def _write_stored(
+        self, connection: Connection, rows: list[Stored], *, upsert: bool = False
+    ) -> None:
         """Insert rows given in their stored form, straight through the driver's executemany
-        (the values are already in its own form, in the table's column order)."""
+        (the values are already in its own form, in the table's column order). With
+        ``upsert`` (SQLite), a row whose key exists is overwritten, column by column; any
+        other constraint still fails the statement."""
         if not rows:
             return
-        columns = list(self.info.table.c)
-        statement = sa.insert(self.info.table).values(
-            {c.name: sa.bindparam(f"_s{i}", type_=NullType()) for i, c in enumerate(columns)}
-        )
+        table = self.info.table
+        columns = list(table.c)
+        values = {c.name: sa.bindparam(f"_s{i}", type_=NullType()) for i, c in enumerate(columns)}
+        statement: sa.Insert = sa.insert(table).values(values)
+        if upsert:
+            excluded = sqlite_insert(table).excluded
+            others = {c.name: excluded[c.name] for c in columns if c.name != self.info.pk}
+            key = [table.c[self.info.pk]]
+            upserting = sqlite_insert(table).values(values)
+            statement = (
+                upserting.on_conflict_do_update(index_elements=key, set_=others)
+                if others
+                else upserting.on_conflict_do_nothing(index_elements=key)
+            )
         compiled = statement.compile(dialect=connection.dialect)
         if compiled.positiontup is not None:
             order = [int(name[2:]) for name in compiled.positiontup]
@@ -563,6 +593,12 @@ def _copy_in(
         # As SQLAlchemy would have raised it (IntegrityError for a duplicate key...), so the
         # caller maps it to conflict or db_error like any other statement's failure.
         raise DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from None
+
+
+def _upserts(connection: Connection) -> bool:
+    """Whether a copy may overwrite by key without reading first: SQLite, whose upsert
+    (``INSERT ... ON CONFLICT (key) DO UPDATE``) the bundled library has had since 3.24."""
+    return connection.dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24)
 
 
 def _in_order(rows: list[Stored], order: list[int]) -> Sequence[Stored]:
