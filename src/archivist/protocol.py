@@ -225,10 +225,10 @@ _raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 ROW_PARAMS: Final = frozenset({"items", "expected"})
 """Params of ``execute`` that carry rows (``data/create`` ``items``, ``data/delete``
-``expected``). The daemon keeps each of their rows as raw JSON (`msgspec.Raw`), undecoded:
-a row it listed itself comes back byte for byte as it sent it, and is recognised by its
-bytes alone (`archivist.data.stored.RecentRows`); any other row is decoded where it is
-used (`decode_raw`)."""
+``expected``). The daemon reads such an array as raw JSON (`msgspec.Raw`), undecoded, and
+the command decides: a row it listed itself comes back byte for byte as it sent it, and is
+recognised by its bytes alone (`split_rows`, `archivist.data.stored.RecentRows`); rows it
+cannot recognise are decoded at once (`decode_raw`)."""
 
 
 class Incoming(msgspec.Struct, frozen=True):
@@ -283,8 +283,8 @@ def decode_frame(line: bytes, accepted: dict[str, type[Request]]) -> Request | I
 
 
 def _decode_execute_rows(line: bytes) -> Execute | None:
-    """A valid ``execute`` frame with the rows of its `ROW_PARAMS` left as raw JSON, or None
-    for any other frame, which then takes the general path (and its error answers).
+    """A valid ``execute`` frame with the arrays of its `ROW_PARAMS` left as raw JSON, or
+    None for any other frame, which then takes the general path (and its error answers).
 
     It accepts no frame the general path refuses: the JSON is checked whole (msgspec
     checks the syntax of what it leaves raw; UTF-8 is checked here), and the fields as
@@ -300,7 +300,7 @@ def _decode_execute_rows(line: bytes) -> Execute | None:
         params: JSONObject = {}
         for name, raw in (frame.params or {}).items():
             if name in ROW_PARAMS and memoryview(raw)[:1].tobytes() == b"[":
-                params[name] = _raw_list_decoder.decode(raw)
+                params[name] = raw  # an array of rows, checked but not decoded
             else:
                 params[name] = _json_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError):
@@ -313,9 +313,14 @@ def _decode_execute_rows(line: bytes) -> Execute | None:
     )
 
 
+def split_rows(rows: msgspec.Raw) -> list[msgspec.Raw]:
+    """An array of rows left raw by `decode_frame`, as a list of rows each still raw."""
+    return _raw_list_decoder.decode(rows)
+
+
 def decode_raw(raw: msgspec.Raw) -> JSONValue:
-    """A value left raw by `decode_frame` (a row of `ROW_PARAMS`), decoded; the errors are
-    those a whole frame would get."""
+    """JSON left raw by `decode_frame` (an array of rows, or one row of it), decoded; the
+    errors are those a whole frame would get."""
     try:
         return _json_decoder.decode(raw)
     except msgspec.DecodeError as exc:
@@ -325,14 +330,14 @@ def decode_raw(raw: msgspec.Raw) -> JSONValue:
 
 
 def with_rows_decoded(params: JSONObject) -> JSONObject:
-    """``params`` with any row `decode_frame` left raw decoded: what code that takes JSON
-    values only (a command not made for raw rows) must be given."""
-    if not any(isinstance(params.get(name), list) for name in ROW_PARAMS):
-        return params
+    """``params`` with the rows `decode_frame` left raw decoded (an array whole, or rows one
+    by one): what code that takes JSON values only must be given."""
     decoded = dict(params)
     for name in ROW_PARAMS:
         rows = decoded.get(name)
-        if isinstance(rows, list):
+        if isinstance(rows, msgspec.Raw):
+            decoded[name] = decode_raw(rows)
+        elif isinstance(rows, list):
             decoded[name] = [decode_raw(r) if isinstance(r, msgspec.Raw) else r for r in rows]
     return decoded
 

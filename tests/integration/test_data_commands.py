@@ -504,7 +504,9 @@ def test_a_copy_between_like_tables_stores_what_the_source_held(
             listed = (await call(daemon, "data/list"))["items"]
             assert isinstance(listed, list)
             changed = {**listed[1], "body": "changed", "meta": {"n": 2}}
-            await daemon.execute("data/create", {**archive, "items": [listed[0], changed]})
+            # As the daemon's frame decoding leaves them: the array of rows, undecoded.
+            rows = msgspec.Raw(encode_json([listed[0], changed]))
+            await daemon.execute("data/create", {**archive, "items": rows})
             copies = await daemon.execute("data/list", archive)
             return [listed[0], changed] == copies["items"], copies["items"]
 
@@ -885,7 +887,8 @@ def test_a_sqlite_copy_of_listed_rows_overwrites_by_key_without_reading_first(
             rows = [msgspec.Raw(encode_json(item)) for item in listed]
             sa.event.listen(daemon.handles["archive"].engine, "before_cursor_execute", record)
             created = await daemon.execute(
-                "data/create", {**archive, "items": rows[:2], "onConflict": "replace"}
+                "data/create",
+                {**archive, "items": msgspec.Raw(encode_json(listed[:2])), "onConflict": "replace"},
             )
             assert created == {"created": 2}
             reads = [s for s in statements if s.upper().startswith("SELECT") and "chat" in s]

@@ -156,6 +156,12 @@ def test_bus_gives_rows_left_raw_only_to_commands_made_for_them() -> None:
     assert all(isinstance(row, msgspec.Raw) for row in kept)
     bus.register("data/create", echo, replace=True)  # a wrapper registered later decodes again
     assert run(bus.execute("data/create", params))["echo"]["items"][0] == {"id": 1, "body": "x"}
-    with pytest.raises(ArchivistError) as caught:
-        run(bus.execute("data/create", {"items": [msgspec.Raw(b'{"id": ')]}))
-    assert caught.value.code == "invalid_json"
+    bus.register("data/create", echo, replace=True, raw_rows=True)
+    whole = {"items": msgspec.Raw(b'[{"id":1,"body":"x"},{"id":2}]')}  # as a frame leaves it
+    assert isinstance(run(bus.execute("data/create", whole))["echo"]["items"], msgspec.Raw)
+    bus.register("data/create", echo, replace=True)
+    assert run(bus.execute("data/create", whole))["echo"]["items"] == decoded["items"]
+    for bad in ([msgspec.Raw(b'{"id": ')], msgspec.Raw(b"[" * 5000 + b"]" * 5000)):
+        with pytest.raises(ArchivistError) as caught:
+            run(bus.execute("data/create", {"items": bad}))
+        assert caught.value.code == "invalid_json"

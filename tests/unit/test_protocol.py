@@ -415,14 +415,7 @@ def test_known_commands_with_garbage_fields_raise_only_invalid_params(
 def _rows_decoded(execute: Execute) -> dict[str, object]:
     """An execute's params with the rows the frame left raw decoded, as the general path has
     them."""
-    params = dict(execute.params or {})
-    for name in protocol.ROW_PARAMS & params.keys():
-        value = params[name]
-        if isinstance(value, list):
-            params[name] = [
-                protocol.decode_raw(v) if isinstance(v, msgspec.Raw) else v for v in value
-            ]
-    return params
+    return protocol.with_rows_decoded(execute.params or {})
 
 
 def test_the_rows_of_an_execute_stay_raw_json_exactly_as_sent() -> None:
@@ -437,10 +430,14 @@ def test_the_rows_of_an_execute_stay_raw_json_exactly_as_sent() -> None:
     execute = protocol.decode_frame(line, DAEMON_COMMANDS)
     assert isinstance(execute, Execute) and execute.params is not None
     expected = execute.params["expected"]
-    assert isinstance(expected, list)
-    assert [bytes(row) for row in expected] == [protocol.encode_json(row) for row in rows]
+    assert isinstance(expected, msgspec.Raw)
+    assert bytes(expected) == protocol.encode_json(rows)
+    assert [bytes(row) for row in protocol.split_rows(expected)] == [
+        protocol.encode_json(row) for row in rows
+    ]
     assert execute.params["ids"] == [1, 2]  # only rows stay raw
     assert _rows_decoded(execute)["expected"] == rows
+    assert protocol.decode_raw(expected) == rows
 
 
 @given(

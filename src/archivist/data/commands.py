@@ -36,7 +36,7 @@ from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
 from archivist.data.values import JSONObject, RowCodec, decode_value
 from archivist.errors import Conflict, InvalidParams
-from archivist.protocol import decode_raw
+from archivist.protocol import ROW_PARAMS, decode_raw, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,23 @@ class DataCommands:
     async def ping(self, params: JSONObject) -> JSONObject:
         return {"message": "pong"}
 
+    def _rows(self, params: JSONObject) -> JSONObject:
+        """``params`` with the arrays of rows the frame left raw made ready: rows on a
+        handle whose listed rows this daemon remembers stay raw, one by one, to be
+        recognised by their bytes; any other array is decoded at once (the faster way to
+        decode many rows)."""
+        raw = [name for name in ROW_PARAMS if isinstance(params.get(name), msgspec.Raw)]
+        if not raw:
+            return params
+        handle = self.catalog.handles.get(str(params.get("dbHandle")))
+        remembered = handle is not None and handle.dialect_name in PASSTHROUGH
+        ready = dict(params)
+        for name in raw:
+            rows = ready[name]
+            assert isinstance(rows, msgspec.Raw)
+            ready[name] = split_rows(rows) if remembered else decode_raw(rows)
+        return ready
+
     # --- data/load ------------------------------------------------------------------------
 
     async def load(self, params: JSONObject) -> JSONObject:
@@ -220,7 +237,7 @@ class DataCommands:
     # --- data/create ----------------------------------------------------------------------
 
     async def create(self, params: JSONObject) -> JSONObject:
-        p = parse_params(params, CreateParams)
+        p = parse_params(self._rows(params), CreateParams)
         if (p.data is None) == (p.items is None):
             raise InvalidParams("invalid params: give exactly one of data (one item) or items")
         raw_items = [p.data] if p.data is not None else list(p.items or [])
@@ -249,7 +266,7 @@ class DataCommands:
     # --- data/delete ----------------------------------------------------------------------
 
     async def delete(self, params: JSONObject) -> JSONObject:
-        p = parse_params(params, DeleteParams)
+        p = parse_params(self._rows(params), DeleteParams)
         given = [p.id is not msgspec.UNSET, p.ids is not None, p.expected is not None]
         _, handle, info = await self.catalog.table(p.collection, p.db_handle)
         pk_spec = info.spec(info.pk)
