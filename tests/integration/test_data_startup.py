@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from archivist.config import ArchiveConfig, load_config, make_config
+from archivist.daemon.runtime import Launch, running
+from archivist.daemon.supervisor import WorkerProcess
 from archivist.data import DataDaemon
 from archivist.data.columns import ColumnSpec, Kind
 from archivist.errors import ConfigError
@@ -149,3 +152,51 @@ def test_two_databases_on_one_server_are_distinct(
     create_table(pg_url)
     other = fresh_db("postgresql")
     start_with({"primary": pg_url, "archive": other})
+
+
+def _worker_children() -> set[int]:
+    """This process's children running ``archivist worker`` (read from /proc)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and b"worker" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def test_a_start_that_fails_stops_the_worker_started_beside_it(tmp_path: Path) -> None:
+    """The worker starts while the data daemon starts; when the data daemon cannot start,
+    that worker is stopped (and reaped) before the error reaches the caller."""
+    create_table(f"sqlite:///{tmp_path / 'primary.db'}")
+    path = tmp_path / "archivist.toml"
+    path.write_text(CONFIG.format(collection="nope", order_by="created_at"))
+    config = load_config(path)
+    started: list[int] = []
+
+    async def go() -> None:
+        spawn = WorkerProcess.spawn
+
+        async def spawn_and_note(self: WorkerProcess) -> None:
+            await spawn(self)
+            assert self.pid is not None
+            started.append(self.pid)
+
+        WorkerProcess.spawn = spawn_and_note  # type: ignore[method-assign]
+        try:
+            async with running(config, Launch(private_socket=True, watch=False)):
+                pass
+        finally:
+            WorkerProcess.spawn = spawn  # type: ignore[method-assign]
+
+    before = _worker_children()
+    with pytest.raises(ConfigError):
+        run(go())
+    assert len(started) == 1, "the worker was not started beside the data daemon"
+    assert started[0] not in _worker_children() - before
+    assert not Path(f"/proc/{started[0]}").exists(), "the worker still runs (or was not reaped)"

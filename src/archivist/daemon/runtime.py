@@ -63,8 +63,16 @@ async def running(
             extra_args=tuple(config.worker.command_line()),
         )
         supervisor.check_free()
-    data = DataDaemon(config)
-    await data.start()
+        await supervisor.spawn()  # the worker's start-up overlaps the data daemon's
+    try:
+        data = DataDaemon(config)
+        await data.start()
+    except BaseException:
+        if supervisor is not None:
+            await supervisor.stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     options = DaemonOptions(
         socket_path=socket,
         check_interval=config.daemon.check_interval,

@@ -23,7 +23,10 @@ from archivist.protocol import Archive, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
 
-RECONNECT_DELAYS: Final = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+RECONNECT_DELAYS: Final = (0.025,) * 10 + (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+"""Seconds between attempts to reach the worker. A worker just started listens after
+~0.15-0.2 s (its interpreter and imports), so the first quarter second is polled finely:
+every one-shot ``archivist archive`` waits for it."""
 STOP_TIMEOUT: Final = 30.0
 """Seconds tasks get to reach a safe point when the daemon stops."""
 

@@ -45,12 +45,20 @@ class WorkerProcess:
         """Fail early if another worker already listens on our socket path."""
         paths.prepare(self.socket_path)
 
+    async def spawn(self) -> None:
+        """Start the worker now, ahead of `run` (which then watches this process first), so
+        that its start-up overlaps the daemon's own."""
+        if self._process is None and not self._stopping:
+            await self._start()
+
     async def run(self) -> None:
         failures = 0
+        process = self._process  # started early by `spawn`, if it was
         while not self._stopping:
-            self._process = await asyncio.create_subprocess_exec(*self._command())
-            log.info("worker started (pid %d) on %s", self._process.pid, self.socket_path)
-            code = await self._process.wait()
+            if process is None:
+                process = await self._start()
+            code = await process.wait()
+            process = None
             if self._stopping:
                 return
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
@@ -58,6 +66,11 @@ class WorkerProcess:
             self.restarts += 1
             log.warning("worker exited with code %s; restarting in %.1f s", code, delay)
             await asyncio.sleep(delay)
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        self._process = await asyncio.create_subprocess_exec(*self._command())
+        log.info("worker started (pid %d) on %s", self._process.pid, self.socket_path)
+        return self._process
 
     def _command(self) -> list[str]:
         command = [
