@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -18,8 +19,10 @@ from rich.progress import (
 from rich.table import Table
 
 from archivist.daemon.tracker import TaskRecord
-from archivist.data import ArchivePlan
 from archivist.protocol import StatusResult
+
+if TYPE_CHECKING:  # the data layer's imports take ~0.2 s; a one-shot run starts its worker first
+    from archivist.data import ArchivePlan
 
 
 class ArchiveProgress:
