@@ -8,6 +8,7 @@ validates types and constraints and its errors name the offending path (``at $.b
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
@@ -96,13 +97,11 @@ class Execute(Message, tag_field="command", tag="execute"):
             self.params = {}
 
 
-class _ExecuteRows(Message, tag_field="command", tag="execute"):
-    """`Execute` as the daemon first reads it: each param still raw JSON (see `decode_frame`)."""
+class _ExecuteRows(Execute, tag="execute"):
+    """`Execute` as the daemon first reads it: each param still raw JSON (see `decode_frame`);
+    every other field checked as `Execute` checks it."""
 
-    request_id: RequestId
-    target_command: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    params: dict[str, msgspec.Raw] | None = None
-    task_id: TaskId | None = None
+    params: dict[str, msgspec.Raw] | None = None  # type: ignore[assignment]
 
 
 class Progress(Message, tag_field="command", tag="progress"):
@@ -329,7 +328,7 @@ def decode_raw(raw: msgspec.Raw) -> JSONValue:
         raise InvalidJson("not accepted JSON: nested too deeply") from None
 
 
-def with_rows_decoded(params: JSONObject) -> JSONObject:
+def with_rows_decoded(params: Mapping[str, object]) -> JSONObject:
     """``params`` with the rows `decode_frame` left raw decoded (an array whole, or rows one
     by one): what code that takes JSON values only must be given."""
     decoded = dict(params)

@@ -73,11 +73,9 @@ class CommandBus:
             params = {}
         if not isinstance(params, Mapping):
             raise InvalidParams("invalid params: must be a JSON object")
-        params = dict(params)
-        if name not in self._raw_rows:
-            params = with_rows_decoded(params)
+        given = dict(params) if name in self._raw_rows else with_rows_decoded(params)
         try:
-            return await fn(params)
+            return await fn(given)
         except ArchivistError:
             raise
         except Exception as exc:

@@ -36,7 +36,7 @@ from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
 from archivist.data.values import JSONObject, RowCodec, decode_value
 from archivist.errors import Conflict, InvalidParams
-from archivist.protocol import ROW_PARAMS, decode_raw, split_rows
+from archivist.protocol import ROW_PARAMS, decode_raw, split_rows, with_rows_decoded
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +148,15 @@ class DataCommands:
         handle whose listed rows this daemon remembers stay raw, one by one, to be
         recognised by their bytes; any other array is decoded at once (the faster way to
         decode many rows)."""
-        raw = [name for name in ROW_PARAMS if isinstance(params.get(name), msgspec.Raw)]
-        if not raw:
-            return params
         handle = self.catalog.handles.get(str(params.get("dbHandle")))
-        remembered = handle is not None and handle.dialect_name in PASSTHROUGH
-        ready = dict(params)
-        for name in raw:
-            rows = ready[name]
-            assert isinstance(rows, msgspec.Raw)
-            ready[name] = split_rows(rows) if remembered else decode_raw(rows)
-        return ready
+        if handle is None or handle.dialect_name not in PASSTHROUGH:
+            return with_rows_decoded(params)
+        return {
+            name: split_rows(value)
+            if name in ROW_PARAMS and isinstance(value, msgspec.Raw)
+            else value
+            for name, value in params.items()
+        }
 
     # --- data/load ------------------------------------------------------------------------
 
@@ -526,10 +524,10 @@ class _CreatePlan:
         values = {c.name: sa.bindparam(f"_s{i}", type_=NullType()) for i, c in enumerate(columns)}
         statement: sa.Insert = sa.insert(table).values(values)
         if upsert:
-            excluded = sqlite_insert(table).excluded
+            upserting = sqlite_insert(table).values(values)
+            excluded = upserting.excluded
             others = {c.name: excluded[c.name] for c in columns if c.name != self.info.pk}
             key = [table.c[self.info.pk]]
-            upserting = sqlite_insert(table).values(values)
             statement = (
                 upserting.on_conflict_do_update(index_elements=key, set_=others)
                 if others

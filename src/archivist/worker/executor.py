@@ -237,9 +237,7 @@ class _TaskRun:
         if self.pending is None:
             return True
         batch, self.pending = self.pending, None
-        moved = await self._delete(batch)
-        await self._moved(moved)
-        return moved == len(batch.items)
+        return not await self._delete_now(batch)
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -304,11 +302,15 @@ class _TaskRun:
                 if isinstance(outcome, BaseException):
                     raise outcome
         if left_behind or not defer:
-            deleted_now = await self._delete(batch)
-            await self._moved(deleted_now)
-            return left_behind or deleted_now < len(batch.items)
+            return await self._delete_now(batch) or left_behind
         self.pending = batch
         return False
+
+    async def _delete_now(self, batch: Batch) -> bool:
+        """Delete a batch and count what went; whether it left rows behind."""
+        moved = await self._delete(batch)
+        await self._moved(moved)
+        return moved < len(batch.items)
 
     async def _copy(self, batch: Batch) -> None:
         """Copy one batch to the destination and check it reads back identical."""
