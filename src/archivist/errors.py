@@ -131,6 +131,13 @@ class SchemaError(DataError):
     code = "schema_error"
 
 
+class Unsupported(DataError):
+    """A command this daemon knows but cannot run for these handles (``data/copy`` between
+    databases no one connection reaches); the caller falls back to another way."""
+
+    code = "unsupported"
+
+
 class ConfigError(ArchivistError):
     """A configuration problem; the message names the file and the key."""
 

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 
-from archivist.data import DataDaemon, commands
+from archivist.data import DataDaemon, commands, slicing
 from archivist.data.handles import Handle, create_engine
 from archivist.data.schema import TableInfo
 from archivist.errors import (
@@ -844,14 +844,14 @@ def test_sqlite_delete_waits_between_slices_only_while_others_write(sqlite_url: 
         with engine.connect() as connection:
             raw = connection.connection.dbapi_connection
             assert raw is not None
-            seen = [commands._others_wrote(connection, raw)]  # first time: assume so
-            seen.append(commands._others_wrote(connection, raw))  # nobody wrote
+            seen = [slicing.others_wrote(connection, raw)]  # first time: assume so
+            seen.append(slicing.others_wrote(connection, raw))  # nobody wrote
             raw.execute(insert, (1,))  # this connection's own commit
-            seen.append(commands._others_wrote(connection, raw))
+            seen.append(slicing.others_wrote(connection, raw))
             with contextlib.closing(sqlite3.connect(_sqlite_file(sqlite_url))) as app, app:
                 app.execute(insert, (2,))  # the application's
-            seen.append(commands._others_wrote(connection, raw))
-            seen.append(commands._others_wrote(connection, raw))
+            seen.append(slicing.others_wrote(connection, raw))
+            seen.append(slicing.others_wrote(connection, raw))
     finally:
         engine.dispose()
     assert seen == [True, False, False, True, False]

@@ -32,8 +32,10 @@ from archivist.data.filters import (
 )
 from archivist.data.handles import Handle
 from archivist.data.schema import TableInfo
+from archivist.data.slicing import SLICE_ROWS, commits_without_sync, execute, slices
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
+from archivist.data.transfer import Transfers
 from archivist.data.values import JSONObject, RowCodec, decode_value
 from archivist.errors import Conflict, InvalidParams
 from archivist.protocol import ROW_PARAMS, decode_raw, split_rows, with_rows_decoded
@@ -114,6 +116,8 @@ class DeleteParams(_Params):
     id: Any = msgspec.UNSET
     ids: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
     expected: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
+    # Extension: delete only rows with an identical copy on this handle (`Transfers`).
+    matching: Name | None = None
 
 
 P = TypeVar("P", bound=msgspec.Struct)
@@ -139,6 +143,7 @@ class DataCommands:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.recent = RecentRows()
+        self.transfers = Transfers(catalog)
 
     async def ping(self, params: JSONObject) -> JSONObject:
         return {"message": "pong"}
@@ -266,6 +271,13 @@ class DataCommands:
     async def delete(self, params: JSONObject) -> JSONObject:
         p = parse_params(self._rows(params), DeleteParams)
         given = [p.id is not msgspec.UNSET, p.ids is not None, p.expected is not None]
+        if p.matching is not None:
+            if given != [False, True, False]:
+                raise InvalidParams(
+                    "invalid params: matching needs ids, and neither id nor expected"
+                )
+            ids = list(p.ids or [])
+            return await self.transfers.delete_matching(p.collection, p.db_handle, p.matching, ids)
         _, handle, info = await self.catalog.table(p.collection, p.db_handle)
         pk_spec = info.spec(info.pk)
         if p.expected is not None:
@@ -715,17 +727,6 @@ def _match_expected(
     return [(encoded_key, stored) for _, (encoded_key, stored) in matched], skipped
 
 
-SLICE_ROWS: Final = 200
-"""Rows per slice of a SQLite delete: each slice holds the write lock well under 1 ms."""
-SLICE_GAP: Final = 0.0015
-"""Seconds between slices, with the write lock free, while other connections write to the
-database. An application writer that met a slice sleeps 1 ms in SQLite's busy handler
-before it tries again; the gap is longer, so that second try finds the lock free instead
-of the next slice."""
-DATA_VERSION: Final = "archivist_data_version"
-"""Where a pooled SQLite connection keeps the last ``PRAGMA data_version`` it read."""
-
-
 def _delete_in_slices(
     engine: sa.Engine, info: TableInfo, rows: list[_Unchanged]
 ) -> tuple[int, list[object]]:
@@ -755,16 +756,8 @@ def _delete_in_slices(
         pk_at = statement.pk_at
         deleted = 0
         left: list[object] = []
-        (synchronous,) = raw.execute("PRAGMA synchronous").fetchone()
-        raw.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yielding: bool | None = None  # asked once, before the second slice
-            for start in range(0, len(rows), statement.rows):
-                if start:
-                    if yielding is None:
-                        yielding = _others_wrote(connection, raw)
-                    if yielding:
-                        time.sleep(SLICE_GAP)
+        with commits_without_sync(raw):
+            for start in slices(connection, raw, len(rows), statement.rows):
                 part = rows[start : start + statement.rows]
                 stored = [values for _, values in part]
                 matched = set(statement.matching(raw, stored))
@@ -773,18 +766,7 @@ def _delete_in_slices(
                 if removed < len(matched):  # rare: a row changed in the instant since it was read
                     matched -= set(statement.present(raw, list(matched)))
                 left.extend(key for key, values in part if values[pk_at] not in matched)
-        finally:
-            raw.execute(f"PRAGMA synchronous={int(synchronous)}")
     return deleted, left
-
-
-def _others_wrote(connection: Connection, raw: Any) -> bool:
-    """Whether another connection committed to this database since this one last asked
-    (its own commits do not count); the first time, assume so."""
-    (version,) = raw.execute("PRAGMA data_version").fetchone()
-    seen = connection.connection.info.get(DATA_VERSION)
-    connection.connection.info[DATA_VERSION] = version
-    return bool(seen != version)
 
 
 @dataclass(frozen=True)
@@ -842,11 +824,7 @@ class _GuardedDelete:
 
     @staticmethod
     def _execute(raw: Any, sql: str, params: list[object]) -> Any:
-        try:
-            return raw.execute(sql, params)
-        except sqlite3.Error as exc:
-            # As SQLAlchemy would raise it, so the handle reports it as a database error.
-            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from None
+        return execute(raw, sql, params)
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, ParamSpec, TypeVar
 
@@ -51,9 +51,10 @@ def safe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def create_engine(url: str | URL) -> Engine:
+def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) -> Engine:
     """An engine with archivist's session settings: SQLite in WAL mode with a busy timeout and
-    foreign keys; MariaDB and PostgreSQL sessions in UTC."""
+    foreign keys; MariaDB and PostgreSQL sessions in UTC. ``attach`` (SQLite): other database
+    files every connection attaches, by schema name."""
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     connect_args: dict[str, object] = {}
@@ -68,7 +69,9 @@ def create_engine(url: str | URL) -> Engine:
         json_deserializer=_json_loads,
     )
     if backend == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, attach or {})
+    elif attach:
+        raise ConfigError(f"only SQLite attaches databases, not {backend}")
     return engine
 
 
@@ -103,7 +106,7 @@ def _json_loads(text: str | bytes) -> object:
         return json.loads(text)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, attach: Mapping[str, str]) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: object, _record: object) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
@@ -113,6 +116,8 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
+            for schema, path in attach.items():
+                cursor.execute(f"ATTACH DATABASE ? AS {schema}", (path,))
         finally:
             cursor.close()
 
@@ -127,11 +132,21 @@ def _configure_sqlite(engine: Engine) -> None:
 class Handle:
     """One named database: its engine and the threads that run its blocking work."""
 
-    def __init__(self, name: str, url: str | URL, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str | URL,
+        *,
+        threads: int = DEFAULT_THREADS,
+        attach: Mapping[str, str] | None = None,
+        label: str | None = None,
+    ) -> None:
         self.name = name
+        self.label = label or f"handle '{name}'"
+        """How errors name this handle."""
         try:
             self.url = normalize_url(url)
-            self.engine = create_engine(self.url)
+            self.engine = create_engine(self.url, attach=attach)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise ConfigError(f"handles.{name}: cannot use this database URL: {exc}") from None
         self.dialect_name = self.engine.dialect.name
@@ -146,7 +161,7 @@ class Handle:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking ``fn`` in this handle's threads; driver errors become DatabaseError."""
         if self._closed:
-            raise DatabaseError(f"handle '{self.name}' is closed")
+            raise DatabaseError(f"{self.label} is closed")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._guarded, fn, *args, **kwargs)
         work = loop.run_in_executor(self._executor, call)
@@ -182,15 +197,13 @@ class Handle:
         except ArchivistError:
             raise
         except DBAPIError as exc:
-            log.debug("database error on handle %s", self.name, exc_info=True)
+            log.debug("database error on %s", self.label, exc_info=True)
             raise DatabaseError(
-                f"database error on handle '{self.name}': {_first_line(exc.orig)}"
+                f"database error on {self.label}: {_first_line(exc.orig)}"
             ) from None
         except SQLAlchemyError as exc:
-            log.debug("database error on handle %s", self.name, exc_info=True)
-            raise DatabaseError(
-                f"database error on handle '{self.name}': {_first_line(exc)}"
-            ) from None
+            log.debug("database error on %s", self.label, exc_info=True)
+            raise DatabaseError(f"database error on {self.label}: {_first_line(exc)}") from None
 
     async def close(self) -> None:
         """Dispose the engine and stop the threads (waiting for running work)."""

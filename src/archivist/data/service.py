@@ -71,6 +71,7 @@ class DataDaemon:
         self.bus.register("data/create", self.commands.create, replace=True, raw_rows=True)
         self.bus.register("data/delete", self.commands.delete, replace=True, raw_rows=True)
         self.bus.register("data/load", self.commands.load, replace=True)
+        self.bus.register("data/copy", self.commands.transfers.copy, replace=True)
         self._started = False
         self._distinct: set[tuple[str, str]] = set()
 
@@ -95,6 +96,7 @@ class DataDaemon:
 
     async def close(self) -> None:
         """Dispose every engine and stop the database threads."""
+        await self.commands.transfers.close()
         for handle in self.handles.values():
             await handle.close()
         self._started = False
