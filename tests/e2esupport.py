@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from archivist import sample
@@ -36,14 +37,16 @@ def policy(collection: str = "chat_messages", **overrides: object) -> ArchiveCon
     return ArchiveConfig(**values)  # type: ignore[arg-type]
 
 
-def small_config(primary: str, archive: str, *, retry_for: float = 60.0) -> Config:
+def small_config(
+    primary: str, archive: str, *, retry_for: float = 60.0, in_database: bool = True
+) -> Config:
     """A policy that keeps 1,800 of 3,000 rows (2,000 max, 200 per archive), batches of 200,
     checked every 0.2 s."""
     entry = policy(max_rows=2000, rows_per_archive=200, batch_size=200)
     return make_config(
         {"primary": primary, "archive": archive},
         [entry],
-        worker=WorkerConfig(retry_for=retry_for),
+        worker=WorkerConfig(retry_for=retry_for, in_database=in_database),
         daemon=DaemonConfig(check_interval=0.2, health_interval=1),
     )
 
@@ -219,3 +222,14 @@ def processes() -> Iterator[Processes]:
         yield started
     finally:
         started.kill_all()
+
+
+COPY_COMMANDS = {"rows": "data/create", "in_database": "data/copy"}
+"""The command that copies a batch to the archive, by the path rows take: through the worker,
+or inside the database (two SQLite files)."""
+PATHS = pytest.mark.parametrize("path", list(COPY_COMMANDS))
+
+
+def copies_to(params: Mapping[str, object], handle: str) -> bool:
+    """Whether a ``data/create`` or ``data/copy`` call writes to ``handle``."""
+    return params.get("destHandle", params.get("dbHandle")) == handle

@@ -148,7 +148,7 @@ def answer(client: WireClient, request: Frame, result: Frame) -> None:
     client.send({"requestId": request["requestId"], "status": "success", "result": result})
 
 
-DESIGN_ONLY_UNKNOWN = frozenset({"data/load"})
+DESIGN_ONLY_UNKNOWN = frozenset({"data/load", "data/copy"})
 """Extensions a daemon written from the design alone does not know; it refuses them."""
 
 

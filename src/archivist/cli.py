@@ -190,6 +190,14 @@ def main() -> None:
     help="Batches that may write at once on one source database, across all tasks.",
 )
 @click.option(
+    "--rows-through-worker",
+    is_flag=True,
+    help="Always move rows through this worker (list, create, verify, delete), even where "
+    "the daemon could copy them inside the database: two SQLite files, or two MariaDB/MySQL "
+    "databases on one server reached as one user. Slower; for comparing, or for a daemon "
+    "whose data/copy should not be used.",
+)
+@click.option(
     "--parent",
     type=click.IntRange(1),
     metavar="PID",
@@ -219,6 +227,7 @@ def worker(
     max_latency_ms: float,
     max_active: int,
     per_database: int,
+    rows_through_worker: bool,
 ) -> None:
     """Run an archive worker: a Unix-socket server with a task queue.
 
@@ -230,6 +239,11 @@ def worker(
     Example:
 
         archivist worker --socket /run/user/1000/archivist/worker.sock --concurrency 3
+
+    Where the daemon can copy rows inside the database (data/copy: two SQLite files, or
+    two MariaDB/MySQL databases on one server), each batch is copied there and deleted
+    only where the database finds an identical copy; elsewhere rows pass through the
+    worker and are read back before the delete.
 
     Batches are gentle by default: each aims at --batch-time, tasks on one database take
     turns (--per-database), and batches wait while the database is busy (--max-latency-ms,
@@ -253,6 +267,7 @@ def worker(
         retry_for=retry_for,
         batch_time=batch_time,
         min_batch=min_batch,
+        in_database=not rows_through_worker,
         throttle=throttle,
     )
     options = WorkerOptions(

@@ -64,6 +64,7 @@ class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_latency_ms: NonNegativeFloat = 100.0
     max_active: Annotated[int, msgspec.Meta(ge=0)] = 32
     per_database: PositiveInt = 1
+    in_database: bool = True
 
     def command_line(self) -> list[str]:
         """These settings as ``archivist worker`` options (socket and concurrency aside)."""
@@ -82,6 +83,8 @@ class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         args = [item for name, value in options.items() for item in (name, str(value))]
         if self.pause_file is not None:
             args += ["--pause-file", self.pause_file]
+        if not self.in_database:
+            args.append("--rows-through-worker")
         return args
 
 

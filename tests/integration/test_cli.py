@@ -94,6 +94,8 @@ def test_interrupting_archive_stops_after_a_batch_and_says_how_far_it_got(tmp_pa
                 "batch_size": 200,
             }
         ],
+        # Copied inside the database, 60,000 rows would be gone before the signal.
+        worker={"pause": 0.05},
     )
     process = subprocess.Popen(
         [

@@ -23,7 +23,10 @@ from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.service import ArchiveDaemon
 from archivist.data.bus import JSONObject
 from archivist.errors import ArchivistError
+from datasupport import sql as sql_rows
 from e2esupport import (
+    COPY_COMMANDS,
+    PATHS,
     archivist,
     children_of,
     count,
@@ -95,7 +98,8 @@ def test_design_test_4_archives_the_10_oldest_rows_sqlite_to_sqlite(tmp_path: Pa
 # --- the design's Test 5 -------------------------------------------------------------------
 
 
-def test_design_test_5_three_collections_archive_concurrently(tmp_path: Path) -> None:
+@PATHS
+def test_design_test_5_three_collections_archive_concurrently(tmp_path: Path, path: str) -> None:
     names = ("chat_messages", "audit_log", "events")
     handles: dict[str, str] = {}
     policies = []
@@ -106,12 +110,14 @@ def test_design_test_5_three_collections_archive_concurrently(tmp_path: Path) ->
         policies.append(
             policy(name, source_handle=f"{name}_src", dest_handle=f"{name}_dst", batch_size=100)
         )
-    config = make_config(handles, policies, worker=WorkerConfig(concurrency=3))
+    worker = WorkerConfig(concurrency=3, in_database=path == "in_database")
+    config = make_config(handles, policies, worker=worker)
     spans: dict[str, list[float]] = {}
+    command = COPY_COMMANDS[path]
 
     async def scenario() -> None:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(command)
 
             async def timed_create(params: JSONObject) -> JSONObject:
                 collection = str(params["collection"])
@@ -119,7 +125,7 @@ def test_design_test_5_three_collections_archive_concurrently(tmp_path: Path) ->
                 await asyncio.sleep(0.01)  # a slow archive database widens the window
                 return await create(params)
 
-            daemon.data.bus.register("data/create", timed_create, replace=True)
+            daemon.data.bus.register(command, timed_create, replace=True)
             records = await asyncio.gather(*(archive_now(daemon, n, 3000) for n in names))
             assert [r.archived for r in records] == [3000, 3000, 3000]
 
@@ -224,10 +230,15 @@ def test_run_brings_a_table_over_max_rows_down_and_leaves_one_below_alone(
 
 
 def test_a_verify_mismatch_aborts_the_batch_and_deletes_nothing(tmp_path: Path) -> None:
+    """Rows through the worker: a copy that reads back different fails the task."""
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
     make_chat_table(primary, 300)
-    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=100)])
+    config = make_config(
+        {"primary": primary, "archive": archive},
+        [policy(batch_size=100)],
+        worker=WorkerConfig(in_database=False),
+    )
 
     async def scenario() -> str:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
@@ -254,6 +265,47 @@ def test_a_verify_mismatch_aborts_the_batch_and_deletes_nothing(tmp_path: Path) 
     assert "differs" in error and "id=7" in error
     assert count(primary) == 300
     assert ids(primary) == set(range(1, 301))
+
+
+def test_a_row_whose_copy_differs_is_never_deleted_when_copied_inside_the_database(
+    tmp_path: Path,
+) -> None:
+    """Copied inside the database, the delete's guard is the verification: a row whose
+    copy is altered after every copy stays in the primary, the others move, and the task
+    fails once batches stop deleting anything."""
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_chat_table(primary, 300)
+    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=100)])
+    copies: list[int] = []
+
+    async def scenario() -> str:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            copy = daemon.data.bus.command("data/copy")
+
+            async def copy_then_corrupt(params: JSONObject) -> JSONObject:
+                result = await copy(params)
+                copies.append(len(result["items"]))  # type: ignore[arg-type]
+                engine = sa.create_engine(archive)
+                with engine.begin() as connection:
+                    connection.execute(
+                        sa.text("UPDATE chat_messages SET body = 'corrupted' WHERE id = 7")
+                    )
+                engine.dispose()
+                return result
+
+            daemon.data.bus.register("data/copy", copy_then_corrupt, replace=True)
+            with pytest.raises(ArchivistError) as failure:
+                await archive_now(daemon, "chat_messages", 300)
+            return failure.value.message
+
+    error = asyncio.run(scenario())
+
+    assert copies, "nothing was copied inside the database"
+    assert "deleted no row" in error and "copy in archive differs" in error
+    assert ids(primary) == {7}
+    assert ids(archive) == set(range(1, 301))
+    assert sql_rows(archive, "SELECT body FROM chat_messages WHERE id = 7") == [("corrupted",)]
 
 
 # --- a worker killed mid-run ---------------------------------------------------------------

@@ -32,7 +32,10 @@ from archivist.data import DataDaemon, handles
 from archivist.data.bus import JSONObject
 from archivist.errors import ArchivistError
 from e2esupport import (
+    COPY_COMMANDS,
+    PATHS,
     archivist,
+    copies_to,
     count,
     ids,
     make_chat_table,
@@ -84,28 +87,37 @@ def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- the database goes away mid-task ---------------------------------------------------------
 
 
+FAILED_COPY = {
+    "rows": "batch failed (data/create on archive: database error on handle 'archive'",
+    "in_database": "batch failed (data/copy on primary: database error on handles 'primary' "
+    "and 'archive' (copying inside the database)",
+}
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.usefixtures("short_busy_timeout")
+@PATHS
 def test_a_locked_archive_database_fails_batches_that_retry_with_backoff_then_complete(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], path: str
 ) -> None:
     primary, archive_file = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "a.db"
     archive = f"sqlite:///{archive_file}"
     make_chat_table(primary, ROWS)
-    config = small_config(primary, archive, retry_for=30)
+    config = small_config(primary, archive, retry_for=30, in_database=path == "in_database")
     locks: list[ExclusiveLock] = []
+    command = COPY_COMMANDS[path]
 
     async def scenario() -> TaskRecord:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(command)
 
             async def lock_on_the_third_batch(params: JSONObject) -> JSONObject:
-                if not locks and params["dbHandle"] == "archive" and count(archive) >= 400:
+                if not locks and copies_to(params, "archive") and count(archive) >= 400:
                     locks.append(ExclusiveLock(archive_file))
                     locks[0].release_after(2.5)
                 return await create(params)
 
-            daemon.data.bus.register("data/create", lock_on_the_third_batch, replace=True)
+            daemon.data.bus.register(command, lock_on_the_third_batch, replace=True)
             return await archive_now(daemon, "chat_messages", 1200)
 
     try:
@@ -120,7 +132,7 @@ def test_a_locked_archive_database_fails_batches_that_retry_with_backoff_then_co
     assert locks, "the lock was never taken"
     assert record.state == "success" and record.archived == 1200
     assert took >= 2.5
-    assert "batch failed (data/create on archive: database error on handle 'archive'" in log
+    assert FAILED_COPY[path] in log
     assert "database is locked" in log
     retries = log.count("; retrying in")
     assert retries >= 2, "the batch was not retried with backoff"
@@ -131,17 +143,19 @@ def test_a_locked_archive_database_fails_batches_that_retry_with_backoff_then_co
 
 @pytest.mark.timeout(90)
 @pytest.mark.usefixtures("short_busy_timeout")
+@PATHS
 def test_a_database_locked_longer_than_retry_for_fails_the_task_naming_it_then_later_checks_finish(
-    tmp_path: Path,
+    tmp_path: Path, path: str
 ) -> None:
     """The task gives up after retry_for with status error naming the database; nothing is
     lost; the daemon keeps serving and a later policy check queues the work again."""
     primary, archive_file = f"sqlite:///{tmp_path / 'p.db'}", tmp_path / "a.db"
     archive = f"sqlite:///{archive_file}"
     make_chat_table(primary, ROWS)
-    config = small_config(primary, archive, retry_for=1.5)
+    config = small_config(primary, archive, retry_for=1.5, in_database=path == "in_database")
     locks: list[ExclusiveLock] = []
     updates: list[tuple[str, str, str | None]] = []
+    command = COPY_COMMANDS[path]
 
     def on_update(record: TaskRecord) -> None:
         updates.append((record.task_id, record.state, record.error))
@@ -150,14 +164,14 @@ def test_a_database_locked_longer_than_retry_for_fails_the_task_naming_it_then_l
         async with running(
             config, Launch(private_socket=True, watch=True), on_update=on_update
         ) as daemon:
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(command)
 
             async def lock_once(params: JSONObject) -> JSONObject:
-                if not locks and params["dbHandle"] == "archive" and len(ids(archive)) >= 200:
+                if not locks and copies_to(params, "archive") and len(ids(archive)) >= 200:
                     locks.append(ExclusiveLock(archive_file))
                 return await create(params)
 
-            daemon.data.bus.register("data/create", lock_once, replace=True)
+            daemon.data.bus.register(command, lock_once, replace=True)
             deadline = time.monotonic() + 30
             while not any(state == "error" for _, state, _ in updates):
                 assert time.monotonic() < deadline, f"no task failed: {updates}"
@@ -181,7 +195,7 @@ def test_a_database_locked_longer_than_retry_for_fails_the_task_naming_it_then_l
 
     errors = [error or "" for _, state, error in updates if state == "error"]
     assert errors
-    assert "database error on handle 'archive'" in errors[0]
+    assert FAILED_COPY[path].split("(", 1)[1] in errors[0]
     assert "database is locked" in errors[0] and "gave up after retrying" in errors[0]
     assert any(state == "success" for _, state, _ in updates)
     assert count(primary) == 1800
@@ -284,17 +298,19 @@ def test_postgresql_stopped_mid_task_fails_batches_that_retry_until_it_is_back(
 
 
 @pytest.mark.timeout(90)
+@PATHS
 def test_a_connection_closed_by_the_daemon_mid_task_is_reopened_and_the_task_queued_again(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], path: str
 ) -> None:
     primary, archive = f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(primary, ROWS)
-    config = small_config(primary, archive)
+    config = small_config(primary, archive, in_database=path == "in_database")
     closed: list[int] = []
+    command = COPY_COMMANDS[path]
 
     async def scenario() -> tuple[TaskRecord, int]:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(command)
 
             async def close_on_the_third_create(params: JSONObject) -> JSONObject:
                 if not closed and count(archive) >= 400:
@@ -303,7 +319,7 @@ def test_a_connection_closed_by_the_daemon_mid_task_is_reopened_and_the_task_que
                     await connection.close()  # from the daemon's side, mid-batch
                 return await create(params)
 
-            daemon.data.bus.register("data/create", close_on_the_third_create, replace=True)
+            daemon.data.bus.register(command, close_on_the_third_create, replace=True)
             record = await archive_now(daemon, "chat_messages", 1200)
             return record, daemon.connections
 
@@ -321,20 +337,22 @@ def test_a_connection_closed_by_the_daemon_mid_task_is_reopened_and_the_task_que
 
 
 @pytest.mark.timeout(90)
+@PATHS
 def test_a_connection_closed_by_the_worker_mid_task_is_reopened_and_later_checks_finish(
-    tmp_path: Path,
+    tmp_path: Path, path: str
 ) -> None:
     """The worker ends its side (SIGTERM: its task stops at a safe point, it closes the
     connection and exits); the supervisor restarts it, the daemon reconnects, and the policy
     brings the table down to exactly what it leaves."""
     primary, archive = f"sqlite:///{tmp_path / 'p.db'}", f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(primary, ROWS)
-    config = small_config(primary, archive)
+    config = small_config(primary, archive, in_database=path == "in_database")
     stopped: list[int] = []
+    command = COPY_COMMANDS[path]
 
     async def scenario() -> tuple[int, int]:
         async with running(config, Launch(private_socket=True, watch=True)) as daemon:
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(command)
 
             async def stop_the_worker_on_the_third_create(params: JSONObject) -> JSONObject:
                 if not stopped and count(archive) >= 400:
@@ -343,9 +361,7 @@ def test_a_connection_closed_by_the_worker_mid_task_is_reopened_and_later_checks
                     os.kill(daemon.supervisor.pid, signal.SIGTERM)
                 return await create(params)
 
-            daemon.data.bus.register(
-                "data/create", stop_the_worker_on_the_third_create, replace=True
-            )
+            daemon.data.bus.register(command, stop_the_worker_on_the_third_create, replace=True)
             deadline = time.monotonic() + 40
             while not (daemon.connections >= 2 and count(primary) == 1800):
                 assert time.monotonic() < deadline, "the archive did not complete"
@@ -378,7 +394,8 @@ def test_a_read_only_archive_database_fails_the_task_clearly_and_deletes_nothing
             await data.ensure_archive_table("chat_messages")
 
     asyncio.run(create_archive_table())
-    # As root, file modes do not stop writes; SQLite's read-only open mode does.
+    # As root, file modes do not stop writes; SQLite's read-only open mode does. A URI
+    # filename is never attached (its mode would be lost): rows go through the worker.
     read_only = f"sqlite:///file:{archive_file}?mode=ro&uri=true"
     config = small_config(primary, read_only, retry_for=1.0)
 
@@ -428,7 +445,8 @@ def test_a_full_archive_disk_fails_the_task_clearly_and_deletes_no_row_it_could_
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
-    assert "database error on handle 'archive'" in error
+    # Copied inside the database (two SQLite files), the error names both handles.
+    assert "database error on handles 'primary' and 'archive'" in error
     assert "database or disk is full" in error
     in_primary = ids(primary)
     assert len(in_archive) < ROWS, "the disk was not full"
@@ -538,13 +556,15 @@ def test_passwords_in_database_urls_never_appear_in_output_errors_or_status(
     assert not leaks, f"the password appears in: {leaks}"
 
 
+@PATHS
 def test_a_worker_that_stops_answering_is_reconnected_to_after_a_missed_ping(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str
 ) -> None:
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
     make_chat_table(primary, ROWS)
-    config = small_config(primary, archive)
+    config = small_config(primary, archive, in_database=path == "in_database")
+    command = COPY_COMMANDS[path]
     config.daemon.health_interval = 0.3
     config.daemon.health_timeout = 0.5
 
@@ -552,7 +572,7 @@ def test_a_worker_that_stops_answering_is_reconnected_to_after_a_missed_ping(
         launch = Launch(private_socket=True, watch=False)
         async with running(config, launch) as daemon:
             assert daemon.supervisor is not None
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(command)
             frozen = asyncio.Event()
 
             async def freeze_worker_once(params: JSONObject) -> JSONObject:
@@ -564,7 +584,7 @@ def test_a_worker_that_stops_answering_is_reconnected_to_after_a_missed_ping(
                     asyncio.get_running_loop().call_later(2.0, os.kill, worker, signal.SIGCONT)
                 return result
 
-            daemon.data.bus.register("data/create", freeze_worker_once, replace=True)
+            daemon.data.bus.register(command, freeze_worker_once, replace=True)
             record = await archive_now(daemon, "chat_messages", 1200)
             return record.archived, record.attempts, daemon.connections
 

@@ -99,7 +99,12 @@ def test_a_busy_database_holds_batches_and_status_says_why(tmp_path: Path) -> No
     assert count(primary) == 500
 
 
-def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_database", [False, True], ids=["rows", "in_database"])
+def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path, in_database: bool) -> None:
+    """Three tasks on one primary share one budget: no write of one task to the primary
+    overlaps a write of another. Rows through the worker, the writes are each batch's
+    create and delete; copied inside the database, the copy writes only the archive, and
+    the primary's writes are the deletes."""
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
     names = ("chat_messages", "audit_log", "events")
@@ -108,9 +113,10 @@ def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path) -> None
     config = make_config(
         {"primary": primary, "archive": archive},
         [policy(name, batch_size=100) for name in names],
-        worker=WorkerConfig(concurrency=3, batch_time=0),
+        worker=WorkerConfig(concurrency=3, batch_time=0, in_database=in_database),
     )
     writes: list[tuple[str, str, float, float]] = []
+    copy = "data/copy" if in_database else "data/create"
 
     async def scenario() -> None:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
@@ -127,21 +133,19 @@ def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path) -> None
 
                 return call
 
-            for command in ("data/create", "data/delete"):
+            for command in (copy, "data/delete"):
                 daemon.data.bus.register(command, timed(command), replace=True)
             await asyncio.gather(*(archive_now(daemon, name, 1500) for name in names))
 
     asyncio.run(scenario())
 
-    # Each batch is created once and deleted once; a task's delete may overlap its own next
-    # copy, but no write of one task overlaps a write of another.
-    assert (
-        sorted(command for _, command, _, _ in writes)
-        == ["data/create"] * 45 + ["data/delete"] * 45
-    )
+    # Each batch is copied once and deleted once; a task's delete may overlap its own next
+    # copy, but no write of one task to the primary overlaps a write of another.
+    assert sorted(command for _, command, _, _ in writes) == [copy] * 45 + ["data/delete"] * 45
     assert {name for name, _, _, _ in writes} == set(names)
+    primary_writes = [w for w in writes if w[1] != "data/copy"]
     for (name, _, start, end), (other, _, other_start, other_end) in itertools.combinations(
-        writes, 2
+        primary_writes, 2
     ):
         if name != other:
             assert end <= other_start or other_end <= start, (
@@ -149,7 +153,9 @@ def test_tasks_on_one_database_write_one_batch_at_a_time(tmp_path: Path) -> None
             )
 
 
-def _thousand_rows_in_batches_of_200(tmp_path: Path) -> tuple[str, str, Config]:
+def _thousand_rows_in_batches_of_200(
+    tmp_path: Path, *, in_database: bool = True
+) -> tuple[str, str, Config]:
     """SQLite primary and archive URLs, 1,000 rows in the primary, batches of 200."""
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
@@ -157,21 +163,23 @@ def _thousand_rows_in_batches_of_200(tmp_path: Path) -> tuple[str, str, Config]:
     config = make_config(
         {"primary": primary, "archive": archive},
         [policy("chat_messages", batch_size=200)],
-        worker=WorkerConfig(batch_time=0),
+        worker=WorkerConfig(batch_time=0, in_database=in_database),
     )
     return primary, archive, config
 
 
-def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_database", [False, True], ids=["rows", "in_database"])
+def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path, in_database: bool) -> None:
     """The delete of one batch runs beside the copy of the next, and the last batch is still
     deleted: every row moves exactly once."""
-    primary, archive, config = _thousand_rows_in_batches_of_200(tmp_path)
+    primary, archive, config = _thousand_rows_in_batches_of_200(tmp_path, in_database=in_database)
     deletes: list[tuple[float, float]] = []
     creates: list[float] = []
+    copy = "data/copy" if in_database else "data/create"
 
     async def scenario() -> None:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            create = daemon.data.bus.command("data/create")
+            create = daemon.data.bus.command(copy)
             delete = daemon.data.bus.command("data/delete")
 
             async def noted_create(params: JSONObject) -> JSONObject:
@@ -185,7 +193,7 @@ def test_a_batch_is_deleted_while_the_next_one_is_copied(tmp_path: Path) -> None
                 deletes.append((began, time.monotonic()))
                 return result
 
-            daemon.data.bus.register("data/create", noted_create, replace=True)
+            daemon.data.bus.register(copy, noted_create, replace=True)
             daemon.data.bus.register("data/delete", slow_delete, replace=True)
             await archive_now(daemon, "chat_messages", 1000)
 

@@ -5,6 +5,12 @@ connection. A batch is deleted from the source only after its copy read back ide
 from the destination, so a failure at any step leaves every row in the source, the
 destination, or both, and a rerun converges (creates are idempotent by primary key).
 
+Where the daemon can copy rows inside the database (``data/copy``), a batch is listed and
+copied in one call that answers only the rows' keys, and deleted with ``matching``: the
+database itself deletes only rows whose copy is identical, which is the verification.
+Where it cannot (``unsupported``, or a daemon without the command), rows travel through
+the worker as above.
+
 While one batch is written, the next one is already being listed (keyset cursor after the
 batch's last row), and a batch's delete runs beside the next batch's copy. Batch sizes
 follow a target time per batch, and the worker's `Throttle` decides when a batch may start.
@@ -40,6 +46,8 @@ STALLED_BATCHES: Final = 3
 TRANSIENT_CODES: Final = frozenset({"db_error", "timeout"})
 """Wire codes of failures worth retrying: the database or the daemon may come back."""
 RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
+ROWS_PATH_CODES: Final = frozenset({"unsupported", "unknown_command", "forbidden"})
+"""Answers to ``data/copy`` that mean: move the rows through the worker instead."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class Settings:
     min_batch: int = 100
     prefetch: bool = True
     """List the next batch while the current one is written."""
+    in_database: bool = True
+    """Let the daemon copy rows inside the database where it can (``data/copy``)."""
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
 
@@ -89,6 +99,9 @@ class Batch:
     primary_key: str
     order_field: str | None
     after_cursor: bool
+    copied: bool = False
+    """Already copied inside the database by ``data/copy``: ``items`` hold only keys and
+    order values, and the delete's guard (``matching``) is the verification."""
 
     def cursor_after(self) -> JSONObject | None:
         """A keyset cursor just past this batch's last row, if the order is known."""
@@ -148,6 +161,8 @@ class _TaskRun:
         self.stalled = 0
         self.pending: Batch | None = None
         """The batch copied and verified last, whose delete runs beside the next copy."""
+        self.in_database = settings.in_database
+        """Batches are copied inside the database (until the daemon says it cannot)."""
 
     @property
     def remaining(self) -> int:
@@ -169,12 +184,12 @@ class _TaskRun:
         try:
             while self.remaining - self.unsettled > 0:
                 if self.stopped():
-                    return await self._settle_on_stop()
+                    return await self._settle_on_stop(ahead)
                 await self.throttle.wait_turn(
                     task.spec.source_handle, self.calls.execute, self._throttled, self.stopped
                 )
                 if self.stopped():
-                    return await self._settle_on_stop()
+                    return await self._settle_on_stop(ahead)
                 started = time.monotonic()
                 try:
                     batch = await ahead if ahead is not None else await self._list(None)
@@ -195,7 +210,7 @@ class _TaskRun:
                 except (RemoteError, RequestTimeout) as exc:
                     await _cancelled(ahead)
                     ahead = None
-                    self.pending = None  # copied, not deleted: listed again from the start
+                    await self._settle_after_failure()
                     failing_since = failing_since or time.monotonic()
                     streak += 1
                     await self._retry_pause(exc, streak, time.monotonic() - failing_since)
@@ -222,14 +237,33 @@ class _TaskRun:
         self.task.archived += moved
         await self.calls.progress(self.task.archived, max(self.task.total, self.task.archived))
 
-    async def _settle_on_stop(self) -> bool:
-        """Finish the batch copied last before stopping; False (the task did not finish)."""
+    async def _settle_on_stop(self, ahead: asyncio.Task[Batch] | None) -> bool:
+        """Finish the batch copied last before stopping; False (the task did not finish).
+
+        A batch listed ahead by ``data/copy`` is already copied, or being copied: it is
+        deleted too, rather than left in both databases until the next run.
+        """
         try:
             await self._settle_pending()
+            if ahead is not None and self.in_database:
+                batch = await ahead
+                if batch.copied and batch.items:
+                    await self._delete_now(batch)
         except (RemoteError, RequestTimeout) as exc:
             # Its rows are in both databases; the next run deletes them.
             log.warning("task %s: last delete failed on stopping: %s", self.task.task_id, exc)
         return False
+
+    async def _settle_after_failure(self) -> None:
+        """After a failed step, delete the batch copied and verified last if it is still
+        pending (the failure was the next batch's listing or copy), so its rows do not stay
+        in both databases while the task retries or fails; if that delete fails too, they
+        are listed again from the start."""
+        try:
+            await self._settle_pending()
+        except (RemoteError, RequestTimeout) as exc:
+            log.warning("task %s: delete after a failure failed too: %s", self.task.task_id, exc)
+        self.pending = None
 
     async def _settle_pending(self) -> bool:
         """Delete the batch copied last, if its delete is still to run; True if none was left
@@ -251,15 +285,35 @@ class _TaskRun:
             params["orderBy"] = [{"field": order_by, "direction": "asc"}]
         if cursor is not None:
             params["cursor"] = cursor
-        listed = await self.calls.execute("data/list", params)
+        command = "data/list"
+        if self.in_database and (listed := await self._copy_in_database(params)) is not None:
+            command = "data/copy"
+        else:
+            listed = await self.calls.execute(command, params)
         order_field = order_by or listed.get("orderBy")
         return Batch(
-            items=_items(listed, "data/list"),
+            items=_items(listed, command),
             limit=limit,
             primary_key=_primary_key(listed),
             order_field=order_field if isinstance(order_field, str) else None,
             after_cursor=cursor is not None,
+            copied=command == "data/copy",
         )
+
+    async def _copy_in_database(self, params: JSONObject) -> JSONObject | None:
+        """List and copy the next rows in one call, inside the database; None when the
+        daemon cannot for this task's handles (then rows go through the worker)."""
+        try:
+            return await self.calls.execute(
+                "data/copy", {**params, "destHandle": self.task.spec.dest_handle}
+            )
+        except RemoteError as exc:
+            if exc.code not in ROWS_PATH_CODES:
+                raise
+            if self.in_database:
+                log.info("task %s: rows go through the worker: %s", self.task.task_id, exc.message)
+            self.in_database = False
+            return None
 
     def _list_ahead(self, batch: Batch) -> asyncio.Task[Batch] | None:
         """Start listing the batch after this one, if there will be one and we can find it.
@@ -314,6 +368,8 @@ class _TaskRun:
 
     async def _copy(self, batch: Batch) -> None:
         """Copy one batch to the destination and check it reads back identical."""
+        if batch.copied:
+            return  # done by data/copy; the delete checks each copy
         items, primary_key = batch.items, batch.primary_key
         ids = [_key_of(item, primary_key) for item in items]
         # The source is authoritative for rows it still holds: a copy left by an earlier,
@@ -335,9 +391,10 @@ class _TaskRun:
         """
         items, primary_key = batch.items, batch.primary_key
         ids = [_key_of(item, primary_key) for item in items]
-        deleted = await self.calls.execute(
-            "data/delete", {**self.source, "ids": ids, "expected": items}
+        guard: JSONObject = (
+            {"matching": self.task.spec.dest_handle} if batch.copied else {"expected": items}
         )
+        deleted = await self.calls.execute("data/delete", {**self.source, "ids": ids, **guard})
         moved = _int_field(deleted, "deleted", "data/delete")
         self._count_skips(len(items) - moved, len(items))
         return moved
@@ -350,8 +407,9 @@ class _TaskRun:
             )
         if self.stalled >= STALLED_BATCHES:
             raise VerifyMismatch(
-                f"{self.stalled} batches in a row found every row changed since it was copied; "
-                "the source is being rewritten faster than it can be archived"
+                f"{self.stalled} batches in a row deleted no row: each had changed since it "
+                f"was copied, or its copy in {self.task.spec.dest_handle} differs; the source "
+                "is rewritten faster than it can be archived, or the copies are altered"
             )
 
     # --- pacing --------------------------------------------------------------------------
