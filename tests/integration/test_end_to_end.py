@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -170,6 +171,44 @@ def test_archives_across_engines(direction: str, pg_url: str, mysql_url: str) ->
     assert after == before
     assert count(primary) == 500
     assert not ids(primary) & ids(archive)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
+def test_two_databases_of_one_engine_are_archived_by_the_daemons_copy(
+    engine: str, fresh_db: Callable[[str], str]
+) -> None:
+    """Two SQLite files, two MariaDB databases of one server, two PostgreSQL databases: the
+    worker has the daemon copy each batch (data/copy) and delete it where the copy is
+    identical (matching); the archive ends up holding exactly what the primary held."""
+    primary, archive = fresh_db(engine), fresh_db(engine)
+    make_chat_table(primary, 1500)
+    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=250)])
+    calls: list[str] = []
+
+    async def scenario() -> tuple[list[JSONObject], list[JSONObject], int]:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            for name in ("data/copy", "data/create", "data/delete"):
+                real = daemon.data.bus.command(name)
+
+                async def noted(params: JSONObject, name: str = name, real: Any = real) -> Any:
+                    calls.append(name if name != "data/delete" else f"delete {sorted(params)}")
+                    return await real(params)
+
+                daemon.data.bus.register(name, noted, replace=True)
+            before = await snapshot(daemon, "primary", 1000)
+            record = await archive_now(daemon, "chat_messages", 1000)
+            after = await snapshot(daemon, "archive", 2000)
+            return before, after, record.archived
+
+    before, after, archived = asyncio.run(scenario())
+
+    assert archived == 1000
+    assert after == before
+    assert count(primary) == 500
+    assert not ids(primary) & ids(archive)
+    assert "data/create" not in calls
+    assert calls.count("data/copy") == 4
+    assert set(calls) == {"data/copy", "delete ['collection', 'dbHandle', 'ids', 'matching']"}
 
 
 # --- the policy loop -----------------------------------------------------------------------

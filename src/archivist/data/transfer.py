@@ -2,20 +2,23 @@
 another inside the database, and ``data/delete`` with ``matching`` deletes source rows only
 where the other handle holds an identical row, compared by the database column by column.
 
-Both need one connection that reaches the two databases: two SQLite files (the destination
-attached to the source) or two MariaDB/MySQL databases on one server reached with the same
-credentials. Rows then never pass through Python nor the socket. Between any other pair of
-handles (PostgreSQL's databases among them) both answer ``unsupported`` and the worker moves
-the rows itself: list, create, verify, delete.
+Two SQLite files (the destination attached to the source) and two MariaDB/MySQL databases
+on one server reached with the same credentials are reached by one connection: rows never
+leave the database. Two PostgreSQL databases are not, so rows pass from one to the other
+as binary ``COPY`` data through the daemon, never decoded, and each server computes a
+digest of its rows' text for the compare. Between any other pair of handles both commands
+answer ``unsupported`` and the worker moves the rows itself: list, create, verify, delete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 import sqlalchemy as sa
@@ -23,7 +26,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
@@ -70,12 +73,14 @@ class CopyParams(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
 
 @dataclass(frozen=True)
 class Link:
-    """How one connection reaches both databases of a (source, destination) pair."""
+    """How the daemon reaches both databases of a (source, destination) pair."""
 
     runner: Handle
-    """A handle whose connections see the source as their own database and the destination
-    as ``dest_schema``."""
-    dest_schema: str
+    """A handle on the source, made for this link: its connections see the source as their
+    own database and, unless piped, the destination as ``dest_schema``."""
+    dest: Handle
+    dest_schema: str | None
+    """None when no connection reaches both (PostgreSQL): rows are piped by ``COPY``."""
 
 
 def _sqlite_file(url: URL) -> str | None:
@@ -107,28 +112,55 @@ def _link(source: Handle, dest: Handle) -> Link | str:
         if not dest.url.database or _server(source.url) != _server(dest.url):
             return "they are not one server reached with the same credentials"
         schema = dest.url.database
+    elif source.dialect_name == "postgresql":
+        schema = None
     else:
         return f"one {source.dialect_name} connection cannot reach two databases"
+    how = "copying inside the database" if schema else "copying with COPY"
     runner = Handle(
         f"{source.name}+{dest.name}",
         source.url,
         threads=2,
         attach=attach,
-        label=f"handles '{source.name}' and '{dest.name}' (copying inside the database)",
+        label=f"handles '{source.name}' and '{dest.name}' ({how})",
     )
-    return Link(runner, schema)
+    return Link(runner, dest, schema)
 
 
 @dataclass(frozen=True)
-class _Statements:
-    """A collection's statements on one link, built once."""
+class _Attached:
+    """A collection's statements on a link whose connections reach both databases."""
 
     source: TableInfo
     copy: sa.Insert
     """Upserts the rows of ``:keys`` from the source into the destination."""
     guard: sa.Exists
     """True where the destination holds a row identical to the source row."""
-    dest: sa.Table
+
+
+@dataclass(frozen=True)
+class _Piped:
+    """A collection's statements between two PostgreSQL databases (psycopg's ``%s``)."""
+
+    source: TableInfo
+    copy_out: str
+    """The rows of the keys ``%s``, as binary COPY data, from the source."""
+    stage: str
+    clear: str
+    copy_in: str
+    """Binary COPY data into a session table of the destination with the source's columns."""
+    upsert: str
+    """From that session table into the destination table, overwriting by key."""
+    digests: str
+    """Each row's key and digest (of its columns as text), for the keys ``%s``."""
+    delete: str
+    """Delete the source rows whose digest is still the one given with their key."""
+    present: str
+    settings: str
+    """Output settings under which a value's text is exact and the same on every server."""
+
+
+_Statements: TypeAlias = _Attached | _Piped
 
 
 def _compatible(source: TableInfo, dest: TableInfo, dialect: sa.Dialect) -> str | None:
@@ -147,6 +179,8 @@ def _compatible(source: TableInfo, dest: TableInfo, dialect: sa.Dialect) -> str 
 
 
 def _statements(link: Link, source: TableInfo) -> _Statements:
+    if link.dest_schema is None:
+        return _piped(link, source)
     dialect = link.runner.engine.dialect
     table = source.table
     names = [column.name for column in table.c]
@@ -177,7 +211,50 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
         copied.c[pk] == table.c[pk],
         *(_same(table.c[n], copied.c[n], dialect.name) for n in names),
     )
-    return _Statements(source, copy, guard, dest)
+    return _Attached(source, copy, guard)
+
+
+PG_SETTINGS: Final = (
+    "SELECT set_config('extra_float_digits', '3', true), set_config('DateStyle', 'ISO, MDY', "
+    "true), set_config('IntervalStyle', 'postgres', true), set_config('bytea_output', 'hex', "
+    "true), set_config('TimeZone', 'UTC', true)"
+)
+"""Every float printed exactly (its shortest round-trip form), dates, intervals and bytes
+in one fixed format, for this transaction only: two different values never print alike."""
+
+
+def _piped(link: Link, source: TableInfo) -> _Piped:
+    dialect = link.runner.engine.dialect
+    quote = dialect.identifier_preparer.quote
+    table = source.table
+    target = dialect.identifier_preparer.format_table(table)
+    names = [quote(column.name) for column in table.c]
+    columns = ", ".join(names)
+    pk = quote(source.pk)
+    keys = f"%s::{table.c[source.pk].type.compile(dialect=dialect)}[]"
+    digest = "sha256(convert_to(ROW({})::text, 'UTF8'))"
+    stage = quote(f"archivist_in_{hashlib.sha256(table.name.encode()).hexdigest()[:16]}")
+    others = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != pk)
+    on_conflict = f"DO UPDATE SET {others}" if others else "DO NOTHING"
+    row = "archivist_row"
+    return _Piped(
+        source=source,
+        copy_out=f"COPY (SELECT {columns} FROM {target} WHERE {pk} = ANY({keys}))"
+        " TO STDOUT (FORMAT BINARY)",
+        stage=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {columns}"
+        f" FROM {target} WITH NO DATA",
+        clear=f"TRUNCATE {stage}",
+        copy_in=f"COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)",
+        upsert=f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"
+        f" ON CONFLICT ({pk}) {on_conflict}",
+        digests=f"SELECT {pk}, {digest.format(columns)}::text FROM {target}"
+        f" WHERE {pk} = ANY({keys})",
+        delete=f"DELETE FROM {target} AS {row} USING unnest({keys}, %s::text[]) AS v(k, d)"
+        f" WHERE {row}.{pk} = v.k"
+        f" AND {digest.format(', '.join(f'{row}.{n}' for n in names))}::text = v.d",
+        present=f"SELECT {pk} FROM {target} WHERE {pk} = ANY({keys})",
+        settings=PG_SETTINGS,
+    )
 
 
 def _same(
@@ -206,11 +283,11 @@ class Transfers:
         if key not in self._links:
             self._links[key] = _link(source, dest)
             if isinstance(self._links[key], Link):
-                log.info("in-database transfer from '%s' to '%s' is possible", *key)
+                log.info("rows are copied by the daemon from '%s' to '%s'", *key)
         found = self._links[key]
         if isinstance(found, str):
             raise Unsupported(
-                f"unsupported: rows cannot move inside the database from handle "
+                f"unsupported: the daemon cannot copy rows from handle "
                 f"'{source.name}' to '{dest.name}': {found}"
             )
         return found
@@ -226,8 +303,8 @@ class Transfers:
         entity, source, info = await self.catalog.table(collection, source_name)
         if dest_name == source.name:
             raise InvalidParams("invalid params: the destination must be another handle")
+        link = self.link(source, self.catalog.handle(dest_name))
         _, dest, dest_info = await self.catalog.table(collection, dest_name)
-        link = self.link(source, dest)
         key = (collection, source.name, dest.name)
         statements = self._statements.get(key)
         if statements is None or statements.source is not info:
@@ -256,9 +333,15 @@ class Transfers:
         info.codec.check_fields([order], what="field in orderBy")
         keys_query = _keys_query(info, order, p)
         names = list(dict.fromkeys([info.pk, order]))
-        rows = await prepared.link.runner.transaction(
-            _copy_rows, keys_query, prepared.statements.copy, write=True
-        )
+        statements, link = prepared.statements, prepared.link
+        if isinstance(statements, _Piped):
+            rows = await link.runner.transaction(
+                _copy_piped, keys_query, link.dest.engine, statements
+            )
+        else:
+            rows = await link.runner.transaction(
+                _copy_rows, keys_query, statements.copy, write=True
+            )
         items = info.codec.encode_tuples(names, rows)
         return {
             "items": items,
@@ -282,15 +365,16 @@ class Transfers:
         keys = list(dict.fromkeys(decode_value(spec, v, where="ids.") for v in raw_ids))
         if any(key is None for key in keys):
             raise InvalidParams("invalid params: an id must not be null")
-        runner = prepared.link.runner
-        if runner.dialect_name == "sqlite":
-            deleted, left = await runner.run(
-                _delete_sqlite, runner.engine, prepared.statements, keys
-            )
-        else:
+        runner, statements = prepared.link.runner, prepared.statements
+        if isinstance(statements, _Piped):
+            digests = await prepared.link.dest.transaction(_digests, statements, keys)
             deleted, left = await runner.transaction(
-                _delete_server, prepared.statements, keys, write=True
+                _delete_piped, statements, keys, digests, write=True
             )
+        elif runner.dialect_name == "sqlite":
+            deleted, left = await runner.run(_delete_sqlite, runner.engine, statements, keys)
+        else:
+            deleted, left = await runner.transaction(_delete_server, statements, keys, write=True)
         kept = set(left)
         skipped = [info.codec.encode_field(info.pk, key) for key in keys if key in kept]
         return {"deleted": deleted, "skipped": skipped}
@@ -328,15 +412,12 @@ def _copy_rows(
         for start in range(0, len(keys), KEY_CHUNK):
             connection.execute(copy, {"keys": keys[start : start + KEY_CHUNK]})
     except IntegrityError as exc:
-        raise Conflict(
-            f"conflict: a copied row breaks a constraint of the destination table; nothing "
-            f"was copied ({str(exc.orig).strip().splitlines()[0]})"
-        ) from None
+        raise _conflict(exc) from None
     return rows
 
 
 def _delete_server(
-    connection: Connection, statements: _Statements, keys: list[object]
+    connection: Connection, statements: _Attached, keys: list[object]
 ) -> tuple[int, list[object]]:
     """One transaction (MariaDB/MySQL): delete the rows whose copy is identical, then read
     which of the keys are still there (changed since their copy, or never copied)."""
@@ -356,7 +437,7 @@ def _delete_server(
 
 
 def _delete_sqlite(
-    engine: sa.Engine, statements: _Statements, keys: list[object]
+    engine: sa.Engine, statements: _Attached, keys: list[object]
 ) -> tuple[int, list[object]]:
     """Delete in slices of `SLICE_ROWS` keys, each one statement in its own transaction that
     takes the write lock, deletes and commits with no return to Python while the lock is
@@ -393,3 +474,87 @@ def _delete_sqlite(
                         key for key, value in zip(mine, part, strict=True) if value in still
                     )
     return deleted, left
+
+
+def _copy_piped(
+    connection: Connection, keys_query: sa.Select[Any], dest: sa.Engine, piped: _Piped
+) -> list[Sequence[object]]:
+    """PostgreSQL: the next rows' keys, then their rows as binary COPY data from the source
+    into a session table of the destination, and from there into its table by key; the
+    destination commits before this returns."""
+    rows: list[Sequence[object]] = list(connection.execute(keys_query).all())
+    if not rows:
+        return rows
+    keys = [row[0] for row in rows]
+    reader = connection.connection.driver_connection
+    assert reader is not None
+    with dest.connect() as target, target.begin():
+        writer = target.connection.driver_connection
+        assert writer is not None
+        target.exec_driver_sql(piped.stage)
+        target.exec_driver_sql(piped.clear)
+        with (
+            _driver_errors(connection.dialect, piped.copy_out),
+            reader.cursor() as out_cursor,
+            writer.cursor() as in_cursor,
+            out_cursor.copy(piped.copy_out, (keys,)) as out,
+            in_cursor.copy(piped.copy_in) as into,
+        ):
+            for block in out:
+                into.write(block)
+        try:
+            target.exec_driver_sql(piped.upsert)
+        except IntegrityError as exc:
+            raise _conflict(exc) from None
+    return rows
+
+
+def _digests(connection: Connection, piped: _Piped, keys: list[object]) -> dict[object, str]:
+    """The destination's copies of these keys, each as its digest (PostgreSQL)."""
+    connection.exec_driver_sql(piped.settings)
+    found: dict[object, str] = {}
+    for start in range(0, len(keys), KEY_CHUNK):
+        chunk = keys[start : start + KEY_CHUNK]
+        found.update(
+            (key, digest) for key, digest in connection.exec_driver_sql(piped.digests, (chunk,))
+        )
+    return found
+
+
+def _delete_piped(
+    connection: Connection, piped: _Piped, keys: list[object], digests: dict[object, str]
+) -> tuple[int, list[object]]:
+    """Delete the source rows whose digest equals their copy's (PostgreSQL). The delete
+    locks each row it removes and, if another transaction changed the row meanwhile,
+    compares the changed row instead: an update since the copy keeps the row."""
+    connection.exec_driver_sql(piped.settings)
+    copied = [key for key in keys if key in digests]
+    deleted = 0
+    for start in range(0, len(copied), KEY_CHUNK):
+        chunk = copied[start : start + KEY_CHUNK]
+        result = connection.exec_driver_sql(piped.delete, (chunk, [digests[key] for key in chunk]))
+        deleted += max(result.rowcount, 0)
+    left: list[object] = []
+    if deleted < len(keys):
+        for start in range(0, len(keys), KEY_CHUNK):
+            chunk = keys[start : start + KEY_CHUNK]
+            left.extend(connection.exec_driver_sql(piped.present, (chunk,)).scalars())
+    return deleted, left
+
+
+@contextlib.contextmanager
+def _driver_errors(dialect: sa.Dialect, statement: str) -> Iterator[None]:
+    """A driver error raised outside SQLAlchemy (psycopg's COPY) as SQLAlchemy would raise
+    it, so the handle reports it as a database error (or a conflict)."""
+    error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except error as exc:
+        raise DBAPIError.instance(statement, None, exc, error) from None
+
+
+def _conflict(exc: IntegrityError) -> Conflict:
+    return Conflict(
+        "conflict: a copied row breaks a constraint of the destination table; nothing was "
+        f"copied ({str(exc.orig).strip().splitlines()[0]})"
+    )
