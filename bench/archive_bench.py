@@ -40,12 +40,14 @@ MIB = 1024
 ORDER: list[tuple[str, str]] = [
     ("archivist", "archivist end to end (wall clock, incl. start-up)"),
     ("archivist_task", "archivist task (its own summary)"),
+    ("archivist_rows", "archivist, rows through the worker (in_database = false)"),
     ("plain", "plain Python loop (SQLAlchemy Core, 2 connections)"),
     ("in_db", "in-database loop (ATTACH / COPY / INSERT..SELECT)"),
     ("pt_commit", "pt-archiver --limit 1000 --commit-each"),
     ("pt_bulk", "pt-archiver ... --bulk-insert --bulk-delete"),
     ("r_plain", "ratio archivist / plain loop"),
     ("r_task_plain", "ratio archivist task / plain loop"),
+    ("r_rows_plain", "ratio archivist rows through the worker / plain loop"),
     ("r_in_db", "ratio archivist / in-database"),
     ("r_pt_bulk", "ratio archivist / pt-archiver bulk"),
     ("r_pt_commit", "ratio archivist / pt-archiver commit-each"),
@@ -151,6 +153,7 @@ class Bench:
             self.say(f"{name}: run {run}/{s.runs}")
             archived = self.archive("archivist", target, lambda: self._archivist(target))
             self.rss(name, "", archived)
+            self.archive("archivist_rows", target, lambda: self._archivist_rows(target))
             self.archive(
                 "plain", target, lambda: run_plain_loop(target, s.archive_rows, s.batch_size)
             )
@@ -175,6 +178,7 @@ class Bench:
         for ratio, top, bottom in (
             ("r_plain", "archivist", "plain"),
             ("r_task_plain", "archivist_task", "plain"),
+            ("r_rows_plain", "archivist_rows", "plain"),
             ("r_in_db", "archivist", "in_db"),
             ("r_pt_bulk", "archivist", "pt_bulk"),
             ("r_pt_commit", "archivist", "pt_commit"),
@@ -193,6 +197,17 @@ class Bench:
         )
         self.results.add(target.engine, "archivist_task", "rows/s", run.task_rows_per_second)
         return run
+
+    def _archivist_rows(self, target: Target) -> ArchiveRun:
+        """archivist with every row through the worker, as between two servers."""
+        chosen = target.worker_settings
+        target.worker_settings = {**chosen, "in_database": "false"}
+        try:
+            return run_archivist(
+                target, self.settings.archive_rows, self.settings.batch_size, self.workdir
+            )
+        finally:
+            target.worker_settings = chosen
 
     def archive(self, key: str, target: Target, work: Callable[[], ArchiveRun]) -> ArchiveRun:
         """Reset the data, run one archiving method, check what moved, record rows/s."""
