@@ -117,6 +117,7 @@ async def run_demo(config: Config, directory: Path, console: Console) -> None:
         )
     console.print(table)
     console.print(
-        "Every archived row was copied, read back identical from the archive, and only "
-        "then deleted from the primary. Run `archivist demo --help` for options."
+        "Every archived row was copied to the archive inside the database, and deleted "
+        "from the primary only where SQLite found its copy identical, column by column. "
+        "Run `archivist demo --help` for options."
     )

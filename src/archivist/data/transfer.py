@@ -339,9 +339,10 @@ class Transfers:
                 _copy_piped, keys_query, link.dest.engine, statements
             )
         else:
-            rows = await link.runner.transaction(
-                _copy_rows, keys_query, statements.copy, write=True
-            )
+            # Not a write transaction for SQLite's sake: BEGIN IMMEDIATE would take the
+            # write lock of every attached database, the source's too, for the whole copy;
+            # the INSERT takes the destination's alone.
+            rows = await link.runner.transaction(_copy_rows, keys_query, statements.copy)
         items = info.codec.encode_tuples(names, rows)
         return {
             "items": items,
