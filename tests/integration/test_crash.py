@@ -208,16 +208,35 @@ class Archivist:
         time.sleep(0.5)  # a few more policy checks: nothing else may move
 
 
+PAIRS = [
+    "sqlite_to_sqlite",
+    "postgresql_to_mariadb",
+    "postgresql_to_postgresql",
+    "mariadb_to_mariadb",
+]
+
+
+def _engine(url: str) -> str:
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    return "mariadb" if scheme == "mysql" else scheme
+
+
 @pytest.fixture
 def crash_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The pairs: SQLite files and MariaDB databases of one server are copied inside the
+    database, PostgreSQL databases by COPY through the daemon, PostgreSQL to MariaDB
+    through the worker."""
     if request.param == "sqlite_to_sqlite":
         yield f"sqlite:///{tmp_path / 'primary.db'}", f"sqlite:///{tmp_path / 'archive.db'}"
-    else:
-        yield request.getfixturevalue("pg_url"), request.getfixturevalue("mysql_url")
+        return
+    fresh_db = request.getfixturevalue("fresh_db")
+    source, dest = request.param.split("_to_")
+    engines = {"postgresql": "postgresql", "mariadb": "mysql"}
+    yield fresh_db(engines[source]), fresh_db(engines[dest])
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("crash_urls", ["sqlite_to_sqlite", "postgresql_to_mariadb"], indirect=True)
+@pytest.mark.parametrize("crash_urls", PAIRS, indirect=True)
 def test_sigkilled_worker_and_daemon_lose_no_row_and_converge_to_the_policy(
     crash_urls: tuple[str, str],
     tmp_path: Path,
@@ -226,7 +245,11 @@ def test_sigkilled_worker_and_daemon_lose_no_row_and_converge_to_the_policy(
     primary, archive = crash_urls
     seed = crash_seed()
     print(f"crash seed {seed}")
-    pair = "sqlite_to_sqlite" if primary.startswith("sqlite") else "postgresql_to_mariadb"
+    pair = next(
+        name
+        for name in PAIRS
+        if name.startswith(_engine(primary)) and name.endswith(_engine(archive))
+    )
     rng = random.Random(f"{seed}-{pair}")
     make_chat_table(primary, ROWS)
     started_at = time.monotonic()

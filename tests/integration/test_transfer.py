@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from archivist.data import DataDaemon
-from archivist.errors import InvalidParams, UnknownHandle, Unsupported
+from archivist.data import DataDaemon, handles
+from archivist.errors import DatabaseError, InvalidParams, UnknownHandle, Unsupported
 from datasupport import create_table, run, sql, started
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -276,3 +277,31 @@ def test_invalid_delete_matching_is_a_clear_error_and_deletes_nothing(
             return len(await rows(daemon, "primary"))
 
     assert run(go()) == 3
+
+
+def test_a_sqlite_copy_leaves_the_primary_free_for_the_applications_writes(
+    fresh_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy writes the archive only: while the application holds the primary's write
+    lock, a copy still runs (a write transaction on the attached pair would lock both
+    files and wait), and the delete, which writes the primary, waits its turn."""
+    monkeypatch.setattr(handles, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    primary, archive = pair(fresh_db, "sqlite")
+
+    async def go() -> tuple[int, str]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 6)])
+            application = sqlite3.connect(primary.removeprefix("sqlite:///"), isolation_level=None)
+            try:
+                application.execute("BEGIN IMMEDIATE")
+                copied = await call(daemon, "data/copy", destHandle="archive", limit=10)
+                with pytest.raises(DatabaseError) as locked:
+                    await call(daemon, "data/delete", ids=[1, 2], matching="archive")
+            finally:
+                application.execute("ROLLBACK")
+                application.close()
+            return copied["copied"], locked.value.message
+
+    copied, error = run(go())
+    assert copied == 5
+    assert "database is locked" in error
