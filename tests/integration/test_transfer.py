@@ -305,3 +305,27 @@ def test_a_sqlite_copy_leaves_the_primary_free_for_the_applications_writes(
     copied, error = run(go())
     assert copied == 5
     assert "database is locked" in error
+
+
+@pytest.mark.parametrize("engine", LINKED)
+def test_a_copy_after_the_source_gained_a_column_copies_that_column_too(
+    fresh_db: Callable[[str], str], engine: str
+) -> None:
+    """The statements (and PostgreSQL's session table, kept per connection) follow the
+    table's columns: after the archive table gains the new column, copies carry it."""
+    primary, archive = pair(fresh_db, engine)
+
+    async def go() -> tuple[dict[object, dict[str, object]], dict[object, dict[str, object]]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 5)])
+            await call(daemon, "data/copy", destHandle="archive", limit=2)
+            sql(primary, "ALTER TABLE chat_messages ADD COLUMN mood VARCHAR(10)")
+            sql(primary, "UPDATE chat_messages SET mood = 'calm' WHERE id > 2")
+            await daemon.ensure_archive_table("chat_messages")
+            listed = await call(daemon, "data/copy", destHandle="archive", limit=10)
+            assert [item["id"] for item in listed["items"]] == [1, 2, 3, 4]
+            return await rows(daemon, "primary"), await rows(daemon, "archive")
+
+    in_primary, in_archive = run(go())
+    assert in_archive == in_primary
+    assert in_archive[3]["mood"] == "calm"

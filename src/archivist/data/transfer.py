@@ -1,6 +1,7 @@
-"""In-database transfer: ``data/copy`` copies a collection's next rows from one handle to
-another inside the database, and ``data/delete`` with ``matching`` deletes source rows only
-where the other handle holds an identical row, compared by the database column by column.
+"""Copies made by the daemon: ``data/copy`` copies a collection's next rows from one handle
+to another without decoding them, and ``data/delete`` with ``matching`` deletes source rows
+only where the other handle holds an identical row, compared by the database column by
+column.
 
 Two SQLite files (the destination attached to the source) and two MariaDB/MySQL databases
 on one server reached with the same credentials are reached by one connection: rows never
@@ -233,7 +234,10 @@ def _piped(link: Link, source: TableInfo) -> _Piped:
     pk = quote(source.pk)
     keys = f"%s::{table.c[source.pk].type.compile(dialect=dialect)}[]"
     digest = "sha256(convert_to(ROW({})::text, 'UTF8'))"
-    stage = quote(f"archivist_in_{hashlib.sha256(table.name.encode()).hexdigest()[:16]}")
+    # A session table per table and column list: one made before the table gained a
+    # column is never reused for the new list.
+    shape = f"{target} ({columns})".encode()
+    stage = quote(f"archivist_in_{hashlib.sha256(shape).hexdigest()[:16]}")
     others = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != pk)
     on_conflict = f"DO UPDATE SET {others}" if others else "DO NOTHING"
     row = "archivist_row"
