@@ -140,4 +140,6 @@ def print_plan(console: Console, plan: ArchivePlan) -> None:
             f"in batches of {plan.batch_size:,}{span}"
         )
     console.print(f"archive table on {plan.dest_handle}: {plan.archive_table}")
+    if plan.path:
+        console.print(f"rows would move: {plan.path}")
     console.print("dry run: nothing was moved")

@@ -104,6 +104,7 @@ def test_plan_reports_what_would_move_without_moving_it(tmp_path: Path) -> None:
     assert plan.oldest == "2024-01-01T00:00:01+00:00"  # type: ignore[attr-defined]
     assert plan.newest == "2024-01-01T00:00:30+00:00"  # type: ignore[attr-defined]
     assert plan.archive_table == "will be created"  # type: ignore[attr-defined]
+    assert plan.path.startswith("copied by the daemon inside the database")  # type: ignore[attr-defined]
 
 
 def start_with(handles: dict[str, str]) -> None:

@@ -329,3 +329,18 @@ def test_a_copy_after_the_source_gained_a_column_copies_that_column_too(
     in_primary, in_archive = run(go())
     assert in_archive == in_primary
     assert in_archive[3]["mood"] == "calm"
+
+
+def test_a_dry_run_says_how_rows_would_move(fresh_db: Callable[[str], str]) -> None:
+    sqlite_primary, pg_primary = fresh_db("sqlite"), fresh_db("postgresql")
+    create_table(sqlite_primary)
+    create_table(pg_primary)
+
+    async def path(primary: str, archive: str) -> str:
+        async with started(primary, archive) as daemon:
+            return (await daemon.plan("chat_messages")).path
+
+    across = run(path(sqlite_primary, fresh_db("postgresql")))
+    piped = run(path(pg_primary, fresh_db("postgresql")))
+    assert across == "through the worker (sqlite and postgresql are different engines)"
+    assert piped.startswith("copied by the daemon by binary COPY between the databases")

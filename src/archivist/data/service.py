@@ -41,6 +41,7 @@ class ArchivePlan:
     order_by: str = ""
     oldest: object = None  # the order_by value (JSON form) of the first row that would move
     newest: object = None  # ... and of the last
+    path: str = ""  # how rows would move: copied by the daemon, or through the worker
 
 
 class DataDaemon:
@@ -222,17 +223,28 @@ class DataDaemon:
         )
         if source is None:
             raise SchemaError(f"collection {collection}: no table on '{entity.source_handle}'")
+        change_ok, change_planned = False, False
         try:
             change = plan_archive_table(source, dest, entity.order_by)
         except ArchivistError as exc:
             state = f"cannot be updated: {exc.message}"
         else:
+            change_ok, change_planned = True, not change.empty
             if change.create:
                 state = "will be created"
             elif change.add_columns:
                 state = "will gain columns " + ", ".join(c.name for c in change.add_columns)
             else:
                 state = "exists"
+        if not self.config.worker.in_database:
+            path = "through the worker ([worker] in_database = false)"
+        else:
+            path = self.commands.transfers.describe(
+                self.catalog.handle(entity.source_handle),
+                self.catalog.handle(entity.dest_handle),
+                source,
+                dest if change_ok and not change_planned else None,
+            )
         oldest = newest = None
         if to_archive > 0:
             oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
@@ -251,6 +263,7 @@ class DataDaemon:
             batch_size=entity.batch_size,
             to_archive=to_archive,
             archive_table=state,
+            path=path,
         )
 
 

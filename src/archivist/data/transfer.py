@@ -298,6 +298,21 @@ class Transfers:
             )
         return found
 
+    def describe(
+        self, source: Handle, dest: Handle, info: TableInfo, copy: TableInfo | None
+    ) -> str:
+        """How a task's rows would move between these handles, for people (``--dry-run``);
+        ``copy`` is the destination table, None while it is still to be created alike."""
+        try:
+            link = self.link(source, dest)
+        except Unsupported:
+            return f"through the worker ({self._links[(source.name, dest.name)]})"
+        problem = None if copy is None else _compatible(info, copy, link.runner.engine.dialect)
+        if problem is not None:
+            return f"through the worker (the archive table differs: {problem})"
+        how = "inside the database" if link.dest_schema else "by binary COPY between the databases"
+        return f"copied by the daemon {how}, each row deleted where its copy is identical"
+
     async def close(self) -> None:
         for link in self._links.values():
             if isinstance(link, Link):
