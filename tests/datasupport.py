@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import TypeVar
 
@@ -27,6 +28,23 @@ CHAT_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("score", Kind.FLOAT),
     ColumnSpec("meta", Kind.JSON),
 )
+
+
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+def message(i: int, **overrides: object) -> dict[str, object]:
+    """Row ``i`` of `CHAT_COLUMNS` as a JSON item: ids, instants and scores rise with ``i``."""
+    row: dict[str, object] = {
+        "id": i,
+        "room": f"room{i % 3}",
+        "created_at": (BASE + dt.timedelta(seconds=i)).isoformat(),
+        "body": f"message {i} 😀",
+        "score": i / 4,
+        "meta": {"n": i},
+    }
+    row.update(overrides)
+    return row
 
 
 def run(coro: Coroutine[object, object, T]) -> T:

@@ -28,22 +28,7 @@ from archivist.errors import (
     UnknownHandle,
 )
 from archivist.protocol import encode_json
-from datasupport import create_table, run, sql, started
-
-BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-
-
-def message(i: int, **overrides: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "id": i,
-        "room": f"room{i % 3}",
-        "created_at": (BASE + dt.timedelta(seconds=i)).isoformat(),
-        "body": f"message {i} 😀",
-        "score": i / 4,
-        "meta": {"n": i},
-    }
-    row.update(overrides)
-    return row
+from datasupport import BASE, create_table, message, run, sql, started
 
 
 async def seed(daemon: DataDaemon, count: int, handle: str = "primary") -> None:

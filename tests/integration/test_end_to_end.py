@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from archivist.config import WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
@@ -268,6 +267,9 @@ def test_run_brings_a_table_over_max_rows_down_and_leaves_one_below_alone(
 # --- verification --------------------------------------------------------------------------
 
 
+CORRUPT_ROW_7 = "UPDATE chat_messages SET body = 'corrupted' WHERE id = 7"
+
+
 def test_a_verify_mismatch_aborts_the_batch_and_deletes_nothing(tmp_path: Path) -> None:
     """Rows through the worker: a copy that reads back different fails the task."""
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
@@ -286,12 +288,7 @@ def test_a_verify_mismatch_aborts_the_batch_and_deletes_nothing(tmp_path: Path) 
             async def create_then_corrupt(params: JSONObject) -> JSONObject:
                 result = await create(params)
                 if params.get("dbHandle") == "archive":
-                    engine = sa.create_engine(archive)
-                    with engine.begin() as connection:
-                        connection.execute(
-                            sa.text("UPDATE chat_messages SET body = 'corrupted' WHERE id = 7")
-                        )
-                    engine.dispose()
+                    sql_rows(archive, CORRUPT_ROW_7)
                 return result
 
             daemon.data.bus.register("data/create", create_then_corrupt, replace=True)
@@ -325,12 +322,7 @@ def test_a_row_whose_copy_differs_is_never_deleted_when_copied_inside_the_databa
             async def copy_then_corrupt(params: JSONObject) -> JSONObject:
                 result = await copy(params)
                 copies.append(len(result["items"]))  # type: ignore[arg-type]
-                engine = sa.create_engine(archive)
-                with engine.begin() as connection:
-                    connection.execute(
-                        sa.text("UPDATE chat_messages SET body = 'corrupted' WHERE id = 7")
-                    )
-                engine.dispose()
+                sql_rows(archive, CORRUPT_ROW_7)
                 return result
 
             daemon.data.bus.register("data/copy", copy_then_corrupt, replace=True)

@@ -5,6 +5,7 @@ PostgreSQL databases; between other handles an ``unsupported`` answer that chang
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import sqlite3
@@ -12,26 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from archivist.data import DataDaemon, handles
+from archivist.data import DataDaemon, handles, slicing
 from archivist.errors import DatabaseError, InvalidParams, UnknownHandle, Unsupported
-from datasupport import create_table, run, sql, started
+from datasupport import BASE, create_table, message, run, sql, started
 
-BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 LINKED = ["sqlite", "mysql", "postgresql"]
-
-
-def message(i: int, **overrides: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "id": i,
-        "room": f"room{i % 3}",
-        "created_at": (BASE + dt.timedelta(seconds=i)).isoformat(),
-        "body": f"message {i} 😀",
-        "score": i / 4 if i % 5 else None,
-        "meta": {"n": i, "tags": ["a", "b"]},
-    }
-    row.update(overrides)
-    return row
 
 
 async def call(daemon: DataDaemon, name: str, handle: str = "primary", **params: Any) -> Any:
@@ -61,15 +49,18 @@ def test_copy_moves_the_next_rows_inside_the_database_and_answers_only_their_key
         async with started(primary, archive) as daemon:
             await call(daemon, "data/create", items=[message(i) for i in range(1, 11)])
             first = await call(daemon, "data/copy", destHandle="archive", limit=4)
-            last = first["items"][-1]
-            cursor = {"field": "created_at", "value": last["created_at"], "id": last["id"]}
+            cursor = first["cursor"]
             second = await call(daemon, "data/copy", destHandle="archive", limit=4, cursor=cursor)
             return first, second, await rows(daemon, "primary"), await rows(daemon, "archive")
 
     first, second, in_primary, in_archive = run(go())
-    assert first["items"] == [
-        {"id": i, "created_at": (BASE + dt.timedelta(seconds=i)).isoformat()} for i in (1, 2, 3, 4)
-    ]
+    assert first["items"] == [{"id": i} for i in (1, 2, 3, 4)]
+    assert first["cursor"] == {
+        "field": "created_at",
+        "value": (BASE + dt.timedelta(seconds=4)).isoformat(),
+        "id": 4,
+        "direction": "after",
+    }
     assert (first["count"], first["copied"], first["primaryKey"]) == (4, 4, "id")
     assert first["orderBy"] == "created_at"
     assert [item["id"] for item in second["items"]] == [5, 6, 7, 8]
@@ -101,10 +92,10 @@ def test_copy_overwrites_an_older_copy_by_key(fresh_db: Callable[[str], str], en
 def test_delete_matching_deletes_only_rows_whose_copy_is_identical(
     fresh_db: Callable[[str], str], engine: str
 ) -> None:
-    """Compared by the database byte for byte: a change in case only, or in trailing
-    spaces (equal under MariaDB's default collation), or in a float's last bit (alike when
-    printed to 15 digits) keeps the row; so do a missing copy and a row updated in the
-    source since its copy."""
+    """Compared by the database byte for byte, NULL equal to NULL: a change in case only, or
+    in trailing spaces (equal under MariaDB's default collation), or in a float's last bit
+    (alike when printed to 15 digits) keeps the row; so do a missing copy and a row updated
+    in the source since its copy."""
     primary, archive = fresh_db(engine), fresh_db(engine)
     if engine == "mysql":  # as an application makes them: text compared case-insensitively
         for url in (primary, archive):
@@ -121,7 +112,10 @@ def test_delete_matching_deletes_only_rows_whose_copy_is_identical(
 
     async def go() -> tuple[dict[str, object], list[object], list[object]]:
         async with started(primary, archive) as daemon:
-            await call(daemon, "data/create", items=[message(i) for i in range(1, 9)])
+            # Row 1 holds NULLs: equal to its copy only under a NULL-safe compare.
+            nulls = {"score": None, "meta": None}
+            items = [message(i, **(nulls if i == 1 else {})) for i in range(1, 9)]
+            await call(daemon, "data/create", items=items)
             await call(daemon, "data/copy", destHandle="archive", limit=8)
             await call(
                 daemon, "data/create", items=[message(2, body="edited")], onConflict="replace"
@@ -344,3 +338,60 @@ def test_a_dry_run_says_how_rows_would_move(fresh_db: Callable[[str], str]) -> N
     piped = run(path(pg_primary, fresh_db("postgresql")))
     assert across == "through the worker (sqlite and postgresql are different engines)"
     assert piped.startswith("copied by the daemon by binary COPY between the databases")
+
+
+def test_a_sqlite_delete_matching_slices_only_while_others_write(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """While the application writes, the delete goes in slices of 200 (each its own
+    transaction: an application write that will not wait at all, busy timeout 0, gets
+    through as a slice begins); while nobody else writes, the whole batch is one statement.
+    """
+    primary, archive = pair(fresh_db, "sqlite")
+    sql(primary, "CREATE TABLE app_log (n INTEGER)")
+    count = 2 * slicing.SLICE_ROWS + 5
+    writes: list[str] = []
+    deletes: list[str] = []
+
+    def on_statement(statement: str) -> None:
+        if not statement.startswith("DELETE FROM"):
+            return
+        deletes.append(statement)
+        if len(deletes) > 2:  # the application writes as the first two slices begin
+            return
+        path = primary.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path, timeout=0)) as app:
+            try:
+                with app:
+                    app.execute("INSERT INTO app_log VALUES (1)")
+                writes.append("written")
+            except sqlite3.OperationalError as exc:
+                writes.append(str(exc))
+
+    async def go() -> tuple[dict[str, object], int, dict[str, object], int]:
+        async with started(primary, archive) as daemon:
+            items = [message(i) for i in range(1, 2 * count + 1)]
+            await call(daemon, "data/create", items=items)
+            await call(daemon, "data/copy", destHandle="archive", limit=2 * count)
+            link = daemon.commands.transfers.link(
+                daemon.handle("primary"), daemon.handle("archive")
+            )
+            link.runner.engine.dispose()  # new connections, traced from the start
+
+            @sa.event.listens_for(link.runner.engine, "connect")
+            def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+                dbapi_connection.set_trace_callback(on_statement)
+
+            first = list(range(1, count + 1))
+            busy = await call(daemon, "data/delete", ids=first, matching="archive")
+            sliced = len(deletes)
+            second = list(range(count + 1, 2 * count + 1))
+            quiet = await call(daemon, "data/delete", ids=second, matching="archive")
+            return busy, sliced, quiet, len(deletes) - sliced
+
+    busy, sliced, quiet, whole = run(go())
+    assert busy == {"deleted": count, "skipped": []}
+    assert sliced == 3
+    assert writes == ["written"] * 2
+    assert quiet == {"deleted": count, "skipped": []}
+    assert whole == 1

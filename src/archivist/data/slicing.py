@@ -21,6 +21,10 @@ SLICE_GAP: Final = 0.0015
 database. An application writer that met a slice sleeps 1 ms in SQLite's busy handler
 before it tries again; the gap is longer, so that second try finds the lock free instead
 of the next slice."""
+QUIET_SLICE_ROWS: Final = 1000
+"""Rows per slice while no other connection writes: nobody waits for the lock, and one
+statement writes each page once, where five slices commit the same pages five times (a
+guarded delete of 1,000 rows: 4.9-6.9 ms in one statement, 12.7-14.5 ms in five)."""
 DATA_VERSION: Final = "archivist_data_version"
 """Where a pooled SQLite connection keeps the last ``PRAGMA data_version`` it read."""
 
@@ -70,3 +74,20 @@ def slices(connection: Connection, raw: Any, total: int, size: int) -> Iterator[
             if yielding:
                 time.sleep(SLICE_GAP)
         yield start
+
+
+def adaptive_slices(
+    connection: Connection, raw: Any, total: int, largest: int
+) -> Iterator[tuple[int, int]]:
+    """``(start, size)`` of each slice of ``total`` rows. Before each slice: if another
+    connection has committed since this one last looked (the first time, assume so), the
+    slice is `SLICE_ROWS` long and, but for the first, waits `SLICE_GAP` with the lock
+    free; otherwise it is up to `QUIET_SLICE_ROWS` (and ``largest``) long."""
+    start = 0
+    while start < total:
+        busy = others_wrote(connection, raw)
+        if busy and start:
+            time.sleep(SLICE_GAP)
+        size = SLICE_ROWS if busy else max(1, min(QUIET_SLICE_ROWS, largest))
+        yield start, size
+        start += size

@@ -100,11 +100,15 @@ class Batch:
     order_field: str | None
     after_cursor: bool
     copied: bool = False
-    """Already copied inside the database by ``data/copy``: ``items`` hold only keys and
-    order values, and the delete's guard (``matching``) is the verification."""
+    """Already copied by the daemon (``data/copy``): ``items`` hold only keys, and the
+    delete's guard (``matching``) is the verification."""
+    next_cursor: JSONObject | None = None
+    """The cursor past the last row, as the daemon gave it (``data/copy``)."""
 
     def cursor_after(self) -> JSONObject | None:
         """A keyset cursor just past this batch's last row, if the order is known."""
+        if self.next_cursor is not None:
+            return self.next_cursor
         if self.order_field is None or not self.items:
             return None
         last = self.items[-1]
@@ -298,6 +302,7 @@ class _TaskRun:
             order_field=order_field if isinstance(order_field, str) else None,
             after_cursor=cursor is not None,
             copied=command == "data/copy",
+            next_cursor=_cursor_of(listed) if command == "data/copy" else None,
         )
 
     async def _copy_in_database(self, params: JSONObject) -> JSONObject | None:
@@ -481,6 +486,11 @@ def _verify(
                 f"row {primary_key}={key!r} differs in {dest} after copy "
                 f"(fields: {', '.join(changed)}); nothing was deleted"
             )
+
+
+def _cursor_of(result: JSONObject) -> JSONObject | None:
+    cursor = result.get("cursor")
+    return cursor if isinstance(cursor, dict) else None
 
 
 def _items(result: JSONObject, command: str) -> list[JSONObject]:
