@@ -151,7 +151,6 @@ class _Piped:
     copy_out: str
     """The rows of the keys ``%s``, as binary COPY data, from the source."""
     stage: str
-    clear: str
     copy_in: str
     """Binary COPY data into a session table of the destination with the source's columns."""
     upsert: str
@@ -249,9 +248,10 @@ def _piped(link: Link, source: TableInfo) -> _Piped:
         source=source,
         copy_out=f"COPY (SELECT {columns} FROM {target} WHERE {pk} = ANY({keys}))"
         " TO STDOUT (FORMAT BINARY)",
-        stage=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {columns}"
-        f" FROM {target} WITH NO DATA",
-        clear=f"TRUNCATE {stage}",
+        # Emptied by every commit (and a rollback takes back what it held): no TRUNCATE,
+        # which cost 3 ms a batch.
+        stage=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+        f" AS SELECT {columns} FROM {target} WITH NO DATA",
         copy_in=f"COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)",
         upsert=f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"
         f" ON CONFLICT ({pk}) {on_conflict}",
@@ -555,7 +555,6 @@ def _copy_piped(
         writer = target.connection.driver_connection
         assert writer is not None
         target.exec_driver_sql(piped.stage)
-        target.exec_driver_sql(piped.clear)
         with (
             _driver_errors(connection.dialect, piped.copy_out),
             reader.cursor() as out_cursor,
