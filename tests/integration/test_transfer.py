@@ -5,6 +5,7 @@ PostgreSQL databases; between other handles an ``unsupported`` answer that chang
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import math
@@ -341,12 +342,13 @@ def test_a_dry_run_says_how_rows_would_move(fresh_db: Callable[[str], str]) -> N
 
 
 def test_a_sqlite_delete_matching_slices_only_while_others_write(
-    fresh_db: Callable[[str], str],
+    fresh_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the application writes, the delete goes in slices of 200 (each its own
     transaction: an application write that will not wait at all, busy timeout 0, gets
-    through as a slice begins); while nobody else writes, the whole batch is one statement.
-    """
+    through as a slice begins); once nobody else has written for `QUIET_AFTER` seconds,
+    the whole batch is one statement."""
+    monkeypatch.setattr(slicing, "QUIET_AFTER", 0.3)
     primary, archive = pair(fresh_db, "sqlite")
     sql(primary, "CREATE TABLE app_log (n INTEGER)")
     count = 2 * slicing.SLICE_ROWS + 5
@@ -368,30 +370,32 @@ def test_a_sqlite_delete_matching_slices_only_while_others_write(
             except sqlite3.OperationalError as exc:
                 writes.append(str(exc))
 
-    async def go() -> tuple[dict[str, object], int, dict[str, object], int]:
+    async def go() -> list[tuple[dict[str, object], int]]:
         async with started(primary, archive) as daemon:
-            items = [message(i) for i in range(1, 2 * count + 1)]
+            items = [message(i) for i in range(1, 3 * count + 1)]
             await call(daemon, "data/create", items=items)
-            await call(daemon, "data/copy", destHandle="archive", limit=2 * count)
+            await call(daemon, "data/copy", destHandle="archive", limit=3 * count)
             link = daemon.commands.transfers.link(
                 daemon.handle("primary"), daemon.handle("archive")
             )
-            link.runner.engine.dispose()  # new connections, traced from the start
+            link.deleter.engine.dispose()  # new connections, traced from the start
 
-            @sa.event.listens_for(link.runner.engine, "connect")
+            @sa.event.listens_for(link.deleter.engine, "connect")
             def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
                 dbapi_connection.set_trace_callback(on_statement)
 
-            first = list(range(1, count + 1))
-            busy = await call(daemon, "data/delete", ids=first, matching="archive")
-            sliced = len(deletes)
-            second = list(range(count + 1, 2 * count + 1))
-            quiet = await call(daemon, "data/delete", ids=second, matching="archive")
-            return busy, sliced, quiet, len(deletes) - sliced
+            done: list[tuple[dict[str, object], int]] = []
+            for batch in range(3):
+                if batch == 2:
+                    await asyncio.sleep(0.4)  # nobody has written for longer than 0.3 s
+                before = len(deletes)
+                ids = list(range(batch * count + 1, (batch + 1) * count + 1))
+                result = await call(daemon, "data/delete", ids=ids, matching="archive")
+                done.append((result, len(deletes) - before))
+            return done
 
-    busy, sliced, quiet, whole = run(go())
-    assert busy == {"deleted": count, "skipped": []}
-    assert sliced == 3
+    writing, recently, quiet = run(go())
     assert writes == ["written"] * 2
-    assert quiet == {"deleted": count, "skipped": []}
-    assert whole == 1
+    assert writing == ({"deleted": count, "skipped": []}, 3)
+    assert recently == ({"deleted": count, "skipped": []}, 3)  # the last write was < 0.3 s ago
+    assert quiet == ({"deleted": count, "skipped": []}, 1)

@@ -83,6 +83,10 @@ class Link:
     dest: Handle
     dest_schema: str | None
     """None when no connection reaches both (PostgreSQL): rows are piped by ``COPY``."""
+    deleter: Handle
+    """Where SQLite's deletes run: one thread, so always the same connection, which then
+    sees no commit of this daemon's own deletes as another writer's (`slicing`); on the
+    servers, the runner."""
 
 
 def _sqlite_file(url: URL) -> str | None:
@@ -119,14 +123,13 @@ def _link(source: Handle, dest: Handle) -> Link | str:
     else:
         return f"one {source.dialect_name} connection cannot reach two databases"
     how = "copying inside the database" if schema else "copying with COPY"
-    runner = Handle(
-        f"{source.name}+{dest.name}",
-        source.url,
-        threads=2,
-        attach=attach,
-        label=f"handles '{source.name}' and '{dest.name}' ({how})",
-    )
-    return Link(runner, dest, schema)
+    label = f"handles '{source.name}' and '{dest.name}' ({how})"
+    name = f"{source.name}+{dest.name}"
+    runner = Handle(name, source.url, threads=2, attach=attach, label=label)
+    deleter = runner
+    if attach:
+        deleter = Handle(f"{name}-delete", source.url, threads=1, attach=attach, label=label)
+    return Link(runner, dest, schema, deleter)
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,8 @@ class Transfers:
         for link in self._links.values():
             if isinstance(link, Link):
                 await link.runner.close()
+                if link.deleter is not link.runner:
+                    await link.deleter.close()
         self._links.clear()
         self._statements.clear()
 
@@ -409,7 +414,8 @@ class Transfers:
                 _delete_piped, statements, keys, digests, write=True
             )
         elif runner.dialect_name == "sqlite":
-            deleted, left = await runner.run(_delete_sqlite, runner.engine, statements, keys)
+            deleter = prepared.link.deleter
+            deleted, left = await deleter.run(_delete_sqlite, deleter.engine, statements, keys)
         else:
             deleted, left = await runner.transaction(_delete_server, statements, keys, write=True)
         kept = set(left)
