@@ -144,6 +144,31 @@ def test_design_test_5_three_collections_archive_concurrently(tmp_path: Path, pa
 # --- across engines ----------------------------------------------------------------------
 
 
+def archive_and_compare(
+    primary: str, archive: str, *, watch: Callable[[ArchiveDaemon], None] | None = None
+) -> None:
+    """Archive the oldest 1,000 of 1,500 rows in batches of 250 (``watch`` first sees the
+    daemon); the archive must then hold exactly what the primary held, and no row both."""
+    make_chat_table(primary, 1500)
+    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=250)])
+
+    async def scenario() -> tuple[list[JSONObject], list[JSONObject], int]:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            if watch is not None:
+                watch(daemon)
+            before = await snapshot(daemon, "primary", 1000)
+            record = await archive_now(daemon, "chat_messages", 1000)
+            after = await snapshot(daemon, "archive", 2000)
+            return before, after, record.archived
+
+    before, after, archived = asyncio.run(scenario())
+
+    assert archived == 1000
+    assert after == before
+    assert count(primary) == 500
+    assert not ids(primary) & ids(archive)
+
+
 @pytest.mark.parametrize("direction", ["postgresql_to_mariadb", "mariadb_to_postgresql"])
 def test_archives_across_engines(direction: str, pg_url: str, mysql_url: str) -> None:
     primary, archive = (
@@ -154,22 +179,7 @@ def test_archives_across_engines(direction: str, pg_url: str, mysql_url: str) ->
             pg_url,
         )
     )
-    make_chat_table(primary, 1500)
-    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=250)])
-
-    async def scenario() -> tuple[list[JSONObject], list[JSONObject], int]:
-        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            before = await snapshot(daemon, "primary", 1000)
-            record = await archive_now(daemon, "chat_messages", 1000)
-            after = await snapshot(daemon, "archive", 2000)
-            return before, after, record.archived
-
-    before, after, archived = asyncio.run(scenario())
-
-    assert archived == 1000
-    assert after == before
-    assert count(primary) == 500
-    assert not ids(primary) & ids(archive)
+    archive_and_compare(primary, archive)
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql", "mysql"])
@@ -180,31 +190,20 @@ def test_two_databases_of_one_engine_are_archived_by_the_daemons_copy(
     worker has the daemon copy each batch (data/copy) and delete it where the copy is
     identical (matching); the archive ends up holding exactly what the primary held."""
     primary, archive = fresh_db(engine), fresh_db(engine)
-    make_chat_table(primary, 1500)
-    config = make_config({"primary": primary, "archive": archive}, [policy(batch_size=250)])
     calls: list[str] = []
 
-    async def scenario() -> tuple[list[JSONObject], list[JSONObject], int]:
-        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            for name in ("data/copy", "data/create", "data/delete"):
-                real = daemon.data.bus.command(name)
+    def note_calls(daemon: ArchiveDaemon) -> None:
+        for name in ("data/copy", "data/create", "data/delete"):
+            real = daemon.data.bus.command(name)
 
-                async def noted(params: JSONObject, name: str = name, real: Any = real) -> Any:
-                    calls.append(name if name != "data/delete" else f"delete {sorted(params)}")
-                    return await real(params)
+            async def noted(params: JSONObject, name: str = name, real: Any = real) -> Any:
+                calls.append(name if name != "data/delete" else f"delete {sorted(params)}")
+                return await real(params)
 
-                daemon.data.bus.register(name, noted, replace=True)
-            before = await snapshot(daemon, "primary", 1000)
-            record = await archive_now(daemon, "chat_messages", 1000)
-            after = await snapshot(daemon, "archive", 2000)
-            return before, after, record.archived
+            daemon.data.bus.register(name, noted, replace=True)
 
-    before, after, archived = asyncio.run(scenario())
+    archive_and_compare(primary, archive, watch=note_calls)
 
-    assert archived == 1000
-    assert after == before
-    assert count(primary) == 500
-    assert not ids(primary) & ids(archive)
     assert "data/create" not in calls
     assert calls.count("data/copy") == 4
     assert set(calls) == {"data/copy", "delete ['collection', 'dbHandle', 'ids', 'matching']"}
