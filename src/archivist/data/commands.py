@@ -12,13 +12,13 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
@@ -30,15 +30,17 @@ from archivist.data.filters import (
     order_clauses,
     sort_keys,
 )
-from archivist.data.handles import Handle
+from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import SLICE_ROWS, commits_without_sync, execute, slices
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
-from archivist.data.transfer import Transfers
 from archivist.data.values import JSONObject, RowCodec, decode_value
 from archivist.errors import Conflict, InvalidParams
 from archivist.protocol import ROW_PARAMS, decode_raw, split_rows, with_rows_decoded
+
+if TYPE_CHECKING:
+    from archivist.data.transfer import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +142,11 @@ def _chunks(values: Sequence[object], size: int = IN_CHUNK) -> Iterator[Sequence
 class DataCommands:
     """The data commands over one catalog; register them on a CommandBus with ``register``."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, transfers: Transfers) -> None:
         self.catalog = catalog
         self.recent = RecentRows()
-        self.transfers = Transfers(catalog)
+        self.transfers = transfers
+        """Where ``data/delete`` with ``matching`` goes."""
 
     async def ping(self, params: JSONObject) -> JSONObject:
         return {"message": "pong"}
@@ -193,7 +196,7 @@ class DataCommands:
         # A plain listing (no filter, every field) is what a copy starts from: remember its
         # rows' stored form, so creating the same items in a like table binds them as read.
         remember = p.filter is None and fields is None and handle.dialect_name in PASSTHROUGH
-        query = _ListQuery.build(info, p, entity.order_by, stored=remember)
+        query = ListQuery.build(info, p, entity.order_by, stored=remember)
         items = await self._list_remembered(handle, info, query, p) if fields is None else None
         if items is None:
             names, rows, stored = await handle.transaction(query.run)
@@ -211,7 +214,7 @@ class DataCommands:
         }
 
     async def _list_remembered(
-        self, handle: Handle, info: TableInfo, query: _ListQuery, p: ListParams
+        self, handle: Handle, info: TableInfo, query: ListQuery, p: ListParams
     ) -> _Items | None:
         """A listing by keys of rows that all hold the stored form of rows just listed from
         a like table (a copy being verified): their items are those rows' items, with no
@@ -339,7 +342,7 @@ def _scalar(connection: Connection, query: sa.Select[Any]) -> object:
 
 
 @dataclass(frozen=True)
-class _ListQuery:
+class ListQuery:
     query: sa.Select[Any]
     reverse: bool
     table: sa.Table
@@ -349,7 +352,7 @@ class _ListQuery:
     @classmethod
     def build(
         cls, info: TableInfo, p: ListParams, default_order: str, *, stored: bool = False
-    ) -> _ListQuery:
+    ) -> ListQuery:
         requested = [SortKey(o.field, o.direction) for o in p.order_by or []]
         cursor = p.cursor
         if cursor is not None:
@@ -607,19 +610,20 @@ def _copy_in(
     statement = f"COPY {target} FROM STDIN"
     driver = connection.connection.driver_connection
     assert driver is not None
-    try:
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(
-                    [
-                        value if value is None or process is None else process(value)
-                        for value, process in zip((row[n] for n in names), processors, strict=True)
-                    ]
-                )
-    except dialect.loaded_dbapi.Error as exc:
-        # As SQLAlchemy would have raised it (IntegrityError for a duplicate key...), so the
-        # caller maps it to conflict or db_error like any other statement's failure.
-        raise DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error) from None
+    # A failure is raised as SQLAlchemy would (IntegrityError for a duplicate key...), so the
+    # caller maps it to conflict or db_error like any other statement's failure.
+    with (
+        driver_errors(dialect, statement),
+        driver.cursor() as cursor,
+        cursor.copy(statement) as copy,
+    ):
+        for row in rows:
+            copy.write_row(
+                [
+                    value if value is None or process is None else process(value)
+                    for value, process in zip((row[n] for n in names), processors, strict=True)
+                ]
+            )
 
 
 def _upserts(connection: Connection) -> bool:

@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, ParamSpec, TypeVar
 
@@ -213,6 +213,18 @@ class Handle:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.engine.dispose)
         self._executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def driver_errors(dialect: sa.Dialect, statement: str) -> Iterator[None]:
+    """A driver error raised outside SQLAlchemy (psycopg's COPY, say) as SQLAlchemy would
+    raise it, so the handle reports it as a database error, and an IntegrityError stays
+    one (a conflict)."""
+    error = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except error as exc:
+        raise DBAPIError.instance(statement, None, exc, error) from None
 
 
 def _first_line(exc: BaseException | None) -> str:

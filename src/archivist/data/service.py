@@ -19,6 +19,7 @@ from archivist.data.commands import DataCommands
 from archivist.data.handles import Handle
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
+from archivist.data.transfer import Transfers
 from archivist.data.values import encode_value
 from archivist.errors import ArchivistError, ConfigError, DatabaseError, SchemaError
 
@@ -64,7 +65,8 @@ class DataDaemon:
             self._dispose_now()
             raise ConfigError(config.where(exc.message)) from None
         self.catalog = Catalog(self.registry, self.handles)
-        self.commands = DataCommands(self.catalog)
+        self.transfers = Transfers(self.catalog)
+        self.commands = DataCommands(self.catalog, self.transfers)
         self.bus = bus or CommandBus()
         self.bus.register("ping", self.commands.ping, replace=True)
         self.bus.register("data/list", self.commands.list, replace=True)
@@ -72,7 +74,7 @@ class DataDaemon:
         self.bus.register("data/create", self.commands.create, replace=True, raw_rows=True)
         self.bus.register("data/delete", self.commands.delete, replace=True, raw_rows=True)
         self.bus.register("data/load", self.commands.load, replace=True)
-        self.bus.register("data/copy", self.commands.transfers.copy, replace=True)
+        self.bus.register("data/copy", self.transfers.copy, replace=True)
         self._started = False
         self._distinct: set[tuple[str, str]] = set()
 
@@ -97,7 +99,7 @@ class DataDaemon:
 
     async def close(self) -> None:
         """Dispose every engine and stop the database threads."""
-        await self.commands.transfers.close()
+        await self.transfers.close()
         for handle in self.handles.values():
             await handle.close()
         self._started = False
@@ -239,7 +241,7 @@ class DataDaemon:
         if not self.config.worker.in_database:
             path = "through the worker ([worker] in_database = false)"
         else:
-            path = self.commands.transfers.describe(
+            path = self.transfers.describe(
                 self.catalog.handle(entity.source_handle),
                 self.catalog.handle(entity.dest_handle),
                 source,

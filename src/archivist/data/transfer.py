@@ -13,14 +13,13 @@ answer ``unsupported`` and the worker moves the rows itself: list, create, verif
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 import sqlalchemy as sa
@@ -28,12 +27,20 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
-from archivist.data.filters import SortKey, keyset_condition, order_clauses, sort_keys
-from archivist.data.handles import Handle
+from archivist.data.commands import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ListParams,
+    ListQuery,
+    Name,
+    OrderByParam,
+    parse_params,
+)
+from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import adaptive_slices, commits_without_sync, execute
 from archivist.data.values import JSONObject, decode_value
@@ -46,31 +53,16 @@ DEST_SCHEMA: Final = "archivist_dest"
 COPY_ALIAS: Final = "archivist_copy"
 """The destination table's alias in a delete's guard: never the source table's own name, so
 no column reference inside the guard can resolve to the wrong table."""
-MAX_LIMIT: Final = 100_000
 KEY_CHUNK: Final = 5_000
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
+class CopyParams(ListParams, kw_only=True):
+    """``data/copy``: ``data/list``'s paging params (one ascending ``orderBy``, a cursor
+    ``after``; no ``filter`` or ``fields``), and the handle to copy to."""
 
-class CopyOrder(msgspec.Struct, forbid_unknown_fields=True):
-    field: Name
-    direction: Literal["asc"] = "asc"
-
-
-class CopyCursor(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    field: Name
-    value: Any
-    direction: Literal["after"] = "after"
-    id: Any = msgspec.UNSET
-
-
-class CopyParams(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
-    collection: Name
-    db_handle: Name
     dest_handle: Name
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]
-    order_by: Annotated[list[CopyOrder], msgspec.Meta(max_length=1)] | None = None
-    cursor: CopyCursor | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    order_by: Annotated[list[OrderByParam], msgspec.Meta(max_length=1)] | None = None
 
 
 @dataclass(frozen=True)
@@ -353,16 +345,20 @@ class Transfers:
         """Copy the source's next rows (``limit``, in the collection's archive order or
         ``orderBy``, after ``cursor``) to ``destHandle``, overwriting older copies by key;
         answer their keys as ``items``, and the ``cursor`` just past the last one."""
-        try:
-            p = msgspec.convert(params, CopyParams, strict=True)
-        except msgspec.ValidationError as exc:
-            raise InvalidParams(f"invalid params: {exc}") from None
+        p = parse_params(params, CopyParams)
+        if p.filter is not None or p.fields is not None:
+            raise InvalidParams("invalid params: data/copy takes neither filter nor fields")
         prepared = await self._prepare(p.collection, p.db_handle, p.dest_handle)
         info = prepared.statements.source
         order = p.order_by[0].field if p.order_by else prepared.order_by
         info.codec.check_fields([order], what="field in orderBy")
-        keys_query = _keys_query(info, order, p)
+        if p.order_by and p.order_by[0].direction != "asc":
+            raise InvalidParams("invalid params: data/copy copies in ascending order only")
+        if p.cursor is not None and (p.cursor.field != order or p.cursor.direction != "after"):
+            raise InvalidParams("invalid params: the cursor must be after, on the orderBy field")
         names = list(dict.fromkeys([info.pk, order]))
+        listing = ListQuery.build(info, p, prepared.order_by).query
+        keys_query = listing.with_only_columns(*(info.table.c[name] for name in names))
         statements, link = prepared.statements, prepared.link
         if isinstance(statements, _Piped):
             rows = await link.runner.transaction(
@@ -428,21 +424,6 @@ class _Prepared:
     order_by: str
     link: Link
     statements: _Statements
-
-
-def _keys_query(info: TableInfo, order: str, p: CopyParams) -> sa.Select[Any]:
-    table = info.table
-    keys = sort_keys(info, [SortKey(order, "asc")], order)
-    where: sa.ColumnElement[bool] = sa.true()
-    if p.cursor is not None:
-        if p.cursor.field != order:
-            raise InvalidParams("invalid params: cursor.field must be the orderBy field")
-        position = [decode_value(info.spec(order), p.cursor.value, where="cursor.")]
-        if order != info.pk and p.cursor.id is not msgspec.UNSET:
-            position.append(decode_value(info.spec(info.pk), p.cursor.id, where="cursor."))
-        where = keyset_condition(info, keys, position, after=True)
-    columns = [table.c[name] for name in dict.fromkeys([info.pk, order])]
-    return sa.select(*columns).where(where).order_by(*order_clauses(info, keys)).limit(p.limit)
 
 
 def _copy_rows(
@@ -562,7 +543,7 @@ def _copy_piped(
         assert writer is not None
         target.exec_driver_sql(piped.stage)
         with (
-            _driver_errors(connection.dialect, piped.copy_out),
+            driver_errors(connection.dialect, piped.copy_out),
             reader.cursor() as out_cursor,
             writer.cursor() as in_cursor,
             out_cursor.copy(piped.copy_out, (keys,)) as out,
@@ -609,17 +590,6 @@ def _delete_piped(
             chunk = keys[start : start + KEY_CHUNK]
             left.extend(connection.exec_driver_sql(piped.present, (chunk,)).scalars())
     return deleted, left
-
-
-@contextlib.contextmanager
-def _driver_errors(dialect: sa.Dialect, statement: str) -> Iterator[None]:
-    """A driver error raised outside SQLAlchemy (psycopg's COPY) as SQLAlchemy would raise
-    it, so the handle reports it as a database error (or a conflict)."""
-    error = dialect.loaded_dbapi.Error
-    try:
-        yield
-    except error as exc:
-        raise DBAPIError.instance(statement, None, exc, error) from None
 
 
 def _conflict(exc: IntegrityError) -> Conflict:
