@@ -347,8 +347,10 @@ def test_a_sqlite_delete_matching_slices_only_while_others_write(
     """While the application writes, the delete goes in slices of 200 (each its own
     transaction: an application write that will not wait at all, busy timeout 0, gets
     through as a slice begins); once nobody else has written for `QUIET_AFTER` seconds,
-    the whole batch is one statement."""
+    the whole batch is one statement. (Slices that hold the lock too long shrink: not here,
+    every slice is within its time.)"""
     monkeypatch.setattr(slicing, "QUIET_AFTER", 0.3)
+    monkeypatch.setattr(slicing, "SLICE_HOLD", 60.0)
     primary, archive = pair(fresh_db, "sqlite")
     sql(primary, "CREATE TABLE app_log (n INTEGER)")
     count = 2 * slicing.SLICE_ROWS + 5
@@ -399,3 +401,54 @@ def test_a_sqlite_delete_matching_slices_only_while_others_write(
     assert writing == ({"deleted": count, "skipped": []}, 3)
     assert recently == ({"deleted": count, "skipped": []}, 3)  # the last write was < 0.3 s ago
     assert quiet == ({"deleted": count, "skipped": []}, 1)
+
+
+def test_a_sqlite_delete_matching_shrinks_its_slices_while_they_hold_the_lock_too_long(
+    fresh_db: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the application writes, a slice that held the lock longer than `SLICE_HOLD`
+    makes the next ones smaller, down to the smallest size, and the connection keeps that
+    size for its next delete; every row still goes."""
+    monkeypatch.setattr(slicing, "QUIET_AFTER", 60.0)
+    monkeypatch.setattr(slicing, "SLICE_HOLD", 1e-9)  # no slice is ever quick enough
+    primary, archive = pair(fresh_db, "sqlite")
+    sql(primary, "CREATE TABLE app_log (n INTEGER)")
+    first, second = slicing.SLICE_ROWS + 35, 25
+    smallest = slicing.SLICE_LADDER[0]
+    deletes: list[str] = []
+
+    def on_statement(statement: str) -> None:
+        if not statement.startswith("DELETE FROM"):
+            return
+        deletes.append(statement)
+        # The application writes as each slice begins (it gets through: the slice has not
+        # taken the lock yet), so the next look always finds another writer.
+        sql(primary, "INSERT INTO app_log VALUES (1)")
+
+    async def go() -> list[tuple[dict[str, object], int]]:
+        async with started(primary, archive) as daemon:
+            items = [message(i) for i in range(1, first + second + 1)]
+            await call(daemon, "data/create", items=items)
+            await call(daemon, "data/copy", destHandle="archive", limit=first + second)
+            link = daemon.commands.transfers.link(
+                daemon.handle("primary"), daemon.handle("archive")
+            )
+            link.deleter.engine.dispose()
+
+            @sa.event.listens_for(link.deleter.engine, "connect")
+            def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+                dbapi_connection.set_trace_callback(on_statement)
+
+            done: list[tuple[dict[str, object], int]] = []
+            for ids in (range(1, first + 1), range(first + 1, first + second + 1)):
+                before = len(deletes)
+                result = await call(daemon, "data/delete", ids=list(ids), matching="archive")
+                done.append((result, len(deletes) - before))
+            return done
+
+    shrinking, kept_small = run(go())
+    # One slice of SLICE_ROWS, then slices of the smallest size for the 35 rows left.
+    assert shrinking == ({"deleted": first, "skipped": []}, 1 + -(-35 // smallest))
+    assert kept_small == ({"deleted": second, "skipped": []}, -(-second // smallest))
+    assert sql(primary, "SELECT count(*) FROM chat_messages") == [(0,)]
+    assert sql(primary, "SELECT count(*) FROM app_log") == [(len(deletes),)]

@@ -9,18 +9,26 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 SLICE_ROWS: Final = 200
-"""Rows per slice of a SQLite delete: each slice holds the write lock well under 1 ms."""
+"""Most rows per slice of a SQLite delete while other connections write."""
+SLICE_LADDER: Final = (10, 15, 20, 30, 40, 50, 70, 100, 140, SLICE_ROWS)
+"""The sizes a slice takes while others write (few sizes: each is a prepared statement)."""
+SLICE_HOLD: Final = 0.0008
+"""Seconds a slice should hold the write lock while other connections write. An application
+writer that met a slice sleeps 1 ms in SQLite's busy handler before it tries again; a slice
+shorter than that is over when it does, and the gap keeps the next one from having begun.
+How many rows fit in that time depends on the machine, the table and its indexes: 200 rows
+took 7 ms on a slow machine, so the size follows the measured time (`next_slice`)."""
 SLICE_GAP: Final = 0.0015
 """Seconds between slices, with the write lock free, while other connections write to the
-database. An application writer that met a slice sleeps 1 ms in SQLite's busy handler
-before it tries again; the gap is longer, so that second try finds the lock free instead
-of the next slice."""
+database: longer than the busy handler's first sleep, so that its second try finds the lock
+free instead of the next slice."""
 QUIET_SLICE_ROWS: Final = 1000
 """Rows per slice while no other connection writes: nobody waits for the lock, and one
 statement writes each page once, where five slices commit the same pages five times (a
@@ -31,6 +39,25 @@ BUSY_AT: Final = "archivist_busy_at"
 """Where a pooled SQLite connection keeps when it last saw another connection's commit."""
 DATA_VERSION: Final = "archivist_data_version"
 """Where a pooled SQLite connection keeps the last ``PRAGMA data_version`` it read."""
+BUSY_SLICE: Final = "archivist_busy_slice"
+"""Where a pooled SQLite connection keeps the size of its next slice while others write."""
+BUSY_HELD: Final = "archivist_busy_held"
+"""... and how long its last slices of that size held the lock."""
+HELD_KEPT: Final = 4
+"""Slices of one size whose times `next_slice` weighs."""
+
+
+def next_slice(size: int, held: list[float]) -> int:
+    """The size of the next slice while others write, after slices of ``size`` rows held the
+    lock for ``held`` seconds each (the last few, newest last): the largest of
+    `SLICE_LADDER` expected to hold it at most `SLICE_HOLD`, growing at most to the next
+    size up at a time. The quickest of the few is taken: a slice's time also counts any wait
+    for the lock while an application's commit held it, which says nothing of its size."""
+    fitted = size * SLICE_HOLD / max(min(held), 1e-6)
+    larger = [step for step in SLICE_LADDER if step > size]
+    ceiling = larger[0] if larger else SLICE_LADDER[-1]
+    fitting = [step for step in SLICE_LADDER if step <= min(fitted, ceiling)]
+    return fitting[-1] if fitting else SLICE_LADDER[0]
 
 
 def others_wrote(connection: Connection, raw: Any) -> bool:
@@ -80,15 +107,25 @@ def slices(connection: Connection, raw: Any, total: int, size: int) -> Iterator[
         yield start
 
 
-def adaptive_slices(
-    connection: Connection, raw: Any, total: int, largest: int
-) -> Iterator[tuple[int, int]]:
-    """``(start, size)`` of each slice of ``total`` rows. While another connection has
-    committed to the database within the last `QUIET_AFTER` seconds (as this connection
-    saw it, asking before each slice; before its first look, assume so), the application is
-    writing: every slice is `SLICE_ROWS` long, with the lock free for `SLICE_GAP` before
-    each but the first. Otherwise nobody is waiting, and a slice is up to
-    `QUIET_SLICE_ROWS` (and ``largest``) long.
+@dataclass
+class Slice:
+    """One slice of a delete: rows ``start`` to ``start + size`` of its keys."""
+
+    start: int
+    size: int
+    held: float | None = None
+    """Seconds its statement held the write lock, told by whoever ran it."""
+
+
+def adaptive_slices(connection: Connection, raw: Any, total: int, largest: int) -> Iterator[Slice]:
+    """Each `Slice` of ``total`` rows; the caller runs it, then sets its ``held``.
+
+    While another connection has committed to the database within the last `QUIET_AFTER`
+    seconds (as this connection saw it, asking before each slice; before its first look,
+    assume so), the application is writing: every slice is as long as holds the lock for
+    about `SLICE_HOLD` (`next_slice`, from the connection's last slices; at first
+    `SLICE_ROWS`), with the lock free for `SLICE_GAP` before each but the first. Otherwise
+    nobody is waiting, and a slice is up to `QUIET_SLICE_ROWS` (and ``largest``) long.
 
     Asking only whether anyone wrote since this connection last looked was not enough:
     about one delete in eight of the quick benchmark's, with the application writing every
@@ -105,6 +142,16 @@ def adaptive_slices(
         busy = first_look or now - info.get(BUSY_AT, -QUIET_AFTER) < QUIET_AFTER
         if busy and start:
             time.sleep(SLICE_GAP)
-        size = SLICE_ROWS if busy else max(1, min(QUIET_SLICE_ROWS, largest))
-        yield start, size
+        if busy:
+            size = min(info.get(BUSY_SLICE, SLICE_ROWS), largest)
+        else:
+            size = max(1, min(QUIET_SLICE_ROWS, largest))
+        part = Slice(start, size)
+        yield part
+        if busy and part.held is not None:
+            held = [*info.get(BUSY_HELD, ())[-(HELD_KEPT - 1) :], part.held]
+            if size != info.get(BUSY_SLICE, SLICE_ROWS):
+                held = [part.held]  # clipped by ``largest``: the times were of another size
+            info[BUSY_SLICE] = next_slice(size, held)
+            info[BUSY_HELD] = [] if info[BUSY_SLICE] != size else held
         start += size

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, TypeAlias
@@ -479,18 +480,21 @@ def _delete_sqlite(
         deleted = 0
         left: list[object] = []
         with commits_without_sync(raw):
-            for start, size in adaptive_slices(connection, raw, len(keys), largest):
+            for part in adaptive_slices(connection, raw, len(keys), largest):
+                start, size = part.start, part.size
                 if size not in prepared:
                     prepared[size] = _SliceStatements.of(connection, statements, size)
                 slice_ = prepared[size]
-                part = bound[start : start + size]
-                padded = [*part, *([None] * (size - len(part)))]
+                values = bound[start : start + size]
+                padded = [*values, *([None] * (size - len(values)))]
+                began = time.perf_counter()
                 removed = int(execute(raw, slice_.delete, slice_.ordered(padded)).rowcount)
+                part.held = time.perf_counter() - began
                 deleted += removed
-                if removed < len(part):
+                if removed < len(values):
                     still = {key for (key,) in execute(raw, slice_.present, padded).fetchall()}
                     mine = keys[start : start + size]
-                    pairs = zip(mine, part, strict=True)
+                    pairs = zip(mine, values, strict=True)
                     left.extend(key for key, value in pairs if value in still)
     return deleted, left
 
