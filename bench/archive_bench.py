@@ -29,6 +29,7 @@ from workloads import (
     ArchiveRun,
     Foreground,
     pt_archiver_version,
+    reference_load,
     run_archivist,
     run_in_database,
     run_pings,
@@ -57,8 +58,12 @@ ORDER: list[tuple[str, str]] = [
     ("fg_archivist_p99", "foreground p99, during archivist"),
     ("fg_plain_p50", "foreground p50, during plain loop"),
     ("fg_plain_p99", "foreground p99, during plain loop"),
+    ("fg_cpu_p99", "foreground p99, one core kept busy (reference)"),
+    ("fg_disk_p99", "foreground p99, a durable writer to another file (reference)"),
     ("r_fg_archivist", "ratio foreground p99 archivist / idle"),
     ("r_fg_plain", "ratio foreground p99 plain loop / idle"),
+    ("r_fg_cpu", "ratio foreground p99 one busy core / idle (reference)"),
+    ("r_fg_disk", "ratio foreground p99 durable writer / idle (reference)"),
     ("archivist_fg", "archivist with the foreground running"),
     ("plain_fg", "plain loop with the foreground running"),
     ("rss_daemon_small", "daemon peak RSS, {small:,} source rows"),
@@ -184,6 +189,8 @@ class Bench:
             ("r_pt_commit", "archivist", "pt_commit"),
             ("r_fg_archivist", "fg_archivist_p99", "fg_idle_p99"),
             ("r_fg_plain", "fg_plain_p99", "fg_idle_p99"),
+            ("r_fg_cpu", "fg_cpu_p99", "fg_idle_p99"),
+            ("r_fg_disk", "fg_disk_p99", "fg_idle_p99"),
         ):
             self.results.add_ratios(name, ratio, top, bottom)
         if name == "mariadb" and not self.has_pt_archiver:
@@ -230,6 +237,10 @@ class Bench:
         with Foreground(target, s.idle_seconds) as idle:
             time.sleep(s.idle_seconds)
         self.latency(target.engine, "idle", idle.latencies)
+        for kind in ("cpu", "disk"):
+            with reference_load(kind, self.workdir), Foreground(target, s.idle_seconds) as app:
+                time.sleep(s.idle_seconds)
+            self.latency(target.engine, kind, app.latencies)
         for key, work in (
             (
                 "archivist",

@@ -417,6 +417,55 @@ def _new_message(row_id: int, rng: random.Random) -> dict[str, object]:
     }
 
 
+# --- reference loads: what the machine does to the foreground without any archiver ------
+
+REFERENCE_ROWS: Final = 1000
+"""Rows per transaction of the reference disk writer."""
+REFERENCE_PAUSE: Final = 0.05
+"""Seconds the reference disk writer rests between its transactions: about 20,000 rows/s,
+what an archiver moves next to a busy application."""
+
+
+@contextlib.contextmanager
+def reference_load(kind: str, scratch: Path) -> Iterator[None]:
+    """Load the machine the way an archiver would, with no archiver and nothing shared with
+    the application but the machine: ``cpu``, one process spinning on one core; ``disk``,
+    one process committing `REFERENCE_ROWS`-row transactions durably (SQLite, WAL,
+    ``synchronous=FULL``) to a file of its own on the same disk. The foreground's latency
+    during these says what any archiver doing that much work costs on this machine."""
+    context = multiprocessing.get_context("fork")
+    stop = context.Event()
+    process = context.Process(
+        target=_reference_main, args=(kind, str(scratch / f"reference-{kind}.db"), stop)
+    )
+    process.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        process.join(30)
+
+
+def _reference_main(kind: str, path: str, stop: multiprocessing.synchronize.Event) -> None:
+    if kind == "cpu":
+        while not stop.is_set():
+            sum(range(10_000))
+        return
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+    body = "x" * 400
+    while not stop.is_set():
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO t (body) VALUES (?)", [(body,) for _ in range(REFERENCE_ROWS)]
+        )
+        connection.execute("COMMIT")
+        time.sleep(REFERENCE_PAUSE)
+    connection.close()
+
+
 # --- the worker socket's round trip -------------------------------------------------------
 
 
