@@ -378,12 +378,16 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
     assert remaining == [2, 3]
 
 
-def test_sqlite_delete_lets_application_writes_in_between_slices(sqlite_url: str) -> None:
+def test_sqlite_delete_lets_application_writes_in_between_slices(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A delete of many rows does not hold SQLite's write lock from start to end: as each
     later slice begins, an application write that will not wait at all (busy timeout 0)
-    gets through."""
+    gets through. (Every slice here is within its time, so none shrinks.)"""
+    monkeypatch.setattr(slicing, "SLICE_HOLD", 60.0)
     create_table(sqlite_url)
-    count = 2 * commands.SLICE_ROWS + 5
+    sql(sqlite_url, "CREATE TABLE app_log (n INTEGER)")
+    count = 2 * slicing.SLICE_ROWS + 5
     path = _sqlite_file(sqlite_url)
     writes: list[str] = []
 
@@ -393,7 +397,7 @@ def test_sqlite_delete_lets_application_writes_in_between_slices(sqlite_url: str
         with contextlib.closing(sqlite3.connect(path, timeout=0)) as app:
             try:
                 with app:
-                    app.execute("UPDATE chat_messages SET room = 'x' WHERE id = -1")
+                    app.execute("INSERT INTO app_log VALUES (1)")
                 writes.append("written")
             except sqlite3.OperationalError as exc:
                 writes.append(str(exc))
@@ -415,12 +419,50 @@ def test_sqlite_delete_lets_application_writes_in_between_slices(sqlite_url: str
     assert writes == ["written"] * 3, writes
 
 
+def test_sqlite_delete_shrinks_its_slices_while_the_application_writes(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows sent back by the worker are deleted as the daemon's own copies are: while the
+    application writes, a slice that held the lock longer than `SLICE_HOLD` makes the next
+    ones smaller; every row still goes."""
+    monkeypatch.setattr(slicing, "SLICE_HOLD", 1e-9)  # no slice is ever quick enough
+    create_table(sqlite_url)
+    sql(sqlite_url, "CREATE TABLE app_log (n INTEGER)")
+    count = slicing.SLICE_ROWS + 35
+    path = _sqlite_file(sqlite_url)
+    deletes: list[str] = []
+
+    def on_statement(statement: str) -> None:
+        if not statement.startswith("DELETE FROM"):
+            return
+        deletes.append(statement)
+        with contextlib.closing(sqlite3.connect(path)) as app, app:
+            app.execute("INSERT INTO app_log VALUES (1)")  # the application writes
+
+    async def go() -> dict[str, object]:
+        async with started(sqlite_url) as daemon:
+            await seed(daemon, count)
+            listed = (await call(daemon, "data/list", limit=count))["items"]
+            engine = daemon.handle("primary").engine
+            engine.dispose()  # new connections, traced from the start
+
+            @sa.event.listens_for(engine, "connect")
+            def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+                dbapi_connection.set_trace_callback(on_statement)
+
+            return await call(daemon, "data/delete", expected=listed)
+
+    assert run(go()) == {"deleted": count, "skipped": []}
+    smallest = slicing.SLICE_LADDER[0]
+    assert len(deletes) == 1 + -(-35 // smallest), deletes
+
+
 def test_sqlite_delete_spans_several_slices(sqlite_url: str) -> None:
     """Rows changed in any slice, the last one (padded) included, are left and reported;
     every other row of every slice is deleted."""
     create_table(sqlite_url)
-    count = 2 * commands.SLICE_ROWS + 3
-    changed = [2, commands.SLICE_ROWS + 2, count]
+    count = 2 * slicing.SLICE_ROWS + 3
+    changed = [2, slicing.SLICE_ROWS + 2, count]
     path = _sqlite_file(sqlite_url)
 
     async def go() -> tuple[dict[str, object], list[object]]:

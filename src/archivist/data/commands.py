@@ -32,7 +32,7 @@ from archivist.data.filters import (
 )
 from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
-from archivist.data.slicing import SLICE_ROWS, commits_without_sync, execute, slices
+from archivist.data.slicing import adaptive_slices, commits_without_sync, execute
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
 from archivist.data.values import JSONObject, RowCodec, decode_value
@@ -739,13 +739,12 @@ def _delete_in_slices(
 
     Every column's stored value is named (``col IS value COLLATE BINARY``), bound as the
     driver returned it, so a row written in between (whatever the application's text
-    formats) is kept. The rows go in slices of `SLICE_ROWS`, each one statement in its own
-    transaction: SQLite takes the write lock, deletes and commits inside that one call,
-    with no round trip into Python (and its GIL) while the lock is held, and the lock is
-    free for `SLICE_GAP` between slices when another connection has committed to the
-    database since this one last looked (``PRAGMA data_version``, once per delete): the
-    application is writing, and a writer may be waiting. With no other writer, no time is
-    spent waiting.
+    formats) is kept. The rows go in slices, each one statement in its own transaction:
+    SQLite takes the write lock, deletes and commits inside that one call, with no round
+    trip into Python (and its GIL) while the lock is held. While the application writes,
+    slices are short (about `SLICE_HOLD` of the lock each) with the lock free for
+    `SLICE_GAP` between them; while nobody else writes, they are long: as the daemon's own
+    copy deletes (`archivist.data.slicing.adaptive_slices`).
     A slice is first read with the same guard, without the lock, so the answer can say
     which rows were left (all but a row that another writer deletes in the instant between
     that read and the delete).
@@ -756,20 +755,24 @@ def _delete_in_slices(
     """
     with engine.connect() as connection:
         raw: Any = connection.connection.dbapi_connection
-        statement = _GuardedDelete.of(connection, info, raw)
-        pk_at = statement.pk_at
+        width = len(info.table.c)
+        largest = max(1, raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
         deleted = 0
         left: list[object] = []
         with commits_without_sync(raw):
-            for start in slices(connection, raw, len(rows), statement.rows):
-                part = rows[start : start + statement.rows]
-                stored = [values for _, values in part]
+            for part in adaptive_slices(connection, raw, len(rows), largest):
+                statement = _GuardedDelete.of(connection, info, part.size)
+                chunk = rows[part.start : part.start + part.size]
+                stored = [values for _, values in chunk]
                 matched = set(statement.matching(raw, stored))
+                began = time.perf_counter()
                 removed = statement.delete(raw, stored)
+                part.held = time.perf_counter() - began
                 deleted += removed
                 if removed < len(matched):  # rare: a row changed in the instant since it was read
                     matched -= set(statement.present(raw, list(matched)))
-                left.extend(key for key, values in part if values[pk_at] not in matched)
+                pk_at = statement.pk_at
+                left.extend(key for key, values in chunk if values[pk_at] not in matched)
     return deleted, left
 
 
@@ -780,8 +783,8 @@ class _GuardedDelete:
     finds each row by its key (the key's own index); the guard then asks for the very stored
     value of every column, the key included, byte for byte.
 
-    A short slice is padded with NULL rows, which match nothing, so the text is always the
-    same and SQLite prepares each statement once per connection, not under the lock.
+    A short slice is padded with NULL rows, which match nothing, so each size's text is
+    always the same and SQLite prepares it once per connection, not under the lock.
     """
 
     target: str
@@ -793,13 +796,11 @@ class _GuardedDelete:
     pk_at: int
 
     @classmethod
-    def of(cls, connection: Connection, info: TableInfo, raw: Any) -> _GuardedDelete:
+    def of(cls, connection: Connection, info: TableInfo, rows: int) -> _GuardedDelete:
         preparer = connection.dialect.identifier_preparer
         table = info.table
         pk_at = next(i for i, column in enumerate(table.c) if column.name == info.pk)
         names = tuple(preparer.quote(column.name) for column in table.c)
-        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        rows = max(1, min(SLICE_ROWS, limit // len(names)))
         target = preparer.format_table(table)
         select, delete = _guarded_sql(target, names, pk_at, rows)
         return cls(target, names[pk_at], select, delete, rows, len(names), pk_at)

@@ -91,22 +91,6 @@ def execute(raw: Any, sql: str, params: list[object]) -> Any:
         raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from None
 
 
-def slices(connection: Connection, raw: Any, total: int, size: int) -> Iterator[int]:
-    """The start of each slice of ``total`` rows, ``size`` at a time. Before every slice
-    but the first, the lock stays free for `SLICE_GAP` if another connection has committed
-    to the database since this one last looked (asked once, before the second slice): the
-    application is writing, and a writer may be waiting. With no other writer, no time is
-    spent waiting."""
-    yielding: bool | None = None
-    for start in range(0, total, size):
-        if start:
-            if yielding is None:
-                yielding = others_wrote(connection, raw)
-            if yielding:
-                time.sleep(SLICE_GAP)
-        yield start
-
-
 @dataclass
 class Slice:
     """One slice of a delete: rows ``start`` to ``start + size`` of its keys."""
