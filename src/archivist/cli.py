@@ -7,6 +7,8 @@ and turns an `ArchivistError` into one clear line and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import logging
 import signal
 import sys
@@ -59,6 +61,11 @@ def main() -> None:
     what to archive. Start with `archivist demo` to see it work on SQLite, then write a
     config file and use `archivist run --config FILE`.
     """
+    # At exit, the interpreter's collector would walk every object the imports made
+    # (SQLAlchemy's alone are many) while tearing the modules down: ~0.3 s of a one-shot
+    # command on a slow machine. Frozen, they are left to the end of the process; every
+    # database and socket is closed explicitly before then.
+    atexit.register(gc.freeze)
 
 
 @main.command(context_settings=CONTEXT)
