@@ -378,16 +378,14 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
     assert remaining == [2, 3]
 
 
-def test_sqlite_delete_lets_application_writes_in_between_slices(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A delete of many rows does not hold SQLite's write lock from start to end: as each
-    later slice begins, an application write that will not wait at all (busy timeout 0)
-    gets through. (Every slice here is within its time, so none shrinks.)"""
-    monkeypatch.setattr(slicing, "SLICE_HOLD", 60.0)
+def _delete_while_the_application_writes(
+    sqlite_url: str, count: int
+) -> tuple[dict[str, object], list[str]]:
+    """Seed ``count`` rows, list them, and delete them as ``expected`` items while, as each
+    DELETE statement begins, the application writes with a busy timeout of 0 (it will not
+    wait at all); the answer, and what became of each of those writes."""
     create_table(sqlite_url)
     sql(sqlite_url, "CREATE TABLE app_log (n INTEGER)")
-    count = 2 * slicing.SLICE_ROWS + 5
     path = _sqlite_file(sqlite_url)
     writes: list[str] = []
 
@@ -415,7 +413,19 @@ def test_sqlite_delete_lets_application_writes_in_between_slices(
 
             return await call(daemon, "data/delete", expected=listed)
 
-    assert run(go()) == {"deleted": count, "skipped": []}
+    return run(go()), writes
+
+
+def test_sqlite_delete_lets_application_writes_in_between_slices(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete of many rows does not hold SQLite's write lock from start to end: as each
+    later slice begins, an application write that will not wait at all (busy timeout 0)
+    gets through. (Every slice here is within its time, so none shrinks.)"""
+    monkeypatch.setattr(slicing, "SLICE_HOLD", 60.0)
+    count = 2 * slicing.SLICE_ROWS + 5
+    answer, writes = _delete_while_the_application_writes(sqlite_url, count)
+    assert answer == {"deleted": count, "skipped": []}
     assert writes == ["written"] * 3, writes
 
 
@@ -426,35 +436,11 @@ def test_sqlite_delete_shrinks_its_slices_while_the_application_writes(
     application writes, a slice that held the lock longer than `SLICE_HOLD` makes the next
     ones smaller; every row still goes."""
     monkeypatch.setattr(slicing, "SLICE_HOLD", 1e-9)  # no slice is ever quick enough
-    create_table(sqlite_url)
-    sql(sqlite_url, "CREATE TABLE app_log (n INTEGER)")
     count = slicing.SLICE_ROWS + 35
-    path = _sqlite_file(sqlite_url)
-    deletes: list[str] = []
-
-    def on_statement(statement: str) -> None:
-        if not statement.startswith("DELETE FROM"):
-            return
-        deletes.append(statement)
-        with contextlib.closing(sqlite3.connect(path)) as app, app:
-            app.execute("INSERT INTO app_log VALUES (1)")  # the application writes
-
-    async def go() -> dict[str, object]:
-        async with started(sqlite_url) as daemon:
-            await seed(daemon, count)
-            listed = (await call(daemon, "data/list", limit=count))["items"]
-            engine = daemon.handle("primary").engine
-            engine.dispose()  # new connections, traced from the start
-
-            @sa.event.listens_for(engine, "connect")
-            def trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-                dbapi_connection.set_trace_callback(on_statement)
-
-            return await call(daemon, "data/delete", expected=listed)
-
-    assert run(go()) == {"deleted": count, "skipped": []}
-    smallest = slicing.SLICE_LADDER[0]
-    assert len(deletes) == 1 + -(-35 // smallest), deletes
+    answer, writes = _delete_while_the_application_writes(sqlite_url, count)
+    assert answer == {"deleted": count, "skipped": []}
+    # One slice of SLICE_ROWS, then slices of the smallest size: a write before each.
+    assert writes == ["written"] * (1 + -(-35 // slicing.SLICE_LADDER[0])), writes
 
 
 def test_sqlite_delete_spans_several_slices(sqlite_url: str) -> None:
