@@ -3,9 +3,15 @@ write lock for about `SLICE_HOLD`, whatever the machine and the table make that 
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from archivist.data import slicing
+from archivist.data.handles import create_engine
 from archivist.data.slicing import SLICE_HOLD, SLICE_LADDER, SLICE_ROWS, next_slice
 
 
@@ -42,3 +48,33 @@ def test_the_next_slice_is_always_on_the_ladder_and_fits_or_is_the_smallest(
     larger = [step for step in SLICE_LADDER if step > size]
     assert chosen <= (larger[0] if larger else SLICE_ROWS)
     assert chosen == SLICE_LADDER[0] or chosen * per_row <= SLICE_HOLD * (1 + 1e-9)
+
+
+def test_a_short_last_slice_does_not_grow_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last slice of a delete is often short (5 rows of 10, padded): it is quicker, but
+    says nothing new of how long a full slice holds the lock, so it is not weighed."""
+    monkeypatch.setattr(slicing, "SLICE_HOLD", 0.001)
+    path = tmp_path / "primary.db"
+    engine = create_engine(f"sqlite:///{path}")
+    app = sqlite3.connect(path)
+    try:
+        with app:
+            app.execute("CREATE TABLE app_log (n INTEGER)")
+        with engine.connect() as connection:
+            info = connection.connection.info
+            info[slicing.BUSY_SLICE] = 10
+            sizes = []
+            for part in slicing.adaptive_slices(
+                connection, connection.connection.dbapi_connection, 25, 1000
+            ):
+                sizes.append(part.size)
+                part.held = 0.00009 * min(part.size, 25 - part.start)  # 10 rows: 0.9 ms
+                with app:
+                    app.execute("INSERT INTO app_log VALUES (1)")  # the application writes
+            assert sizes == [10, 10, 10]
+            assert info[slicing.BUSY_SLICE] == 10
+    finally:
+        app.close()
+        engine.dispose()

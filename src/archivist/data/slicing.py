@@ -132,7 +132,8 @@ def adaptive_slices(connection: Connection, raw: Any, total: int, largest: int) 
             size = max(1, min(QUIET_SLICE_ROWS, largest))
         part = Slice(start, size)
         yield part
-        if busy and part.held is not None:
+        if busy and part.held is not None and start + size <= total:
+            # (A short last slice says little of a full one's time: it is not weighed.)
             held = [*info.get(BUSY_HELD, ())[-(HELD_KEPT - 1) :], part.held]
             if size != info.get(BUSY_SLICE, SLICE_ROWS):
                 held = [part.held]  # clipped by ``largest``: the times were of another size
