@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import TypeVar
 
@@ -81,6 +82,18 @@ def sql(url: str, statement: str) -> list[tuple[object, ...]]:
             return [tuple(row) for row in result] if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+def application_write(path: str) -> str:
+    """What an application that will not wait at all (busy timeout 0) gets when it writes a
+    row to the SQLite file at ``path`` (table ``app_log``): "written", or the error."""
+    with contextlib.closing(sqlite3.connect(path, timeout=0)) as app:
+        try:
+            with app:
+                app.execute("INSERT INTO app_log VALUES (1)")
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+    return "written"
 
 
 def chat_policy(**overrides: object) -> ArchiveConfig:

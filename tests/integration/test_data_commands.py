@@ -28,7 +28,7 @@ from archivist.errors import (
     UnknownHandle,
 )
 from archivist.protocol import encode_json
-from datasupport import BASE, create_table, message, run, sql, started
+from datasupport import BASE, application_write, create_table, message, run, sql, started
 
 
 async def seed(daemon: DataDaemon, count: int, handle: str = "primary") -> None:
@@ -390,15 +390,8 @@ def _delete_while_the_application_writes(
     writes: list[str] = []
 
     def on_statement(statement: str) -> None:
-        if not statement.startswith("DELETE FROM"):
-            return
-        with contextlib.closing(sqlite3.connect(path, timeout=0)) as app:
-            try:
-                with app:
-                    app.execute("INSERT INTO app_log VALUES (1)")
-                writes.append("written")
-            except sqlite3.OperationalError as exc:
-                writes.append(str(exc))
+        if statement.startswith("DELETE FROM"):
+            writes.append(application_write(path))
 
     async def go() -> dict[str, object]:
         async with started(sqlite_url) as daemon:

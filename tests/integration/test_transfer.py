@@ -6,7 +6,6 @@ PostgreSQL databases; between other handles an ``unsupported`` answer that chang
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import sqlite3
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 
 from archivist.data import DataDaemon, handles, slicing
 from archivist.errors import DatabaseError, InvalidParams, UnknownHandle, Unsupported
-from datasupport import BASE, create_table, message, run, sql, started
+from datasupport import BASE, application_write, create_table, message, run, sql, started
 
 LINKED = ["sqlite", "mysql", "postgresql"]
 
@@ -363,14 +362,7 @@ def test_a_sqlite_delete_matching_slices_only_while_others_write(
         deletes.append(statement)
         if len(deletes) > 2:  # the application writes as the first two slices begin
             return
-        path = primary.removeprefix("sqlite:///")
-        with contextlib.closing(sqlite3.connect(path, timeout=0)) as app:
-            try:
-                with app:
-                    app.execute("INSERT INTO app_log VALUES (1)")
-                writes.append("written")
-            except sqlite3.OperationalError as exc:
-                writes.append(str(exc))
+        writes.append(application_write(primary.removeprefix("sqlite:///")))
 
     async def go() -> list[tuple[dict[str, object], int]]:
         async with started(primary, archive) as daemon:
