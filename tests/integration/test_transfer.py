@@ -72,6 +72,51 @@ def test_copy_moves_the_next_rows_inside_the_database_and_answers_only_their_key
 
 
 @pytest.mark.parametrize("engine", LINKED)
+def test_a_copys_cursor_is_its_last_row_as_the_keys_were_read(
+    fresh_db: Callable[[str], str], engine: str
+) -> None:
+    """``data/copy`` reads a page's keys, then its last row's order value (the cursor) in a
+    second statement. The application moves that row's order value forward in between: the
+    cursor is still the value the keys were read with, even on a server whose sessions
+    default to READ COMMITTED (PostgreSQL's default; set here for MariaDB), so the next page
+    cannot skip the rows between the old and the new value."""
+    primary, archive = pair(fresh_db, engine)
+    later = f"{BASE + dt.timedelta(days=1):%Y-%m-%d %H:%M:%S}"
+    moved: list[str] = []
+
+    async def go() -> tuple[dict[str, object], dict[str, object]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 11)])
+            runner = daemon.transfers.link(daemon.handles["primary"], daemon.handles["archive"])
+
+            @sa.event.listens_for(runner.runner.engine, "connect")
+            def read_committed(dbapi_connection: Any, _record: object) -> None:
+                if engine == "mysql":
+                    with dbapi_connection.cursor() as cursor:
+                        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+            @sa.event.listens_for(runner.runner.engine, "before_cursor_execute")
+            def move_the_last_row(*args: Any) -> None:
+                statement = str(args[2])
+                if statement.startswith("SELECT") and "ORDER BY" not in statement and not moved:
+                    # The application's own connection, committed before the lookup runs.
+                    sql(primary, f"UPDATE chat_messages SET created_at = '{later}' WHERE id = 4")
+                    moved.append(statement)
+
+            first = await call(daemon, "data/copy", destHandle="archive", limit=4)
+            second = await call(
+                daemon, "data/copy", destHandle="archive", limit=4, cursor=first["cursor"]
+            )
+            return first, second
+
+    first, second = run(go())
+    assert moved, "the page's last row was never looked up on its own"
+    assert first["cursor"]["value"] == (BASE + dt.timedelta(seconds=4)).isoformat()
+    assert first["cursor"]["id"] == 4
+    assert [item["id"] for item in second["items"]] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("engine", LINKED)
 def test_copy_overwrites_an_older_copy_by_key(fresh_db: Callable[[str], str], engine: str) -> None:
     """The source is authoritative: a copy left by an interrupted run, changed since, is
     overwritten rather than reported as a conflict."""

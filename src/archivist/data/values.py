@@ -328,6 +328,11 @@ class RowCodec:
         """The JSON form of one value of column ``name``."""
         return None if value is None else self._encoders[name](value)
 
+    def encode_column(self, name: str, values: Iterable[object]) -> list[JSONObject]:
+        """Encode the values of one column as rows of that column alone."""
+        encode = self._encoders[name]
+        return [{name: None if value is None else encode(value)} for value in values]
+
     def encode_tuples(
         self, names: Sequence[str], rows: Iterable[Sequence[object]]
     ) -> list[JSONObject]:
