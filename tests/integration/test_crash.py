@@ -52,7 +52,7 @@ KILLS = 20
 KILL_AFTER_ROWS = (1, 250)
 """A kill comes once this many more rows (uniform) have landed in the archive since the
 victim (re)started, plus a jitter of up to ~one batch: always mid-task, anywhere in a batch."""
-KILL_JITTER = (0.0, 0.02)
+KILL_JITTER = (0.0, 0.005)
 STEP_TIMEOUT = 60.0
 
 Victim = Literal["worker", "daemon"]
