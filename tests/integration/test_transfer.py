@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import math
 import sqlite3
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +17,18 @@ import pytest
 import sqlalchemy as sa
 
 from archivist.data import DataDaemon, handles, slicing
+from archivist.data.columns import ColumnSpec, Kind
 from archivist.errors import DatabaseError, InvalidParams, UnknownHandle, Unsupported
-from datasupport import BASE, application_write, create_table, message, run, sql, started
+from datasupport import (
+    BASE,
+    application_write,
+    chat_policy,
+    create_table,
+    message,
+    run,
+    sql,
+    started,
+)
 
 LINKED = ["sqlite", "mysql", "postgresql"]
 
@@ -114,6 +125,48 @@ def test_a_copys_cursor_is_its_last_row_as_the_keys_were_read(
     assert first["cursor"]["value"] == (BASE + dt.timedelta(seconds=4)).isoformat()
     assert first["cursor"]["id"] == 4
     assert [item["id"] for item in second["items"]] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("engine", LINKED)
+@pytest.mark.parametrize("kind", [Kind.STRING, Kind.UUID, Kind.DATETIME])
+def test_copy_and_delete_matching_take_keys_of_any_type(
+    fresh_db: Callable[[str], str], engine: str, kind: Kind
+) -> None:
+    """The keys go to the driver as positional parameters, converted as the key's type
+    binds them, and any text, quotes and percent signs included, stays a value. A key read
+    back from the database (PostgreSQL answers a UUID as a UUID object) is still matched to
+    the key given: a row changed since its copy is named in ``skipped``."""
+    primary, archive = fresh_db(engine), fresh_db(engine)
+    columns = (
+        ColumnSpec("ref", kind, length=40, timezone=True, nullable=False),
+        ColumnSpec("n", Kind.INTEGER, nullable=False),
+    )
+    create_table(primary, columns=columns, pk=("ref",), index="n")
+    if kind is Kind.STRING:
+        refs: list[object] = ["it's", "50%", "a\\b", "%s", "%(keys)s", "?", "x"]
+    elif kind is Kind.UUID:
+        refs = [str(uuid.UUID(int=i * 7919)) for i in range(1, 8)]
+    else:
+        refs = [(BASE + dt.timedelta(seconds=i)).isoformat() for i in range(1, 8)]
+    policy = chat_policy(order_by="n")
+
+    async def go() -> tuple[list[object], dict[str, Any], list[object], list[object]]:
+        async with started(primary, archive, [policy]) as daemon:
+            items = [{"ref": ref, "n": n} for n, ref in enumerate(refs)]
+            await call(daemon, "data/create", items=items)
+            copied = await call(daemon, "data/copy", destHandle="archive", limit=100)
+            keys = [item["ref"] for item in copied["items"]]
+            sql(primary, "UPDATE chat_messages SET n = 100 WHERE n = 0")  # changed since
+            deleted = await call(daemon, "data/delete", ids=keys, matching="archive")
+            left = await call(daemon, "data/list", limit=100)
+            archived = await call(daemon, "data/list", "archive", limit=100)
+            return keys, deleted, left["items"], [item["ref"] for item in archived["items"]]
+
+    keys, deleted, left, archived = run(go())
+    assert keys == refs
+    assert deleted == {"deleted": len(refs) - 1, "skipped": [refs[0]]}
+    assert left == [{"ref": refs[0], "n": 100}]
+    assert sorted(map(str, archived)) == sorted(map(str, refs))
 
 
 @pytest.mark.parametrize("engine", LINKED)
