@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.data.values import RowCodec, decode_value, encode_value
+from archivist.data.values import RowCodec, decode_value, decode_values, encode_value
 from archivist.errors import InvalidParams, UnknownField
 
 INT = ColumnSpec("n", Kind.INTEGER)
@@ -113,3 +113,24 @@ def test_item_with_unknown_field_is_rejected() -> None:
     codec = RowCodec([INT], "t")
     with pytest.raises(UnknownField, match="'x'"):
         codec.decode_item({"n": 1, "x": 2})
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(), st.text(), st.floats(), st.booleans())))
+def test_decode_values_is_decode_value_of_each_or_its_first_error(values: list[object]) -> None:
+    """A key list is decoded with one decoder: the same values, or the error the first
+    value that does not fit would raise on its own."""
+    expected: list[object] = []
+    error: str | None = None
+    for value in values:
+        try:
+            expected.append(decode_value(INT, value, where="ids."))
+        except InvalidParams as exc:
+            error = exc.message
+            break
+    if error is None:
+        assert decode_values(INT, values, where="ids.") == expected
+    else:
+        with pytest.raises(InvalidParams) as raised:
+            decode_values(INT, values, where="ids.")
+        assert raised.value.message == error
+        assert raised.value.message.startswith("ids.")

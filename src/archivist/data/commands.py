@@ -35,7 +35,7 @@ from archivist.data.schema import TableInfo
 from archivist.data.slicing import adaptive_slices, commits_without_sync, execute
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
-from archivist.data.values import JSONObject, RowCodec, decode_value
+from archivist.data.values import JSONObject, RowCodec, decode_value, decode_values
 from archivist.errors import Conflict, InvalidParams
 from archivist.protocol import ROW_PARAMS, decode_raw, split_rows, with_rows_decoded
 
@@ -298,7 +298,7 @@ class DataCommands:
                 keys.append(decode_value(pk_spec, item[info.pk], where=f"expected[{index}]."))
             if given[0] or given[1]:
                 ids = [p.id] if given[0] else list(p.ids or [])
-                decoded = {decode_value(pk_spec, v, where="ids.") for v in ids}
+                decoded = set(decode_values(pk_spec, ids, where="ids."))
                 if decoded != set(keys):
                     raise InvalidParams("invalid params: ids must name the same rows as expected")
             pairs = list(zip(keys, expected, strict=True))
@@ -310,7 +310,7 @@ class DataCommands:
         if given[0] == given[1]:
             raise InvalidParams("invalid params: give exactly one of id or ids")
         raw_ids = [p.id] if given[0] else list(p.ids or [])
-        ids = list(dict.fromkeys(decode_value(pk_spec, v, where="ids.") for v in raw_ids))
+        ids = list(dict.fromkeys(decode_values(pk_spec, raw_ids, where="ids.")))
         if any(value is None for value in ids):
             raise InvalidParams("invalid params: an id must not be null")
         deleted = await handle.transaction(_delete_ids, info, ids, write=True)

@@ -44,7 +44,7 @@ from archivist.data.commands import (
 from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import adaptive_slices, commits_without_sync, execute
-from archivist.data.values import JSONObject, decode_value, decoder_for
+from archivist.data.values import JSONObject, decode_values, decoder_for
 from archivist.errors import Conflict, InvalidParams, Unsupported
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ class Transfers:
         prepared = await self._prepare(collection, source_name, dest_name)
         info = prepared.statements.source
         spec = info.spec(info.pk)
-        keys = list(dict.fromkeys(decode_value(spec, v, where="ids.") for v in raw_ids))
+        keys = list(dict.fromkeys(decode_values(spec, raw_ids, where="ids.")))
         if any(key is None for key in keys):
             raise InvalidParams("invalid params: an id must not be null")
         runner, statements = prepared.link.runner, prepared.statements

@@ -307,6 +307,15 @@ def decode_value(spec: ColumnSpec, value: object, *, where: str = "") -> object:
         raise InvalidParams(f"{where}{spec.name}: {exc}") from None
 
 
+def decode_values(spec: ColumnSpec, values: Iterable[object], *, where: str = "") -> list[object]:
+    """`decode_value` of each of ``values`` (a key list, say), with one decoder."""
+    decode = decoder_for(spec)
+    try:
+        return [None if value is None else decode(value) for value in values]
+    except _Invalid as exc:
+        raise InvalidParams(f"{where}{spec.name}: {exc}") from None
+
+
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
