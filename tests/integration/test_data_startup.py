@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +47,37 @@ def test_config_matching_the_database_starts(tmp_path: Path) -> None:
     create_table(f"sqlite:///{tmp_path / 'primary.db'}")
     start(tmp_path)
     assert (tmp_path / "primary.db").exists()
+
+
+def test_a_sqlite_daemon_imports_no_other_engines_dialect(tmp_path: Path) -> None:
+    """The data daemon of a SQLite-only configuration starts, copies and deletes without
+    importing SQLAlchemy's PostgreSQL or MariaDB/MySQL dialects (~30 ms of every start)."""
+    create_table(f"sqlite:///{tmp_path / 'primary.db'}")
+    (tmp_path / "archivist.toml").write_text(
+        CONFIG.format(collection="chat_messages", order_by="created_at")
+    )
+    script = (
+        "import asyncio, sys\n"
+        "from archivist.config import load_config\n"
+        "from archivist.data import DataDaemon\n"
+        "async def go():\n"
+        "    daemon = DataDaemon(load_config('archivist.toml'))\n"
+        "    await daemon.start()\n"
+        "    where = {'collection': 'chat_messages', 'dbHandle': 'primary'}\n"
+        "    item = {'id': 1, 'room': 'r', 'created_at': '2024-01-01T00:00:00+00:00'}\n"
+        "    await daemon.execute('data/create', {**where, 'items': [item]})\n"
+        "    await daemon.execute('data/copy', {**where, 'destHandle': 'archive'})\n"
+        "    await daemon.execute('data/delete', {**where, 'ids': [1], 'matching': 'archive'})\n"
+        "    print(await daemon.execute('data/count', where))\n"
+        "    await daemon.close()\n"
+        "asyncio.run(go())\n"
+        "names = [m.split('.') for m in sys.modules if m.startswith('sqlalchemy.dialects.')]\n"
+        "print(sorted({name[2] for name in names}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert done.stdout.splitlines() == ["{'count': 0}", "['_typing', 'sqlite']"]
 
 
 def test_missing_table_is_an_error_naming_file_and_key(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import enum
 import re
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from types import ModuleType
 from typing import Any, Final, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.type_api import _BindProcessorType, _ResultProcessorType
@@ -109,10 +110,14 @@ def classify(
             return replace(
                 spec, kind=Kind.DECIMAL, precision=precision, scale=scale, type_name=declared
             )
+    is_mysql = dialect_name in ("mysql", "mariadb")
     if json_checked or isinstance(type_, sa.JSON):
-        return replace(spec, kind=Kind.JSON, jsonb=isinstance(type_, postgresql.JSONB))
+        jsonb = dialect_name == "postgresql" and isinstance(type_, _postgresql().JSONB)
+        return replace(spec, kind=Kind.JSON, jsonb=jsonb)
     if isinstance(type_, sa.Boolean) or (
-        isinstance(type_, mysql.TINYINT) and getattr(type_, "display_width", None) == 1
+        is_mysql
+        and isinstance(type_, _mysql().TINYINT)
+        and getattr(type_, "display_width", None) == 1
     ):
         return replace(spec, kind=Kind.BOOLEAN)
     if isinstance(type_, sa.Integer):
@@ -131,7 +136,7 @@ def classify(
         return replace(spec, kind=Kind.STRING, length=type_.length)
     if isinstance(type_, sa.DateTime):
         aware = bool(type_.timezone) or comment == UTC_COMMENT
-        if dialect_name in ("mysql", "mariadb") and isinstance(type_, mysql.TIMESTAMP):
+        if is_mysql and isinstance(type_, _mysql().TIMESTAMP):
             aware = True  # an instant, read in the session time zone, which is UTC
         return replace(spec, kind=Kind.DATETIME, timezone=aware)
     if isinstance(type_, sa.Date):
@@ -143,12 +148,29 @@ def classify(
     return spec
 
 
+def _postgresql() -> ModuleType:
+    """PostgreSQL's types, imported on first use (~20 ms): a configuration without
+    PostgreSQL never pays for them (SQLAlchemy imports them with a PostgreSQL engine)."""
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql
+
+
+def _mysql() -> ModuleType:
+    """MariaDB/MySQL's types, imported on first use (~9 ms)."""
+    from sqlalchemy.dialects import mysql
+
+    return mysql
+
+
 def _int_bits(type_: sa.Integer, dialect_name: str) -> int:
     if dialect_name == "sqlite":
         return 64  # every SQLite INTEGER is a 64-bit integer
     if isinstance(type_, sa.BigInteger):
         return 64
-    if isinstance(type_, sa.SmallInteger | mysql.TINYINT):
+    if isinstance(type_, sa.SmallInteger):
+        return 16
+    if dialect_name in ("mysql", "mariadb") and isinstance(type_, _mysql().TINYINT):
         return 16
     return 32
 
@@ -223,9 +245,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[dt.datetime]:
         if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+            return dialect.type_descriptor(_postgresql().TIMESTAMP(timezone=True))
         if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+            return dialect.type_descriptor(_mysql().DATETIME(fsp=6))
         if dialect.name == "sqlite":
             return dialect.type_descriptor(SQLiteUTCDateTime())  # type: ignore[no-untyped-call]
         return dialect.type_descriptor(sa.DateTime(timezone=True))
@@ -254,6 +276,7 @@ def column_type(
     """The SQLAlchemy type of ``spec`` on ``dialect_name``: used both for DDL and for reading
     and writing values, so what is written is what is read back."""
     is_mysql = dialect_name in ("mysql", "mariadb")
+    mysql = _mysql() if is_mysql else None
     kind = spec.kind
     result: TypeEngine[Any]
     if kind is Kind.INTEGER:
@@ -272,27 +295,27 @@ def column_type(
     elif kind is Kind.STRING:
         result = sa.String(spec.length)
     elif kind is Kind.TEXT or kind is Kind.OTHER:
-        if is_mysql:
+        if mysql is not None:
             result = sa.String(MYSQL_INDEXABLE_TEXT) if indexed else mysql.LONGTEXT()
         else:
             result = sa.Text()
     elif kind is Kind.DATE:
         result = sa.Date()
     elif kind is Kind.TIME:
-        result = mysql.TIME(fsp=6) if is_mysql else sa.Time()
+        result = mysql.TIME(fsp=6) if mysql is not None else sa.Time()
     elif kind is Kind.DATETIME:
         if spec.timezone:
             result = UTCDateTime()
         else:
-            result = mysql.DATETIME(fsp=6) if is_mysql else sa.DateTime()
+            result = mysql.DATETIME(fsp=6) if mysql is not None else sa.DateTime()
     elif kind is Kind.BINARY:
-        if is_mysql:
+        if mysql is not None:
             result = mysql.VARBINARY(spec.length) if spec.length else mysql.LONGBLOB()
         else:
             result = sa.LargeBinary()
     elif kind is Kind.JSON:
         if dialect_name == "postgresql" and spec.jsonb:
-            result = postgresql.JSONB(none_as_null=True)
+            result = _postgresql().JSONB(none_as_null=True)
         else:
             result = sa.JSON(none_as_null=True)
     elif kind is Kind.UUID:

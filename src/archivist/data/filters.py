@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.data.schema import TableInfo
@@ -33,6 +32,8 @@ def one_of(
     psycopg, instead of one placeholder per value rendered and parsed on every call.
     """
     if info.dialect_name == "postgresql":
+        from sqlalchemy.dialects import postgresql  # loaded with the engine already
+
         array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
         return column != sa.all_(array) if negate else column == sa.any_(array)
     return column.not_in(values) if negate else column.in_(values)

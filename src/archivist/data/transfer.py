@@ -24,8 +24,6 @@ from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
-from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
@@ -204,6 +202,8 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
             else upsert.on_conflict_do_nothing(index_elements=[dest.c[pk]])
         )
     else:
+        from sqlalchemy.dialects.mysql import insert as mysql_insert  # loaded with the engine
+
         upsert_my = mysql_insert(dest).from_select(names, rows)
         copy = upsert_my.on_duplicate_key_update(
             {n: upsert_my.inserted[n] for n in names if n != pk} or {pk: upsert_my.inserted[pk]}
@@ -320,6 +320,8 @@ def _same(
         # As text, so any column type takes the collation (it only applies to text values).
         return sa.type_coerce(mine, sa.Text()).collate("BINARY").is_not_distinct_from(theirs)
     if isinstance(mine.type, sa.String | sa.JSON | sa.Enum):
+        from sqlalchemy.dialects import mysql  # loaded with the engine
+
         return sa.cast(mine, mysql.BINARY()).is_not_distinct_from(sa.cast(theirs, mysql.BINARY()))
     return mine.is_not_distinct_from(theirs)
 
