@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -70,7 +70,9 @@ def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) ->
     )
     if backend == "sqlite":
         _configure_sqlite(engine, attach or {})
-    elif attach:
+    elif parsed.get_driver_name() == "pymysql":
+        event.listen(engine, "do_connect", _connect_pymysql)
+    if backend != "sqlite" and attach:
         raise ConfigError(f"only SQLite attaches databases, not {backend}")
     return engine
 
@@ -104,6 +106,33 @@ def _json_loads(text: str | bytes) -> object:
         return msgspec.json.decode(text)
     except msgspec.DecodeError:
         return json.loads(text)
+
+
+def _connect_pymysql(
+    _dialect: sa.Dialect, _record: object, cargs: list[Any], cparams: dict[str, Any]
+) -> Any:
+    """A PyMySQL connection whose TLS context, in PyMySQL's preferred mode (no TLS option
+    given: TLS if the server offers it, no certificate checked), is made once per process.
+    PyMySQL makes one per connection, and loads the system's CA certificates for it, which
+    that mode never reads: ~20 ms a connection, three of them in every MariaDB start."""
+    return _pymysql_class()(*cargs, **cparams)
+
+
+@functools.cache
+def _pymysql_class() -> type[Any]:
+    from pymysql.connections import Connection as PyMySQLConnection
+
+    preferred: list[object] = []
+
+    class SharedPreferredTLS(PyMySQLConnection):  # type: ignore[misc]
+        def _create_ssl_ctx(self, sslp: object) -> object:
+            if sslp != {}:  # TLS options given: PyMySQL's own context, as asked
+                return super()._create_ssl_ctx(sslp)
+            if not preferred:
+                preferred.append(super()._create_ssl_ctx(sslp))
+            return preferred[0]
+
+    return SharedPreferredTLS
 
 
 def _configure_sqlite(engine: Engine, attach: Mapping[str, str]) -> None:
