@@ -128,7 +128,7 @@ def _pymysql_class() -> type[Any]:
         def _create_ssl_ctx(self, sslp: object) -> object:
             if sslp != {}:  # TLS options given: PyMySQL's own context, as asked
                 return super()._create_ssl_ctx(sslp)
-            if not preferred:
+            if not preferred:  # two first connections at once may both make one: harmless
                 preferred.append(super()._create_ssl_ctx(sslp))
             return preferred[0]
 

@@ -230,8 +230,8 @@ each call)."""
 class _ByKeys:
     """A statement whose one parameter is an expanding list of keys (``:keys``), compiled
     once, run with the keys as the driver's positional parameters: SQLAlchemy's expansion
-    of a 1,000-key list at each call cost ~1.5 ms of Python on MariaDB, as much again as
-    the server's work on those keys."""
+    of a 1,000-key list at each call cost ~1.1 ms more of Python per statement on MariaDB
+    (3.2 ms against 2.1 for a delete of 1,000 absent keys)."""
 
     text: str
     """The statement with `_KEY_MARKS` where the key marks go."""
@@ -250,7 +250,7 @@ class _ByKeys:
         return cls(compiled.string, marks[dialect.paramstyle], process)
 
     def run(self, connection: Connection, keys: Sequence[object]) -> CursorResult[Any]:
-        # Written in at each call (~20 µs for 1,000 keys), not kept per number of keys: the
+        # Written in at each call (~10 µs for 1,000 keys), not kept per number of keys: the
         # adaptive batch size makes many different numbers.
         text = self.text.replace(_KEY_MARKS, ", ".join([self.mark] * len(keys)))
         process = self.process
