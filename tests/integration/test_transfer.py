@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from archivist.data import DataDaemon, handles, slicing
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.errors import DatabaseError, InvalidParams, UnknownHandle, Unsupported
+from archivist.errors import Conflict, DatabaseError, InvalidParams, UnknownHandle, Unsupported
 from datasupport import (
     BASE,
     application_write,
@@ -184,6 +184,29 @@ def test_copy_overwrites_an_older_copy_by_key(fresh_db: Callable[[str], str], en
 
     in_primary, in_archive = run(go())
     assert in_archive == in_primary
+
+
+@pytest.mark.parametrize("engine", LINKED)
+def test_a_copy_that_breaks_another_constraint_is_a_conflict_and_copies_nothing(
+    fresh_db: Callable[[str], str], engine: str
+) -> None:
+    """An archive table with a unique index of its own (not the key) that a copied row
+    breaks: ``conflict``, and none of the page is copied. On PostgreSQL the rows first go
+    straight into the table, then (the error undone) through the upsert, which fails too."""
+    primary, archive = pair(fresh_db, engine)
+
+    async def go() -> tuple[str, dict[object, dict[str, object]]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 4)])
+            await call(daemon, "data/create", "archive", items=[message(100, room="room1")])
+            sql(archive, "CREATE UNIQUE INDEX archive_room ON chat_messages (room)")
+            with pytest.raises(Conflict) as raised:
+                await call(daemon, "data/copy", destHandle="archive", limit=10)
+            return raised.value.message, await rows(daemon, "archive")
+
+    message_, in_archive = run(go())
+    assert message_.startswith("conflict: a copied row breaks a constraint")
+    assert list(in_archive) == [100]
 
 
 @pytest.mark.parametrize("engine", LINKED)

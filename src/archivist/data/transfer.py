@@ -128,8 +128,9 @@ class _Attached:
     """A collection's statements on a link whose connections reach both databases."""
 
     source: TableInfo
-    copy: _ByKeys
-    """Upserts the rows of the keys from the source into the destination."""
+    copy: tuple[_ByKeys, ...]
+    """Copies the rows of the keys from the source into the destination, overwriting older
+    copies by key (run in order, in one transaction)."""
     guard: sa.Exists
     """True where the destination holds a row identical to the source row."""
     delete: _ByKeys
@@ -146,6 +147,8 @@ class _Piped:
     source: TableInfo
     copy_out: str
     """The rows of the keys ``%s``, as binary COPY data, from the source."""
+    copy_direct: str
+    """Binary COPY data straight into the destination table (while no older copy is met)."""
     stage: str
     copy_in: str
     """Binary COPY data into a session table of the destination with the source's columns."""
@@ -191,33 +194,38 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
         *(sa.Column(c.name, c.type, primary_key=c.name == pk) for c in table.c),
         schema=link.dest_schema,
     )
-    rows = sa.select(*table.c).where(table.c[pk].in_(sa.bindparam("keys", expanding=True)))
-    copy: sa.Insert
+    keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
+    rows = sa.select(*table.c).where(table.c[pk].in_(keys))
+    copy: list[sa.Insert | sa.Delete]
     if dialect.name == "sqlite":
         upsert = sqlite_insert(dest).from_select(names, rows)
         others = {n: upsert.excluded[n] for n in names if n != pk}
-        copy = (
+        copy = [
             upsert.on_conflict_do_update(index_elements=[dest.c[pk]], set_=others)
             if others
             else upsert.on_conflict_do_nothing(index_elements=[dest.c[pk]])
-        )
+        ]
     else:
-        from sqlalchemy.dialects.mysql import insert as mysql_insert  # loaded with the engine
-
-        upsert_my = mysql_insert(dest).from_select(names, rows)
-        copy = upsert_my.on_duplicate_key_update(
-            {n: upsert_my.inserted[n] for n in names if n != pk} or {pk: upsert_my.inserted[pk]}
-        )
+        # Older copies go first, then a plain insert. Not ON DUPLICATE KEY UPDATE: MariaDB
+        # applies it to a clash on any unique index, and would overwrite another archived
+        # row that shares a unique value with the new one (losing it); the insert fails
+        # instead, a conflict, and the transaction takes the delete back.
+        copy = [
+            sa.delete(dest).where(dest.c[pk].in_(keys)),
+            sa.insert(dest).from_select(names, rows),
+        ]
     copied = dest.alias(COPY_ALIAS)
     guard = sa.exists().where(
         copied.c[pk] == table.c[pk],
         *(_same(table.c[n], copied.c[n], dialect.name) for n in names),
     )
-    keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
     delete = sa.delete(table).where(table.c[pk].in_(keys), guard)
     key_type = table.c[pk].type
     return _Attached(
-        source, _ByKeys.of(copy, key_type, dialect), guard, _ByKeys.of(delete, key_type, dialect)
+        source,
+        tuple(_ByKeys.of(statement, key_type, dialect) for statement in copy),
+        guard,
+        _ByKeys.of(delete, key_type, dialect),
     )
 
 
@@ -290,6 +298,7 @@ def _piped(link: Link, source: TableInfo) -> _Piped:
         " TO STDOUT (FORMAT BINARY)",
         # Emptied by every commit (and a rollback takes back what it held): no TRUNCATE,
         # which cost 3 ms a batch.
+        copy_direct=f"COPY {target} ({columns}) FROM STDIN (FORMAT BINARY)",
         stage=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
         f" AS SELECT {columns} FROM {target} WITH NO DATA",
         copy_in=f"COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)",
@@ -517,13 +526,14 @@ _SNAPSHOT: Final = dict.fromkeys(
 
 
 def _copy_rows(
-    connection: Connection, pages: _Pages, copy: _ByKeys
+    connection: Connection, pages: _Pages, copy: tuple[_ByKeys, ...]
 ) -> tuple[list[object], Sequence[object] | None]:
     """One transaction: the next rows' keys, then their copy by key (in the database)."""
     keys, last = pages.read(connection)
     try:
         for start in range(0, len(keys), KEY_CHUNK):
-            copy.run(connection, keys[start : start + KEY_CHUNK])
+            for statement in copy:
+                statement.run(connection, keys[start : start + KEY_CHUNK])
     except IntegrityError as exc:
         raise _conflict(exc) from None
     return keys, last
@@ -620,31 +630,46 @@ def _copy_piped(
     connection: Connection, pages: _Pages, dest: sa.Engine, piped: _Piped
 ) -> tuple[list[object], Sequence[object] | None]:
     """PostgreSQL: the next rows' keys, then their rows as binary COPY data from the source
-    into a session table of the destination, and from there into its table by key; the
-    destination commits before this returns."""
+    into the destination table; the destination commits before this returns.
+
+    Straight into the table first (under a savepoint): most batches meet no older copy,
+    and that costs ~3 ms a batch less than the way that overwrites by key. A key that is
+    already there (an interrupted run's copy) undoes that, and the rows go through a
+    session table and an upsert instead."""
     keys, last = pages.read(connection)
     if not keys:
         return keys, last
-    reader = connection.connection.driver_connection
-    assert reader is not None
     with dest.connect() as target, target.begin():
-        writer = target.connection.driver_connection
-        assert writer is not None
-        target.exec_driver_sql(piped.stage)
-        with (
-            driver_errors(connection.dialect, piped.copy_out),
-            reader.cursor() as out_cursor,
-            writer.cursor() as in_cursor,
-            out_cursor.copy(piped.copy_out, (keys,)) as out,
-            in_cursor.copy(piped.copy_in) as into,
-        ):
-            for block in out:
-                into.write(block)
         try:
-            target.exec_driver_sql(piped.upsert)
-        except IntegrityError as exc:
-            raise _conflict(exc) from None
+            with target.begin_nested():
+                _pipe(connection, target, piped.copy_out, piped.copy_direct, keys)
+        except IntegrityError:
+            target.exec_driver_sql(piped.stage)
+            _pipe(connection, target, piped.copy_out, piped.copy_in, keys)
+            try:
+                target.exec_driver_sql(piped.upsert)
+            except IntegrityError as exc:
+                raise _conflict(exc) from None
     return keys, last
+
+
+def _pipe(
+    source: Connection, dest: Connection, copy_out: str, copy_in: str, keys: list[object]
+) -> None:
+    """The rows of ``keys`` as binary COPY data from ``source`` into ``dest``, never
+    decoded; a driver error is raised as SQLAlchemy would raise it."""
+    reader = source.connection.driver_connection
+    writer = dest.connection.driver_connection
+    assert reader is not None and writer is not None
+    with (
+        driver_errors(source.dialect, copy_in),
+        reader.cursor() as out_cursor,
+        writer.cursor() as in_cursor,
+        out_cursor.copy(copy_out, (keys,)) as out,
+        in_cursor.copy(copy_in) as into,
+    ):
+        for block in out:
+            into.write(block)
 
 
 def _digests(
