@@ -128,9 +128,11 @@ class _Attached:
     """A collection's statements on a link whose connections reach both databases."""
 
     source: TableInfo
-    copy: tuple[_ByKeys, ...]
-    """Copies the rows of the keys from the source into the destination, overwriting older
-    copies by key (run in order, in one transaction)."""
+    copy: _ByKeys
+    """Copies the rows of the keys from the source into the destination: SQLite overwrites
+    older copies by key; MariaDB/MySQL inserts, and meets an older copy as a clash."""
+    recopy: tuple[_ByKeys, ...]
+    """MariaDB/MySQL, after a clash: delete the older copies by key, then insert."""
     guard: sa.Exists
     """True where the destination holds a row identical to the source row."""
     delete: _ByKeys
@@ -196,24 +198,24 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
     )
     keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
     rows = sa.select(*table.c).where(table.c[pk].in_(keys))
-    copy: list[sa.Insert | sa.Delete]
+    copy: sa.Insert
+    recopy: list[sa.Insert | sa.Delete] = []
     if dialect.name == "sqlite":
         upsert = sqlite_insert(dest).from_select(names, rows)
         others = {n: upsert.excluded[n] for n in names if n != pk}
-        copy = [
+        copy = (
             upsert.on_conflict_do_update(index_elements=[dest.c[pk]], set_=others)
             if others
             else upsert.on_conflict_do_nothing(index_elements=[dest.c[pk]])
-        ]
+        )
     else:
-        # Older copies go first, then a plain insert. Not ON DUPLICATE KEY UPDATE: MariaDB
-        # applies it to a clash on any unique index, and would overwrite another archived
-        # row that shares a unique value with the new one (losing it); the insert fails
-        # instead, a conflict, and the transaction takes the delete back.
-        copy = [
-            sa.delete(dest).where(dest.c[pk].in_(keys)),
-            sa.insert(dest).from_select(names, rows),
-        ]
+        # A plain insert; after a clash (an older copy, as a rerun meets), the older copies
+        # go and the rows are inserted again. Not ON DUPLICATE KEY UPDATE: MariaDB applies
+        # it to a clash on any unique index, and would overwrite another archived row that
+        # shares a unique value with a new one (losing it). A clash that remains is a
+        # conflict, and the transaction takes the delete back.
+        copy = sa.insert(dest).from_select(names, rows)
+        recopy = [sa.delete(dest).where(dest.c[pk].in_(keys)), copy]
     copied = dest.alias(COPY_ALIAS)
     guard = sa.exists().where(
         copied.c[pk] == table.c[pk],
@@ -223,7 +225,8 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
     key_type = table.c[pk].type
     return _Attached(
         source,
-        tuple(_ByKeys.of(statement, key_type, dialect) for statement in copy),
+        _ByKeys.of(copy, key_type, dialect),
+        tuple(_ByKeys.of(statement, key_type, dialect) for statement in recopy),
         guard,
         _ByKeys.of(delete, key_type, dialect),
     )
@@ -432,7 +435,7 @@ class Transfers:
             # Not a write transaction for SQLite's sake: BEGIN IMMEDIATE would take the
             # write lock of every attached database, the source's too, for the whole copy;
             # the INSERT takes the destination's alone.
-            keys, last = await link.runner.transaction(_copy_rows, pages, statements.copy)
+            keys, last = await link.runner.transaction(_copy_rows, pages, statements)
         # Only the keys, and where the next page starts: encoding every row's order value
         # (a timestamp, say) cost more than the rest of the command.
         items = info.codec.encode_column(info.pk, keys)
@@ -526,14 +529,22 @@ _SNAPSHOT: Final = dict.fromkeys(
 
 
 def _copy_rows(
-    connection: Connection, pages: _Pages, copy: tuple[_ByKeys, ...]
+    connection: Connection, pages: _Pages, statements: _Attached
 ) -> tuple[list[object], Sequence[object] | None]:
     """One transaction: the next rows' keys, then their copy by key (in the database)."""
     keys, last = pages.read(connection)
     try:
         for start in range(0, len(keys), KEY_CHUNK):
-            for statement in copy:
-                statement.run(connection, keys[start : start + KEY_CHUNK])
+            chunk = keys[start : start + KEY_CHUNK]
+            try:
+                statements.copy.run(connection, chunk)
+            except IntegrityError:
+                if not statements.recopy:
+                    raise
+                # The failed statement is undone (InnoDB), or its rows go with the older
+                # copies (a table without transactions).
+                for statement in statements.recopy:
+                    statement.run(connection, chunk)
     except IntegrityError as exc:
         raise _conflict(exc) from None
     return keys, last
