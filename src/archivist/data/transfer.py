@@ -13,13 +13,14 @@ answer ``unsupported`` and the worker moves the rows itself: list, create, verif
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
@@ -27,7 +28,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
 from archivist.data.commands import (
@@ -133,13 +133,10 @@ class _Attached:
     older copies by key; MariaDB/MySQL inserts, and meets an older copy as a clash."""
     recopy: tuple[_ByKeys, ...]
     """MariaDB/MySQL, after a clash: delete the older copies by key, then insert."""
-    guard: sa.Exists
-    """True where the destination holds a row identical to the source row."""
     delete: _ByKeys
-    """Deletes the rows of the keys whose copy is identical (MariaDB/MySQL)."""
-    slices: dict[int, _SliceStatements] = field(default_factory=dict, compare=False)
-    """SQLite's delete statements by number of keys, compiled once (1,000 keys take
-    SQLAlchemy ~10 ms to compile)."""
+    """Deletes the rows of the keys whose copy is identical."""
+    present: _ByKeys
+    """Which of the keys the source still holds."""
 
 
 @dataclass(frozen=True)
@@ -221,14 +218,14 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
         copied.c[pk] == table.c[pk],
         *(_same(table.c[n], copied.c[n], dialect.name) for n in names),
     )
-    delete = sa.delete(table).where(table.c[pk].in_(keys), guard)
-    key_type = table.c[pk].type
+    by_keys = functools.partial(_ByKeys.of, key_type=table.c[pk].type, dialect=dialect)
+    copy_by_keys = by_keys(copy)
     return _Attached(
         source,
-        _ByKeys.of(copy, key_type, dialect),
-        tuple(_ByKeys.of(statement, key_type, dialect) for statement in recopy),
-        guard,
-        _ByKeys.of(delete, key_type, dialect),
+        copy_by_keys,
+        tuple(copy_by_keys if statement is copy else by_keys(statement) for statement in recopy),
+        by_keys(sa.delete(table).where(table.c[pk].in_(keys), guard)),
+        by_keys(sa.select(table.c[pk]).where(table.c[pk].in_(keys))),
     )
 
 
@@ -260,13 +257,18 @@ class _ByKeys:
         process = key_type.dialect_impl(dialect).bind_processor(dialect)
         return cls(compiled.string, marks[dialect.paramstyle], process)
 
-    def run(self, connection: Connection, keys: Sequence[object]) -> CursorResult[Any]:
-        # Written in at each call (~10 µs for 1,000 keys), not kept per number of keys: the
-        # adaptive batch size makes many different numbers.
-        text = self.text.replace(_KEY_MARKS, ", ".join([self.mark] * len(keys)))
+    def sized(self, count: int) -> str:
+        """The statement's text for ``count`` keys. Written in at each call (~10 µs for
+        1,000 keys), not kept per number of keys: the adaptive batch size makes many."""
+        return self.text.replace(_KEY_MARKS, ", ".join([self.mark] * count))
+
+    def bind(self, keys: Sequence[object]) -> list[object]:
+        """The keys as the driver takes them."""
         process = self.process
-        values = tuple(keys) if process is None else tuple(process(key) for key in keys)
-        return connection.exec_driver_sql(text, values)
+        return list(keys) if process is None else [process(key) for key in keys]
+
+    def run(self, connection: Connection, keys: Sequence[object]) -> CursorResult[Any]:
+        return connection.exec_driver_sql(self.sized(len(keys)), tuple(self.bind(keys)))
 
 
 PG_SETTINGS: Final = (
@@ -555,7 +557,6 @@ def _delete_server(
 ) -> tuple[int, list[object]]:
     """One transaction (MariaDB/MySQL): delete the rows whose copy is identical, then read
     which of the keys are still there (changed since their copy, or never copied)."""
-    table, pk = statements.source.table, statements.source.pk
     deleted = 0
     left: list[object] = []
     for start in range(0, len(keys), KEY_CHUNK):
@@ -563,8 +564,9 @@ def _delete_server(
         result = statements.delete.run(connection, chunk)
         deleted += max(result.rowcount, 0)
         if result.rowcount < len(chunk):
-            present = sa.select(table.c[pk]).where(table.c[pk].in_(chunk))
-            left.extend(connection.execute(present).scalars())
+            bound = statements.present.bind(chunk)
+            found = connection.exec_driver_sql(statements.present.sized(len(chunk)), tuple(bound))
+            left.extend(_still_held(chunk, bound, found))
     return deleted, left
 
 
@@ -575,66 +577,39 @@ def _delete_sqlite(
     lock, deletes and commits with no return to Python while the lock is held: short ones
     with a gap between them while others write, long ones while nobody does
     (`archivist.data.slicing.adaptive_slices`)."""
-    table, pk = statements.source.table, statements.source.pk
+    bound = statements.delete.bind(keys)
     with engine.connect() as connection:
         raw: Any = connection.connection.dbapi_connection
-        process = (
-            table.c[pk].type.dialect_impl(connection.dialect).bind_processor(connection.dialect)
-        )
-        bound = [process(key) if process is not None else key for key in keys]
         largest = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        prepared = statements.slices
         deleted = 0
         left: list[object] = []
         with commits_without_sync(raw):
             for part in adaptive_slices(connection, raw, len(keys), largest):
                 start, size = part.start, part.size
-                if size not in prepared:
-                    prepared[size] = _SliceStatements.of(connection, statements, size)
-                slice_ = prepared[size]
                 values = bound[start : start + size]
+                # A short slice is padded with NULL keys, which match nothing, so each
+                # size's text is prepared once per connection.
                 padded = [*values, *([None] * (size - len(values)))]
+                delete = statements.delete.sized(size)
                 began = time.perf_counter()
-                removed = int(execute(raw, slice_.delete, slice_.ordered(padded)).rowcount)
+                removed = int(execute(raw, delete, padded).rowcount)
                 part.held = time.perf_counter() - began
                 deleted += removed
                 if removed < len(values):
-                    still = {key for (key,) in execute(raw, slice_.present, padded).fetchall()}
-                    mine = keys[start : start + size]
-                    pairs = zip(mine, values, strict=True)
-                    left.extend(key for key, value in pairs if value in still)
+                    present = statements.present.sized(size)
+                    found = execute(raw, present, padded).fetchall()
+                    left.extend(_still_held(keys[start : start + size], values, found))
     return deleted, left
 
 
-@dataclass(frozen=True)
-class _SliceStatements:
-    """A SQLite delete's statements for a fixed number of keys (a short slice is padded
-    with NULL keys, which match nothing, so each text is prepared once per connection)."""
-
-    delete: str
-    order: list[int]
-    present: str
-
-    @classmethod
-    def of(cls, connection: Connection, statements: _Attached, size: int) -> _SliceStatements:
-        dialect = connection.dialect
-        quote = dialect.identifier_preparer.quote
-        table, pk = statements.source.table, statements.source.pk
-        marks = [sa.bindparam(f"k{i}", type_=NullType()) for i in range(size)]
-        compiled = (
-            sa.delete(table)
-            .where(table.c[pk].in_(marks), statements.guard)
-            .compile(dialect=dialect)
-        )
-        present = (
-            f"SELECT {quote(pk)} FROM {dialect.identifier_preparer.format_table(table)}"
-            f" WHERE {quote(pk)} IN ({', '.join(['?'] * size)})"
-        )
-        order = [int(name[1:]) for name in compiled.positiontup or ()]
-        return cls(compiled.string, order, present)
-
-    def ordered(self, padded: list[object]) -> list[object]:
-        return [padded[i] for i in self.order]
+def _still_held(
+    keys: Sequence[object], bound: Sequence[object], found: Iterable[Sequence[object]]
+) -> list[object]:
+    """The keys (as given) that the source still holds: ``found`` are the rows the driver
+    read back, each key as the driver reads it, which compares with the key as bound (a
+    timestamp with time zone comes back naive on MariaDB), not always with the key given."""
+    held = {row[0] for row in found}
+    return [key for key, value in zip(keys, bound, strict=True) if value in held]
 
 
 def _copy_piped(
