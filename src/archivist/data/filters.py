@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.data.schema import TableInfo
-from archivist.data.values import decode_value
+from archivist.data.values import decode_value, decode_values
 from archivist.errors import InvalidParams
 
 OPERATORS: Final = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists")
@@ -84,7 +84,7 @@ def _operator(info: TableInfo, name: str, op: str, operand: object) -> ColumnEle
             raise InvalidParams(f"filter.{name}.{op}: expected a list")
         if len(operand) > MAX_IN_VALUES:
             raise InvalidParams(f"filter.{name}.{op}: at most {MAX_IN_VALUES} values")
-        values = [decode_value(spec, item, where=where) for item in operand]
+        values = decode_values(spec, operand, where=where)
         present = [value for value in values if value is not None]
         has_null = len(present) != len(values)
         if op == "$in":
