@@ -11,6 +11,7 @@ import math
 import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from archivist.data.columns import ColumnSpec, Kind
 from archivist.errors import Conflict, DatabaseError, InvalidParams, UnknownHandle, Unsupported
 from datasupport import (
     BASE,
+    CHAT_COLUMNS,
     application_write,
     chat_policy,
     create_table,
@@ -87,11 +89,14 @@ def test_a_copys_cursor_is_its_last_row_as_the_keys_were_read(
     fresh_db: Callable[[str], str], engine: str
 ) -> None:
     """``data/copy`` reads a page's keys, then its last row's order value (the cursor) in a
-    second statement. The application moves that row's order value forward in between: the
-    cursor is still the value the keys were read with, even on a server whose sessions
-    default to READ COMMITTED (PostgreSQL's default; set here for MariaDB), so the next page
-    cannot skip the rows between the old and the new value."""
-    primary, archive = pair(fresh_db, engine)
+    second statement (on MariaDB, where the order column may hold NULLs, as here). The
+    application moves that row's order value forward in between: the cursor is still the
+    value the keys were read with, even on a server whose sessions default to READ
+    COMMITTED (PostgreSQL's default; set here for MariaDB), so the next page cannot skip
+    the rows between the old and the new value."""
+    primary, archive = fresh_db(engine), fresh_db(engine)
+    columns = [replace(c, nullable=True) if c.name == "created_at" else c for c in CHAT_COLUMNS]
+    create_table(primary, columns=columns)
     later = f"{BASE + dt.timedelta(days=1):%Y-%m-%d %H:%M:%S}"
     moved: list[str] = []
 
@@ -125,6 +130,109 @@ def test_a_copys_cursor_is_its_last_row_as_the_keys_were_read(
     assert first["cursor"]["value"] == (BASE + dt.timedelta(seconds=4)).isoformat()
     assert first["cursor"]["id"] == 4
     assert [item["id"] for item in second["items"]] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("engine", LINKED)
+@pytest.mark.parametrize("order", ["created_at", "id"])
+def test_copy_pages_follow_the_order_with_ties_broken_by_key(
+    fresh_db: Callable[[str], str], engine: str, order: str
+) -> None:
+    """Page after page, ``data/copy`` answers the keys in the listing's order (ties on the
+    order value broken by key) and a cursor on the page's last row; negative keys and keys
+    near the 64-bit limits included (MariaDB reads a page's integer keys joined in one
+    value, and writes them into its statements as literals)."""
+    primary, archive = pair(fresh_db, engine)
+    big = 2**63 - 1
+    keys = [-big, -7, -1, 0, 2, 3, 5, 8, 13, 2**40, big - 1, big]
+    # Three rows share each instant, in no particular key order.
+    instants = {key: BASE + dt.timedelta(seconds=(i * 7) % 4) for i, key in enumerate(keys)}
+    expected = sorted(keys, key=lambda k: (instants[k], k)) if order == "created_at" else keys
+
+    async def go() -> tuple[list[object], list[dict[str, object]], dict[object, Any], Any]:
+        async with started(primary, archive, [chat_policy(order_by=order)]) as daemon:
+            items = [message(1, id=k, created_at=instants[k].isoformat()) for k in keys]
+            await call(daemon, "data/create", items=items)
+            copied: list[object] = []
+            cursors: list[dict[str, object]] = []
+            page = await call(daemon, "data/copy", destHandle="archive", limit=5)
+            while page["items"]:
+                copied += [int(item["id"]) for item in page["items"]]  # large ones as text
+                cursors.append(page["cursor"])
+                page = await call(
+                    daemon, "data/copy", destHandle="archive", limit=5, cursor=page["cursor"]
+                )
+            return copied, cursors, await rows(daemon, "archive"), await rows(daemon, "primary")
+
+    copied, cursors, in_archive, in_primary = run(go())
+    assert copied == expected
+    assert [int(cursor["id"]) for cursor in cursors] == [expected[4], expected[9], expected[11]]
+    if order == "created_at":
+        assert [cursor["value"] for cursor in cursors] == [
+            instants[expected[i]].isoformat() for i in (4, 9, 11)
+        ]
+    assert in_archive == in_primary
+    assert sorted(int(key) for key in in_archive) == sorted(keys)
+
+
+def test_mariadb_reads_a_page_of_integer_keys_in_one_statement(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """On MariaDB/MySQL, with integer keys and an order column without NULLs, a page's keys
+    come joined in one value, with the last row's order value, in one statement: no second
+    read of the last row, no ``SET TRANSACTION`` before it. The keys are written into the
+    copy as literals (no parameters)."""
+    primary, archive = pair(fresh_db, "mysql")
+    statements: list[tuple[str, object]] = []
+
+    async def go() -> dict[str, Any]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 11)])
+            link = daemon.transfers.link(daemon.handles["primary"], daemon.handles["archive"])
+
+            @sa.event.listens_for(link.runner.engine, "before_cursor_execute")
+            def trace(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+                statements.append((statement, parameters))
+
+            return await call(daemon, "data/copy", destHandle="archive", limit=4)  # type: ignore[no-any-return]
+
+    copied = run(go())
+    assert [item["id"] for item in copied["items"]] == [1, 2, 3, 4]
+    assert copied["cursor"]["id"] == 4
+    texts = [" ".join(text.split()) for text, _ in statements]
+    reads = [text for text in texts if text.startswith("SELECT")]
+    assert len(reads) == 1 and "GROUP_CONCAT" in reads[0], texts
+    assert not [text for text in texts if text.startswith("SET")], texts
+    (insert,) = [(t, p) for t, p in statements if t.startswith("INSERT")]
+    assert insert[0].rstrip().endswith("IN (1, 2, 3, 4)") and not insert[1], insert
+
+
+def test_mariadb_keys_that_do_not_fit_in_one_value_are_a_clear_error_and_copy_nothing(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """A server that cuts the joined keys short (here a session limit of 10 bytes; in life a
+    small ``max_allowed_packet`` and a large batch) answers a database error that says what
+    to do, and nothing is copied. The cut falls inside the last key ("10,11,12,1"), so the
+    value still splits into as many keys as the page has rows: its length is what tells."""
+    primary, archive = pair(fresh_db, "mysql")
+
+    async def go() -> tuple[DatabaseError, dict[object, Any]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(10, 14)])
+            link = daemon.transfers.link(daemon.handles["primary"], daemon.handles["archive"])
+            link.runner.engine.dispose()
+
+            @sa.event.listens_for(link.runner.engine, "connect")
+            def short(dbapi_connection: Any, _record: object) -> None:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute("SET SESSION group_concat_max_len = 10")
+
+            with pytest.raises(DatabaseError) as caught:
+                await call(daemon, "data/copy", destHandle="archive", limit=4)
+            return caught.value, await rows(daemon, "archive")
+
+    error, in_archive = run(go())
+    assert "smaller batch size" in error.message
+    assert in_archive == {}
 
 
 @pytest.mark.parametrize("engine", LINKED)

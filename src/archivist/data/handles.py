@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 DEFAULT_THREADS: Final = 4
+GROUP_CONCAT_MAX_LEN: Final = 4 * 1024 * 1024
+"""Bytes a MariaDB/MySQL session's ``GROUP_CONCAT`` may return (MySQL's default is 1,024):
+``data/copy`` reads a page's keys joined in one value, and a page of 100,000 (the most
+``data/list`` and ``data/copy`` take) 64-bit keys with their commas is 2.1 MB at most."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,7 +65,9 @@ def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) ->
     if backend == "postgresql":
         connect_args["options"] = "-c TimeZone=UTC"
     elif backend in ("mysql", "mariadb"):
-        connect_args["init_command"] = "SET time_zone = '+00:00'"
+        connect_args["init_command"] = (
+            f"SET time_zone = '+00:00', group_concat_max_len = {GROUP_CONCAT_MAX_LEN}"
+        )
     engine = sa.create_engine(
         parsed,
         connect_args=connect_args,

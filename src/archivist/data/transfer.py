@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from archivist.data.catalog import Catalog
+from archivist.data.columns import Kind
 from archivist.data.commands import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -43,7 +44,7 @@ from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import adaptive_slices, commits_without_sync, execute
 from archivist.data.values import JSONObject, decode_values, decoder_for
-from archivist.errors import Conflict, InvalidParams, Unsupported
+from archivist.errors import Conflict, DatabaseError, InvalidParams, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ COPY_ALIAS: Final = "archivist_copy"
 """The destination table's alias in a delete's guard: never the source table's own name, so
 no column reference inside the guard can resolve to the wrong table."""
 KEY_CHUNK: Final = 5_000
+PAGE_ALIAS: Final = "archivist_page"
+"""The page's alias where MariaDB/MySQL read its keys joined in one value."""
+EXACT_MAX: Final = frozenset({Kind.INTEGER, Kind.DECIMAL, Kind.DATE, Kind.DATETIME})
+"""Order columns whose largest value on a page is, to the byte, the last row's: no collation
+makes two different values of these kinds compare equal."""
 
 
 class CopyParams(ListParams, kw_only=True):
@@ -246,6 +252,10 @@ class _ByKeys:
     mark: str
     process: Callable[[Any], Any] | None
     """The key type's conversion to what the driver takes, if any."""
+    inline: bool = False
+    """Integer keys for a driver that writes parameters into the text itself (PyMySQL):
+    written in as decimal literals, which is what the driver would send, without its
+    escaping of each one in Python (~1.3 ms for 1,000 keys, against ~0.2 ms)."""
 
     @classmethod
     def of(cls, statement: sa.ClauseElement, key_type: Any, dialect: sa.Dialect) -> _ByKeys:
@@ -255,7 +265,12 @@ class _ByKeys:
         if not alone or dialect.paramstyle not in marks:
             raise AssertionError(f"not a statement on :keys alone: {compiled.string}")
         process = key_type.dialect_impl(dialect).bind_processor(dialect)
-        return cls(compiled.string, marks[dialect.paramstyle], process)
+        inline = (
+            dialect.name in ("mysql", "mariadb")
+            and isinstance(key_type, sa.Integer)
+            and process is None
+        )
+        return cls(compiled.string, marks[dialect.paramstyle], process, inline)
 
     def sized(self, count: int) -> str:
         """The statement's text for ``count`` keys. Written in at each call (~10 µs for
@@ -268,6 +283,10 @@ class _ByKeys:
         return list(keys) if process is None else [process(key) for key in keys]
 
     def run(self, connection: Connection, keys: Sequence[object]) -> CursorResult[Any]:
+        if self.inline:
+            # int() of an integer key is itself; of anything else, an error, not SQL.
+            literals = ", ".join([str(int(key)) for key in keys])  # type: ignore[call-overload]
+            return connection.exec_driver_sql(self.text.replace(_KEY_MARKS, literals), ())
         return connection.exec_driver_sql(self.sized(len(keys)), tuple(self.bind(keys)))
 
 
@@ -421,14 +440,18 @@ class Transfers:
         listing = ListQuery.build(info, p, prepared.order_by).query
         pk = info.table.c[info.pk]
         by_key = order == info.pk
+        statements, link = prepared.statements, prepared.link
+        joined = _joined_page(listing, info, order, link.runner.engine.dialect)
         pages = _Pages(
             keys=listing.with_only_columns(pk),
             last=None
             if by_key
             else sa.select(pk, info.table.c[order]).where(pk == sa.bindparam("key")),
-            snapshot=None if by_key else _SNAPSHOT.get(prepared.link.runner.dialect_name),
+            snapshot=None
+            if by_key or joined is not None
+            else _SNAPSHOT.get(link.runner.dialect_name),
+            joined=joined,
         )
-        statements, link = prepared.statements, prepared.link
         if isinstance(statements, _Piped):
             keys, last = await link.runner.transaction(
                 _copy_piped, pages, link.dest.engine, statements
@@ -511,9 +534,14 @@ class _Pages:
     snapshot: str | None
     """Sent first on a server, so both reads see one snapshot whatever the server's default
     isolation: a row changed in between must not move the cursor past rows not copied."""
+    joined: sa.Select[str, Any, int, int] | None = None
+    """Instead of both (`_joined_page`): the keys joined in one value, the last row's order
+    value and the page's size, in one statement (so in one snapshot)."""
 
     def read(self, connection: Connection) -> tuple[list[object], Sequence[object] | None]:
         """The page's keys and its last row (None on an empty page)."""
+        if self.joined is not None:
+            return _split_page(connection.execute(self.joined).one(), by_key=self.last is None)
         if self.snapshot is not None:
             connection.exec_driver_sql(self.snapshot)
         keys: list[object] = list(connection.execute(self.keys).scalars())
@@ -522,6 +550,62 @@ class _Pages:
         if self.last is None:
             return keys, (keys[-1],)
         return keys, connection.execute(self.last, {"key": keys[-1]}).first()
+
+
+def _joined_page(
+    listing: sa.Select[Any], info: TableInfo, order: str, dialect: sa.Dialect
+) -> sa.Select[str, Any, int, int] | None:
+    """MariaDB/MySQL, integer keys, and an order column with no NULLs whose largest value on
+    a page is the last row's (`EXACT_MAX`): the page's keys in one text value
+    (``GROUP_CONCAT``, in the listing's order), its largest order value, its size and the
+    length its keys' text must have. PyMySQL
+    parses each row of a result in Python: a page of 1,000 one-key rows and the read of the
+    last row cost the daemon ~4 ms of CPU a batch, the joined value ~0.3 ms. None elsewhere.
+
+    The sessions allow ``GROUP_CONCAT`` values of `handles.GROUP_CONCAT_MAX_LEN` bytes."""
+    if dialect.name not in ("mysql", "mariadb") or info.spec(info.pk).kind is not Kind.INTEGER:
+        return None
+    by_key = order == info.pk
+    spec = info.spec(order)
+    if not by_key and (spec.nullable or spec.kind not in EXACT_MAX):
+        return None
+    table = info.table
+    page = listing.with_only_columns(*dict.fromkeys([table.c[info.pk], table.c[order]]))
+    page_alias = page.subquery(PAGE_ALIAS)
+    quote = dialect.identifier_preparer.quote
+    key = f"{PAGE_ALIAS}.{quote(info.pk)}"
+    ordering = key if by_key else f"{PAGE_ALIAS}.{quote(order)}, {key}"
+    joined: sa.ColumnClause[str] = sa.literal_column(
+        f"GROUP_CONCAT({key} ORDER BY {ordering} SEPARATOR ',')"
+    )
+    key_column = page_alias.c[info.pk]
+    return sa.select(
+        joined,
+        sa.func.max(page_alias.c[order]),
+        sa.func.count(),
+        sa.func.sum(sa.func.char_length(key_column)),
+    ).select_from(page_alias)
+
+
+def _split_page(
+    row: Sequence[Any], *, by_key: bool
+) -> tuple[list[object], Sequence[object] | None]:
+    """The keys and the last row of a page read by `_joined_page`."""
+    joined, last_order, size, digits = row
+    if not size:
+        return [], None
+    if isinstance(joined, bytes):  # a binary string on servers that type it so
+        joined = joined.decode("ascii")
+    # A value cut short (a server's GROUP_CONCAT or packet limit) may still split into the
+    # right number of keys, the last one cut: its length tells.
+    if len(joined) != int(digits) + size - 1:
+        raise DatabaseError(
+            f"database error: the keys of a page of {size} rows did not fit in one value "
+            "(group_concat_max_len or max_allowed_packet on the server); use a smaller "
+            "batch size"
+        )
+    keys: list[object] = [int(key) for key in joined.split(",")]
+    return keys, (keys[-1],) if by_key else (keys[-1], last_order)
 
 
 _SNAPSHOT: Final = dict.fromkeys(
@@ -564,9 +648,8 @@ def _delete_server(
         result = statements.delete.run(connection, chunk)
         deleted += max(result.rowcount, 0)
         if result.rowcount < len(chunk):
-            bound = statements.present.bind(chunk)
-            found = connection.exec_driver_sql(statements.present.sized(len(chunk)), tuple(bound))
-            left.extend(_still_held(chunk, bound, found))
+            found = statements.present.run(connection, chunk)
+            left.extend(_still_held(chunk, statements.present.bind(chunk), found))
     return deleted, left
 
 
