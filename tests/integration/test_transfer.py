@@ -180,7 +180,7 @@ def test_mariadb_reads_a_page_of_integer_keys_in_one_statement(
     """On MariaDB/MySQL, with integer keys and an order column without NULLs, a page's keys
     come joined in one value, with the last row's order value, in one statement: no second
     read of the last row, no ``SET TRANSACTION`` before it. The keys are written into the
-    copy as literals (no parameters)."""
+    copy as literals (no parameters), consecutive ones as one range."""
     primary, archive = pair(fresh_db, "mysql")
     statements: list[tuple[str, object]] = []
 
@@ -203,7 +203,51 @@ def test_mariadb_reads_a_page_of_integer_keys_in_one_statement(
     assert len(reads) == 1 and "GROUP_CONCAT" in reads[0], texts
     assert not [text for text in texts if text.startswith("SET")], texts
     (insert,) = [(t, p) for t, p in statements if t.startswith("INSERT")]
-    assert insert[0].rstrip().endswith("IN (1, 2, 3, 4)") and not insert[1], insert
+    assert insert[0].rstrip().endswith("WHERE (chat_messages.id BETWEEN 1 AND 4)"), insert
+    assert not insert[1], insert
+
+
+def test_mariadb_writes_runs_of_keys_as_ranges_that_name_no_other_row(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """MariaDB's copy and delete write runs of consecutive integer keys as ``BETWEEN``
+    ranges. A page whose keys have a hole (row 6 comes last in the archive order, row 12
+    after the page) is two runs and a lone key: rows 6 and 12 lie inside the keys' span but
+    are neither copied nor deleted, and the delete names the changed row it kept."""
+    primary, archive = pair(fresh_db, "mysql")
+    late = (BASE + dt.timedelta(days=1)).isoformat()
+    statements: list[str] = []
+
+    async def go() -> tuple[Any, Any, dict[object, Any], dict[object, Any]]:
+        async with started(primary, archive) as daemon:
+            items = [message(i) for i in (*range(1, 6), *range(7, 12), 13)]
+            items += [message(6, created_at=late), message(12, created_at=late)]
+            await call(daemon, "data/create", items=items)
+            link = daemon.transfers.link(daemon.handles["primary"], daemon.handles["archive"])
+
+            @sa.event.listens_for(link.runner.engine, "before_cursor_execute")
+            def trace(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+                statements.append(" ".join(statement.split()))
+
+            copied = await call(daemon, "data/copy", destHandle="archive", limit=11)
+            # Row 9 changes after its copy: the delete keeps it and names it.
+            sql(primary, "UPDATE chat_messages SET body = 'edited' WHERE id = 9")
+            ids = [item["id"] for item in copied["items"]]
+            deleted = await call(daemon, "data/delete", ids=ids, matching="archive")
+            return copied, deleted, await rows(daemon, "primary"), await rows(daemon, "archive")
+
+    copied, deleted, in_primary, in_archive = run(go())
+    moved = [1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 13]
+    assert [item["id"] for item in copied["items"]] == moved
+    assert sorted(in_archive) == moved
+    assert deleted == {"deleted": 10, "skipped": [9]}
+    assert sorted(in_primary) == [6, 9, 12]
+    ranges = "(chat_messages.id BETWEEN 1 AND 5 OR chat_messages.id BETWEEN 7 AND 11"
+    ranges += " OR chat_messages.id IN (13))"
+    (insert,) = [text for text in statements if text.startswith("INSERT")]
+    assert insert.endswith(ranges), insert
+    (delete,) = [text for text in statements if text.startswith("DELETE")]
+    assert f"WHERE {ranges} AND (EXISTS" in delete, delete
 
 
 def test_mariadb_keys_that_do_not_fit_in_one_value_are_a_clear_error_and_copy_nothing(
