@@ -207,16 +207,18 @@ def test_mariadb_reads_a_page_of_integer_keys_in_one_statement(
     assert not insert[1], insert
 
 
-def test_mariadb_writes_runs_of_keys_as_ranges_that_name_no_other_row(
-    fresh_db: Callable[[str], str],
+@pytest.mark.parametrize("engine", ["mysql", "postgresql"])
+def test_runs_of_integer_keys_are_named_as_ranges_that_name_no_other_row(
+    fresh_db: Callable[[str], str], engine: str
 ) -> None:
-    """MariaDB's copy and delete write runs of consecutive integer keys as ``BETWEEN``
-    ranges. A page whose keys have a hole (row 6 comes last in the archive order, row 12
-    after the page) is two runs and a lone key: rows 6 and 12 lie inside the keys' span but
-    are neither copied nor deleted, and the delete names the changed row it kept."""
-    primary, archive = pair(fresh_db, "mysql")
+    """Copy and delete name runs of consecutive integer keys as ``BETWEEN`` ranges (MariaDB:
+    every run of four keys or more; PostgreSQL: the longest, beside an ``= ANY`` list of
+    the others). A page whose keys have a hole (row 6 comes last in the archive order, row
+    12 after the page) is two runs and a lone key: rows 6 and 12 lie inside the keys' span
+    but are neither copied nor deleted, and the delete names the changed row it kept."""
+    primary, archive = pair(fresh_db, engine)
     late = (BASE + dt.timedelta(days=1)).isoformat()
-    statements: list[str] = []
+    statements: list[tuple[str, Any]] = []
 
     async def go() -> tuple[Any, Any, dict[object, Any], dict[object, Any]]:
         async with started(primary, archive) as daemon:
@@ -226,8 +228,8 @@ def test_mariadb_writes_runs_of_keys_as_ranges_that_name_no_other_row(
             link = daemon.transfers.link(daemon.handles["primary"], daemon.handles["archive"])
 
             @sa.event.listens_for(link.runner.engine, "before_cursor_execute")
-            def trace(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-                statements.append(" ".join(statement.split()))
+            def trace(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+                statements.append((" ".join(statement.split()), parameters))
 
             copied = await call(daemon, "data/copy", destHandle="archive", limit=11)
             # Row 9 changes after its copy: the delete keeps it and names it.
@@ -242,12 +244,18 @@ def test_mariadb_writes_runs_of_keys_as_ranges_that_name_no_other_row(
     assert sorted(in_archive) == moved
     assert deleted == {"deleted": 10, "skipped": [9]}
     assert sorted(in_primary) == [6, 9, 12]
-    ranges = "(chat_messages.id BETWEEN 1 AND 5 OR chat_messages.id BETWEEN 7 AND 11"
-    ranges += " OR chat_messages.id IN (13))"
-    (insert,) = [text for text in statements if text.startswith("INSERT")]
-    assert insert.endswith(ranges), insert
-    (delete,) = [text for text in statements if text.startswith("DELETE")]
-    assert f"WHERE {ranges} AND (EXISTS" in delete, delete
+    (delete, parameters) = next((t, p) for t, p in statements if t.startswith("DELETE"))
+    if engine == "mysql":
+        ranges = "(chat_messages.id BETWEEN 1 AND 5 OR chat_messages.id BETWEEN 7 AND 11"
+        ranges += " OR chat_messages.id IN (13))"
+        (insert,) = [text for text, _ in statements if text.startswith("INSERT")]
+        assert insert.endswith(ranges), insert
+        assert f"WHERE {ranges} AND (EXISTS" in delete, delete
+    else:
+        ranges = "(archivist_row.id BETWEEN %s::BIGINT AND %s::BIGINT"
+        ranges += " OR archivist_row.id = ANY(%s::BIGINT[]))"
+        assert f"WHERE {ranges} AND archivist_row.id = v.k" in delete, delete
+        assert list(parameters)[2:] == [1, 5, [7, 8, 9, 10, 11, 13]], parameters
 
 
 def test_mariadb_keys_that_do_not_fit_in_one_value_are_a_clear_error_and_copy_nothing(

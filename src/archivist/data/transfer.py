@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeAlias
 
@@ -166,6 +166,16 @@ class _Piped:
     present: str
     settings: str
     """Output settings under which a value's text is exact and the same on every server."""
+    ranged: bool = False
+    """Integer keys: the statements name them as one range and a list (`key_span`), whose
+    parameters `keyed` makes; otherwise as one list."""
+
+    def keyed(self, keys: Sequence[object]) -> tuple[object, ...]:
+        """The parameters that name ``keys`` in these statements."""
+        if not self.ranged:
+            return (keys,)
+        first, last, others = key_span([int(key) for key in keys])  # type: ignore[call-overload]
+        return first, last, others
 
 
 _Statements: TypeAlias = _Attached | _Piped
@@ -286,10 +296,9 @@ class _ByKeys:
             and process is None
         )
         column = str(key.compile(dialect=dialect)) if inline else None
-        if column is not None and compiled.string.count(_KEY_MARKS) != 1:
-            column = None
-        if column is not None and compiled.string.count(f"{column} IN ({_KEY_MARKS})") != 1:
-            column = None
+        text = compiled.string
+        if text.count(_KEY_MARKS) != 1 or text.count(f"{column} IN ({_KEY_MARKS})") != 1:
+            column = None  # the keys as one IN list
         return cls(compiled.string, marks[dialect.paramstyle], process, inline, column)
 
     def sized(self, count: int) -> str:
@@ -315,6 +324,16 @@ class _ByKeys:
         return connection.exec_driver_sql(self.sized(len(keys)), tuple(self.bind(keys)))
 
 
+def _runs(ordered: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """The runs of consecutive integers of ``ordered`` (sorted, distinct), as index spans
+    ``(start, end)``; every integer from the first of a run to its last is in it."""
+    start = 0
+    for end in range(1, len(ordered) + 1):
+        if end == len(ordered) or ordered[end] != ordered[end - 1] + 1:
+            yield start, end
+            start = end
+
+
 def key_ranges(column: str, keys: Sequence[int]) -> str:
     """A condition on ``column`` that holds for exactly the integer ``keys``: each run of at
     least `RUN` consecutive keys as one ``BETWEEN``, the others in one ``IN`` list. Every
@@ -326,18 +345,29 @@ def key_ranges(column: str, keys: Sequence[int]) -> str:
     ordered = sorted(set(keys))
     ranges: list[str] = []
     single: list[int] = []
-    start = 0
-    for end in range(1, len(ordered) + 1):
-        if end < len(ordered) and ordered[end] == ordered[end - 1] + 1:
-            continue
+    for start, end in _runs(ordered):
         if end - start >= RUN:
             ranges.append(f"{column} BETWEEN {ordered[start]} AND {ordered[end - 1]}")
         else:
             single.extend(ordered[start:end])
-        start = end
     if single:
         ranges.append(f"{column} IN ({', '.join(map(str, single))})")
     return f"({' OR '.join(ranges)})" if ranges else "FALSE"
+
+
+def key_span(keys: Sequence[int]) -> tuple[int, int, list[int]]:
+    """The integer ``keys`` as the first and last key of their longest run of consecutive
+    keys and the other keys, for a statement of one shape at every call (PostgreSQL
+    prepares it): ``pk BETWEEN first AND last OR pk = ANY(others)``. With no run of `RUN`
+    keys, the range is empty (1, 0) and every key is in the list. On PostgreSQL, 1,000
+    consecutive keys of a 1,000,000-row table, so named: the copy, the digests and the
+    guarded delete took 26 ms a batch against 32 ms by ``= ANY`` alone, and the server's
+    CPU 17 ms against 21 ms."""
+    ordered = sorted(set(keys))
+    start, end = max(_runs(ordered), key=lambda run: run[1] - run[0], default=(0, 0))
+    if end - start < RUN:
+        return 1, 0, ordered
+    return ordered[start], ordered[end - 1], ordered[:start] + ordered[end:]
 
 
 PG_SETTINGS: Final = (
@@ -357,7 +387,16 @@ def _piped(link: Link, source: TableInfo) -> _Piped:
     names = [quote(column.name) for column in table.c]
     columns = ", ".join(names)
     pk = quote(source.pk)
-    keys = f"%s::{table.c[source.pk].type.compile(dialect=dialect)}[]"
+    key_type = table.c[source.pk].type
+    sql_type = key_type.compile(dialect=dialect)
+    keys = f"%s::{sql_type}[]"
+    ranged = isinstance(key_type, sa.Integer)
+
+    def keyed(column: str) -> str:
+        if ranged:
+            return f"({column} BETWEEN %s::{sql_type} AND %s::{sql_type} OR {column} = ANY({keys}))"
+        return f"{column} = ANY({keys})"
+
     digest = "sha256(convert_to(ROW({})::text, 'UTF8'))"
     # A session table per table and column list: one made before the table gained a
     # column is never reused for the new list.
@@ -368,7 +407,7 @@ def _piped(link: Link, source: TableInfo) -> _Piped:
     row = "archivist_row"
     return _Piped(
         source=source,
-        copy_out=f"COPY (SELECT {columns} FROM {target} WHERE {pk} = ANY({keys}))"
+        copy_out=f"COPY (SELECT {columns} FROM {target} WHERE {keyed(pk)})"
         " TO STDOUT (FORMAT BINARY)",
         # Emptied by every commit (and a rollback takes back what it held): no TRUNCATE,
         # which cost 3 ms a batch.
@@ -378,15 +417,16 @@ def _piped(link: Link, source: TableInfo) -> _Piped:
         copy_in=f"COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)",
         upsert=f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"
         f" ON CONFLICT ({pk}) {on_conflict}",
-        digests=f"SELECT {pk}, {digest.format(columns)}::text FROM {target}"
-        f" WHERE {pk} = ANY({keys})",
-        # The keys twice: as ``= ANY`` too, the planner finds the rows by the key's index
-        # (8 ms for 1,000 rows of 60,000) instead of hashing the whole table (195 ms).
+        digests=f"SELECT {pk}, {digest.format(columns)}::text FROM {target} WHERE {keyed(pk)}",
+        # The keys twice: named as in the other statements too, the planner finds the rows
+        # by the key's index (8 ms for 1,000 rows of 60,000) instead of hashing the whole
+        # table (195 ms).
         delete=f"DELETE FROM {target} AS {row} USING unnest({keys}, %s::text[]) AS v(k, d)"
-        f" WHERE {row}.{pk} = ANY({keys}) AND {row}.{pk} = v.k"
+        f" WHERE {keyed(f'{row}.{pk}')} AND {row}.{pk} = v.k"
         f" AND {digest.format(', '.join(f'{row}.{n}' for n in names))}::text = v.d",
-        present=f"SELECT {pk} FROM {target} WHERE {pk} = ANY({keys})",
+        present=f"SELECT {pk} FROM {target} WHERE {keyed(pk)}",
         settings=PG_SETTINGS,
+        ranged=ranged,
     )
 
 
@@ -758,13 +798,14 @@ def _copy_piped(
     keys, last = pages.read(connection)
     if not keys:
         return keys, last
+    named = piped.keyed(keys)
     with dest.connect() as target, target.begin():
         try:
             with target.begin_nested():
-                _pipe(connection, target, piped.copy_out, piped.copy_direct, keys)
+                _pipe(connection, target, piped.copy_out, piped.copy_direct, named)
         except IntegrityError:
             target.exec_driver_sql(piped.stage)
-            _pipe(connection, target, piped.copy_out, piped.copy_in, keys)
+            _pipe(connection, target, piped.copy_out, piped.copy_in, named)
             try:
                 target.exec_driver_sql(piped.upsert)
             except IntegrityError as exc:
@@ -773,10 +814,11 @@ def _copy_piped(
 
 
 def _pipe(
-    source: Connection, dest: Connection, copy_out: str, copy_in: str, keys: list[object]
+    source: Connection, dest: Connection, copy_out: str, copy_in: str, params: Sequence[object]
 ) -> None:
-    """The rows of ``keys`` as binary COPY data from ``source`` into ``dest``, never
-    decoded; a driver error is raised as SQLAlchemy would raise it."""
+    """The rows ``copy_out`` reads with ``params`` (the keys), as binary COPY data from
+    ``source`` into ``dest``, never decoded; a driver error is raised as SQLAlchemy would
+    raise it."""
     reader = source.connection.driver_connection
     writer = dest.connection.driver_connection
     assert reader is not None and writer is not None
@@ -784,7 +826,7 @@ def _pipe(
         driver_errors(source.dialect, copy_in),
         reader.cursor() as out_cursor,
         writer.cursor() as in_cursor,
-        out_cursor.copy(copy_out, (keys,)) as out,
+        out_cursor.copy(copy_out, params) as out,
         in_cursor.copy(copy_in) as into,
     ):
         for block in out:
@@ -802,7 +844,7 @@ def _digests(
         chunk = keys[start : start + KEY_CHUNK]
         found.update(
             (same(key), digest)
-            for key, digest in connection.exec_driver_sql(piped.digests, (chunk,))
+            for key, digest in connection.exec_driver_sql(piped.digests, piped.keyed(chunk))
         )
     return found
 
@@ -823,13 +865,13 @@ def _delete_piped(
     for start in range(0, len(copied), KEY_CHUNK):
         chunk = copied[start : start + KEY_CHUNK]
         digested = [digests[key] for key in chunk]
-        result = connection.exec_driver_sql(piped.delete, (chunk, digested, chunk))
+        result = connection.exec_driver_sql(piped.delete, (chunk, digested, *piped.keyed(chunk)))
         deleted += max(result.rowcount, 0)
     left: list[object] = []
     if deleted < len(keys):
         for start in range(0, len(keys), KEY_CHUNK):
             chunk = keys[start : start + KEY_CHUNK]
-            present = connection.exec_driver_sql(piped.present, (chunk,)).scalars()
+            present = connection.exec_driver_sql(piped.present, piped.keyed(chunk)).scalars()
             left.extend(same(key) for key in present)
     return deleted, left
 
