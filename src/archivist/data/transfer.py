@@ -300,7 +300,7 @@ class _ByKeys:
         text = compiled.string
         if text.count(_KEY_MARKS) != 1 or text.count(f"{column} IN ({_KEY_MARKS})") != 1:
             column = None  # the keys as one IN list
-        return cls(compiled.string, marks[dialect.paramstyle], process, inline, column)
+        return cls(text, marks[dialect.paramstyle], process, inline, column)
 
     def sized(self, count: int) -> str:
         """The statement's text for ``count`` keys. Written in at each call (~10 µs for
