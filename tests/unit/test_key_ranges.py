@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.dialects import mysql
 
-from archivist.data.transfer import RUN, key_ranges, key_span
+from archivist.data.transfer import RUN, _ByKeys, key_ranges, key_span
 
 BIG = 2**63 - 1
 
@@ -71,3 +73,17 @@ def test_the_longest_run_becomes_the_range_and_the_rest_the_list() -> None:
 @given(KEYS)
 def test_the_span_names_exactly_the_keys(keys: list[int]) -> None:
     assert held(span_condition(keys), around(keys)) == set(keys)
+
+
+def test_a_hostile_column_name_gets_its_ranges_in_the_right_place() -> None:
+    """The keyed column is found by its exact quoted text, even when its name holds a
+    backtick and `` IN (``; the statement's text around it is left as it was."""
+    name = "i`d IN (x"
+    table = sa.Table("my table", sa.MetaData(), sa.Column(name, sa.BigInteger), schema="s x")
+    keys = sa.bindparam("keys", expanding=True)
+    statement = sa.delete(table).where(table.c[name].in_(keys))
+    by_keys = _ByKeys.of(statement, table.c[name], mysql.dialect())
+    column = "`s x`.`my table`.`i``d IN (x`"
+    assert by_keys.column == column
+    written = by_keys.text.replace(f"{column} IN (__[POSTCOMPILE_keys])", "<keys>")
+    assert written == "DELETE FROM `s x`.`my table` WHERE <keys>"
