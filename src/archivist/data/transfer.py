@@ -175,8 +175,7 @@ class _Piped:
         """The parameters that name ``keys`` in these statements."""
         if not self.ranged:
             return (keys,)
-        first, last, others = key_span([int(key) for key in keys])  # type: ignore[call-overload]
-        return first, last, others
+        return key_span([int(key) for key in keys])  # type: ignore[call-overload]
 
 
 _Statements: TypeAlias = _Attached | _Piped
