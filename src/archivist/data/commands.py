@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import NullType
 
+from archivist.data.activity import others
 from archivist.data.catalog import Catalog
 from archivist.data.filters import (
     SortKey,
@@ -95,12 +96,15 @@ BUSY_METRICS: Final = {
 }
 
 
-def _probe(connection: Connection, busy_query: str | None) -> int | None:
+def _probe(connection: Connection, busy_query: str | None) -> tuple[int | None, int]:
+    """The engine's busy count (None where it has none), and the sessions besides
+    archivist's using the database (`archivist.data.activity.others`)."""
     connection.exec_driver_sql("SELECT 1").scalar()
-    if busy_query is None:
-        return None
-    row = connection.exec_driver_sql(busy_query).one()
-    return int(row[-1]) - (1 if busy_query.startswith("SHOW") else 0)
+    active = None
+    if busy_query is not None:
+        row = connection.exec_driver_sql(busy_query).one()
+        active = int(row[-1]) - (1 if busy_query.startswith("SHOW") else 0)
+    return active, others(connection)
 
 
 class CountParams(_Params):
@@ -169,7 +173,8 @@ class DataCommands:
     # --- data/load ------------------------------------------------------------------------
 
     async def load(self, params: JSONObject) -> JSONObject:
-        """How busy a database is: a probe query's latency, and the engine's busy count.
+        """How busy a database is: a probe query's latency, the engine's busy count, and
+        how many sessions besides archivist's are using it (``others``: the application).
 
         The latency counts the whole path a batch's statements take (thread hand-off, pool,
         server), so it rises with any kind of load, on every engine.
@@ -178,11 +183,12 @@ class DataCommands:
         handle = self.catalog.handle(p.db_handle)
         metric = BUSY_METRICS.get(handle.dialect_name)
         started = time.perf_counter()
-        active = await handle.transaction(_probe, metric[1] if metric else None)
+        active, others_using = await handle.transaction(_probe, metric[1] if metric else None)
         result: JSONObject = {"latencyMs": round((time.perf_counter() - started) * 1000, 3)}
         if metric is not None and active is not None:
             result["active"] = active
             result["metric"] = metric[0]
+        result["others"] = others_using
         return result
 
     # --- data/list ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
+from archivist.data.activity import track_sessions
 from archivist.errors import ArchivistError, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) ->
         _configure_sqlite(engine, attach or {})
     elif parsed.get_driver_name() == "pymysql":
         event.listen(engine, "do_connect", _connect_pymysql)
+    track_sessions(engine)
     if backend != "sqlite" and attach:
         raise ConfigError(f"only SQLite attaches databases, not {backend}")
     return engine

@@ -15,6 +15,8 @@ from typing import Any, Final
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from archivist.data.activity import note_others
+
 SLICE_ROWS: Final = 200
 """Most rows per slice of a SQLite delete while other connections write."""
 SLICE_LADDER: Final = (10, 15, 20, 30, 40, 50, 70, 100, 140, SLICE_ROWS)
@@ -123,6 +125,7 @@ def adaptive_slices(connection: Connection, raw: Any, total: int, largest: int) 
         first_look = DATA_VERSION not in info  # nothing seen yet: assume a writer, once
         if others_wrote(connection, raw) and not first_look:
             info[BUSY_AT] = now
+            note_others(connection.engine)
         busy = first_look or now - info.get(BUSY_AT, -QUIET_AFTER) < QUIET_AFTER
         if busy and start:
             time.sleep(SLICE_GAP)
