@@ -21,6 +21,7 @@ from rich.console import Console
 
 import archivist
 from archivist import protocol
+from archivist.config import DEFAULT_YIELD_RATIO
 from archivist.errors import ArchivistError, UnknownCollection
 
 if TYPE_CHECKING:
@@ -170,6 +171,17 @@ def main() -> None:
     "--nice-ratio: 1 about halves the load on the database, at half the speed.",
 )
 @click.option(
+    "--yield-ratio",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_YIELD_RATIO,
+    show_default=True,
+    help="While other sessions are using the source database (the application), rest at "
+    "least this many times as long as each batch took: the application's slowest "
+    "requests stay close to their idle latency, and rows move at about 1/(1+ratio) of "
+    "full speed until it is quiet for 2 s. 0: never yield (fastest; the application's p99 "
+    "latency may then rise several times while archivist runs).",
+)
+@click.option(
     "--pause-file",
     type=click.Path(path_type=Path),
     help="While this file exists no batch starts (touch it to pause, remove it to resume).",
@@ -230,6 +242,7 @@ def worker(
     min_batch: int,
     pause: float,
     nice_ratio: float,
+    yield_ratio: float,
     pause_file: Path | None,
     max_latency_ms: float,
     max_active: int,
@@ -265,6 +278,7 @@ def worker(
     throttle = ThrottleSettings(
         pause=pause,
         nice_ratio=nice_ratio,
+        yield_ratio=yield_ratio,
         pause_file=pause_file,
         max_latency_ms=max_latency_ms,
         max_active=max_active,

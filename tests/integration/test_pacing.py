@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -234,3 +236,98 @@ def test_rows_deleted_beside_a_copy_count_even_when_the_next_delete_fails(
     assert calls[:3] == [200, 200, 100]  # the third: the last batch, deleted at once
     assert count(primary) == 500
     assert count(archive) == 500
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_url(request: pytest.FixtureRequest, fresh_db: Callable[[str], str]) -> str:
+    """A fresh database on each server engine in turn."""
+    return fresh_db(str(request.param))
+
+
+def test_data_load_counts_the_applications_sessions_not_archivists_own(
+    server_url: str,
+) -> None:
+    """``others``: sessions besides archivist's that used the database within the last two
+    seconds. The daemon's own connections (two handles on this one database among them)
+    never count; an application session counts while it works and for 2 s after."""
+    make_chat_table(server_url, 10)
+    config = make_config({"primary": server_url, "same": server_url, "archive": "sqlite://"}, [])
+    application = sa.create_engine(server_url)
+
+    async def scenario() -> list[object]:
+        seen: list[object] = []
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+
+            async def load() -> object:
+                await daemon.data.execute("data/load", {"dbHandle": "same"})
+                return (await daemon.data.execute("data/load", {"dbHandle": "primary"}))["others"]
+
+            seen.append(await load())
+            with application.connect() as connection:
+                connection.execute(sa.text("SELECT count(*) FROM chat_messages")).all()
+                connection.commit()
+                seen.append(await load())
+                await asyncio.sleep(2.5)
+                seen.append(await load())
+        return seen
+
+    try:
+        assert asyncio.run(scenario()) == [0, 1, 0]
+    finally:
+        application.dispose()
+
+
+def _application_writes(url: str, stop: threading.Event) -> None:
+    """An application committing a row to a table of its own every 10 ms until ``stop``."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("CREATE TABLE IF NOT EXISTS app_log (note VARCHAR(20))"))
+            connection.commit()
+            while not stop.wait(0.01):
+                connection.execute(sa.text("INSERT INTO app_log (note) VALUES ('working')"))
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("yield_ratio", [5.0, 0.0], ids=["yield", "no_yield"])
+def test_a_task_yields_to_an_application_writing_to_its_database(
+    any_url: str, tmp_path: Path, yield_ratio: float
+) -> None:
+    """While the application commits to the source database, the task rests yield_ratio
+    times each batch's duration and `archivist status` says why; with 0 it never does.
+    Every row still moves, once."""
+    make_chat_table(any_url, 6000)
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    config = make_config(
+        {"primary": any_url, "archive": archive},
+        [policy(batch_size=100, max_rows=6000)],
+        worker=WorkerConfig(batch_time=0, yield_ratio=yield_ratio),
+    )
+    stop = threading.Event()
+    application = threading.Thread(target=_application_writes, args=(any_url, stop))
+    application.start()
+
+    async def scenario() -> set[object]:
+        reasons: set[object] = set()
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            job = asyncio.create_task(archive_now(daemon, "chat_messages", 6000))
+            while not job.done():
+                with contextlib.suppress(AssertionError):  # before or after the task
+                    reasons.add((await worker_task(daemon))["throttled"])
+                await asyncio.sleep(0.01)
+            assert (await job).archived == 6000
+        return reasons
+
+    try:
+        time.sleep(0.2)  # the application is at work before archivist starts
+        reasons = asyncio.run(scenario())
+    finally:
+        stop.set()
+        application.join(30)
+    if yield_ratio:
+        assert "yielding to 1 other session using primary" in reasons
+    else:
+        assert reasons <= {None}
+    assert count(any_url) == 0 and count(archive) == 6000

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from archivist.errors import RemoteError
 from archivist.protocol import JSONObject
-from archivist.worker.throttle import Throttle, ThrottleSettings
+from archivist.worker.throttle import REREAD_AFTER, Throttle, ThrottleSettings
 
 
 class LoadReadings:
@@ -118,3 +119,52 @@ def test_the_rest_after_a_batch_is_the_pause_plus_the_nice_ratio_of_its_duration
     assert ThrottleSettings(nice_ratio=1.5).rest_after(0.4) == pytest.approx(0.6)
     assert ThrottleSettings(pause=0.25, nice_ratio=2).rest_after(0.5) == 1.25
     assert ThrottleSettings(pause=0.25, nice_ratio=2).rest_after(-1) == 0.25
+
+
+def test_yielding_to_the_application_rests_the_yield_ratio_of_the_batch_at_least() -> None:
+    assert ThrottleSettings().rest_after(0.1, yielding=True) == pytest.approx(3.0)  # default 30
+    assert ThrottleSettings(yield_ratio=5).rest_after(0.1, yielding=True) == pytest.approx(0.5)
+    # The longer of the two rests, not their sum: pause and nice_ratio still hold alone.
+    assert ThrottleSettings(pause=2.0, yield_ratio=5).rest_after(0.1, yielding=True) == 2.0
+    assert ThrottleSettings(pause=2.0, yield_ratio=5).rest_after(0.1) == 2.0
+    assert ThrottleSettings(yield_ratio=0).rest_after(0.1, yielding=True) == 0.0
+
+
+def yields(throttle: Throttle, execute: LoadReadings, since: float | None = None) -> str | None:
+    return asyncio.run(throttle.yielding("primary", execute, since=since))
+
+
+def test_a_task_yields_while_other_sessions_use_its_database() -> None:
+    throttle = Throttle(ThrottleSettings(load_interval=0.0))
+    assert yields(throttle, LoadReadings({"latencyMs": 1.0, "others": 1})) == (
+        "yielding to 1 other session using primary"
+    )
+    assert yields(throttle, LoadReadings({"latencyMs": 1.0, "others": 3})) == (
+        "yielding to 3 other sessions using primary"
+    )
+    assert yields(throttle, LoadReadings({"latencyMs": 1.0, "others": 0})) is None
+    # A daemon that does not count other sessions (or says nonsense) is not yielded to.
+    assert yields(throttle, LoadReadings({"latencyMs": 1.0})) is None
+    assert yields(throttle, LoadReadings({"latencyMs": 1.0, "others": True})) is None
+    assert yields(throttle, LoadReadings({"latencyMs": 1.0, "others": "2"})) is None
+
+
+def test_a_zero_yield_ratio_never_asks_whether_to_yield() -> None:
+    readings = LoadReadings({"latencyMs": 1.0, "others": 5})
+    assert yields(Throttle(ThrottleSettings(yield_ratio=0)), readings) is None
+    assert readings.calls == 0
+
+
+def test_whether_to_yield_is_read_again_when_the_last_reading_is_older_than_asked() -> None:
+    throttle = Throttle(ThrottleSettings(load_interval=3600))
+    readings = LoadReadings({"latencyMs": 1.0, "others": 0}, {"latencyMs": 1.0, "others": 1})
+    assert yields(throttle, readings) is None
+    assert yields(throttle, readings) is None  # the reading is reused within load_interval
+    assert readings.calls == 1
+    # Asked for one newer than a moment (a delete) just after it was taken: still reused,
+    # for REREAD_AFTER, so that a task does not read the load after every batch.
+    assert yields(throttle, readings, since=time.monotonic()) is None
+    assert readings.calls == 1
+    time.sleep(REREAD_AFTER)
+    assert yields(throttle, readings, since=time.monotonic()) is not None
+    assert readings.calls == 2

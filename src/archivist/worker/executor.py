@@ -167,6 +167,13 @@ class _TaskRun:
         """The batch copied and verified last, whose delete runs beside the next copy."""
         self.in_database = settings.in_database
         """Batches are copied inside the database (until the daemon says it cannot)."""
+        self.held_by: str | None = None
+        """Why batches wait for the database's load (pause file, load limits), or None."""
+        self.yielding: str | None = None
+        """Why the task rests longer after its batches (the application), or None."""
+        self.deleted_at: float | None = None
+        """When the task's last delete ended: on SQLite a delete is what notices the
+        application, so whether to yield is read from a reading taken after it."""
 
     @property
     def remaining(self) -> int:
@@ -401,6 +408,7 @@ class _TaskRun:
         )
         deleted = await self.calls.execute("data/delete", {**self.source, "ids": ids, **guard})
         moved = _int_field(deleted, "deleted", "data/delete")
+        self.deleted_at = time.monotonic()
         self._count_skips(len(items) - moved, len(items))
         return moved
 
@@ -420,6 +428,12 @@ class _TaskRun:
     # --- pacing --------------------------------------------------------------------------
 
     def _throttled(self, reason: str | None) -> None:
+        self.held_by = reason
+        self._report_throttle()
+
+    def _report_throttle(self) -> None:
+        """Show (and log, when it changes) why the task is slowed, in `archivist status`."""
+        reason = self.held_by or self.yielding
         if reason != self.task.throttled:
             if reason is None:
                 log.info("task %s: resumed", self.task.task_id)
@@ -428,7 +442,11 @@ class _TaskRun:
         self.task.throttled = reason
 
     async def _pause_between_batches(self, took: float) -> None:
-        rest = self.settings.throttle.rest_after(took)
+        self.yielding = await self.throttle.yielding(
+            self.task.spec.source_handle, self.calls.execute, since=self.deleted_at
+        )
+        self._report_throttle()
+        rest = self.settings.throttle.rest_after(took, yielding=self.yielding is not None)
         if rest > 0:
             await self._sleep(rest)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from archivist.config import DEFAULT_YIELD_RATIO
 from archivist.errors import ArchivistError
 from archivist.protocol import JSONObject
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 POLL: Final = 0.2
 """Seconds between looks at the pause file while it exists."""
+REREAD_AFTER: Final = 0.1
+"""Seconds a reading is kept at least, even when asked for one newer: a task asks whether
+to yield with a reading newer than its last delete (on SQLite, a delete is what notices the
+application), which would otherwise be one ``data/load`` per batch."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,21 @@ class ThrottleSettings:
     max_active: int | None = 32
     """Pause while the database reports more busy connections than this: PostgreSQL's
     active backends, MariaDB's Threads_running (None: ignore)."""
+    yield_ratio: float = DEFAULT_YIELD_RATIO
+    """While other sessions are using a task's source database (the application: the
+    ``others`` of ``data/load``), the task rests at least this many times as long as each
+    batch took (0: never yield)."""
     load_interval: float = 1.0
     """Seconds a load reading is reused, by every task on that database."""
     per_database: int = 1
     """Batches that may run at once on one source database."""
 
-    def rest_after(self, batch_seconds: float) -> float:
-        """Seconds a task rests after a batch that took ``batch_seconds``."""
-        return self.pause + self.nice_ratio * max(0.0, batch_seconds)
+    def rest_after(self, batch_seconds: float, *, yielding: bool = False) -> float:
+        """Seconds a task rests after a batch that took ``batch_seconds``, ``yielding`` to
+        an application that is using its database or not."""
+        took = max(0.0, batch_seconds)
+        rest = self.pause + self.nice_ratio * took
+        return max(rest, self.yield_ratio * took) if yielding else rest
 
 
 Execute = Callable[[str, JSONObject], Awaitable[JSONObject]]
@@ -57,6 +69,9 @@ Execute = Callable[[str, JSONObject], Awaitable[JSONObject]]
 class _Reading:
     at: float
     reason: str | None
+    """Why the database is over its load limits, or None."""
+    others: int
+    """Sessions besides archivist's using the database (0 where the daemon does not say)."""
 
 
 class Throttle:
@@ -104,16 +119,39 @@ class Throttle:
             return f"pause file {path} exists"
         return None
 
+    async def yielding(
+        self, database: str, execute: Execute, *, since: float | None = None
+    ) -> str | None:
+        """Why a task should yield to the application after its batch (other sessions are
+        using ``database``), or None; from a reading taken after ``since`` (monotonic)."""
+        if self.settings.yield_ratio <= 0:
+            return None
+        reading = await self._reading(database, execute, since=since)
+        if reading is None or reading.others <= 0:
+            return None
+        sessions = "session" if reading.others == 1 else "sessions"
+        return f"yielding to {reading.others} other {sessions} using {database}"
+
     async def _overloaded(self, database: str, execute: Execute) -> str | None:
         settings = self.settings
-        if database in self._no_signal or (
-            settings.max_latency_ms is None and settings.max_active is None
-        ):
+        if settings.max_latency_ms is None and settings.max_active is None:
+            return None
+        reading = await self._reading(database, execute)
+        return reading.reason if reading is not None else None
+
+    async def _reading(
+        self, database: str, execute: Execute, *, since: float | None = None
+    ) -> _Reading | None:
+        """``database``'s load, read at most once per ``load_interval`` for all tasks, and
+        again (at most once per `REREAD_AFTER`) if the last reading is older than ``since``."""
+        if database in self._no_signal:
             return None
         reading = self._readings.get(database)
-        now = time.monotonic()
-        if reading is not None and now - reading.at < settings.load_interval:
-            return reading.reason
+        if reading is not None:
+            age = time.monotonic() - reading.at
+            outdated = since is not None and reading.at < since and age >= REREAD_AFTER
+            if age < self.settings.load_interval and not outdated:
+                return reading
         try:
             load = await execute("data/load", {"dbHandle": database})
         except ArchivistError as exc:
@@ -121,9 +159,14 @@ class Throttle:
             log.info("no load signal for %s (%s); not throttling on load", database, exc.message)
             self._no_signal.add(database)
             return None
-        reason = self._judge(database, load)
-        self._readings[database] = _Reading(time.monotonic(), reason)
-        return reason
+        others = load.get("others")
+        reading = _Reading(
+            time.monotonic(),
+            self._judge(database, load),
+            others if isinstance(others, int) and not isinstance(others, bool) else 0,
+        )
+        self._readings[database] = reading
+        return reading
 
     def _judge(self, database: str, load: JSONObject) -> str | None:
         latency = load.get("latencyMs")
