@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 
-from archivist.data import DataDaemon, commands, slicing
+from archivist.data import DataDaemon, activity, commands, slicing
 from archivist.data.handles import Handle, create_engine
 from archivist.data.schema import TableInfo
 from archivist.errors import (
@@ -839,28 +839,48 @@ def test_a_cancelled_command_returns_only_once_its_transaction_has_ended(
 def test_sqlite_delete_waits_between_slices_only_while_others_write(sqlite_url: str) -> None:
     """The gap between slices is taken when another connection has committed since this one
     last looked (an application that writes may be waiting), not for this connection's own
-    commits, and not when nobody else writes."""
+    commits, and not when nobody else writes. Only a commit that none of the daemon's own
+    connections can have made is taken for the application's (what archivist yields to)."""
     create_table(sqlite_url)
     engine = create_engine(sqlite_url)  # archivist's: autocommit unless told otherwise
     insert = (
         "INSERT INTO chat_messages (id, room, created_at, body) "
         "VALUES (?, 'r', '2024-01-01 00:00:00.000000', 'b')"
     )
+    seen: list[tuple[bool, bool]] = []
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, engine.connect() as own_other:
             raw = connection.connection.dbapi_connection
-            assert raw is not None
-            seen = [slicing.others_wrote(connection, raw)]  # first time: assume so
-            seen.append(slicing.others_wrote(connection, raw))  # nobody wrote
-            raw.execute(insert, (1,))  # this connection's own commit
-            seen.append(slicing.others_wrote(connection, raw))
+            other_raw = own_other.connection.dbapi_connection
+            assert raw is not None and other_raw is not None
+
+            def look() -> None:
+                found = activity.look(connection, raw)
+                seen.append((found.changed, found.by_others))
+
+            look()  # first time: assume a change, by nobody known
+            look()  # nobody wrote
+            with activity.own_commit(connection):
+                raw.execute(insert, (1,))  # this connection's own commit
+            look()
             with contextlib.closing(sqlite3.connect(_sqlite_file(sqlite_url))) as app, app:
                 app.execute(insert, (2,))  # the application's
-            seen.append(slicing.others_wrote(connection, raw))
-            seen.append(slicing.others_wrote(connection, raw))
+            look()
+            look()
+            with activity.own_commit(own_other):
+                other_raw.execute(insert, (3,))  # another of the daemon's own connections
+            look()
+            assert activity.others(connection) == 1  # the application, seen just now
     finally:
         engine.dispose()
-    assert seen == [True, False, False, True, False]
+    assert seen == [
+        (True, False),
+        (False, False),
+        (False, False),
+        (True, True),
+        (False, False),
+        (True, False),
+    ]
 
 
 def test_a_sqlite_copy_of_listed_rows_overwrites_by_key_without_reading_first(

@@ -141,12 +141,15 @@ def test_worker_settings_reach_the_worker_it_starts_as_options_it_accepts(
     command line must accept every one of them with the configured values."""
     from archivist.cli import worker
 
-    text = FULL.replace("concurrency = 3", "concurrency = 3\nnice_ratio = 1.5\npause = 0.1")
+    text = FULL.replace(
+        "concurrency = 3", "concurrency = 3\nnice_ratio = 1.5\npause = 0.1\nyield_ratio = 4"
+    )
     config = load_config(write(tmp_path, text))
     args = config.worker.command_line()
     assert args[args.index("--nice-ratio") + 1] == "1.5"
     context = worker.make_context("worker", list(args))
     assert context.params["nice_ratio"] == 1.5
+    assert context.params["yield_ratio"] == 4
     assert context.params["pause"] == 0.1
     assert context.params["batch_time"] == config.worker.batch_time
 

@@ -7,7 +7,10 @@ used the database within the last `ACTIVE_WINDOW` seconds.
 - PostgreSQL: ``pg_stat_activity``, by each session's ``state_change``.
 - MariaDB/MySQL: ``information_schema.PROCESSLIST``, by each thread's time in its state.
 - SQLite has no sessions to list: a delete's slices look at ``PRAGMA data_version``, which
-  moves when another connection commits (`archivist.data.slicing`), and note it here.
+  moves when another connection commits (`archivist.data.slicing`), and note it here. The
+  daemon's own connections to one file commit too (a handle's pool, the delete handle):
+  their commits are counted here (`own_commit`), and a look that another of them may
+  have seen is not taken for the application's (`Look`).
 
 Archivist's own sessions are known by their server-side ids, noted as each connection is
 made (`track_sessions`), for every engine of this process: two handles on one database are
@@ -16,13 +19,19 @@ not each other's application.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+MINE: Final = "archivist_own_commits"
+"""Where a pooled SQLite connection keeps how many commits it made itself."""
 
 ACTIVE_WINDOW: Final = 2.0
 """Seconds since another session's last statement within which it counts as active."""
@@ -94,6 +103,81 @@ def _sqlite_file(engine: Engine) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return os.path.realpath(database)
+
+
+@dataclass
+class _Commits:
+    """The commits the daemon's own connections made to one SQLite file: ``begun`` counts
+    each as it starts, ``done`` as it has ended."""
+
+    begun: int = 0
+    done: int = 0
+
+
+_commits: dict[str, _Commits] = {}
+
+
+def _commits_of(engine: Engine) -> _Commits | None:
+    path = _sqlite_file(engine)
+    if path is None:
+        return None
+    with _own_lock:
+        return _commits.setdefault(path, _Commits())
+
+
+@contextlib.contextmanager
+def own_commit(connection: Connection) -> Iterator[None]:
+    """Around anything that may commit to the connection's SQLite database file."""
+    commits = _commits_of(connection.engine)
+    if commits is None:
+        yield
+        return
+    with _own_lock:
+        commits.begun += 1
+    try:
+        yield
+    finally:
+        info = connection.connection.info
+        with _own_lock:
+            commits.done += 1
+            info[MINE] = info.get(MINE, 0) + 1
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look at ``PRAGMA data_version`` on a SQLite connection tells."""
+
+    changed: bool
+    """Another connection committed since this one last looked (the first time: assume so)."""
+    by_others: bool
+    """... and it was not one of the daemon's own: none of them committed meanwhile."""
+
+
+def look(connection: Connection, raw: Any) -> Look:
+    """Look at ``PRAGMA data_version`` on ``connection`` (SQLite), and note the application
+    (`note_others`) when only it can have committed since the connection last looked.
+
+    The daemon's own commits by other connections are ``done`` (before the version is read)
+    and ``begun`` (after), less this connection's own: if, now, as many have begun as had
+    ended when this connection last looked, none of them can have moved the version."""
+    info = connection.connection.info
+    commits = _commits_of(connection.engine) or _Commits()
+    mine = info.get(MINE, 0)
+    done = commits.done - mine
+    (version,) = raw.execute("PRAGMA data_version").fetchone()
+    begun = commits.begun - mine
+    seen, done_then = info.get(LOOKED, (None, None))
+    info[LOOKED] = (version, done)
+    changed = seen != version
+    by_others = changed and done_then is not None and begun == done_then
+    if by_others:
+        note_others(connection.engine)
+    return Look(changed, by_others)
+
+
+LOOKED: Final = "archivist_looked"
+"""Where a pooled SQLite connection keeps its last look: the version, and how many of the
+daemon's other commits to the file had ended before it."""
 
 
 def note_others(engine: Engine) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from archivist.data.activity import track_sessions
+from archivist.data.activity import own_commit, track_sessions
 from archivist.errors import ArchivistError, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,11 @@ class Handle:
 
     def _in_transaction(self, fn: Callable[..., T], args: tuple[object, ...], write: bool) -> T:
         with self.engine.connect() as plain:
-            connection = plain.execution_options(archivist_write=True) if write else plain
-            with connection.begin():
+            if not write:
+                with plain.begin():
+                    return fn(plain, *args)
+            connection = plain.execution_options(archivist_write=True)
+            with own_commit(connection), connection.begin():
                 return fn(connection, *args)
 
     def _guarded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

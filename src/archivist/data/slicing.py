@@ -15,7 +15,7 @@ from typing import Any, Final
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from archivist.data.activity import note_others
+from archivist.data.activity import LOOKED, look, own_commit
 
 SLICE_ROWS: Final = 200
 """Most rows per slice of a SQLite delete while other connections write."""
@@ -39,8 +39,6 @@ QUIET_AFTER: Final = 1.0
 """Seconds without another connection's commit before the slices of a delete grow."""
 BUSY_AT: Final = "archivist_busy_at"
 """Where a pooled SQLite connection keeps when it last saw another connection's commit."""
-DATA_VERSION: Final = "archivist_data_version"
-"""Where a pooled SQLite connection keeps the last ``PRAGMA data_version`` it read."""
 BUSY_SLICE: Final = "archivist_busy_slice"
 """Where a pooled SQLite connection keeps the size of its next slice while others write."""
 BUSY_HELD: Final = "archivist_busy_held"
@@ -60,15 +58,6 @@ def next_slice(size: int, held: list[float]) -> int:
     ceiling = larger[0] if larger else SLICE_LADDER[-1]
     fitting = [step for step in SLICE_LADDER if step <= min(fitted, ceiling)]
     return fitting[-1] if fitting else SLICE_LADDER[0]
-
-
-def others_wrote(connection: Connection, raw: Any) -> bool:
-    """Whether another connection committed to this database since this one last asked
-    (its own commits do not count); the first time, assume so."""
-    (version,) = raw.execute("PRAGMA data_version").fetchone()
-    seen = connection.connection.info.get(DATA_VERSION)
-    connection.connection.info[DATA_VERSION] = version
-    return bool(seen != version)
 
 
 @contextlib.contextmanager
@@ -122,10 +111,9 @@ def adaptive_slices(connection: Connection, raw: Any, total: int, largest: int) 
     start = 0
     while start < total:
         now = time.monotonic()
-        first_look = DATA_VERSION not in info  # nothing seen yet: assume a writer, once
-        if others_wrote(connection, raw) and not first_look:
+        first_look = LOOKED not in info  # nothing seen yet: assume a writer, once
+        if look(connection, raw).changed and not first_look:
             info[BUSY_AT] = now
-            note_others(connection.engine)
         busy = first_look or now - info.get(BUSY_AT, -QUIET_AFTER) < QUIET_AFTER
         if busy and start:
             time.sleep(SLICE_GAP)
@@ -134,7 +122,8 @@ def adaptive_slices(connection: Connection, raw: Any, total: int, largest: int) 
         else:
             size = max(1, min(QUIET_SLICE_ROWS, largest))
         part = Slice(start, size)
-        yield part
+        with own_commit(connection):
+            yield part
         if busy and part.held is not None and start + size <= total:
             # (A short last slice says little of a full one's time: it is not weighed.)
             held = [*info.get(BUSY_HELD, ())[-(HELD_KEPT - 1) :], part.held]
