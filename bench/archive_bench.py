@@ -59,15 +59,19 @@ ORDER: list[tuple[str, str]] = [
     ("fg_idle_p99", "foreground p99, idle"),
     ("fg_archivist_p50", "foreground p50, during archivist"),
     ("fg_archivist_p99", "foreground p99, during archivist"),
+    ("fg_eager_p50", "foreground p50, during archivist never yielding (yield_ratio = 0)"),
+    ("fg_eager_p99", "foreground p99, during archivist never yielding (yield_ratio = 0)"),
     ("fg_plain_p50", "foreground p50, during plain loop"),
     ("fg_plain_p99", "foreground p99, during plain loop"),
     ("fg_cpu_p99", "foreground p99, one core kept busy (reference)"),
     ("fg_disk_p99", "foreground p99, a durable writer to another file (reference)"),
     ("r_fg_archivist", "ratio foreground p99 archivist / idle"),
+    ("r_fg_eager", "ratio foreground p99 archivist never yielding / idle"),
     ("r_fg_plain", "ratio foreground p99 plain loop / idle"),
     ("r_fg_cpu", "ratio foreground p99 one busy core / idle (reference)"),
     ("r_fg_disk", "ratio foreground p99 durable writer / idle (reference)"),
     ("archivist_fg", "archivist with the foreground running"),
+    ("eager_fg", "archivist never yielding, with the foreground running"),
     ("plain_fg", "plain loop with the foreground running"),
     ("rss_daemon_small", "daemon peak RSS, {small:,} source rows"),
     ("rss_worker_small", "worker peak RSS, {small:,} source rows"),
@@ -88,6 +92,7 @@ class Settings:
     memory_rows: int
     pings: int
     idle_seconds: float
+    foreground_rows: int
     foreground: bool
     memory: bool
     engines: list[str]
@@ -104,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     parser.add_argument("--engines", default=",".join(ENGINES), help="sqlite,postgresql,mariadb")
     parser.add_argument("--json", type=Path, help="where the JSON goes (bench/results/<time>.json)")
     parser.add_argument("--skip-foreground", action="store_true", help="no foreground latency")
+    parser.add_argument(
+        "--foreground-rows",
+        type=int,
+        help="rows archived beside the foreground (30,000 or --archive-rows, the fewer): "
+        "archivist yields to it, at ~1,000 rows/s",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="no small-table memory runs")
     parser.add_argument("--pings", type=int, help="pings per run (5000; quick 2000)")
     parser.add_argument(
@@ -121,14 +132,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         parser.error(f"unknown engines: {', '.join(unknown)}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    archive_rows = min(args.archive_rows or rows // 2, rows)
     settings = Settings(
         rows=rows,
-        archive_rows=min(args.archive_rows or rows // 2, rows),
+        archive_rows=archive_rows,
         runs=args.runs,
         batch_size=args.batch_size,
         memory_rows=20_000 if args.quick else 100_000,
         pings=args.pings or (2_000 if args.quick else 5_000),
-        idle_seconds=3.0 if args.quick else 5.0,
+        idle_seconds=8.0,
+        foreground_rows=min(args.foreground_rows or 30_000, archive_rows),
         foreground=not args.skip_foreground,
         memory=not args.skip_memory,
         engines=engines,
@@ -191,6 +204,7 @@ class Bench:
             ("r_pt_bulk", "archivist", "pt_bulk"),
             ("r_pt_commit", "archivist", "pt_commit"),
             ("r_fg_archivist", "fg_archivist_p99", "fg_idle_p99"),
+            ("r_fg_eager", "fg_eager_p99", "fg_idle_p99"),
             ("r_fg_plain", "fg_plain_p99", "fg_idle_p99"),
             ("r_fg_cpu", "fg_cpu_p99", "fg_idle_p99"),
             ("r_fg_disk", "fg_disk_p99", "fg_idle_p99"),
@@ -219,6 +233,15 @@ class Bench:
         finally:
             target.worker_settings = chosen
 
+    def _eager(self, target: Target, rows: int) -> ArchiveRun:
+        """archivist with ``yield_ratio = 0``: never yielding to the application."""
+        chosen = target.worker_settings
+        target.worker_settings = {**chosen, "yield_ratio": "0"}
+        try:
+            return run_archivist(target, rows, self.settings.batch_size, self.workdir)
+        finally:
+            target.worker_settings = chosen
+
     def archive(self, key: str, target: Target, work: Callable[[], ArchiveRun]) -> ArchiveRun:
         """Reset the data, run one archiving method, check what moved, record rows/s."""
         target.reset(self.settings.rows)
@@ -244,16 +267,18 @@ class Bench:
             with reference_load(kind, self.workdir), Foreground(target, s.idle_seconds) as app:
                 time.sleep(s.idle_seconds)
             self.latency(target.engine, kind, app.latencies)
+        rows = s.foreground_rows
         for key, work in (
-            (
-                "archivist",
-                lambda: run_archivist(target, s.archive_rows, s.batch_size, self.workdir),
-            ),
-            ("plain", lambda: run_plain_loop(target, s.archive_rows, s.batch_size)),
+            ("archivist", lambda: run_archivist(target, rows, s.batch_size, self.workdir)),
+            ("eager", lambda: self._eager(target, rows)),
+            ("plain", lambda: run_plain_loop(target, rows, s.batch_size)),
         ):
             target.reset(s.rows)
             with Foreground(target, 3600.0) as app:
                 run = work()
+            moved = target.count("archive")
+            if moved != rows or run.rows != moved:
+                raise RuntimeError(f"{target.engine} {key}: archive holds {moved}, ran {run.rows}")
             self.results.add(target.engine, f"{key}_fg", "rows/s", run.rows_per_second)
             self.latency(target.engine, key, app.latencies)
 

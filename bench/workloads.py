@@ -64,6 +64,9 @@ def run_archivist(target: Target, rows: int, batch_size: int, workdir: Path) -> 
     outside, with the peak RSS (VmHWM) of both processes polled while it runs."""
     config = workdir / f"{target.engine}.toml"
     config.write_text(target.config_toml(batch_size), encoding="utf-8")
+    # The benchmark's own connections, used a moment ago, would count as an application
+    # using the database, which archivist yields to: close them.
+    target.dispose()
     command = [
         sys.executable,
         "-m",
