@@ -1,9 +1,14 @@
-"""Handles' engines (`archivist.data.handles.create_engine`): archivist's session settings,
-and MariaDB connections that share one TLS context in PyMySQL's preferred mode."""
+"""Handles' engines (`archivist.data.handles.create_engine`): archivist's session settings
+(SQLite switched to WAL even while an application writes in another journal mode), and
+MariaDB connections that share one TLS context in PyMySQL's preferred mode."""
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +40,30 @@ def test_tls_options_in_a_mariadb_url_still_reach_pymysql(mysql_url: str) -> Non
             pass
     finally:
         engine.dispose()
+
+
+def test_sqlite_waits_for_an_application_writing_in_rollback_mode(tmp_path: Path) -> None:
+    """An application's database in SQLite's default (rollback) journal mode, in the middle
+    of a write when archivist connects: switching it to WAL fails at once, without SQLite's
+    busy handler. archivist waits for the write to end, as the busy timeout would, then
+    connects, and the file stays in WAL mode."""
+    path = tmp_path / "app.sqlite"
+    application = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    application.execute("CREATE TABLE notes (note TEXT)")
+    application.execute("BEGIN IMMEDIATE")
+    application.execute("INSERT INTO notes VALUES ('working')")
+    writing = threading.Timer(0.3, application.execute, ("COMMIT",))
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        started = time.monotonic()
+        writing.start()
+        with engine.connect() as connection:
+            waited = time.monotonic() - started
+            mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+            notes = connection.exec_driver_sql("SELECT count(*) FROM notes").scalar()
+        assert (mode, notes) == ("wal", 1)
+        assert waited >= 0.2  # it did find the write under way
+    finally:
+        writing.join()
+        engine.dispose()
+        application.close()

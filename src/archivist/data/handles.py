@@ -10,6 +10,8 @@ import functools
 import json
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
@@ -150,8 +152,8 @@ def _configure_sqlite(engine: Engine, attach: Mapping[str, str]) -> None:
         dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _enter_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             for schema, path in attach.items():
                 cursor.execute(f"ATTACH DATABASE ? AS {schema}", (path,))
@@ -164,6 +166,28 @@ def _configure_sqlite(engine: Engine, attach: Mapping[str, str]) -> None:
         # waits for other writers (busy timeout) instead of failing half way.
         write = connection.get_execution_options().get("archivist_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _enter_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the database in WAL mode, waiting as the busy timeout would for a writer in
+    another journal mode to let go: SQLite answers "database is locked" at once, without
+    its busy handler, when the switch finds any other connection inside a write."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(
+                    f"database is locked: another connection kept writing for "
+                    f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s, so it could not be put in WAL mode"
+                ) from exc
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class Handle:
