@@ -66,10 +66,13 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
-DEFAULT_YIELD_RATIO: Final = 30.0
+DEFAULT_YIELD_RATIO: Final = 200.0
 """The default ``yield_ratio``: while the application uses the database, archivist holds it
-about 1/31 of the time, which kept the application's p99 latency within 1.5x of its idle
-p99 on SQLite and PostgreSQL in the benchmark (docs/performance.md)."""
+about 1/201 of the time. The application's p99 latency stays within 1.5x of its idle p99
+only when well under 1 in 100 of its requests meet a batch: in the benchmark 30 kept it so
+on SQLite but not on PostgreSQL (2.6-3.4x), 100 sat on the edge (1.2-1.7x), 200 kept it on
+both in every run (at most 1.48x), at ~300 rows/s on SQLite and ~170 on PostgreSQL beside
+the application (docs/performance.md)."""
 
 
 class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -122,7 +122,7 @@ def test_the_rest_after_a_batch_is_the_pause_plus_the_nice_ratio_of_its_duration
 
 
 def test_yielding_to_the_application_rests_the_yield_ratio_of_the_batch_at_least() -> None:
-    assert ThrottleSettings().rest_after(0.1, yielding=True) == pytest.approx(3.0)  # default 30
+    assert ThrottleSettings().rest_after(0.1, yielding=True) == pytest.approx(20.0)  # default 200
     assert ThrottleSettings(yield_ratio=5).rest_after(0.1, yielding=True) == pytest.approx(0.5)
     # The longer of the two rests, not their sum: pause and nice_ratio still hold alone.
     assert ThrottleSettings(pause=2.0, yield_ratio=5).rest_after(0.1, yielding=True) == 2.0
