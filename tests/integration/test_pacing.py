@@ -339,3 +339,53 @@ def test_a_task_yields_to_an_application_writing_to_its_database(
     else:
         assert not yielded  # (a slow probe on a loaded machine may hold a batch, rightly)
     assert count(any_url) == 0 and count(archive) == 6000
+
+
+def test_a_yielding_rest_lasts_while_the_application_works_and_ends_when_it_stops(
+    any_url: str, tmp_path: Path
+) -> None:
+    """A yielding rest is ``yield_ratio`` times the batch (here, hours): the task reads the
+    load again while it rests. While the application keeps committing, the rest goes on (on
+    SQLite too, where no delete of the task's own is there to see the application's
+    commits); once the application has been quiet for 2 s, the task stops resting and
+    moves the remaining rows at full speed, instead of sleeping the rest out."""
+    make_chat_table(any_url, 6000)
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    config = make_config(
+        {"primary": any_url, "archive": archive},
+        [policy(batch_size=100, max_rows=6000)],
+        worker=WorkerConfig(batch_time=0, yield_ratio=1_000_000),
+    )
+    stop = threading.Event()
+    writer = threading.Thread(target=_application_writes, args=(any_url, stop))
+    writer.start()
+
+    async def scenario() -> tuple[list[dict[str, object]], int]:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            job = asyncio.create_task(archive_now(daemon, "chat_messages", 6000))
+            seen = await worker_task(daemon)
+            while not str(seen["throttled"]).startswith("yielding"):
+                assert not job.done(), "the task finished without yielding to the application"
+                await asyncio.sleep(0.01)
+                seen = await worker_task(daemon)
+            resting = [seen]
+            for _ in range(8):  # 4 s: twice the time an idle session still counts as active
+                await asyncio.sleep(0.5)
+                resting.append(await worker_task(daemon))
+            stop.set()
+            record = await asyncio.wait_for(job, 60)
+        return resting, record.archived
+
+    try:
+        time.sleep(0.2)  # the application is at work before archivist starts
+        resting, archived = asyncio.run(scenario())
+    finally:
+        stop.set()
+        writer.join(30)
+    assert {state["archived"] for state in resting} == {resting[0]["archived"]}, resting
+    assert {state["throttled"] for state in resting} == {
+        "yielding to 1 other session using primary"
+    }, resting
+    assert int(str(resting[0]["archived"])) < 6000  # (a batch's delete may wait for the next)
+    assert archived == 6000
+    assert count(any_url) == 0 and count(archive) == 6000

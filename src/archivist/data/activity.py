@@ -189,12 +189,16 @@ def note_others(engine: Engine) -> None:
 
 def others(connection: Connection) -> int:
     """How many sessions besides archivist's used the connection's database within the last
-    `ACTIVE_WINDOW` seconds. SQLite: 1 when a delete's slices saw another connection's
-    commit within that time, else 0. A session the server does not show (PostgreSQL without
-    ``pg_read_all_stats``, MariaDB without ``PROCESS``, for other users' sessions) does not
-    count."""
+    `ACTIVE_WINDOW` seconds. SQLite: 1 when a connection of the daemon (this one, looking
+    now, or a delete's slices) saw another connection's commit within that time, else 0;
+    looking here is what lets a task resting between batches see that the application still
+    writes, with no delete of its own to notice it. A session the server does not show
+    (PostgreSQL without ``pg_read_all_stats``, MariaDB without ``PROCESS``, for other users'
+    sessions) does not count."""
     family = _family(connection.dialect.name)
     if family is None:
+        if connection.dialect.name == "sqlite":
+            look(connection, connection.connection.dbapi_connection)
         path = _sqlite_file(connection.engine)
         seen = _others_seen.get(path) if path is not None else None
         return int(seen is not None and time.monotonic() - seen < ACTIVE_WINDOW)

@@ -36,7 +36,7 @@ from archivist.errors import (
 from archivist.protocol import JSONObject
 from archivist.worker.batching import BatchSizer
 from archivist.worker.queue import Task
-from archivist.worker.throttle import Throttle, ThrottleSettings
+from archivist.worker.throttle import POLL, Throttle, ThrottleSettings
 
 log = logging.getLogger(__name__)
 
@@ -442,11 +442,32 @@ class _TaskRun:
         self.task.throttled = reason
 
     async def _pause_between_batches(self, took: float) -> None:
+        """Rest after a batch that took ``took``: ``yield_ratio`` times as long while the
+        application uses the source database, else the plain pause.
+
+        A yielding rest can be long (200 times a 0.5 s batch is 100 s), so the load is read
+        again every ``load_interval`` while it lasts (one shared, cached reading per
+        database): once the application has gone quiet, only what is left of the plain
+        pause is slept, and the task goes on at full speed.
+        """
+        database = self.task.spec.source_handle
+        throttle = self.settings.throttle
+        ended = time.monotonic()
         self.yielding = await self.throttle.yielding(
-            self.task.spec.source_handle, self.calls.execute, since=self.deleted_at
+            database, self.calls.execute, since=self.deleted_at
         )
         self._report_throttle()
-        rest = self.settings.throttle.rest_after(took, yielding=self.yielding is not None)
+        if self.yielding is not None:
+            until = ended + throttle.rest_after(took, yielding=True)
+            while self.yielding is not None and not self.stopped():
+                now = time.monotonic()
+                if now >= until:
+                    return
+                await self._sleep(min(until - now, max(POLL, throttle.load_interval)))
+                if time.monotonic() < until and not self.stopped():
+                    self.yielding = await self.throttle.yielding(database, self.calls.execute)
+            self._report_throttle()
+        rest = ended + throttle.rest_after(took) - time.monotonic()
         if rest > 0:
             await self._sleep(rest)
 
