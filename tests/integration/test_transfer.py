@@ -85,6 +85,82 @@ def test_copy_moves_the_next_rows_inside_the_database_and_answers_only_their_key
 
 
 @pytest.mark.parametrize("engine", LINKED)
+def test_a_move_copies_and_deletes_in_one_transaction_where_the_daemon_can(
+    fresh_db: Callable[[str], str], engine: str
+) -> None:
+    """``move``: on two MariaDB databases of one server, the copy's transaction deletes the
+    rows too, and the answer says how many went; on SQLite and PostgreSQL it copies only,
+    and the answer has no ``deleted`` (the delete stays a separate step)."""
+    primary, archive = pair(fresh_db, engine)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], dict[object, Any], dict[object, Any]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 11)])
+            before = await rows(daemon, "primary")
+            first = await call(daemon, "data/copy", destHandle="archive", limit=4, move=True)
+            return before, first, await rows(daemon, "primary"), await rows(daemon, "archive")
+
+    before, first, in_primary, in_archive = run(go())
+    assert first["items"] == [{"id": i} for i in (1, 2, 3, 4)]
+    assert first["cursor"]["id"] == 4
+    assert sorted(in_archive) == [1, 2, 3, 4]
+    assert all(item == before[key] for key, item in in_archive.items())
+    if engine == "mysql":
+        assert first["deleted"] == 4
+        assert sorted(in_primary) == list(range(5, 11))
+    else:
+        assert "deleted" not in first
+        assert in_primary == before
+
+
+def test_a_move_waits_for_the_applications_change_and_moves_the_row_as_changed(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """The move reads the rows it copies ``FOR UPDATE``: a row the application is changing
+    is moved once its change commits, as changed. Without the lock, on a server whose
+    sessions are ``READ COMMITTED`` (as here), the copy would read the row as it was, then
+    the delete would remove the changed row: the change would be lost."""
+    primary, archive = pair(fresh_db, "mysql")
+    application = sa.create_engine(primary)
+    ((isolation,),) = sql(primary, "SELECT @@GLOBAL.tx_isolation")
+    sql(primary, "SET GLOBAL TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    async def go() -> tuple[dict[str, Any], dict[object, Any], dict[object, Any]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 6)])
+            with application.connect() as connection:
+                change = "UPDATE chat_messages SET body = 'changed' WHERE id = 2"
+                connection.execute(sa.text(change))
+                moving = asyncio.ensure_future(
+                    call(daemon, "data/copy", destHandle="archive", limit=3, move=True)
+                )
+                waits = (  # the move's copy (or delete), held up by the application's lock
+                    "SELECT count(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE"
+                    " 'INSERT INTO%%chat_messages%%' OR INFO LIKE 'DELETE FROM chat_messages%%'"
+                )
+                for _ in range(500):  # until the move waits for the application's lock
+                    if sql(primary, waits) != [(0,)]:
+                        break
+                    assert not moving.done(), await moving
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the move never waited for the application's lock")
+                connection.commit()
+            moved = await moving
+            return moved, await rows(daemon, "primary"), await rows(daemon, "archive")
+
+    try:
+        moved, in_primary, in_archive = run(go())
+    finally:
+        application.dispose()
+        sql(primary, f"SET GLOBAL TRANSACTION ISOLATION LEVEL {str(isolation).replace('-', ' ')}")
+    assert moved["deleted"] == 3
+    assert sorted(in_primary) == [4, 5]
+    assert sorted(in_archive) == [1, 2, 3]
+    assert in_archive[2]["body"] == "changed"
+
+
+@pytest.mark.parametrize("engine", LINKED)
 def test_a_copys_cursor_is_its_last_row_as_the_keys_were_read(
     fresh_db: Callable[[str], str], engine: str
 ) -> None:
@@ -505,6 +581,7 @@ def test_copy_to_a_table_whose_columns_differ_is_unsupported(
     [
         ({"destHandle": "archive", "limit": 0}, InvalidParams),
         ({"destHandle": "archive", "limit": 10, "fields": ["id"]}, InvalidParams),
+        ({"destHandle": "archive", "limit": 10, "move": "yes"}, InvalidParams),
         ({"destHandle": "primary", "limit": 10}, InvalidParams),
         ({"destHandle": "nowhere", "limit": 10}, UnknownHandle),
         ({"destHandle": "archive", "limit": 10, "orderBy": [{"field": "id; DROP"}]}, InvalidParams),

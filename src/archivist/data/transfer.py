@@ -69,6 +69,9 @@ class CopyParams(ListParams, kw_only=True):
     dest_handle: Name
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
     order_by: Annotated[list[OrderByParam], msgspec.Meta(max_length=1)] | None = None
+    move: bool = False
+    """Also delete the copied rows from the source, in the copy's transaction, where the
+    daemon can (`MOVES`); the answer then says how many went (``deleted``)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,16 @@ class _Attached:
     """Deletes the rows of the keys whose copy is identical."""
     present: _ByKeys
     """Which of the keys the source still holds."""
+    take: _ByKeys | None = None
+    """MariaDB/MySQL: `copy`, its source rows read with ``FOR UPDATE`` (`_move_rows`)."""
+    remove: _ByKeys | None = None
+    """MariaDB/MySQL: delete the source rows of the keys, unguarded (`_move_rows`)."""
+
+
+MOVES: Final = frozenset({"mysql", "mariadb"})
+"""Engines on which ``data/copy`` with ``move`` deletes the rows in the copy's transaction.
+SQLite's copy does not take the source's write lock, to leave it to the application (its
+deletes go in short slices); PostgreSQL's two databases are two connections."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,7 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
     rows = sa.select(*table.c).where(table.c[pk].in_(keys))
     copy: sa.Insert
     recopy: list[sa.Insert | sa.Delete] = []
+    take: sa.Insert | None = None
     if dialect.name == "sqlite":
         upsert = sqlite_insert(dest).from_select(names, rows)
         others = {n: upsert.excluded[n] for n in names if n != pk}
@@ -229,6 +243,7 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
         # conflict, and the transaction takes the delete back.
         copy = sa.insert(dest).from_select(names, rows)
         recopy = [sa.delete(dest).where(dest.c[pk].in_(keys)), copy]
+        take = sa.insert(dest).from_select(names, rows.with_for_update())
     copied = dest.alias(COPY_ALIAS)
     guard = sa.exists().where(
         copied.c[pk] == table.c[pk],
@@ -245,6 +260,10 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
         ),
         by_keys(sa.delete(table).where(table.c[pk].in_(keys), guard), table.c[pk]),
         by_keys(sa.select(table.c[pk]).where(table.c[pk].in_(keys)), table.c[pk]),
+        by_keys(take, table.c[pk]) if take is not None else None,
+        by_keys(sa.delete(table).where(table.c[pk].in_(keys)), table.c[pk])
+        if take is not None
+        else None,
     )
 
 
@@ -548,9 +567,14 @@ class Transfers:
             else _SNAPSHOT.get(link.runner.dialect_name),
             joined=joined,
         )
+        moved: int | None = None
         if isinstance(statements, _Piped):
             keys, last = await link.runner.transaction(
                 _copy_piped, pages, link.dest.engine, statements
+            )
+        elif p.move and statements.take is not None and statements.remove is not None:
+            keys, last, moved = await link.runner.transaction(
+                _move_rows, pages, statements, write=True
             )
         else:
             # Not a write transaction for SQLite's sake: BEGIN IMMEDIATE would take the
@@ -568,6 +592,8 @@ class Transfers:
             "primaryKey": info.pk,
             "orderBy": order,
         }
+        if moved is not None:
+            result["deleted"] = moved
         end = info.codec.encode_tuples(names, [last])[0] if last is not None else {}
         if end.get(order) is not None:  # past a NULL, the worker lists from the start
             result["cursor"] = {
@@ -730,6 +756,44 @@ def _copy_rows(
     except IntegrityError as exc:
         raise _conflict(exc) from None
     return keys, last
+
+
+def _move_rows(
+    connection: Connection, pages: _Pages, statements: _Attached
+) -> tuple[list[object], Sequence[object] | None, int]:
+    """One transaction (MariaDB/MySQL): the next rows' keys, their copy, and their delete
+    from the source; also the rows deleted.
+
+    The copy reads the source rows ``FOR UPDATE``: from then until the commit, nobody else
+    can change or delete them, so the delete that follows removes exactly the rows copied,
+    as they were copied, and no guard comparing each row with its copy is needed (that
+    guard was a third of the server's work a batch). Should the delete remove other rows
+    than the copy wrote (a row inserted under a key of the page in between, which the
+    locks of ``READ COMMITTED`` do not prevent), the transaction is taken back whole. A
+    crash before the commit leaves every row where it was."""
+    take, remove = statements.take, statements.remove
+    assert take is not None and remove is not None
+    keys, last = pages.read(connection)
+    copied = deleted = 0
+    try:
+        for start in range(0, len(keys), KEY_CHUNK):
+            chunk = keys[start : start + KEY_CHUNK]
+            try:
+                copied += max(take.run(connection, chunk).rowcount, 0)
+            except IntegrityError:
+                # Older copies (a rerun's): they go, and the rows are copied again.
+                for statement in statements.recopy[:-1]:
+                    statement.run(connection, chunk)
+                copied += max(take.run(connection, chunk).rowcount, 0)
+            deleted += max(remove.run(connection, chunk).rowcount, 0)
+    except IntegrityError as exc:
+        raise _conflict(exc) from None
+    if deleted != copied:
+        raise DatabaseError(
+            f"database error: a move deleted {deleted} rows but copied {copied}; it was "
+            "taken back (a row was written under a key of the page meanwhile)"
+        )
+    return keys, last, deleted
 
 
 def _delete_server(

@@ -8,6 +8,9 @@ destination, or both, and a rerun converges (creates are idempotent by primary k
 Where the daemon can copy rows inside the database (``data/copy``), a batch is listed and
 copied in one call that answers only the rows' keys, and deleted with ``matching``: the
 database itself deletes only rows whose copy is identical, which is the verification.
+Where it can also delete them in the copy's transaction (``move``: two databases of one
+MariaDB/MySQL server), that one call moves the batch: the source rows are locked from
+their copy to the commit, so the rows deleted are the rows copied, as copied.
 Where it cannot (``unsupported``, or a daemon without the command), rows travel through
 the worker as above.
 
@@ -104,6 +107,9 @@ class Batch:
     delete's guard (``matching``) is the verification."""
     next_cursor: JSONObject | None = None
     """The cursor past the last row, as the daemon gave it (``data/copy``)."""
+    moved: int | None = None
+    """Rows the daemon also deleted from the source, in the copy's transaction
+    (``data/copy`` with ``move``): the batch is done. None: its delete is still to run."""
 
     def cursor_after(self) -> JSONObject | None:
         """A keyset cursor just past this batch's last row, if the order is known."""
@@ -174,6 +180,9 @@ class _TaskRun:
         self.deleted_at: float | None = None
         """When the task's last delete ended: on SQLite a delete is what notices the
         application, so whether to yield is read from a reading taken after it."""
+        self.moving = False
+        """The daemon moved the last batch (``data/copy`` with ``move``): its copies write
+        the source, and hold the database's budget as a delete does."""
 
     @property
     def remaining(self) -> int:
@@ -210,8 +219,12 @@ class _TaskRun:
                             return True  # the source ran out
                         continue  # the last delete left rows behind: list from the start
                     ahead = self._list_ahead(batch)
-                    async with self.throttle.budget(task.spec.source_handle):
-                        left_behind = await self._write(batch, defer=ahead is not None)
+                    if batch.moved is not None:
+                        left_behind = not await self._settle_pending()
+                        await self._moved(batch.moved)
+                    else:
+                        async with self.throttle.budget(task.spec.source_handle):
+                            left_behind = await self._write(batch, defer=ahead is not None)
                     if left_behind:
                         # Rows changed since they were listed stay in the source. They are
                         # the oldest there now: list from the start again, not past them,
@@ -258,7 +271,9 @@ class _TaskRun:
             await self._settle_pending()
             if ahead is not None and self.in_database:
                 batch = await ahead
-                if batch.copied and batch.items:
+                if batch.moved is not None:
+                    await self._moved(batch.moved)
+                elif batch.copied and batch.items:
                     await self._delete_now(batch)
         except (RemoteError, RequestTimeout) as exc:
             # Its rows are in both databases; the next run deletes them.
@@ -286,10 +301,15 @@ class _TaskRun:
 
     # --- one batch -------------------------------------------------------------------------
 
-    async def _list(self, cursor: JSONObject | None, in_flight: int = 0) -> Batch:
-        """The oldest rows still to move, or those just past ``cursor``; ``in_flight`` rows
-        are being written meanwhile and count against the task's remaining rows."""
-        limit = max(1, min(self.sizer.size, self.remaining - in_flight))
+    def _limit(self, in_flight: int = 0) -> int:
+        """The size of the next batch; ``in_flight`` rows are being written meanwhile and
+        count against the task's remaining rows."""
+        return max(1, min(self.sizer.size, self.remaining - in_flight))
+
+    async def _list(self, cursor: JSONObject | None, limit: int | None = None) -> Batch:
+        """The oldest rows still to move (``limit`` of them, by default `_limit`), or those
+        just past ``cursor``."""
+        limit = self._limit() if limit is None else limit
         params: JSONObject = {**self.source, "limit": limit}
         order_by = self.task.spec.order_by
         if order_by is not None:
@@ -302,6 +322,11 @@ class _TaskRun:
         else:
             listed = await self.calls.execute(command, params)
         order_field = order_by or listed.get("orderBy")
+        moved = None
+        if command == "data/copy" and "deleted" in listed:
+            moved = _int_field(listed, "deleted", command)
+            self.deleted_at = time.monotonic()
+        self.moving = moved is not None
         return Batch(
             items=_items(listed, command),
             limit=limit,
@@ -310,15 +335,20 @@ class _TaskRun:
             after_cursor=cursor is not None,
             copied=command == "data/copy",
             next_cursor=_cursor_of(listed) if command == "data/copy" else None,
+            moved=moved,
         )
 
     async def _copy_in_database(self, params: JSONObject) -> JSONObject | None:
-        """List and copy the next rows in one call, inside the database; None when the
-        daemon cannot for this task's handles (then rows go through the worker)."""
+        """List and copy the next rows in one call, inside the database, and delete them
+        in the same transaction where the daemon can (``move``: the answer says how many
+        went); None when the daemon cannot copy for this task's handles (then rows go
+        through the worker)."""
+        params = {**params, "destHandle": self.task.spec.dest_handle, "move": True}
         try:
-            return await self.calls.execute(
-                "data/copy", {**params, "destHandle": self.task.spec.dest_handle}
-            )
+            if not self.moving:
+                return await self.calls.execute("data/copy", params)
+            async with self.throttle.budget(self.task.spec.source_handle):
+                return await self.calls.execute("data/copy", params)
         except RemoteError as exc:
             if exc.code not in ROWS_PATH_CODES:
                 raise
@@ -341,7 +371,8 @@ class _TaskRun:
         cursor = batch.cursor_after()
         if cursor is None:
             return None
-        return asyncio.create_task(self._list(cursor, in_flight=in_flight))
+        # The size is fixed now: the rows in flight are counted as moved while it runs.
+        return asyncio.create_task(self._list(cursor, self._limit(in_flight)))
 
     async def _write(self, batch: Batch, *, defer: bool) -> bool:
         """Copy and verify one listed batch and delete the one copied before it, at once;
