@@ -113,6 +113,28 @@ def test_a_move_copies_and_deletes_in_one_transaction_where_the_daemon_can(
         assert in_primary == before
 
 
+def test_a_move_on_a_table_without_transactions_only_copies(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """On MyISAM each statement stands alone: nothing locks the rows from their copy to
+    their delete, and nothing could be taken back. ``move`` then copies only (no
+    ``deleted``), and the delete stays the guarded one."""
+    primary, archive = pair(fresh_db, "mysql")
+    sql(primary, "ALTER TABLE chat_messages ENGINE=MyISAM")
+
+    async def go() -> tuple[dict[str, Any], dict[object, Any], dict[object, Any]]:
+        async with started(primary, archive) as daemon:
+            await call(daemon, "data/create", items=[message(i) for i in range(1, 6)])
+            copied = await call(daemon, "data/copy", destHandle="archive", limit=3, move=True)
+            return copied, await rows(daemon, "primary"), await rows(daemon, "archive")
+
+    copied, in_primary, in_archive = run(go())
+    assert copied["items"] == [{"id": i} for i in (1, 2, 3)]
+    assert "deleted" not in copied
+    assert sorted(in_primary) == [1, 2, 3, 4, 5]
+    assert sorted(in_archive) == [1, 2, 3]
+
+
 def test_a_move_waits_for_the_applications_change_and_moves_the_row_as_changed(
     fresh_db: Callable[[str], str],
 ) -> None:

@@ -154,9 +154,24 @@ class _Attached:
 
 
 MOVES: Final = frozenset({"mysql", "mariadb"})
-"""Engines on which ``data/copy`` with ``move`` deletes the rows in the copy's transaction.
-SQLite's copy does not take the source's write lock, to leave it to the application (its
-deletes go in short slices); PostgreSQL's two databases are two connections."""
+"""Engines on which ``data/copy`` with ``move`` deletes the rows in the copy's transaction,
+when both tables are transactional (`_transactional`). SQLite's copy does not take the
+source's write lock, to leave it to the application (its deletes go in short slices);
+PostgreSQL's two databases are two connections."""
+
+_TRANSACTIONAL: Final = (
+    "SELECT count(*) FROM information_schema.TABLES AS t"
+    " JOIN information_schema.ENGINES AS e ON e.ENGINE = t.ENGINE"
+    " WHERE e.TRANSACTIONS = 'YES' AND t.TABLE_NAME = %s AND t.TABLE_SCHEMA IN (DATABASE(), %s)"
+)
+
+
+def _transactional(connection: Connection, table: str, dest_schema: str) -> bool:
+    """Whether the source table and its copy in ``dest_schema`` both have transactions
+    (InnoDB): on a table without them (MyISAM, Aria) each statement stands alone, the rows
+    are not locked from their copy to their delete, and nothing can be taken back."""
+    found = connection.exec_driver_sql(_TRANSACTIONAL, (table, dest_schema)).scalar_one()
+    return int(found) == 2
 
 
 @dataclass(frozen=True)
@@ -209,7 +224,7 @@ def _compatible(source: TableInfo, dest: TableInfo, dialect: sa.Dialect) -> str 
     return None
 
 
-def _statements(link: Link, source: TableInfo) -> _Statements:
+def _statements(link: Link, source: TableInfo, *, moves: bool = False) -> _Statements:
     if link.dest_schema is None:
         return _piped(link, source)
     dialect = link.runner.engine.dialect
@@ -243,7 +258,8 @@ def _statements(link: Link, source: TableInfo) -> _Statements:
         # conflict, and the transaction takes the delete back.
         copy = sa.insert(dest).from_select(names, rows)
         recopy = [sa.delete(dest).where(dest.c[pk].in_(keys)), copy]
-        take = sa.insert(dest).from_select(names, rows.with_for_update())
+        if moves:
+            take = sa.insert(dest).from_select(names, rows.with_for_update())
     copied = dest.alias(COPY_ALIAS)
     guard = sa.exists().where(
         copied.c[pk] == table.c[pk],
@@ -531,7 +547,16 @@ class Transfers:
                     f"unsupported: {collection} on handle '{dest.name}' cannot take the rows "
                     f"as stored: {problem}"
                 )
-            statements = self._statements[key] = _statements(link, info)
+            moves = False
+            if link.dest_schema is not None and link.runner.dialect_name in MOVES:
+                moves = await source.transaction(_transactional, info.table.name, link.dest_schema)
+                if not moves:
+                    log.info(
+                        "%s: a table has no transactions; each batch is copied, then deleted "
+                        "where its copy is identical",
+                        collection,
+                    )
+            statements = self._statements[key] = _statements(link, info, moves=moves)
         return _Prepared(entity.order_by, link, statements)
 
     # --- data/copy ------------------------------------------------------------------------
