@@ -242,6 +242,7 @@ def _statements(link: Link, source: TableInfo, *, moves: bool = False) -> _State
     copy: sa.Insert
     recopy: list[sa.Insert | sa.Delete] = []
     take: sa.Insert | None = None
+    remove: sa.Delete | None = None
     if dialect.name == "sqlite":
         upsert = sqlite_insert(dest).from_select(names, rows)
         others = {n: upsert.excluded[n] for n in names if n != pk}
@@ -260,6 +261,7 @@ def _statements(link: Link, source: TableInfo, *, moves: bool = False) -> _State
         recopy = [sa.delete(dest).where(dest.c[pk].in_(keys)), copy]
         if moves:
             take = sa.insert(dest).from_select(names, rows.with_for_update())
+            remove = sa.delete(table).where(table.c[pk].in_(keys))
     copied = dest.alias(COPY_ALIAS)
     guard = sa.exists().where(
         copied.c[pk] == table.c[pk],
@@ -277,9 +279,7 @@ def _statements(link: Link, source: TableInfo, *, moves: bool = False) -> _State
         by_keys(sa.delete(table).where(table.c[pk].in_(keys), guard), table.c[pk]),
         by_keys(sa.select(table.c[pk]).where(table.c[pk].in_(keys)), table.c[pk]),
         by_keys(take, table.c[pk]) if take is not None else None,
-        by_keys(sa.delete(table).where(table.c[pk].in_(keys)), table.c[pk])
-        if take is not None
-        else None,
+        by_keys(remove, table.c[pk]) if remove is not None else None,
     )
 
 

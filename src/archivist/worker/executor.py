@@ -39,7 +39,7 @@ from archivist.errors import (
 from archivist.protocol import JSONObject
 from archivist.worker.batching import BatchSizer
 from archivist.worker.queue import Task
-from archivist.worker.throttle import POLL, Throttle, ThrottleSettings
+from archivist.worker.throttle import Throttle, ThrottleSettings
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,7 @@ class _TaskRun:
                 now = time.monotonic()
                 if now >= until:
                     return
-                await self._sleep(min(until - now, max(POLL, throttle.load_interval)))
+                await self._sleep(min(until - now, self.throttle.interval()))
                 if time.monotonic() < until and not self.stopped():
                     self.yielding = await self.throttle.yielding(database, self.calls.execute)
             self._report_throttle()

@@ -108,9 +108,10 @@ class Throttle:
             report(reason)
             if reason is None:
                 return
-            await asyncio.sleep(POLL if reason.startswith("pause file") else self._interval())
+            await asyncio.sleep(POLL if reason.startswith("pause file") else self.interval())
 
-    def _interval(self) -> float:
+    def interval(self) -> float:
+        """Seconds between two looks at a database's load."""
         return max(POLL, self.settings.load_interval)
 
     def _paused_by_file(self) -> str | None:
