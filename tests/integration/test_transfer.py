@@ -272,6 +272,50 @@ def test_copy_pages_follow_the_order_with_ties_broken_by_key(
     assert sorted(int(key) for key in in_archive) == sorted(keys)
 
 
+@pytest.mark.parametrize("engine", LINKED)
+def test_copy_pages_of_every_cursor_shape_in_any_order_are_right(
+    fresh_db: Callable[[str], str], engine: str
+) -> None:
+    """The daemon keeps how to read a page by its shape (the order, and where the cursor's
+    values are null) and sets the cursor and limit per call: pages asked for in any order,
+    with a null cursor value or none, on a nullable order column and by key, in one daemon,
+    are each the rows just after their own cursor."""
+    primary, archive = fresh_db(engine), fresh_db(engine)
+    columns = [replace(c, nullable=True) if c.name == "created_at" else c for c in CHAT_COLUMNS]
+    create_table(primary, columns=columns)
+
+    def at(i: int) -> dict[str, object]:
+        return {"field": "created_at", "value": message(i)["created_at"], "id": i}
+
+    null = {"field": "created_at", "value": None}
+    asks: list[tuple[dict[str, object] | None, int, list[dict[str, str]] | None]] = [
+        (at(5), 2, None),
+        (None, 3, None),
+        ({**null, "id": 2}, 2, None),
+        (at(6), 10, None),
+        ({**null, "id": 3}, 1, None),
+        ({"field": "id", "value": 4}, 2, [{"field": "id"}]),
+        ({"field": "id", "value": 1}, 3, [{"field": "id"}]),
+        (None, 1, [{"field": "id"}]),
+        (at(4), 3, None),
+    ]
+
+    async def go() -> list[list[int]]:
+        async with started(primary, archive) as daemon:
+            items = [message(i, **({"created_at": None} if i <= 3 else {})) for i in range(1, 9)]
+            await call(daemon, "data/create", items=items)
+            pages: list[list[int]] = []
+            for cursor, limit, order_by in asks:
+                extra: dict[str, object] = {"cursor": cursor} if cursor else {}
+                if order_by:
+                    extra["orderBy"] = order_by
+                page = await call(daemon, "data/copy", destHandle="archive", limit=limit, **extra)
+                pages.append([item["id"] for item in page["items"]])
+            return pages
+
+    assert run(go()) == [[6, 7], [1, 2, 3], [3, 4], [7, 8], [4], [5, 6], [2, 3, 4], [1], [5, 6, 7]]
+
+
 def test_mariadb_reads_a_page_of_integer_keys_in_one_statement(
     fresh_db: Callable[[str], str],
 ) -> None:

@@ -134,3 +134,21 @@ def test_decode_values_is_decode_value_of_each_or_its_first_error(values: list[o
             decode_values(INT, values, where="ids.")
         assert raised.value.message == error
         assert raised.value.message.startswith("ids.")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.integers(-(2**53), 2**53),
+            st.none(),
+            st.booleans(),
+        )
+    )
+)
+def test_a_column_of_integers_encodes_as_each_value_alone(values: list[object]) -> None:
+    """`RowCodec.encode_column` (a copy's keys) answers what encoding each value on its own
+    does, whether or not every value is a plain int in JSON's safe range."""
+    codec = RowCodec([INT], "t")
+    expected = [{"n": None if value is None else encode_value(INT, value)} for value in values]
+    assert codec.encode_column("n", iter(values)) == expected

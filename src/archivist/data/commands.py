@@ -11,7 +11,7 @@ import operator
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias, TypeVar
 
 import msgspec
@@ -347,6 +347,23 @@ def _scalar(connection: Connection, query: sa.Select[Any]) -> object:
 # --- list -------------------------------------------------------------------------------------
 
 
+def cursor_position(info: TableInfo, cursor: CursorParam) -> list[object]:
+    """The cursor's position, decoded: its value, then the key of its row where the cursor
+    is not on the key and names one (``id``)."""
+    value = decode_value(info.spec(cursor.field), cursor.value, where="cursor.")
+    if cursor.field == info.pk or cursor.id is msgspec.UNSET:
+        return [value]
+    return [value, decode_value(info.spec(info.pk), cursor.id, where="cursor.")]
+
+
+def position_params(position: Sequence[object], limit: int) -> dict[str, object]:
+    """The parameters of a listing built with ``bound`` (`ListQuery.build`) for a cursor at
+    ``position`` and a page of ``limit`` rows."""
+    params: dict[str, object] = {f"cursor_{i}": v for i, v in enumerate(position) if v is not None}
+    params["page_limit"] = limit
+    return params
+
+
 @dataclass(frozen=True)
 class ListQuery:
     query: sa.Select[Any]
@@ -354,11 +371,23 @@ class ListQuery:
     table: sa.Table
     stored: bool
     """Also read each row's stored form."""
+    params: Mapping[str, object] = field(default_factory=dict)
+    """The query's parameters, when built with ``bound``."""
 
     @classmethod
     def build(
-        cls, info: TableInfo, p: ListParams, default_order: str, *, stored: bool = False
+        cls,
+        info: TableInfo,
+        p: ListParams,
+        default_order: str,
+        *,
+        stored: bool = False,
+        bound: bool = False,
     ) -> ListQuery:
+        """The listing ``p`` asks for. With ``bound``, the cursor's values and the limit are
+        the parameters ``cursor_<i>`` and ``page_limit`` (`position_params`), so the query
+        serves every page of its shape: the same order, and a cursor whose values are null
+        at the same places (or none)."""
         requested = [SortKey(o.field, o.direction) for o in p.order_by or []]
         cursor = p.cursor
         if cursor is not None:
@@ -375,14 +404,20 @@ class ListQuery:
         keys = sort_keys(info, requested, default_order)
         where = compile_filter(info, p.filter)
         reverse = False
+        position = [] if cursor is None else cursor_position(info, cursor)
+        params: Mapping[str, object] = {}
+        limit: int | sa.BindParameter[int] = p.limit
+        if bound:
+            params = position_params(position, p.limit)
+            limit = sa.bindparam("page_limit", p.limit, type_=sa.Integer())
         if cursor is not None:
-            value = decode_value(info.spec(cursor.field), cursor.value, where="cursor.")
-            position: list[object] = [value]
-            if cursor.field == info.pk:
-                position = [value]
-            elif cursor.id is not msgspec.UNSET:
-                pk_value = decode_value(info.spec(info.pk), cursor.id, where="cursor.")
-                position = [value, pk_value]
+            if bound:
+                position = [
+                    value
+                    if value is None
+                    else sa.bindparam(f"cursor_{i}", value, type_=info.table.c[key.field].type)
+                    for i, (key, value) in enumerate(zip(keys, position, strict=False))
+                ]
             after = cursor.direction == "after"
             where = sa.and_(where, keyset_condition(info, keys, position, after=after))
             reverse = not after
@@ -390,22 +425,22 @@ class ListQuery:
             sa.select(info.table)
             .where(where)
             .order_by(*order_clauses(info, keys, reverse=reverse))
-            .limit(p.limit)
+            .limit(limit)
         )
-        return cls(query, reverse, info.table, stored)
+        return cls(query, reverse, info.table, stored, params)
 
     def run(
         self, connection: Connection
     ) -> tuple[list[str], list[Sequence[object]], list[Stored] | None]:
         """The column names, the rows, and (if asked) the rows' stored forms."""
         if not self.stored:
-            result = connection.execute(self.query)
+            result = connection.execute(self.query, self.params)
             rows: list[Sequence[object]] = list(result.all())
             if self.reverse:
                 rows.reverse()  # a page before the cursor still comes in the listing order
             return list(result.keys()), rows, None
         form = StoredForm.of(self.table, connection.dialect)
-        result = connection.execute(self.query.add_columns(*form.extra))
+        result = connection.execute(self.query.add_columns(*form.extra), self.params)
         split = [form.split(row) for row in result.all()]
         if self.reverse:
             split.reverse()
@@ -415,7 +450,8 @@ class ListQuery:
     def run_stored_only(self, connection: Connection) -> list[Stored]:
         """The listing's rows in their stored form only (no type processing)."""
         raw = [sa.type_coerce(column, NullType()) for column in self.table.c]
-        rows = [tuple(row) for row in connection.execute(self.query.with_only_columns(*raw))]
+        query = self.query.with_only_columns(*raw)
+        rows = [tuple(row) for row in connection.execute(query, self.params)]
         if self.reverse:
             rows.reverse()
         return rows

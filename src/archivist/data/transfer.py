@@ -13,6 +13,7 @@ answer ``unsupported`` and the worker moves the rows itself: list, create, verif
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -20,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeAlias
 
@@ -39,7 +40,9 @@ from archivist.data.commands import (
     ListQuery,
     Name,
     OrderByParam,
+    cursor_position,
     parse_params,
+    position_params,
 )
 from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
@@ -493,6 +496,9 @@ class Transfers:
         self.catalog = catalog
         self._links: dict[tuple[str, str], Link | str] = {}
         self._statements: dict[tuple[str, str, str], _Statements] = {}
+        self._pages: dict[tuple[str, str, str, tuple[bool, ...]], tuple[_Statements, _Pages]] = {}
+        """How `copy` reads a page, by the page's shape (`ListQuery.build` with ``bound``),
+        with the statements it was made for: building it anew took ~0.7 ms of ~14 a batch."""
 
     def link(self, source: Handle, dest: Handle) -> Link:
         key = (source.name, dest.name)
@@ -531,6 +537,7 @@ class Transfers:
                     await link.deleter.close()
         self._links.clear()
         self._statements.clear()
+        self._pages.clear()
 
     async def _prepare(self, collection: str, source_name: str, dest_name: str) -> _Prepared:
         entity, source, info = await self.catalog.table(collection, source_name)
@@ -577,21 +584,13 @@ class Transfers:
         if p.cursor is not None and (p.cursor.field != order or p.cursor.direction != "after"):
             raise InvalidParams("invalid params: the cursor must be after, on the orderBy field")
         names = list(dict.fromkeys([info.pk, order]))
-        listing = ListQuery.build(info, p, prepared.order_by).query
-        pk = info.table.c[info.pk]
-        by_key = order == info.pk
         statements, link = prepared.statements, prepared.link
-        joined = _joined_page(listing, info, order, link.runner.engine.dialect)
-        pages = _Pages(
-            keys=listing.with_only_columns(pk),
-            last=None
-            if by_key
-            else sa.select(pk, info.table.c[order]).where(pk == sa.bindparam("key")),
-            snapshot=None
-            if by_key or joined is not None
-            else _SNAPSHOT.get(link.runner.dialect_name),
-            joined=joined,
-        )
+        position = [] if p.cursor is None else cursor_position(info, p.cursor)
+        shape = (p.collection, link.runner.name, order, tuple(v is None for v in position))
+        cached = self._pages.get(shape)
+        if cached is None or cached[0] is not statements:
+            cached = self._pages[shape] = (statements, _pages(info, p, prepared.order_by, link))
+        pages = dataclasses.replace(cached[1], params=position_params(position, p.limit))
         moved: int | None = None
         if isinstance(statements, _Piped):
             keys, last = await link.runner.transaction(
@@ -684,19 +683,39 @@ class _Pages:
     joined: sa.Select[str, Any, int, int] | None = None
     """Instead of both (`_joined_page`): the keys joined in one value, the last row's order
     value and the page's size, in one statement (so in one snapshot)."""
+    params: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    """Which page: the parameters of `keys` and `joined` (`position_params`)."""
 
     def read(self, connection: Connection) -> tuple[list[object], Sequence[object] | None]:
         """The page's keys and its last row (None on an empty page)."""
         if self.joined is not None:
-            return _split_page(connection.execute(self.joined).one(), by_key=self.last is None)
+            row = connection.execute(self.joined, self.params).one()
+            return _split_page(row, by_key=self.last is None)
         if self.snapshot is not None:
             connection.exec_driver_sql(self.snapshot)
-        keys: list[object] = list(connection.execute(self.keys).scalars())
+        keys: list[object] = list(connection.execute(self.keys, self.params).scalars())
         if not keys:
             return keys, None
         if self.last is None:
             return keys, (keys[-1],)
         return keys, connection.execute(self.last, {"key": keys[-1]}).first()
+
+
+def _pages(info: TableInfo, p: CopyParams, default_order: str, link: Link) -> _Pages:
+    """How to read the pages of ``p``'s shape (its parameters are set per page)."""
+    listing = ListQuery.build(info, p, default_order, bound=True).query
+    order = p.order_by[0].field if p.order_by else default_order
+    pk = info.table.c[info.pk]
+    by_key = order == info.pk
+    joined = _joined_page(listing, info, order, link.runner.engine.dialect)
+    return _Pages(
+        keys=listing.with_only_columns(pk),
+        last=None
+        if by_key
+        else sa.select(pk, info.table.c[order]).where(pk == sa.bindparam("key")),
+        snapshot=None if by_key or joined is not None else _SNAPSHOT.get(link.runner.dialect_name),
+        joined=joined,
+    )
 
 
 def _joined_page(

@@ -13,7 +13,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 from archivist.data.columns import ColumnSpec, Kind, decimal_text
 from archivist.errors import InvalidParams, UnknownField
@@ -340,6 +340,15 @@ class RowCodec:
     def encode_column(self, name: str, values: Iterable[object]) -> list[JSONObject]:
         """Encode the values of one column as rows of that column alone."""
         encode = self._encoders[name]
+        if encode is _enc_integer:
+            numbers = list(values)
+            # Python ints in JSON's safe range are their own JSON value (a page's keys, say:
+            # encoding them one by one was ~0.3 ms of a 1,000-row copy).
+            if all(type(n) is int for n in numbers):
+                ints = cast("list[int]", numbers)
+                if not ints or -MAX_SAFE_INTEGER <= min(ints) <= max(ints) <= MAX_SAFE_INTEGER:
+                    return [{name: n} for n in ints]
+            values = numbers
         return [{name: None if value is None else encode(value)} for value in values]
 
     def encode_tuples(
