@@ -32,6 +32,11 @@ PG_SERVER: Final = "postgres@127.0.0.1:5432"
 MARIADB_SERVER: Final = "root@127.0.0.1:3306"
 ENGINES: Final = ("sqlite", "postgresql", "mariadb")
 SETTLE_POLL: Final = 0.5
+"""Seconds between two readings of MariaDB's dirty pages and purge history."""
+SETTLE_STILL: Final = 4
+"""Readings in a row with no fewer dirty pages that mean the flushing is done."""
+SETTLE_HISTORY: Final = 1000
+"""Purge history length under which the purge of a reset's deletes counts as done."""
 SETTLE_MAX: Final = 60.0
 """Seconds a reset waits at most for MariaDB to write out what it left in memory."""
 
@@ -129,9 +134,9 @@ class Target:
         deadline = time.monotonic() + SETTLE_MAX
         lowest, still = None, 0
         with self.sa_engine("primary").connect() as connection:
-            while time.monotonic() < deadline and still < 4:
+            while time.monotonic() < deadline and still < SETTLE_STILL:
                 dirty = int(connection.exec_driver_sql(status).one()[1])
-                purging = int(connection.exec_driver_sql(history).scalar() or 0) > 1000
+                purging = int(connection.exec_driver_sql(history).scalar() or 0) > SETTLE_HISTORY
                 connection.rollback()  # the next reading sees the server now
                 still = still + 1 if lowest is not None and dirty >= lowest and not purging else 0
                 lowest = dirty if lowest is None else min(lowest, dirty)
