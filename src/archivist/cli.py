@@ -552,7 +552,8 @@ async def _status(socket_path: Path, as_json: bool) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     default=Path("archivist-demo"),
     show_default=True,
-    help="Where the demo's SQLite files go (recreated on every run).",
+    help="Where the demo's SQLite files go: a new or empty directory, or a previous demo's "
+    "(whose files it recreates; it never deletes files it did not make).",
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 def demo(rows: int, directory: Path, verbose: int) -> None:
@@ -571,5 +572,8 @@ def demo(rows: int, directory: Path, verbose: int) -> None:
 
     setup_logging(verbose, quiet=verbose == 0)
     console = Console()
-    config = prepare_demo(directory, rows, console)
+    try:
+        config = prepare_demo(directory, rows, console)
+    except ArchivistError as exc:
+        fail(exc.message)
     run_async(run_demo(config, directory, console))

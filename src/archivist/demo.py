@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
+from typing import Final
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -15,6 +15,36 @@ from archivist.config import ArchiveConfig, Config, make_config
 from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
 from archivist.errors import ArchivistError
 from archivist.ui import ArchiveProgress, print_summary
+
+# The demo marks its directory with this file, listing what it made, and on a rerun removes
+# only those files: `archivist demo --dir .` must never empty a user's directory.
+MARKER: Final = ".archivist-demo"
+DATABASES: Final = ("primary.db", "archive.db")
+# SQLite's companions of a database file, left behind by a crash or a WAL-mode reader.
+SIDECARS: Final = ("", "-journal", "-wal", "-shm")
+MADE: Final = tuple(database + sidecar for database in DATABASES for sidecar in SIDECARS)
+
+
+def files_to_remove(directory: Path) -> list[Path]:
+    """What a rerun of the demo in `directory` may delete: the files a previous demo there
+    listed in its marker and that the demo makes, nothing else. Raises
+    `ArchivistError` for a non-empty directory with no marker (not the demo's)."""
+    if not directory.exists():
+        return []
+    if not directory.is_dir():
+        raise ArchivistError(f"{directory} is not a directory; choose another --dir")
+    entries = {entry.name for entry in directory.iterdir()}
+    if not entries:
+        return []
+    if MARKER not in entries:
+        raise ArchivistError(
+            f"{directory} is not empty and is not a previous demo's directory (it has no "
+            f"{MARKER} file); the demo deletes only files it made itself, so it will not "
+            "use it. Choose a new or empty directory with --dir."
+        )
+    listed = set((directory / MARKER).read_text(encoding="utf-8").split())
+    # Only names the demo makes, even if the marker was edited to list others.
+    return [directory / name for name in MADE if name in listed and name in entries]
 
 
 def demo_config(directory: Path, rows: int) -> Config:
@@ -72,10 +102,19 @@ def count_rows(directory: Path) -> dict[str, int]:
 
 
 def prepare_demo(directory: Path, rows: int, console: Console) -> Config:
-    """Recreate the demo's databases; returns the demo's configuration."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    """Recreate the demo's databases, removing only what a previous demo in `directory`
+    made; returns the demo's configuration."""
+    stale = files_to_remove(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # The marker is written before anything else, so a demo interrupted half-way is still
+    # recognised as the demo's on the next run.
+    (directory / MARKER).write_text(
+        "# made by `archivist demo`; it deletes only the files listed here on its next run\n"
+        + "".join(f"{name}\n" for name in MADE),
+        encoding="utf-8",
+    )
+    for path in stale:
+        path.unlink(missing_ok=True)
     console.print(f"Creating {directory / 'primary.db'} with {rows:,} chat_messages rows ...")
     started = time.monotonic()
     create_primary(directory, rows)

@@ -78,6 +78,37 @@ def test_demo_archives_a_fresh_sqlite_table_down_to_its_policy(tmp_path: Path) -
     assert newest_archived < oldest_left
 
 
+def test_demo_refuses_a_directory_with_a_users_file_and_reuses_its_own(tmp_path: Path) -> None:
+    users = tmp_path / "work"
+    users.mkdir()
+    (users / "thesis.tex").write_text("years of work")
+
+    refused = archivist("demo", "--rows", "200", "--dir", ".", cwd=users)
+
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert "not a previous demo's directory" in refused.stderr
+    assert sorted(path.name for path in users.iterdir()) == ["thesis.tex"]
+    assert (users / "thesis.tex").read_text() == "years of work"
+
+    demo = tmp_path / "demo"
+    first = archivist("demo", "--rows", "200", "--dir", str(demo))
+    assert first.returncode == 0, first.stderr
+    (demo / "archivist.toml").write_text("# the user's, beside the demo's files")
+    again = archivist("demo", "--rows", "400", "--dir", str(demo))
+
+    assert again.returncode == 0, again.stderr
+    assert (demo / "archivist.toml").exists()
+    engine = sa.create_engine(f"sqlite:///{demo / 'primary.db'}")
+    archive = sa.create_engine(f"sqlite:///{demo / 'archive.db'}")
+    with engine.connect() as a, archive.connect() as b:
+        # Recreated from scratch, not added to the first run's rows.
+        assert a.execute(sa.text("SELECT count(*) FROM chat_messages")).scalar_one() == 180
+        assert b.execute(sa.text("SELECT count(*) FROM chat_messages")).scalar_one() == 220
+    engine.dispose()
+    archive.dispose()
+
+
 def test_interrupting_archive_stops_after_a_batch_and_says_how_far_it_got(tmp_path: Path) -> None:
     primary = f"sqlite:///{tmp_path / 'primary.db'}"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
