@@ -7,6 +7,9 @@ import contextlib
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -16,6 +19,34 @@ log = logging.getLogger(__name__)
 
 RESTART_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 STOP_TIMEOUT: Final = 35.0
+# A worker that ran this long before it died was healthy: its death starts the delays over,
+# so that a few crashes spread over a week do not make every later restart wait 5 s.
+HEALTHY_RUN: Final = 60.0
+
+
+@dataclass
+class RestartBackoff:
+    """Decides how long to wait before restarting a worker that exited: each exit in a row
+    waits longer (`delays`), and a run of `healthy_after` seconds or more resets the row."""
+
+    delays: tuple[float, ...] = RESTART_DELAYS
+    healthy_after: float = HEALTHY_RUN
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    _started: float | None = field(default=None, repr=False)
+
+    def started(self) -> None:
+        """The worker was (re)started now."""
+        self._started = self.clock()
+
+    def delay_after_exit(self) -> float:
+        """The worker exited now: the seconds to wait before starting it again."""
+        if self._started is not None and self.clock() - self._started >= self.healthy_after:
+            self.failures = 0
+        self._started = None
+        delay = self.delays[min(self.failures, len(self.delays) - 1)]
+        self.failures += 1
+        return delay
 
 
 class WorkerProcess:
@@ -28,12 +59,14 @@ class WorkerProcess:
         concurrency: int = 3,
         quiet: bool = False,
         extra_args: tuple[str, ...] = (),
+        backoff: RestartBackoff | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.concurrency = concurrency
         self.quiet = quiet
         self.extra_args = extra_args
         self.restarts = 0
+        self.backoff = backoff if backoff is not None else RestartBackoff()
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
 
@@ -52,7 +85,6 @@ class WorkerProcess:
             await self._start()
 
     async def run(self) -> None:
-        failures = 0
         process = self._process  # started early by `spawn`, if it was
         while not self._stopping:
             if process is None:
@@ -61,14 +93,14 @@ class WorkerProcess:
             process = None
             if self._stopping:
                 return
-            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
-            failures += 1
+            delay = self.backoff.delay_after_exit()
             self.restarts += 1
             log.warning("worker exited with code %s; restarting in %.1f s", code, delay)
             await asyncio.sleep(delay)
 
     async def _start(self) -> asyncio.subprocess.Process:
         self._process = await asyncio.create_subprocess_exec(*self._command())
+        self.backoff.started()
         log.info("worker started (pid %d) on %s", self._process.pid, self.socket_path)
         return self._process
 
