@@ -90,6 +90,13 @@ class ShuttingDown(TaskError):
     code = "shutting_down"
 
 
+class TaskCancelled(TaskError):
+    """A task stopped before its end: by a ``cancel``, its connection's close or the worker's
+    shutdown. Its code is the ``code`` of a ``"status":"cancelled"`` complete."""
+
+    code = "cancelled"
+
+
 class VerifyMismatch(TaskError):
     """A batch copied to the destination did not read back identical; nothing was deleted."""
 

@@ -148,6 +148,7 @@ def test_cancel_of_a_queued_task_completes_it_as_cancelled(start_worker: StartWo
         complete = next(f for f in frames if support.is_complete("queued")(f))
         assert answer == {"status": "success", "taskId": "queued"}
         assert (complete["status"], complete["archived"]) == ("cancelled", 0)
+        assert complete["code"] == "cancelled"
         assert status(client)["queued"] == []
         # The cancelled task never runs: after the first, nothing else is executed.
         support.finish_empty_task(client, "running", first)
@@ -161,7 +162,7 @@ def test_cancel_of_a_running_task_stops_it_at_the_next_safe_point(worker: Worker
         cancelled = client.request({"command": "cancel", "taskId": "t1"})
         assert cancelled == {"status": "success", "taskId": "t1"}
         complete = support.finish_empty_task(client, "t1", ping)
-        assert complete["status"] == "cancelled"
+        assert (complete["status"], complete["code"]) == ("cancelled", "cancelled")
 
 
 def test_cancel_of_an_unknown_task_is_an_error(worker: WorkerProcess) -> None:
@@ -208,7 +209,7 @@ def test_copy_that_reads_back_different_fails_the_task_and_deletes_nothing(
     with worker.connect() as client:
         client.request(archive_task("t1", batchSize=10))
         complete, _ = daemon.serve(client, "t1")
-    assert complete["status"] == "error"
+    assert (complete["status"], complete["code"]) == ("error", "verify_mismatch")
     assert "differs" in complete["error"]
     assert "data/delete" not in daemon.calls
     assert daemon.tables["primary"] == rows(5)

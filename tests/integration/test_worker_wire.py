@@ -97,7 +97,42 @@ def test_execute_error_answer_ends_the_task_with_status_error(worker: WorkerProc
         complete = client.recv_until(support.is_complete("task-001"))
         assert complete["status"] == "error"
         assert "not allowed" in complete["error"]
+        assert complete["code"] == "forbidden"
         assert_pong(client.ping())
+
+
+def test_complete_of_a_task_on_an_unknown_collection_carries_its_code(
+    worker: WorkerProcess,
+) -> None:
+    with worker.connect() as client:
+        client.request(DESIGN_TASK)
+        while True:
+            frame = client.recv()
+            if support.is_complete("task-001")(frame):
+                break
+            if frame.get("command") == "execute":
+                target = frame["targetCommand"]
+                if target == "ping":
+                    support.answer(client, frame, {"message": "pong"})
+                else:
+                    client.send(
+                        {
+                            "requestId": frame["requestId"],
+                            "status": "error",
+                            "error": "no collection 'chat_messages' in handle 'primary'",
+                            "code": "unknown_collection",
+                        }
+                    )
+        assert (frame["status"], frame["code"]) == ("error", "unknown_collection")
+        assert "chat_messages" in frame["error"]
+
+
+def test_complete_of_a_successful_task_has_no_code(worker: WorkerProcess) -> None:
+    with worker.connect() as client:
+        client.request(DESIGN_TASK)
+        complete = support.finish_empty_task(client, "task-001")
+        assert complete["status"] == "success"
+        assert "code" not in complete and "error" not in complete
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from archivist.errors import (
     ConnectionClosed,
     RemoteError,
     RequestTimeout,
+    TaskCancelled,
     VerifyMismatch,
 )
 from archivist.protocol import JSONObject
@@ -87,6 +88,11 @@ class Outcome:
     code: str | None = None
     delivered: bool = True
     """False when the task's connection is gone, so no ``complete`` can be sent."""
+
+    @classmethod
+    def stopped(cls, archived: int, reason: str) -> Outcome:
+        """A task cancelled (by request, shutdown or its connection) after `archived` rows."""
+        return cls("cancelled", archived, reason, TaskCancelled.code)
 
 
 class BadAnswer(ArchivistError):
@@ -151,7 +157,7 @@ class Executor:
             log.exception("task %s: internal error after %d rows", task.task_id, task.archived)
             return Outcome("error", task.archived, f"internal error: {exc}", "internal")
         if not finished and task.stop_reason is not None:
-            return Outcome("cancelled", task.archived, task.stop_reason, "cancelled")
+            return Outcome.stopped(task.archived, task.stop_reason)
         return Outcome("success", task.archived)
 
 

@@ -166,7 +166,7 @@ class Worker:
         """Finish queued tasks as cancelled and give running ones time to reach a safe point."""
         for task in self.queue.queued:
             self.queue.finish(task, "cancelled", "worker shutting down")
-            await self._complete(task, Outcome("cancelled", 0, "worker shutting down"))
+            await self._complete(task, Outcome.stopped(0, "worker shutting down"))
         for task in self.queue.running:
             task.stop_reason = "worker shutting down"
         try:
@@ -184,7 +184,7 @@ class Worker:
             reason = "worker shut down before the task reached a safe point"
             for task in self.queue.running:
                 self.queue.finish(task, "cancelled", reason)
-                await self._complete(task, Outcome("cancelled", task.archived, reason))
+                await self._complete(task, Outcome.stopped(task.archived, reason))
 
     # --- runners -------------------------------------------------------------------------
 
@@ -228,6 +228,7 @@ class Worker:
             duration=task.duration_ms,
             status=outcome.status,
             error=outcome.error,
+            code=outcome.code,
         )
         assert isinstance(task.owner, Peer)
         try:
@@ -353,7 +354,7 @@ class Worker:
         task = self.queue.cancel(message.task_id, "cancelled on request")
         log.info("task %s: cancel requested (%s)", task.task_id, task.state)
         if task.state == "cancelled":
-            await self._complete(task, Outcome("cancelled", 0, "cancelled on request"))
+            await self._complete(task, Outcome.stopped(0, "cancelled on request"))
         return Cancelled(status="success", task_id=task.task_id, request_id=message.request_id)
 
     def _uptime_ms(self) -> int:
