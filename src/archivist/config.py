@@ -5,8 +5,10 @@ Every error names the file and the key (``archivist.toml: archive[0].order_by: .
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Final
 from urllib.parse import quote, unquote
@@ -156,14 +158,34 @@ def load_config(path: str | Path) -> Config:
 
 
 def config_from_dict(
-    data: dict[str, object], *, source: str = "<config>", base_dir: Path | None = None
+    data: dict[str, object],
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Validate a configuration given as a dict (the parsed TOML); ``source`` names it.
 
-    Relative SQLite paths resolve against ``base_dir`` (a config file's directory).
+    Relative SQLite paths and ``password_file`` paths resolve against ``base_dir`` (a config
+    file's directory); ``${NAME}`` in a handle URL is read from ``environ`` (the process's
+    environment by default).
     """
     if "source" in data:
         raise ConfigError(f"{source}: source: not a configuration key")
+    handles = data.get("handles")
+    if isinstance(handles, dict):
+        data = {
+            **data,
+            "handles": {
+                name: handle_url(
+                    value,
+                    key=f"{source}: handles.{name}",
+                    base_dir=base_dir or Path.cwd(),
+                    environ=os.environ if environ is None else environ,
+                )
+                for name, value in handles.items()
+            },
+        }
     try:
         config = msgspec.convert({**data, "source": source}, Config, strict=True)
     except msgspec.ValidationError as exc:
@@ -223,6 +245,71 @@ def validate(config: Config) -> None:
                 )
             )
         seen[entry.collection] = index
+
+
+ENVIRONMENT_VARIABLE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+HANDLE_TABLE_KEYS: Final = ("url", "password_file")
+
+
+def handle_url(value: object, *, key: str, base_dir: Path, environ: Mapping[str, str]) -> object:
+    """A handle as written in the config file, as the URL the engine gets: ``${NAME}`` in
+    the URL replaced by that environment variable, and a table's ``password_file`` read
+    into it, so that secrets need not sit in the file. Values are inserted percent-encoded
+    (any character may appear in a password). ``key`` prefixes errors; they never show a
+    secret. Anything else is returned as it is, for the type check to name."""
+    url_key = key
+    password_file: str | None = None
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(HANDLE_TABLE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{key}.{unknown[0]}: not a handle key (a handle table takes "
+                f"{' and '.join(HANDLE_TABLE_KEYS)})"
+            )
+        url_key = f"{key}.url"
+        if not isinstance(value.get("url"), str):
+            raise ConfigError(f"{url_key}: a handle table needs its url, a string")
+        password_file = value.get("password_file")
+        if password_file is not None and not isinstance(password_file, str):
+            raise ConfigError(f"{key}.password_file: expected a file path (a string)")
+        value = value["url"]
+    if not isinstance(value, str):
+        return value
+
+    def expand(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in environ:
+            raise ConfigError(
+                f"{url_key}: environment variable {name} is not set (the URL uses ${{{name}}})"
+            )
+        return quote(environ[name], safe="")
+
+    url = ENVIRONMENT_VARIABLE.sub(expand, value)
+    if password_file is None:
+        return url
+    match = DATABASE_URL.match(url)
+    if match is None or not match["username"]:
+        raise ConfigError(f"{url_key}: with password_file, the URL must name its user (user@host)")
+    if match["password"] is not None:
+        raise ConfigError(f"{url_key}: has a password and a password_file; keep one")
+    password = _read_password(Path(password_file), f"{key}.password_file", base_dir)
+    end = match.end("username")
+    return f"{url[:end]}:{quote(password, safe='')}{url[end:]}"
+
+
+def _read_password(path: Path, key: str, base_dir: Path) -> str:
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    # One trailing line end is the file's, not the password's (`echo secret > file`).
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise ConfigError(f"{key}: {path} is empty")
+    return password
 
 
 def _url_problem(url: str) -> str | None:
