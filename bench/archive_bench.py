@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engines import ENGINES, Target, targets
-from report import Results, machine, percentile, print_report, write_json
+from report import Results, machine, per_second, percentile, print_report, write_json
 from rich.console import Console
 from workloads import (
     ArchiveRun,
@@ -107,7 +107,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (3)")
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per batch (1000)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="sqlite,postgresql,mariadb")
-    parser.add_argument("--json", type=Path, help="where the JSON goes (bench/results/<time>.json)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="where the JSON goes (bench/results/local/<time>.json, git-ignored; results of "
+        "record are committed in bench/results/)",
+    )
     parser.add_argument("--skip-foreground", action="store_true", help="no foreground latency")
     parser.add_argument(
         "--foreground-rows",
@@ -154,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         worker=dict(item.split("=", 1) for item in args.worker),
     )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    json_path = args.json or Path(__file__).parent / "results" / f"{stamp}.json"
+    json_path = args.json or Path(__file__).parent / "results" / "local" / f"{stamp}.json"
     return settings, json_path
 
 
@@ -268,11 +273,11 @@ class Bench:
         target.reset(s.rows)
         with Foreground(target, s.idle_seconds) as idle:
             time.sleep(s.idle_seconds)
-        self.latency(target.engine, "idle", idle.latencies)
+        self.latency(target.engine, "idle", idle)
         for kind in ("cpu", "disk"):
             with reference_load(kind, self.workdir), Foreground(target, s.idle_seconds) as app:
                 time.sleep(s.idle_seconds)
-            self.latency(target.engine, kind, app.latencies)
+            self.latency(target.engine, kind, app)
         rows = s.foreground_rows
         for key, work in (
             ("archivist", lambda: run_archivist(target, rows, s.batch_size, self.workdir)),
@@ -286,15 +291,18 @@ class Bench:
             if moved != rows or run.rows != moved:
                 raise RuntimeError(f"{target.engine} {key}: archive holds {moved}, ran {run.rows}")
             self.results.add(target.engine, f"{key}_fg", "rows/s", run.rows_per_second)
-            self.latency(target.engine, key, app.latencies)
+            self.latency(target.engine, key, app)
 
-    def latency(self, engine: str, key: str, latencies: list[float]) -> None:
+    def latency(self, engine: str, key: str, app: Foreground) -> None:
+        """The foreground's p50 and p99 over the whole phase, and second by second."""
+        latencies = app.latencies
         if not latencies:
             self.results.notes.append(f"{engine}: no foreground operations recorded ({key})")
             return
         p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
         self.results.add(engine, f"fg_{key}_p50", "ms", p50)
         self.results.add(engine, f"fg_{key}_p99", "ms", p99)
+        self.results.add_series(engine, key, per_second(app.starts, latencies))
         self.say(
             f"  foreground {key:<9} p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({len(latencies)} ops)"
         )

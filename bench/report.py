@@ -3,7 +3,9 @@ table printed for humans and the JSON kept for comparing later runs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -48,12 +50,34 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def per_second(starts: Sequence[float], latencies: Sequence[float]) -> list[dict[str, float]]:
+    """The operations grouped by the second they began in: for each second, how many began
+    and their p50 and p99 latency in ms (seconds with no operation are left out)."""
+    buckets: dict[int, list[float]] = {}
+    for began, latency in zip(starts, latencies, strict=True):
+        buckets.setdefault(math.floor(began), []).append(latency)
+    return [
+        {
+            "t": second,
+            "ops": len(values),
+            "p50_ms": round(percentile(values, 0.50) * 1000, 3),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 3),
+        }
+        for second, values in sorted(buckets.items())
+    ]
+
+
 class Results:
-    """Every figure of a benchmark run, keyed by (engine, figure name)."""
+    """Every figure of a benchmark run, keyed by (engine, figure name), and the foreground's
+    latency over time, keyed by (engine, phase), one list of seconds per run."""
 
     def __init__(self) -> None:
         self.figures: dict[str, dict[str, Figure]] = {}
+        self.series: dict[str, dict[str, list[list[dict[str, float]]]]] = {}
         self.notes: list[str] = []
+
+    def add_series(self, engine: str, phase: str, seconds: list[dict[str, float]]) -> None:
+        self.series.setdefault(engine, {}).setdefault(phase, []).append(seconds)
 
     def add(self, engine: str, name: str, unit: str, value: float) -> None:
         figure = self.figures.setdefault(engine, {}).setdefault(name, Figure(name, unit))
@@ -93,6 +117,7 @@ def machine(versions: dict[str, str]) -> dict[str, object]:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
@@ -159,6 +184,7 @@ def write_json(
         "machine": info,
         "settings": settings,
         "figures": results.as_json(),
+        "series": results.series,
         "notes": results.notes,
     }
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

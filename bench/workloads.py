@@ -334,6 +334,8 @@ class Foreground:
     _process: multiprocessing.process.BaseProcess | None = None
     _results: multiprocessing.connection.Connection | None = None
     latencies: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+    """When each operation began, in seconds since the foreground was ready."""
 
     def __enter__(self) -> Foreground:
         context = multiprocessing.get_context("fork")
@@ -356,7 +358,7 @@ class Foreground:
     def __exit__(self, *exc_info: object) -> None:
         assert self._stop is not None and self._process is not None and self._results is not None
         self._stop.set()
-        self.latencies = self._results.recv() if self._results.poll(60) else []
+        self.starts, self.latencies = self._results.recv() if self._results.poll(60) else ([], [])
         self._process.join(30)
         self._results.close()
 
@@ -369,7 +371,8 @@ def _foreground_main(
     max_seconds: float,
 ) -> None:
     """Alternately insert a new message and read a random room's latest 50, paced, until
-    told to stop or ``max_seconds`` pass; sends back each operation's latency (seconds)."""
+    told to stop or ``max_seconds`` pass; sends back when each operation began (seconds since
+    ready) and its latency (seconds), as two lists."""
     from archivist.data.handles import create_engine
 
     engine = create_engine(url)
@@ -382,11 +385,13 @@ def _foreground_main(
         .limit(50)
     )
     latencies: list[float] = []
+    starts: list[float] = []
     next_id = FOREGROUND_ID_BASE + rng.randrange(1_000_000) * 100_000
     with engine.connect() as connection:
         connection.execute(latest, {"room": 1}).all()  # connect and warm up before timing
         connection.commit()
         ready.set()
+        origin = time.perf_counter()
         deadline = time.monotonic() + max_seconds
         insert = True
         while not stop.is_set() and time.monotonic() < deadline:
@@ -399,11 +404,12 @@ def _foreground_main(
                 connection.execute(latest, {"room": rng.randint(1, 200)}).all()
                 connection.commit()
             ended = time.perf_counter()
+            starts.append(began - origin)
             latencies.append(ended - began)
             insert = not insert
             time.sleep(max(0.0, FOREGROUND_PACE - (ended - began)))
     engine.dispose()
-    results.send(latencies)
+    results.send((starts, latencies))
     results.close()
 
 
