@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint types unit integration bench clean
+.PHONY: demo test lint types unit integration bench charts clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -27,8 +28,17 @@ types: $(STAMP)
 test: lint types
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/archive_bench.py --quick
+
+# The charts docs/performance.md embeds, from the results of record in bench/results/.
+# A new benchmark of record: commit its JSON there and name it here.
+charts: $(BENCH_STAMP)
+	$(BIN)/python bench/charts.py --name record bench/results/2026-12-06-epyc-full-*.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
