@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -292,6 +293,133 @@ def test_postgresql_stopped_mid_task_fails_batches_that_retry_until_it_is_back(
     assert "database error on handle 'primary'" in log and "; retrying in" in log
     assert ids(pg_url) == set(range(1201, ROWS + 1))
     assert_every_row_once(pg_url, archive)
+
+
+class PrivateMariaDB:
+    """A ``mariadbd`` of this test's own (own datadir, socket and port on 127.0.0.1, root
+    without a password), so that stopping it leaves the suite's server alone."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}/"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def install(self) -> None:
+        installed = subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.directory / 'data'}",
+                "--auth-root-authentication-method=normal",
+                "--user=root",
+                "--skip-test-db",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={self.directory / 'data'}",
+                f"--socket={self.directory / 'mariadb.sock'}",
+                f"--pid-file={self.directory / 'mariadb.pid'}",
+                f"--log-error={self.directory / 'error.log'}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--user=root",
+                "--innodb-buffer-pool-size=32M",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.accepts, 60, "the private MariaDB to accept connections")
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), like ``pg_ctl stop -m fast``: sessions are cut."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(60)
+
+    def accepts(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            log = (self.directory / "error.log").read_text(errors="replace")
+            raise AssertionError(f"the private MariaDB exited:\n{log[-2000:]}")
+        return _pg_accepts(self.url)
+
+    def create_database(self) -> str:
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("CREATE DATABASE archivist_faults")
+        finally:
+            engine.dispose()
+        return f"{self.url}archivist_faults"
+
+
+@pytest.fixture
+def private_mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
+    if shutil.which("mariadbd") is None or shutil.which("mariadb-install-db") is None:
+        message = "needs mariadbd and mariadb-install-db to run a private MariaDB"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PrivateMariaDB(tmp_path / "mariadb")
+    server.install()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_mariadb_restarted_mid_task_fails_batches_that_retry_until_it_is_back(
+    private_mariadb: PrivateMariaDB, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    primary = private_mariadb.create_database()
+    archive = f"sqlite:///{tmp_path / 'a.db'}"
+    make_chat_table(primary, ROWS)
+    config = small_config(primary, archive, retry_for=60)
+    outage: list[float] = []
+
+    async def scenario() -> TaskRecord:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            delete = daemon.data.bus.command("data/delete")
+            restart = threading.Timer(3.0, private_mariadb.start)
+
+            async def stop_mariadb_before_the_second_delete(params: JSONObject) -> JSONObject:
+                if not outage and count(archive) >= 400:
+                    outage.append(time.monotonic())
+                    await asyncio.to_thread(private_mariadb.stop)
+                    restart.start()
+                return await delete(params)
+
+            daemon.data.bus.register(
+                "data/delete", stop_mariadb_before_the_second_delete, replace=True
+            )
+            try:
+                return await archive_now(daemon, "chat_messages", 1200)
+            finally:
+                if outage:
+                    await asyncio.to_thread(restart.join)
+
+    record = asyncio.run(scenario())
+    log = capfd.readouterr().err
+
+    assert outage, "MariaDB was never stopped"
+    assert record.state == "success" and record.archived == 1200, record.error
+    assert "database error on handle 'primary'" in log and "; retrying in" in log
+    assert ids(primary) == set(range(1201, ROWS + 1))
+    assert_every_row_once(primary, archive)
 
 
 # --- the daemon-worker connection drops mid-task ---------------------------------------------
