@@ -1,15 +1,24 @@
 """The one exception hierarchy of archivist: every error carries the wire `code` it maps to.
 
-`protocol.error_answer` is the single place that turns one of these into a wire answer.
+`protocol.error_answer` is the single place that turns one of these into a wire answer, and
+`RemoteError.rebuild` the single place that turns a wire code back into its class (as pygls'
+``exceptions.py`` does), so a peer's ``db_error`` is caught as a `DatabaseError`.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Final
 
 
 class ArchivistError(Exception):
     """Base of every error archivist raises on purpose; `code` is its wire code."""
 
     code = "internal"
+    transient: ClassVar[bool] = False
+    """A failure worth retrying: the database or the daemon may come back."""
+    rows_path: ClassVar[bool] = False
+    """As an answer to ``data/copy``: the daemon will not copy inside the database for this
+    task, so rows move through the worker instead."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -35,6 +44,7 @@ class NotAnObject(ProtocolError):
 
 class UnknownCommand(ProtocolError):
     code = "unknown_command"
+    rows_path = True  # a daemon older than data/copy
 
 
 class InvalidParams(ProtocolError):
@@ -53,18 +63,39 @@ class PeerError(ArchivistError):
 
 class RequestTimeout(PeerError):
     code = "timeout"
+    transient = True
 
 
 class ConnectionClosed(PeerError):
     code = "connection_closed"
 
 
+class BadAnswer(PeerError):
+    """An answer without the fields its command promises (a bug on the other side)."""
+
+    code = "bad_answer"
+
+
 class RemoteError(PeerError):
-    """The peer answered a request with an error; `code` is the peer's wire code."""
+    """The peer answered a request with an error; `code` is the peer's wire code.
+
+    Raised as `rebuild` makes it: an instance of the class whose code the peer sent as well
+    (``RemoteError`` and `DatabaseError` for ``db_error``), or a plain one for a code this
+    side does not know.
+    """
 
     def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
+        # Not super(): a rebuilt class's other base may take other arguments.
+        ArchivistError.__init__(self, message)
         self.code = code
+
+    @staticmethod
+    def rebuild(message: str, code: str) -> RemoteError:
+        """The error a peer answered with, typed by its wire ``code``."""
+        typed = ERRORS.get(code)
+        if typed is None:
+            return RemoteError(message, code)
+        return _remote_class(typed)(message, code)
 
 
 # --- worker -------------------------------------------------------------------------------
@@ -128,10 +159,12 @@ class Conflict(DataError):
 
 class Forbidden(DataError):
     code = "forbidden"
+    rows_path = True  # data/copy is not in the daemon's allowlist for the worker
 
 
 class DatabaseError(DataError):
     code = "db_error"
+    transient = True
 
 
 class SchemaError(DataError):
@@ -143,9 +176,50 @@ class Unsupported(DataError):
     databases no one connection reaches); the caller falls back to another way."""
 
     code = "unsupported"
+    rows_path = True
 
 
 class ConfigError(ArchivistError):
     """A configuration problem; the message names the file and the key."""
 
     code = "config_error"
+
+
+# --- codes back to classes ------------------------------------------------------------------
+
+
+def _by_code() -> dict[str, type[ArchivistError]]:
+    """Every class above by its wire code (RemoteError, which has none of its own, aside)."""
+    found: dict[str, type[ArchivistError]] = {}
+    stack: list[type[ArchivistError]] = [ArchivistError]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if issubclass(cls, RemoteError):
+            continue
+        if cls.code in found:
+            raise TypeError(f"wire code {cls.code!r} of {cls.__name__} is already taken")
+        found[cls.code] = cls
+    return found
+
+
+ERRORS: Final = _by_code()
+"""Each error class by its wire code."""
+TRANSIENT_CODES: Final = frozenset(code for code, cls in ERRORS.items() if cls.transient)
+"""Wire codes of failures worth retrying."""
+ROWS_PATH_CODES: Final = frozenset(code for code, cls in ERRORS.items() if cls.rows_path)
+"""Answers to ``data/copy`` that mean: move the rows through the worker instead."""
+
+
+_REMOTE: Final[dict[str, type[RemoteError]]] = {}
+
+
+def _remote_class(typed: type[ArchivistError]) -> type[RemoteError]:
+    """``RemoteError`` and ``typed`` in one class, made once per class."""
+    if issubclass(RemoteError, typed):  # the base classes: a plain RemoteError is one
+        return RemoteError
+    made = _REMOTE.get(typed.code)
+    if made is None:
+        made = type(f"Remote{typed.__name__}", (RemoteError, typed), {"code": typed.code})
+        _REMOTE[typed.code] = made
+    return made

@@ -376,7 +376,7 @@ def check_answer(answer: Incoming) -> JSONObject:
     if body.get("status") == "error":
         error = body.get("error")
         code = body.get("code")
-        raise RemoteError(
+        raise RemoteError.rebuild(
             error if isinstance(error, str) else "the peer answered with an error",
             code if isinstance(code, str) else "error",
         )

@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from archivist.errors import (
+    ROWS_PATH_CODES,
+    TRANSIENT_CODES,
     ArchivistError,
+    BadAnswer,
     ConnectionClosed,
     RemoteError,
     RequestTimeout,
@@ -47,11 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PRIMARY_KEY: Final = "id"
 STALLED_BATCHES: Final = 3
 """Consecutive batches that delete nothing (every row changed under us) before giving up."""
-TRANSIENT_CODES: Final = frozenset({"db_error", "timeout"})
-"""Wire codes of failures worth retrying: the database or the daemon may come back."""
 RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
-ROWS_PATH_CODES: Final = frozenset({"unsupported", "unknown_command", "forbidden"})
-"""Answers to ``data/copy`` that mean: move the rows through the worker instead."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +92,6 @@ class Outcome:
     def stopped(cls, archived: int, reason: str) -> Outcome:
         """A task cancelled (by request, shutdown or its connection) after `archived` rows."""
         return cls("cancelled", archived, reason, TaskCancelled.code)
-
-
-class BadAnswer(ArchivistError):
-    code = "bad_answer"
 
 
 @dataclass(frozen=True)
@@ -527,7 +522,7 @@ class _TaskRun:
         if failing_for >= self.settings.retry_for:
             message = f"{exc.message} (gave up after retrying for {failing_for:.0f} s)"
             if isinstance(exc, RemoteError):
-                raise RemoteError(message, exc.code) from None
+                raise RemoteError.rebuild(message, exc.code) from None
             raise RequestTimeout(message) from None
         self.task.retries += 1
         delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]

@@ -90,7 +90,7 @@ class _TaskCalls:
         try:
             answer = await self._peer.request(request)
         except RemoteError as exc:
-            raise RemoteError(
+            raise RemoteError.rebuild(
                 f"{target} on {params.get('dbHandle', 'daemon')}: {exc.message}", exc.code
             ) from None
         result = answer.get("result")
