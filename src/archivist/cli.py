@@ -459,9 +459,7 @@ async def _archive(
             rows = max_rows
             if rows is None:
                 count = await service.count(collection, policy.source_handle)
-                rows = max(0, count - (policy.max_rows - policy.rows_per_archive))
-                if count <= policy.max_rows:
-                    rows = 0
+                rows = policy.rows_to_archive(count)
             if rows == 0:
                 console.print(f"{collection}: within its policy; nothing to archive.")
                 return

@@ -18,7 +18,7 @@ from typing import Final, Protocol
 from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
-from archivist.errors import ArchivistError, PeerError
+from archivist.errors import ArchivistError, BadAnswer, PeerError
 from archivist.protocol import Archive, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ class Policy(Protocol):
     def source_handle(self) -> str: ...
     @property
     def dest_handle(self) -> str: ...
+    def rows_to_archive(self, count: int) -> int:
+        """Rows to move from a source of ``count`` rows (0: within its limit)."""
+        ...
 
 
 class DataService(Protocol):
@@ -316,10 +319,10 @@ class ArchiveDaemon:
 
     async def _check(self, policy: Policy) -> TaskRecord | None:
         count = await self.count(policy.collection, policy.source_handle)
-        if count <= policy.max_rows:
+        excess = policy.rows_to_archive(count)
+        if excess == 0:
             log.debug("%s: %d row(s), within %d", policy.collection, count, policy.max_rows)
             return None
-        excess = count - (policy.max_rows - policy.rows_per_archive)
         log.info(
             "%s: %d row(s) is over max_rows %d; archiving %d",
             policy.collection,
@@ -334,7 +337,9 @@ class ArchiveDaemon:
             "data/count", {"collection": collection, "dbHandle": handle}
         )
         count = result.get("count")
-        return count if isinstance(count, int) else 0
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise BadAnswer(f"data/count of {collection} on {handle} answered without a count")
+        return count
 
     async def submit(
         self, collection: str, rows: int, *, batch_size: int | None = None

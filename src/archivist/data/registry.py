@@ -53,6 +53,14 @@ class Entity:
         """``"<origin>.<key>"`` or, for config entries, ``"<file>: archive[i].<key>"``."""
         return f"{self.origin}.{key}"
 
+    def rows_to_archive(self, count: int) -> int:
+        """Rows to move from a table of ``count`` rows: none while it is within ``max_rows``;
+        once over, enough to bring it back to ``max_rows - rows_per_archive``, so that it is
+        not over again a few rows later."""
+        if count <= self.max_rows:
+            return 0
+        return min(count, count - (self.max_rows - self.rows_per_archive))
+
 
 ArchivePolicy = Entity  # the policy and the entity are one record
 

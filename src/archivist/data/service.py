@@ -21,7 +21,13 @@ from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.transfer import Transfers
 from archivist.data.values import encode_value
-from archivist.errors import ArchivistError, ConfigError, DatabaseError, SchemaError
+from archivist.errors import (
+    ArchivistError,
+    BadAnswer,
+    ConfigError,
+    DatabaseError,
+    SchemaError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +209,9 @@ class DataDaemon:
             "data/count",
             {"collection": collection, "dbHandle": handle or entity.source_handle},
         )
-        count = result["count"]
-        assert isinstance(count, int)
+        count = result.get("count")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise BadAnswer(f"data/count of {collection} answered without a count")
         return count
 
     async def plan(self, collection: str, max_rows: int | None = None) -> ArchivePlan:
@@ -212,11 +219,9 @@ class DataDaemon:
         entity = self.catalog.entity(collection)
         rows = await self.count(collection)
         if max_rows is None:
-            excess = rows - entity.max_rows
-            to_archive = rows - (entity.max_rows - entity.rows_per_archive) if excess > 0 else 0
+            to_archive = entity.rows_to_archive(rows)
         else:
-            to_archive = min(rows, max_rows)
-        to_archive = max(0, min(rows, to_archive))
+            to_archive = max(0, min(rows, max_rows))
         source = await self.catalog.reflect(
             self.catalog.handle(entity.source_handle), collection, fresh=True
         )
