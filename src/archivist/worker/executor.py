@@ -245,6 +245,8 @@ class _TaskRun:
                 self.sizer.record(len(batch.items), took)
                 if len(batch.items) < batch.limit and not left_behind and self.pending is None:
                     return True  # the source has nothing after this batch
+                if self.remaining - self.unsettled <= 0:
+                    return True  # all moved: no rest after the last batch
                 await self._pause_between_batches(took)
             return True  # a batch is kept pending only while more rows are to be listed
         finally:
@@ -519,14 +521,13 @@ class _TaskRun:
         """
         if exc.code not in TRANSIENT_CODES:
             raise exc
-        if failing_for >= self.settings.retry_for:
+        delay = retry_delay(streak, failing_for, self.settings.retry_for)
+        if delay is None:
             message = f"{exc.message} (gave up after retrying for {failing_for:.0f} s)"
             if isinstance(exc, RemoteError):
                 raise RemoteError.rebuild(message, exc.code) from None
             raise RequestTimeout(message) from None
         self.task.retries += 1
-        delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]
-        delay = min(delay, max(0.1, self.settings.retry_for - failing_for))
         log.warning(
             "task %s: batch failed (%s); retrying in %.1f s", self.task.task_id, exc.message, delay
         )
@@ -590,3 +591,13 @@ def _int_field(result: JSONObject, name: str, command: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadAnswer(f"{command} answered without an integer {name!r}")
     return value
+
+
+def retry_delay(streak: int, failing_for: float, retry_for: float) -> float | None:
+    """Seconds to wait before the ``streak``-th retry in a row of a batch failing for
+    ``failing_for`` seconds, backing off; None when ``retry_for`` is spent (give up).
+    Never past the end of ``retry_for``, so the last attempt comes before giving up."""
+    if failing_for >= retry_for:
+        return None
+    delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]
+    return min(delay, max(0.1, retry_for - failing_for))
