@@ -33,6 +33,9 @@ CLOSE_TIMEOUT: Final = 2.0
 """Seconds buffered answers get to reach a closing peer before the stream is dropped."""
 DEFAULT_WRITE_TIMEOUT: Final = 60.0
 """Seconds a write may wait for the peer to read before the connection is dropped."""
+ABANDONED_KEPT: Final = 1024
+"""Requests given up on (timed out, or their caller cancelled) remembered per connection,
+so that their late answers are recognised, not taken for another request's."""
 
 
 class Handler(Protocol):
@@ -83,6 +86,7 @@ class Peer:
         self._write_lock = asyncio.Lock()
         self._pending: dict[str, _Pending] = {}
         self._order: collections.deque[_Pending] = collections.deque()
+        self._abandoned: collections.OrderedDict[str, _Pending] = collections.OrderedDict()
         self._closed = asyncio.Event()
         self._close_callbacks: list[Callable[[Peer], None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
@@ -146,6 +150,7 @@ class Peer:
                 pending.future.set_exception(error)
         self._pending.clear()
         self._order.clear()
+        self._abandoned.clear()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             callback(self)
@@ -222,20 +227,44 @@ class Peer:
         pending: _Pending | None = None
         if answer.request_id is not None:
             pending = self._pending.pop(answer.request_id, None)
+            if pending is None and self._drop_abandoned(answer.request_id):
+                return
             if pending is not None:
                 with contextlib.suppress(ValueError):
                     self._order.remove(pending)
         else:
-            # A peer that does not echo requestId answers in order (PROTOCOL.md).
+            # A peer that does not echo requestId answers in order (PROTOCOL.md); the
+            # answer to a request given up on is that request's, not the next one's.
             while self._order and pending is None:
                 candidate = self._order.popleft()
                 if self._pending.pop(candidate.request_id, None) is not None:
                     pending = candidate
+                elif self._drop_abandoned(candidate.request_id):
+                    return
         if pending is None:
             log.warning("%s: answer to no pending request: %.200s", self.name, answer.body)
             return
         if not pending.future.done():
             pending.future.set_result(answer)
+
+    def _abandon(self, pending: _Pending) -> None:
+        """A request given up on before its answer came: remember it (in its place in
+        `_order`) so that the answer, when it comes, is dropped quietly."""
+        self._abandoned[pending.request_id] = pending
+        while len(self._abandoned) > ABANDONED_KEPT:
+            _, oldest = self._abandoned.popitem(last=False)
+            with contextlib.suppress(ValueError):
+                self._order.remove(oldest)
+
+    def _drop_abandoned(self, request_id: str) -> bool:
+        """Whether ``request_id`` was given up on; its late answer is then dropped."""
+        pending = self._abandoned.pop(request_id, None)
+        if pending is None:
+            return False
+        with contextlib.suppress(ValueError):
+            self._order.remove(pending)
+        log.debug("%s: late answer to %s, given up on before; dropped", self.name, request_id)
+        return True
 
     # --- writing -----------------------------------------------------------------------
 
@@ -294,9 +323,10 @@ class Peer:
                 f"{self.name} did not answer {type(message).__name__.lower()} {request_id} in time"
             ) from None
         finally:
-            if self._pending.pop(request_id, None) is not None:
-                with contextlib.suppress(ValueError):
-                    self._order.remove(pending)
+            if self._pending.pop(request_id, None) is not None and not self.closed:
+                # Timed out, or the caller was cancelled (a listing made ahead and no longer
+                # wanted): the answer may still come.
+                self._abandon(pending)
         return protocol.check_answer(answer)
 
 
