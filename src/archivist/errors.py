@@ -167,6 +167,14 @@ class DatabaseError(DataError):
     transient = True
 
 
+class UnstorableValue(DataError):
+    """A row holds a value its destination's engine cannot store (PostgreSQL's ``NaN`` for a
+    MariaDB ``DOUBLE``): not a passing fault, so never retried; the message names the row's
+    key, the column and the value."""
+
+    code = "unstorable_value"
+
+
 class SchemaError(DataError):
     code = "schema_error"
 

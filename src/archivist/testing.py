@@ -26,6 +26,7 @@ from archivist.errors import (
     InvalidParams,
     PeerError,
     RemoteError,
+    UnstorableValue,
     Unsupported,
 )
 from archivist.protocol import JSONObject
@@ -80,6 +81,10 @@ class InMemoryDaemon:
     faults: list[Fault] = field(default_factory=list)
     hooks: dict[str, list[Hook]] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
+    unstorable: frozenset[object] = frozenset()
+    """Values (JSON form, ``"NaN"`` say) the destination of ``data/create`` cannot store: a
+    row holding one is refused (`UnstorableValue`), or skipped and named with
+    ``onUnstorable: "skip"``."""
 
     # --- setting up ----------------------------------------------------------------------
 
@@ -190,6 +195,16 @@ class InMemoryDaemon:
     def _create(self, params: JSONObject) -> JSONObject:
         rows, items = self._rows(params), params["items"]
         assert isinstance(items, list)
+        refused = [
+            {"key": item[self.primary_key], "field": name, "value": value, "error": "unstorable"}
+            for item in items
+            for name, value in item.items()
+            if isinstance(value, str | float) and value in self.unstorable
+        ]
+        if refused and params.get("onUnstorable", "error") != "skip":
+            raise UnstorableValue(f"row {refused[0]['key']!r} holds {refused[0]['value']}")
+        skipped = {entry["key"] for entry in refused}
+        items = [item for item in items if item[self.primary_key] not in skipped]
         replace = params.get("onConflict", "error") == "replace"
         for item in items:
             key = item[self.primary_key]
@@ -197,6 +212,8 @@ class InMemoryDaemon:
                 raise Conflict(f"a different row with key {key!r} exists")
         for item in items:
             rows[item[self.primary_key]] = dict(item)
+        if refused:
+            return {"created": len(items), "unstorable": list(refused)}
         return {"created": len(items)}
 
     def _delete(self, params: JSONObject) -> JSONObject:
@@ -275,10 +292,11 @@ def _after(row: JSONObject, order: str, pk: str, position: tuple[object, object]
 
 def _matches(row: JSONObject, filter_: JSONObject) -> bool:
     for name, condition in filter_.items():
-        if not (isinstance(condition, dict) and set(condition) == {"$in"}):
-            raise InvalidParams(f"only $in filters are served in memory, not {condition!r}")
-        values = condition["$in"]
-        assert isinstance(values, list)
-        if row.get(name) not in values:
+        if not (isinstance(condition, dict) and len(condition) == 1):
+            raise InvalidParams(f"only $in and $nin are served in memory, not {condition!r}")
+        ((op, values),) = condition.items()
+        if op not in ("$in", "$nin") or not isinstance(values, list):
+            raise InvalidParams(f"only $in and $nin are served in memory, not {condition!r}")
+        if (row.get(name) in values) != (op == "$in"):
             return False
     return True

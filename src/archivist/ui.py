@@ -142,4 +142,6 @@ def print_plan(console: Console, plan: ArchivePlan) -> None:
     console.print(f"archive table on {plan.dest_handle}: {plan.archive_table}")
     if plan.path:
         console.print(f"rows would move: {plan.path}")
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print("dry run: nothing was moved")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from archivist.config import ArchiveConfig, load_config, make_config
 from archivist.daemon.runtime import Launch, running
@@ -16,7 +18,7 @@ from archivist.daemon.supervisor import WorkerProcess
 from archivist.data import DataDaemon
 from archivist.data.columns import ColumnSpec, Kind
 from archivist.errors import ConfigError
-from datasupport import create_table, run
+from datasupport import create_table, run, sql
 
 CONFIG = """
 [handles]
@@ -178,6 +180,20 @@ def test_one_server_database_under_two_host_names_is_refused(pg_url: str) -> Non
     assert alias != pg_url
     with pytest.raises(ConfigError, match=r"archive\[0\]\.dest_handle: handles 'primary'"):
         start_with({"primary": pg_url, "archive": alias})
+
+
+def test_one_mariadb_database_reached_as_another_user_is_refused(mysql_url: str) -> None:
+    create_table(mysql_url)
+    server = make_url(mysql_url)
+    user = f"archivist_alias_{secrets.token_hex(4)}"
+    sql(mysql_url, f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'alias-pw'")
+    try:
+        sql(mysql_url, f"GRANT ALL ON `{server.database}`.* TO '{user}'@'%%'")
+        alias = server.set(username=user, password="alias-pw", host="localhost")
+        with pytest.raises(ConfigError, match="reach the same database"):
+            start_with({"primary": mysql_url, "archive": alias.render_as_string(False)})
+    finally:
+        sql(mysql_url, f"DROP USER '{user}'@'%%'")
 
 
 def test_two_databases_on_one_server_are_distinct(

@@ -34,10 +34,11 @@ from archivist.data.filters import (
 from archivist.data.handles import Handle, driver_errors
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import adaptive_slices, commits_without_sync, execute
+from archivist.data.storable import Unstorable, refusing_columns, unstorable
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows, Stored, StoredForm
 from archivist.data.values import JSONObject, RowCodec, decode_value, decode_values
-from archivist.errors import Conflict, InvalidParams
+from archivist.errors import Conflict, InvalidParams, UnstorableValue
 from archivist.protocol import ROW_PARAMS, decode_raw, split_rows, with_rows_decoded
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ class CreateParams(_Params):
     # Items are checked one by one when decoded (a typed list would copy every item).
     items: Annotated[list[Any], msgspec.Meta(max_length=MAX_ITEMS)] | None = None
     on_conflict: Literal["error", "replace"] = "error"
+    # Extension: "skip" writes the other items and names the unstorable ones in the answer.
+    on_unstorable: Literal["error", "skip"] = "error"
 
 
 class DeleteParams(_Params):
@@ -269,11 +272,14 @@ class DataCommands:
                 zip(raw_items, self.recent.find(info, raw_items), strict=True)
             )
         ]
-        if not rows:
-            return {"created": 0}
-        plan = _CreatePlan(info, rows, replace=p.on_conflict == "replace")
-        created = await handle.transaction(plan.run, write=True)
-        return {"created": created}
+        rows, refused = _storable(info, rows, skip=p.on_unstorable == "skip")
+        answer: JSONObject = {"created": 0}
+        if refused:
+            answer["unstorable"] = [each.wire() for each in refused]
+        if rows:
+            plan = _CreatePlan(info, rows, replace=p.on_conflict == "replace")
+            answer["created"] = await handle.transaction(plan.run, write=True)
+        return answer
 
     # --- data/delete ----------------------------------------------------------------------
 
@@ -474,6 +480,27 @@ class _NewRow:
 
     def values(self, codec: RowCodec) -> dict[str, object]:
         return self.decoded if self.decoded is not None else codec.decode_item(self.item)
+
+
+def _storable(
+    info: TableInfo, rows: list[_NewRow], *, skip: bool
+) -> tuple[list[_NewRow], list[Unstorable]]:
+    """The rows the table can store, and those it cannot (with ``skip``; without, the first
+    is an `UnstorableValue` and nothing is written)."""
+    columns = refusing_columns(info.dialect_name, info.columns)
+    if not columns:
+        return rows, []
+    kept: list[_NewRow] = []
+    refused: list[Unstorable] = []
+    for row in rows:
+        found = unstorable(info.dialect_name, columns, row.item, row.item.get(info.pk))
+        if found is None:
+            kept.append(row)
+        elif not skip:
+            raise UnstorableValue(f"{info.name} row {found.describe(info.pk)}; nothing was written")
+        else:
+            refused.append(found)
+    return kept, refused
 
 
 class _CreatePlan:

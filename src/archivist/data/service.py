@@ -19,6 +19,7 @@ from archivist.data.commands import DataCommands
 from archivist.data.handles import Handle
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
+from archivist.data.storable import column_warnings
 from archivist.data.transfer import Transfers
 from archivist.data.values import encode_value
 from archivist.errors import (
@@ -49,6 +50,7 @@ class ArchivePlan:
     oldest: object = None  # the order_by value (JSON form) of the first row that would move
     newest: object = None  # ... and of the last
     path: str = ""  # how rows would move: copied by the daemon, or through the worker
+    warnings: tuple[str, ...] = ()  # source columns that hold values the archive cannot store
 
 
 class DataDaemon:
@@ -252,6 +254,12 @@ class DataDaemon:
                 source,
                 dest if change_ok and not change_planned else None,
             )
+        warnings = column_warnings(
+            source.dialect_name,
+            source.columns,
+            self.catalog.handle(entity.dest_handle).dialect_name,
+            dest.columns if dest is not None else None,
+        )
         oldest = newest = None
         if to_archive > 0:
             oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
@@ -271,6 +279,7 @@ class DataDaemon:
             to_archive=to_archive,
             archive_table=state,
             path=path,
+            warnings=tuple(warnings),
         )
 
 

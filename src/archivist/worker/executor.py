@@ -38,6 +38,7 @@ from archivist.errors import (
     RemoteError,
     RequestTimeout,
     TaskCancelled,
+    UnstorableValue,
     VerifyMismatch,
 )
 from archivist.protocol import JSONObject
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRIMARY_KEY: Final = "id"
 STALLED_BATCHES: Final = 3
+MAX_UNSTORABLE: Final = 1000
+"""Rows a task keeps in the source for values its destination cannot store before it stops:
+each is named in the task's error, and excluded by key from its listings."""
 """Consecutive batches that delete nothing (every row changed under us) before giving up."""
 RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -111,6 +115,16 @@ class Batch:
     moved: int | None = None
     """Rows the daemon also deleted from the source, in the copy's transaction
     (``data/copy`` with ``move``): the batch is done. None: its delete is still to run."""
+    unstorable: set[object] = field(default_factory=set)
+    """Keys of rows the destination cannot store (``data/create`` skipped them): they stay
+    in the source, and the batch's copy, verification and delete are of the others."""
+
+    @property
+    def to_move(self) -> list[JSONObject]:
+        """The rows this batch copies and deletes: all but the unstorable ones."""
+        if not self.unstorable:
+            return self.items
+        return [item for item in self.items if item.get(self.primary_key) not in self.unstorable]
 
     def cursor_after(self) -> JSONObject | None:
         """A keyset cursor just past this batch's last row, if the order is known."""
@@ -139,8 +153,9 @@ class Executor:
 
     async def run(self, task: Task, calls: Callbacks) -> Outcome:
         """Run one task to its end and say how it ended; never raises for a task's failure."""
+        run = _TaskRun(self, task, calls)
         try:
-            finished = await _TaskRun(self, task, calls).archive()
+            finished = await run.archive()
         except ConnectionClosed as exc:
             log.warning("task %s: connection lost (%s); dropped", task.task_id, exc.message)
             return Outcome("cancelled", task.archived, exc.message, exc.code, delivered=False)
@@ -153,6 +168,10 @@ class Executor:
             return Outcome("error", task.archived, f"internal error: {exc}", "internal")
         if not finished and task.stop_reason is not None:
             return Outcome.stopped(task.archived, task.stop_reason)
+        if run.unstorable:
+            kept = run.unstorable_kept()
+            log.error("task %s: %s", task.task_id, kept.message)
+            return Outcome("error", task.archived, kept.message, kept.code)
         return Outcome("success", task.archived)
 
 
@@ -185,9 +204,25 @@ class _TaskRun:
         """The daemon moved the last batch (``data/copy`` with ``move``): its copies write
         the source, and hold the database's budget as a delete does."""
 
+        self.primary_key = DEFAULT_PRIMARY_KEY
+        """The source's primary key, as its listings name it."""
+        self.unstorable: dict[object, str] = {}
+        """Rows kept in the source because the destination cannot store one of their
+        values, by key: what is wrong with each. They count against the task's rows."""
+
     @property
     def remaining(self) -> int:
-        return self.task.spec.max_rows - self.task.archived
+        return self.task.spec.max_rows - self.task.archived - len(self.unstorable)
+
+    def unstorable_kept(self, shown: int = 5) -> UnstorableValue:
+        """How a task that kept unstorable rows ends: what moved, what stayed, and why."""
+        reasons = list(self.unstorable.values())
+        more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+        return UnstorableValue(
+            f"moved {self.task.archived} row(s); kept {len(reasons)} in "
+            f"{self.task.spec.source_handle}, with values {self.task.spec.dest_handle} "
+            f"cannot store: {'; '.join(reasons[:shown])}{more}"
+        )
 
     def stopped(self) -> bool:
         return self.task.stop_reason is not None
@@ -255,7 +290,7 @@ class _TaskRun:
     @property
     def unsettled(self) -> int:
         """Rows copied and verified whose delete has not run yet."""
-        return len(self.pending.items) if self.pending is not None else 0
+        return len(self.pending.to_move) if self.pending is not None else 0
 
     async def _moved(self, moved: int) -> None:
         """Count rows a delete removed, and report the task's progress."""
@@ -319,6 +354,10 @@ class _TaskRun:
             params["orderBy"] = [{"field": order_by, "direction": "asc"}]
         if cursor is not None:
             params["cursor"] = cursor
+        if self.unstorable:
+            # Rows kept in the source are its oldest: a listing from the start would find
+            # them again, batch after batch.
+            params["filter"] = {self.primary_key: {"$nin": list(self.unstorable)}}
         command = "data/list"
         if self.in_database and (listed := await self._copy_in_database(params)) is not None:
             command = "data/copy"
@@ -397,7 +436,7 @@ class _TaskRun:
             copied, deleted = await asyncio.gather(copying, deleting, return_exceptions=True)
             if isinstance(deleted, int):  # what went is counted, whatever the copy did
                 await self._moved(deleted)
-                left_behind = deleted < len(previous.items)
+                left_behind = deleted < len(previous.to_move)
             for outcome in (copied, deleted):
                 if isinstance(outcome, BaseException):
                     raise outcome
@@ -410,24 +449,52 @@ class _TaskRun:
         """Delete a batch and count what went; whether it left rows behind."""
         moved = await self._delete(batch)
         await self._moved(moved)
-        return moved < len(batch.items)
+        return moved < len(batch.to_move)
 
     async def _copy(self, batch: Batch) -> None:
         """Copy one batch to the destination and check it reads back identical."""
         if batch.copied:
             return  # done by data/copy; the delete checks each copy
         items, primary_key = batch.items, batch.primary_key
-        ids = [_key_of(item, primary_key) for item in items]
         # The source is authoritative for rows it still holds: a copy left by an earlier,
-        # interrupted run is overwritten rather than reported as a conflict.
-        await self.calls.execute(
-            "data/create", {**self.dest, "items": items, "onConflict": "replace"}
+        # interrupted run is overwritten rather than reported as a conflict. A row the
+        # destination cannot store is named in the answer, not written: it stays.
+        created = await self.calls.execute(
+            "data/create",
+            {**self.dest, "items": items, "onConflict": "replace", "onUnstorable": "skip"},
         )
+        self._keep_unstorable(batch, created)
+        items = batch.to_move
+        if not items:
+            return
+        ids = [_key_of(item, primary_key) for item in items]
         copies = await self.calls.execute(
             "data/list",
             {**self.dest, "filter": {primary_key: {"$in": ids}}, "limit": len(ids)},
         )
         _verify(items, _items(copies, "data/list"), primary_key, self.task.spec.dest_handle)
+
+    def _keep_unstorable(self, batch: Batch, created: JSONObject) -> None:
+        refused = created.get("unstorable")
+        if refused is None:
+            return
+        if not isinstance(refused, list) or not all(isinstance(r, dict) for r in refused):
+            raise BadAnswer("data/create answered with unstorable not a list of objects")
+        for entry in refused:
+            key = entry.get("key")
+            if key is None or isinstance(key, list | dict):
+                raise BadAnswer(f"data/create named an unstorable row by no key: {entry!r}")
+            batch.unstorable.add(key)
+            self.primary_key = batch.primary_key
+            if key not in self.unstorable:
+                reason = (
+                    f"{batch.primary_key}={key!r}: {entry.get('field')} = "
+                    f"{entry.get('value')} ({entry.get('error')})"
+                )
+                self.unstorable[key] = reason
+                log.warning("task %s: kept in the source: %s", self.task.task_id, reason)
+        if len(self.unstorable) >= MAX_UNSTORABLE:
+            raise UnstorableValue(f"{self.unstorable_kept().message}; stopped there")
 
     async def _delete(self, batch: Batch) -> int:
         """Delete a copied and verified batch from the source; returns the rows deleted.
@@ -435,7 +502,9 @@ class _TaskRun:
         Only rows still equal to what was copied go: a row updated since is kept and moved
         again, updated, by a later batch.
         """
-        items, primary_key = batch.items, batch.primary_key
+        items, primary_key = batch.to_move, batch.primary_key
+        if not items:
+            return 0  # every row of it was unstorable, and stays
         ids = [_key_of(item, primary_key) for item in items]
         guard: JSONObject = (
             {"matching": self.task.spec.dest_handle} if batch.copied else {"expected": items}
