@@ -149,3 +149,33 @@ def test_data_create_refuses_an_unstorable_value_naming_key_column_and_value(
         ],
     }
     assert sql(mysql_url, "SELECT id, value FROM readings") == [(1, 0.5)]
+
+
+def test_instants_before_1970_stay_when_the_archive_column_is_a_mariadb_timestamp(
+    tmp_path: Path, pg_url: str, mysql_url: str
+) -> None:
+    sql(pg_url, "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL)")
+    years = {1: 1969, 2: 1975, 3: 1960, 4: 1999, 5: 2020}
+    for key, year in years.items():
+        sql(pg_url, f"INSERT INTO events VALUES ({key}, TIMESTAMPTZ '{year}-06-01 12:00Z')")
+    # The user's own archive table, with a TIMESTAMP where archivist would make a DATETIME.
+    sql(mysql_url, "CREATE TABLE events (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NULL)")
+    config = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": pg_url, "archive": mysql_url},
+        [{"collection": "events", "order_by": "id", "max_rows": 1, "rows_per_archive": 1}],
+    )
+
+    dry = archivist("archive", "events", "--config", str(config), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "column at is a TIMESTAMP in the archive" in " ".join(dry.stdout.split())
+
+    done = archivist("archive", "events", "--config", str(config))
+
+    error = " ".join(done.stderr.split())
+    assert done.returncode == 1, error
+    assert "moved 3 row(s); kept 2 in primary" in error
+    assert "id=1: at = 1969-06-01T12:00:00+00:00" in error and "id=3: at = 1960" in error
+    assert "retrying" not in error
+    assert {row[0] for row in sql(pg_url, "SELECT id FROM events")} == {1, 3}
+    assert {row[0] for row in sql(mysql_url, "SELECT id FROM events")} == {2, 4, 5}

@@ -4,11 +4,14 @@
 
 Floats are the case met in practice: PostgreSQL's ``double precision`` and ``real`` hold
 ``NaN`` and ``±Infinity``; MariaDB's ``DOUBLE`` holds neither (its driver refuses them), and
-SQLite stores ``NaN`` as NULL (which a verified copy would never match).
+SQLite stores ``NaN`` as NULL (which a verified copy would never match). A MariaDB/MySQL
+``TIMESTAMP`` column (archivist makes ``DATETIME``, but an archive table may be the user's)
+holds no instant before 1970-01-01 00:00:01 UTC.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +38,11 @@ _FLOAT_SPECIALS: Final[dict[str, frozenset[str]]] = {
 }
 """The non-finite floats (in their JSON form, docs/values.md) each engine's float columns
 store as they are."""
+TIMESTAMP_FIRST: Final = dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
+"""The first instant a MariaDB/MySQL TIMESTAMP holds. Its last depends on the server (2038 on
+MySQL and MariaDB before 11.5, 2106 after): an instant past 2038 is left to the server to
+refuse, rather than kept in the source where a newer server would store it."""
+_MYSQL: Final = frozenset({"mysql", "mariadb"})
 
 
 def engine_name(dialect_name: str) -> str:
@@ -70,12 +78,33 @@ class Unstorable:
         return {"key": self.key, "field": self.field, "value": self.value, "error": self.reason}
 
 
+def _is_timestamp(dialect_name: str, spec: ColumnSpec) -> bool:
+    return dialect_name in _MYSQL and spec.kind is Kind.DATETIME and spec.type_name == "TIMESTAMP"
+
+
 def refusing_columns(dialect_name: str, columns: Iterable[ColumnSpec]) -> list[ColumnSpec]:
     """The columns of a ``dialect_name`` table that refuse some value another engine holds:
     the only ones a write needs to look at."""
-    if _specials(dialect_name) == _ALL_FLOATS:
-        return []
-    return [spec for spec in columns if spec.kind is Kind.FLOAT]
+    floats = _specials(dialect_name) != _ALL_FLOATS
+    return [
+        spec
+        for spec in columns
+        if (floats and spec.kind is Kind.FLOAT) or _is_timestamp(dialect_name, spec)
+    ]
+
+
+def _before_timestamps(value: object) -> bool:
+    """Whether a datetime's JSON form is an instant before `TIMESTAMP_FIRST` (a naive one is
+    UTC, as archivist's sessions are)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False  # not for this check to judge: decoding names it
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed < TIMESTAMP_FIRST
 
 
 def unstorable(
@@ -85,6 +114,17 @@ def unstorable(
     cannot store, or None. ``columns`` are those `refusing_columns` gave."""
     stores = _specials(dialect_name)
     for spec in columns:
+        if spec.kind is Kind.DATETIME:
+            value = item.get(spec.name)
+            if _before_timestamps(value):
+                return Unstorable(
+                    key,
+                    spec.name,
+                    str(value),
+                    f"a {engine_name(dialect_name)} TIMESTAMP holds no instant before 1970-01-01 "
+                    "00:00:01 UTC",
+                )
+            continue
         word = _float_word(item.get(spec.name))
         if word is not None and word not in stores:
             return Unstorable(
@@ -108,6 +148,15 @@ def column_warnings(
     dest_kinds = {spec.name: spec.kind for spec in dest} if dest is not None else None
     lost = sorted(_specials(source_dialect) - _specials(dest_dialect))
     warnings: list[str] = []
+    source = list(source)
+    earlier_allowed = {s.name for s in source if not _is_timestamp(source_dialect, s)}
+    for spec in dest or ():
+        if _is_timestamp(dest_dialect, spec) and spec.name in earlier_allowed:
+            warnings.append(
+                f"column {spec.name} is a TIMESTAMP in the archive on "
+                f"{engine_name(dest_dialect)}, which holds no instant before 1970-01-01 "
+                "00:00:01 UTC: older rows would be kept in the source and reported"
+            )
     for spec in source:
         if spec.kind is not Kind.FLOAT or not lost:
             continue
