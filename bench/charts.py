@@ -167,11 +167,13 @@ def latency(merged: Merged, path: Path) -> bool:
     )
     for ax, engine in zip(axes[0], engines, strict=True):
         run = median_run(merged, engine)
+        last = 1.0
         for phase, label, colour in PHASES:
             runs = merged.series[engine].get(phase, [])
             if len(runs) <= run or not runs[run]:
                 continue
             seconds = runs[run]
+            last = max(last, seconds[-1]["t"] + 1)
             ax.plot(
                 [s["t"] + 0.5 for s in seconds],
                 [s["p99_ms"] for s in seconds],
@@ -184,8 +186,11 @@ def latency(merged: Merged, path: Path) -> bool:
             whole = merged.figures[engine].get(f"fg_{phase}_p99", {}).get("runs", [])
             if len(whole) > run:
                 ax.axhline(whole[run], color=colour, lw=0.8, ls=":")
-        _latency_axes(ax, engine, run)
+        runs_drawn = len(merged.series[engine].get("archivist", []))
+        _latency_axes(ax, engine, run, runs_drawn, last)
     low, high = axes[0][0].get_ylim()
+    high = min([t for t in LATENCY_TICKS if t >= high] or [high])
+    axes[0][0].set_ylim(low, high)
     ticks = [t for t in LATENCY_TICKS if low <= t <= high]
     axes[0][0].set_yticks(ticks, [f"{t:g}" for t in ticks])
     axes[0][0].yaxis.set_minor_formatter(lambda *_: "")
@@ -193,8 +198,8 @@ def latency(merged: Merged, path: Path) -> bool:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle(
-        "The application's latency over time, ~240 operations/s; dotted: p99 of the whole "
-        f"phase\n{where(merged)}",
+        "The application's latency over time (one operation every 4 ms at most); dotted: "
+        f"p99 of the whole phase\n{where(merged)}",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -203,10 +208,19 @@ def latency(merged: Merged, path: Path) -> bool:
     return True
 
 
-def _latency_axes(ax: Axes, engine: str, run: int) -> None:
+def _latency_axes(ax: Axes, engine: str, run: int, runs: int, last: float) -> None:
     ax.set_yscale("log")
+    # The idle phase lasts seconds and a yielding archivist minutes: a scale linear up to
+    # 10 s and logarithmic beyond keeps both readable.
+    ax.set_xscale("symlog", linthresh=10, linscale=1.5)
+    ticks = [t for t in (0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if t <= last]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlim(0, last)
     ax.set_xlabel("seconds since the phase began")
-    ax.set_title(f"{ENGINE_NAMES[engine]} (run {run + 1}: its median run)", fontsize=9)
+    title = ENGINE_NAMES[engine]
+    if runs > 1:
+        title += f" (run {run + 1} of {runs}: the median)"
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", color="#e5e5e5", lw=0.6)
     ax.spines[["top", "right"]].set_visible(False)
 
