@@ -39,6 +39,7 @@ bench: $(BENCH_STAMP)
 # A new benchmark of record: commit its JSON there and name it here.
 charts: $(BENCH_STAMP)
 	$(BIN)/python bench/charts.py --name record bench/results/2026-12-06-epyc-full-*.json
+	$(BIN)/python bench/charts.py --name quick bench/results/2026-12-07-epyc-quick.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
