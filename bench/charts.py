@@ -85,8 +85,16 @@ def size(merged: Merged) -> str:
     runs = settings.get("runs", "?")
     return (
         f"{settings.get('archive_rows', 0):,} of {settings.get('rows', 0):,} rows, "
-        f"batches of {settings.get('batch_size', 0):,}, median of {runs} runs"
+        f"batches of {settings.get('batch_size', 0):,}, "
+        + ("1 run" if runs == 1 else f"median of {runs} runs")
     )
+
+
+def thousands(value: float) -> str:
+    """39,024 as '39k', 4,033 as '4.0k', 398 as '398'."""
+    if value < 1000:
+        return f"{value:.0f}"
+    return f"{value / 1000:.1f}k" if value < 10_000 else f"{value / 1000:.0f}k"
 
 
 def engines_of(merged: Merged) -> list[str]:
@@ -105,9 +113,7 @@ def throughput(merged: Merged, path: Path) -> None:
         for index, (name, label, colour) in enumerate(present):
             figure = merged.figures[engine][name]
             x, median = left + width * (index + 0.5), figure["median"]
-            bars = ax.bar(
-                x, median, width * 0.92, color=colour, label=None if name in drawn else label
-            )
+            ax.bar(x, median, width * 0.92, color=colour, label=None if name in drawn else label)
             drawn.add(name)
             ax.errorbar(
                 x,
@@ -118,7 +124,15 @@ def throughput(merged: Merged, path: Path) -> None:
                 lw=0.8,
                 capsize=2,
             )
-            ax.bar_label(bars, [f"{median / 1000:.0f}k"], padding=3, fontsize=7.5)
+            # Above the error bar, not the bar, so that the two never overlap.
+            ax.annotate(
+                thousands(median),
+                (x, figure["max"]),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7.5,
+            )
     ax.set_xticks(range(len(engines)), [ENGINE_NAMES[e] for e in engines])
     ax.set_ylabel("rows moved per second")
     ax.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
