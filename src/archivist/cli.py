@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
+import json
 import logging
 import signal
 import sys
@@ -407,6 +408,12 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
     help="Rows per batch. Default: the policy's batch_size.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would move, and move nothing.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another archivist is moving COLLECTION now, wait until it is done instead of "
+    "exiting with an error.",
+)
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 def archive(
     collection: str,
@@ -415,6 +422,7 @@ def archive(
     max_rows: int | None,
     batch_size: int | None,
     dry_run: bool,
+    wait: bool,
     verbose: int,
 ) -> None:
     """Archive COLLECTION now, show progress, and exit.
@@ -422,14 +430,19 @@ def archive(
     Without --max-rows it moves what the policy says is over its limit (nothing if the
     table is within max_rows). Exits 0 on success and 1 with the error on failure.
 
+    One archivist moves a collection at a time, on any host: while another one (an
+    `archivist run`, here or on another host) holds the collection's lock in the source
+    database, this exits 1 naming it (host:pid since when), or with --wait waits for it.
+
     Examples:
 
         archivist archive chat_messages --config archivist.toml --max-rows 50000
         archivist archive chat_messages --config archivist.toml --dry-run
+        archivist archive chat_messages --config archivist.toml --wait
     """
     setup_logging(verbose, quiet=verbose == 0)
     config = load(config_path)
-    run_async(_archive(config, collection, socket_path, max_rows, batch_size, dry_run))
+    run_async(_archive(config, collection, socket_path, max_rows, batch_size, dry_run, wait))
 
 
 async def _archive(
@@ -439,8 +452,9 @@ async def _archive(
     max_rows: int | None,
     batch_size: int | None,
     dry_run: bool,
+    wait: bool = False,
 ) -> None:
-    from archivist.daemon.runtime import Launch, archive_now, running
+    from archivist.daemon.runtime import Launch, archive_now, running, take_mover
     from archivist.ui import ArchiveProgress, print_summary
 
     console = Console()
@@ -456,6 +470,8 @@ async def _archive(
                     f"{collection!r} is not an archivable collection; "
                     f"known: {', '.join(sorted(service.policies)) or 'none'}"
                 )
+            # The lock first: what is over the policy is counted once nobody else moves it.
+            await take_mover(service, collection, wait=wait, say=bar.say)
             rows = max_rows
             if rows is None:
                 count = await service.count(collection, policy.source_handle)
@@ -510,16 +526,18 @@ def status(config_path: Path | None, socket_path: Path | None, as_json: bool) ->
     """
     from archivist.worker.paths import default_socket_path
 
-    if socket_path is None and config_path is not None:
-        configured = load(config_path).worker.socket
+    config = load(config_path) if config_path is not None else None
+    if socket_path is None and config is not None:
+        configured = config.worker.socket
         socket_path = Path(configured) if configured else None
-    run_async(_status(socket_path or default_socket_path(), as_json))
+    run_async(_status(socket_path or default_socket_path(), as_json, config))
 
 
-async def _status(socket_path: Path, as_json: bool) -> None:
+async def _status(socket_path: Path, as_json: bool, config: Config | None = None) -> None:
     from archivist.daemon.connection import WorkerConnection
-    from archivist.ui import print_status
+    from archivist.ui import print_movers, print_status
 
+    movers = await _movers(config) if config is not None else None
     try:
         connection = await WorkerConnection.open(socket_path)
     except OSError as exc:
@@ -531,9 +549,38 @@ async def _status(socket_path: Path, as_json: bool) -> None:
         finally:
             await connection.close()
     if as_json:
-        click.echo(protocol.encode(result).decode().rstrip())
+        if movers is None:
+            click.echo(protocol.encode(result).decode().rstrip())
+        else:
+            answer = json.loads(protocol.encode(result))
+            answer["movers"] = {name: holder for name, holder, _ in movers}
+            click.echo(json.dumps(answer))
     else:
         print_status(Console(), result)
+        if movers is not None:
+            print_movers(Console(), [(name, text) for name, _, text in movers])
+
+
+async def _movers(config: Config) -> list[tuple[str, object, str]]:
+    """Who moves each collection now, asked of its source database: (collection, the
+    holder as JSON, the holder as text)."""
+    from archivist.data import DataDaemon
+    from archivist.data.locks import holder_json
+
+    data = DataDaemon(config)
+    found: list[tuple[str, object, str]] = []
+    try:
+        for entity in data.policies():
+            try:
+                holder = await data.mover(entity.collection)
+            except ArchivistError as exc:
+                found.append((entity.collection, {"error": exc.message}, f"unknown: {exc.message}"))
+                continue
+            text = f"held by {holder.describe()}" if holder is not None else "free"
+            found.append((entity.collection, holder_json(holder), text))
+    finally:
+        await data.close()
+    return found
 
 
 @main.command(context_settings=CONTEXT)

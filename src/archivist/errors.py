@@ -193,6 +193,24 @@ class ConfigError(ArchivistError):
     code = "config_error"
 
 
+# --- one mover per collection ---------------------------------------------------------------
+
+
+class MoverBusy(DataError):
+    """Another process holds the collection's mover lock; ``holder`` says who (host:pid
+    since when)."""
+
+    code = "mover_busy"
+    holder = ""
+
+
+class MoverLost(DataError):
+    """This daemon no longer holds (or never held) the mover lock of the collection a data
+    command is for: the task must stop moving, since another mover may have it now."""
+
+    code = "mover_lost"
+
+
 # --- codes back to classes ------------------------------------------------------------------
 
 

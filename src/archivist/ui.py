@@ -62,6 +62,10 @@ class ArchiveProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def say(self, text: str) -> None:
+        """One line beside the progress (a wait for another mover, say)."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def update(self, record: TaskRecord) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = record.archived / elapsed
@@ -121,6 +125,14 @@ def print_status(console: Console, status: StatusResult) -> None:
             note,
         )
     console.print(table)
+
+
+def print_movers(console: Console, movers: list[tuple[str, str]]) -> None:
+    """``status --config``: who moves each collection now (its lock in the source database),
+    on this host or another."""
+    console.print("movers (one per collection, on any host):")
+    for collection, text in movers:
+        console.print(f"  {collection}: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_plan(console: Console, plan: ArchivePlan) -> None:

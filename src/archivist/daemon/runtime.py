@@ -19,10 +19,13 @@ from archivist.config import Config
 from archivist.daemon.service import ArchiveDaemon, DaemonOptions
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord
-from archivist.errors import ArchivistError
+from archivist.errors import ArchivistError, MoverBusy
 from archivist.worker.paths import default_socket_path
 
 log = logging.getLogger(__name__)
+
+WAIT_INTERVAL = 1.0
+"""Seconds between two tries at a collection's mover lock (``archivist archive --wait``)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,35 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
     collect(group)
     return leaves[0] if len(leaves) == 1 else group
+
+
+async def take_mover(
+    daemon: ArchiveDaemon,
+    collection: str,
+    *,
+    wait: bool,
+    say: Callable[[str], None],
+) -> None:
+    """Hold ``collection``'s mover lock. Held elsewhere: MoverBusy naming the holder, or,
+    with ``wait``, say so (and again when the holder changes) and try again every
+    `WAIT_INTERVAL` seconds until it is ours."""
+    shown: str | None = None
+    while True:
+        try:
+            await daemon.movers.take(collection)
+        except MoverBusy as exc:
+            if not wait:
+                busy = MoverBusy(f"{exc.message}; try again later, or pass --wait to wait for it")
+                busy.holder = exc.holder
+                raise busy from None
+            if exc.holder != shown:
+                say(f"waiting: {exc.message}")
+                shown = exc.holder
+            await asyncio.sleep(WAIT_INTERVAL)
+            continue
+        if shown is not None:
+            say(f"{collection}: the other archivist is done; archiving now")
+        return
 
 
 async def archive_now(

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from archivist.daemon.connection import WorkerConnection
+from archivist.daemon.movers import HeldLock, Movers
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
-from archivist.errors import ArchivistError, BadAnswer, PeerError
+from archivist.errors import ArchivistError, BadAnswer, MoverBusy, PeerError
 from archivist.protocol import Archive, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class DataService(Protocol):
 
     async def ensure_archive_table(self, collection: str) -> None: ...
 
+    async def take_mover(self, collection: str) -> HeldLock: ...
+
 
 @dataclass(frozen=True)
 class DaemonOptions:
@@ -93,6 +96,7 @@ class ArchiveDaemon:
         self.options = options
         self.supervisor = supervisor
         self.tracker = Tracker()
+        self.movers = Movers(data.take_mover, self.policies)
         self._on_update = on_update
         self._connection: WorkerConnection | None = None
         self._connected = asyncio.Event()
@@ -115,6 +119,7 @@ class ArchiveDaemon:
         except* _ConnectionGone:
             pass
         finally:
+            await self.movers.release_all()
             if self.supervisor is not None:
                 await self.supervisor.stop()
         log.info("daemon stopped")
@@ -271,7 +276,9 @@ class ArchiveDaemon:
     # --- callbacks from the worker -------------------------------------------------------
 
     async def _serve_execute(self, target: str, params: JSONObject) -> JSONObject:
-        return await self.data.execute(target, params, caller="worker")
+        return await self.movers.guard(
+            target, params, lambda: self.data.execute(target, params, caller="worker")
+        )
 
     def _notified(self, message: Progress | Complete) -> None:
         if isinstance(message, Progress):
@@ -310,6 +317,9 @@ class ArchiveDaemon:
                 continue
             try:
                 record = await self._check(policy)
+            except MoverBusy as exc:
+                log.info("%s: skipped this cycle: %s", policy.collection, exc.message)
+                continue
             except ArchivistError as exc:
                 log.error("%s: size check failed: %s", policy.collection, exc.message)
                 continue
@@ -346,8 +356,15 @@ class ArchiveDaemon:
     ) -> TaskRecord:
         """Ensure the archive table, then queue ``rows`` rows of ``collection`` for the worker."""
         policy = self.policies[collection]
-        await self.data.ensure_archive_table(collection)
-        source_rows = await self.count(collection, policy.source_handle)
+        held = self.movers.holds(collection)
+        await self.movers.take(collection)  # MoverBusy: another process moves it now
+        try:
+            await self.data.ensure_archive_table(collection)
+            source_rows = await self.count(collection, policy.source_handle)
+        except BaseException:
+            if not held:
+                await self.movers.release(collection)
+            raise
         rows = min(rows, source_rows)
         record = TaskRecord(
             collection=collection,
@@ -360,6 +377,7 @@ class ArchiveDaemon:
             target=source_rows - rows,
         )
         self.tracker.add(record)
+        self.movers.release_when(collection, record.done)
         connection = self._connection
         if connection is not None and not connection.peer.closed:
             await self._send(connection, record)

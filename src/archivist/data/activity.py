@@ -45,6 +45,8 @@ _POSTGRESQL: Final = (
     "SELECT count(*) FROM pg_stat_activity"
     " WHERE datname = current_database() AND backend_type = 'client backend'"
     " AND pid <> ALL(%(own)s)"
+    # Another archivist's mover-lock sessions (`archivist.data.locks`) are not the application.
+    " AND application_name NOT LIKE 'archivist mover %%'"
     " AND (state <> 'idle' OR state_change > clock_timestamp() - make_interval(secs => %(window)s))"
 )
 _MYSQL: Final = (

@@ -17,6 +17,7 @@ from archivist.data.bus import CommandBus, JSONObject
 from archivist.data.catalog import Catalog
 from archivist.data.commands import DataCommands
 from archivist.data.handles import Handle
+from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.storable import column_warnings
@@ -199,6 +200,17 @@ class DataDaemon:
         entity = self.catalog.entity(collection)
         await self._require_distinct(entity)
         await self.catalog.ensure_archive_table(entity)
+
+    async def take_mover(self, collection: str) -> MoverLock:
+        """Take ``collection``'s mover lock in its source database (`archivist.data.locks`);
+        MoverBusy naming the holder when another process has it."""
+        entity = self.catalog.entity(collection)
+        return await acquire(self.catalog.handle(entity.source_handle), collection)
+
+    async def mover(self, collection: str) -> Holder | None:
+        """Who holds ``collection``'s mover lock now (None: nobody)."""
+        entity = self.catalog.entity(collection)
+        return await holder_of(self.catalog.handle(entity.source_handle), collection)
 
     async def table_info(self, collection: str, handle: str) -> TableInfo | None:
         """The reflected table of ``collection`` on ``handle`` (None if it has none)."""

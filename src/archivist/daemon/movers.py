@@ -1,0 +1,138 @@
+"""The daemon's mover locks: which collections this process moves now, and the guard on the
+worker's data commands that stops a task whose lock was lost.
+
+A collection's lock (`archivist.data.locks`) is taken before its task is sent to the
+worker and let go when the task's record has ended. Every command the worker sends that
+moves rows of a collection (`MOVING_COMMANDS`) is first checked against the lock: one this
+daemon does not hold, or no longer holds (its session was cut: another mover may have it
+now), is refused with ``mover_lost``, which the worker does not retry, so no batch of a
+collection runs while another process moves it. Reads (``data/list``, ``data/count``)
+change nothing and pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Final, Protocol, TypeVar
+
+from archivist.errors import MoverLost
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MOVING_COMMANDS: Final = frozenset({"data/create", "data/copy", "data/delete"})
+"""The worker's commands that write rows: each runs only under its collection's lock."""
+
+
+class HeldLock(Protocol):
+    """A mover lock as the daemon holds it (`archivist.data.locks.MoverLock`)."""
+
+    @property
+    def where(self) -> str: ...
+
+    async def alive(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
+class Movers:
+    """The mover locks this daemon holds, by collection."""
+
+    def __init__(
+        self, take: Callable[[str], Awaitable[HeldLock]], collections: Collection[str]
+    ) -> None:
+        self._take = take
+        self._collections = frozenset(collections)
+        self._held: dict[str, HeldLock] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+
+    def holds(self, collection: str) -> bool:
+        return collection in self._held
+
+    async def take(self, collection: str) -> None:
+        """Hold ``collection``'s lock (if not held already); MoverBusy names the holder."""
+        if collection in self._held:
+            return
+        lock = await self._take(collection)  # MoverBusy when another process holds it
+        self._held[collection] = lock
+        log.info(
+            "%s: this process (pid %d) is its mover now (%s)", collection, os.getpid(), lock.where
+        )
+
+    async def release(self, collection: str) -> None:
+        lock = self._held.pop(collection, None)
+        if lock is not None:
+            await lock.release()
+            log.debug("%s: mover lock released", collection)
+
+    def release_when(self, collection: str, done: asyncio.Event) -> None:
+        """Let ``collection``'s lock go once ``done`` is set (its task's record ended)."""
+
+        async def wait_and_release() -> None:
+            await done.wait()
+            await self.release(collection)
+
+        task = asyncio.get_running_loop().create_task(wait_and_release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def release_all(self) -> None:
+        for task in list(self._releases):
+            task.cancel()
+        for collection in list(self._held):
+            await self.release(collection)
+
+    async def guard(
+        self, target: str, params: dict[str, object], run: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run a worker's command that moves rows if its collection's lock is still ours;
+        refuse it with MoverLost if not. Each command's start and end are logged (debug) with this
+        process's id and the wall clock, so that two movers' logs can be laid side by side."""
+        collection = params.get("collection")
+        if (
+            target not in MOVING_COMMANDS
+            or not isinstance(collection, str)
+            or collection not in self._collections
+        ):
+            return await run()
+        lock = self._held.get(collection)
+        if lock is None:
+            raise MoverLost(
+                f"{target} refused: this daemon does not hold the mover lock of {collection}"
+            )
+        if not await lock.alive():
+            if self._held.get(collection) is lock:  # said once, by the first to find it
+                del self._held[collection]
+                log.error(
+                    "%s: the mover lock (%s) was lost; its task stops moving, another mover "
+                    "may have it now",
+                    collection,
+                    lock.where,
+                )
+            raise MoverLost(
+                f"{target} refused: the mover lock of {collection} was lost (its database "
+                "session ended); another archivist may be moving it now"
+            )
+        pid = os.getpid()
+        log.debug(
+            "mover step begin collection=%s pid=%d command=%s at=%.6f",
+            collection,
+            pid,
+            target,
+            time.time(),
+        )
+        try:
+            return await run()
+        finally:
+            log.debug(
+                "mover step end collection=%s pid=%d command=%s at=%.6f",
+                collection,
+                pid,
+                target,
+                time.time(),
+            )

@@ -1,0 +1,117 @@
+"""The daemon's mover locks (`archivist.daemon.movers`) on an in-memory lock: which of the
+worker's commands run, which are refused, and when a lock is let go."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from archivist.daemon.movers import MOVING_COMMANDS, HeldLock, Movers
+from archivist.errors import MoverBusy, MoverLost
+
+
+class FakeLock:
+    def __init__(self) -> None:
+        self.where = "fake"
+        self.live = True
+        self.released = False
+
+    async def alive(self) -> bool:
+        return self.live
+
+    async def release(self) -> None:
+        self.released = True
+
+
+class Locks:
+    """Takes fake locks; `busy` collections are held by someone else."""
+
+    def __init__(self) -> None:
+        self.taken: dict[str, FakeLock] = {}
+        self.busy: set[str] = set()
+
+    async def take(self, collection: str) -> HeldLock:
+        if collection in self.busy:
+            error = MoverBusy(f"{collection} is being archived by another archivist")
+            error.holder = "host:1"
+            raise error
+        self.taken[collection] = FakeLock()
+        return self.taken[collection]
+
+
+def _movers() -> tuple[Movers, Locks]:
+    locks = Locks()
+    return Movers(locks.take, ["chat_messages", "orders"]), locks
+
+
+async def _ok() -> str:
+    return "ran"
+
+
+def test_moving_commands_of_a_collection_not_held_are_refused_and_reads_pass() -> None:
+    movers, _ = _movers()
+
+    async def run() -> None:
+        for command in sorted(MOVING_COMMANDS):
+            with pytest.raises(MoverLost, match="does not hold the mover lock of chat_messages"):
+                await movers.guard(command, {"collection": "chat_messages"}, _ok)
+        for command in ("data/list", "data/count", "data/load", "ping"):
+            assert await movers.guard(command, {"collection": "chat_messages"}, _ok) == "ran"
+        # Not a policy's collection: the data layer answers it (unknown_collection).
+        assert await movers.guard("data/delete", {"collection": "secrets"}, _ok) == "ran"
+
+    asyncio.run(run())
+
+
+def test_a_held_lock_lets_its_commands_run_and_a_lost_one_stops_them() -> None:
+    movers, locks = _movers()
+
+    async def run() -> None:
+        await movers.take("chat_messages")
+        assert await movers.guard("data/copy", {"collection": "chat_messages"}, _ok) == "ran"
+        with pytest.raises(MoverLost):  # another collection's lock is not this one's
+            await movers.guard("data/copy", {"collection": "orders"}, _ok)
+        locks.taken["chat_messages"].live = False
+        with pytest.raises(MoverLost, match="was lost"):
+            await movers.guard("data/delete", {"collection": "chat_messages"}, _ok)
+        assert not movers.holds("chat_messages")
+        locks.taken["chat_messages"].live = True  # even if it came back: never taken again
+        with pytest.raises(MoverLost, match="does not hold"):
+            await movers.guard("data/delete", {"collection": "chat_messages"}, _ok)
+
+    asyncio.run(run())
+
+
+def test_a_busy_collection_is_not_held_and_the_error_names_the_holder() -> None:
+    movers, locks = _movers()
+    locks.busy.add("orders")
+
+    async def run() -> None:
+        with pytest.raises(MoverBusy) as caught:
+            await movers.take("orders")
+        assert caught.value.holder == "host:1"
+        assert not movers.holds("orders")
+
+    asyncio.run(run())
+
+
+def test_a_lock_is_let_go_when_its_record_ends_and_all_when_the_daemon_stops() -> None:
+    movers, locks = _movers()
+
+    async def run() -> None:
+        await movers.take("chat_messages")
+        await movers.take("orders")
+        await movers.take("orders")  # held already: not taken twice
+        done = asyncio.Event()
+        movers.release_when("chat_messages", done)
+        await asyncio.sleep(0)
+        assert movers.holds("chat_messages")
+        done.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not movers.holds("chat_messages") and locks.taken["chat_messages"].released
+        await movers.release_all()
+        assert not movers.holds("orders") and locks.taken["orders"].released
+
+    asyncio.run(run())
