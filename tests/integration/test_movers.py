@@ -49,7 +49,7 @@ from e2esupport import (
 from support import short_socket_dir
 
 ENGINES = ["sqlite", "postgresql", "mysql"]
-ROWS = 5000
+ROWS = 3000
 MAX_ROWS = 101
 ROWS_PER_ARCHIVE = 1
 """Any count over 101 is archived down to 100: the runs converge however they were cut."""
@@ -77,7 +77,15 @@ def _config(
     path: Path, primary: str, archive: str, socket_path: Path, *, pause: float = 0.15
 ) -> Path:
     """Small, slow batches (each task takes seconds), checked every half second; no yielding:
-    the other mover's sessions are not an application to make way for."""
+    the other mover's sessions are not an application to make way for. No batch starts
+    while the file ``pause`` beside the config exists."""
+    worker: dict[str, object] = {
+        "pause": pause,
+        "yield_ratio": 0,
+        "batch_time": 0.05,
+        "min_batch": BATCH,
+        "pause_file": str(path.parent / "pause"),
+    }
     return write_config(
         path,
         {"primary": primary, "archive": archive},
@@ -91,7 +99,7 @@ def _config(
             }
         ],
         socket_path,
-        worker={"pause": pause, "yield_ratio": 0, "batch_time": 0.05, "min_batch": BATCH},
+        worker=worker,
         daemon={"check_interval": CHECK_INTERVAL, "health_interval": 1},
     )
 
@@ -286,12 +294,17 @@ class Movers:
         return children
 
     def restart(self, slot: int, children: list[int]) -> None:
+        """Start the killed slot again; no batch starts meanwhile (the pause file), so that
+        rows are left for the next kills however slow start-up is."""
+        pause = self.configs[slot].parent / "pause"
+        pause.touch()
         # Its worker ends when it finds its daemon gone; the slot's socket is free again.
         for child in children:
             deadline = time.monotonic() + 10
             while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.start(slot)
+        pause.unlink()
 
     def cut(self) -> None:
         """End the lock's database session from outside, as a network cut or a DBA would."""
