@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from archivist.daemon.service import ArchiveDaemon, DaemonOptions
+from archivist.data.locks import MoverLock, me
 from archivist.data.registry import Entity, make_entity
 from archivist.errors import BadAnswer
 from archivist.protocol import JSONObject
@@ -53,6 +54,9 @@ class _Counts:
 
     async def ensure_archive_table(self, collection: str) -> None:
         self.ensured.append(collection)
+
+    async def take_mover(self, collection: str) -> MoverLock:
+        return MoverLock(collection, me(), "in memory")  # nobody else moves: always ours
 
 
 def _daemon(data: _Counts, *collections: str) -> ArchiveDaemon:
