@@ -1,14 +1,20 @@
 """The daemon's mover locks (`archivist.daemon.movers`) on an in-memory lock: which of the
-worker's commands run, which are refused, and when a lock is let go."""
+worker's commands run, which are refused, when a lock is let go, and how the policy loop
+takes it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import pytest
 
 from archivist.daemon.movers import MOVING_COMMANDS, HeldLock, Movers
+from archivist.daemon.service import ArchiveDaemon, DaemonOptions
+from archivist.data.registry import make_entity
 from archivist.errors import MoverBusy, MoverLost
+from archivist.protocol import JSONObject
 
 
 class FakeLock:
@@ -33,7 +39,9 @@ class Locks:
 
     async def take(self, collection: str) -> HeldLock:
         if collection in self.busy:
-            error = MoverBusy(f"{collection} is being archived by another archivist")
+            error = MoverBusy(
+                f"{collection} is being archived by another archivist: held by host:1"
+            )
             error.holder = "host:1"
             raise error
         self.taken[collection] = FakeLock()
@@ -115,3 +123,73 @@ def test_a_lock_is_let_go_when_its_record_ends_and_all_when_the_daemon_stops() -
         assert not movers.holds("orders") and locks.taken["orders"].released
 
     asyncio.run(run())
+
+
+# --- the policy loop and the lock -------------------------------------------------------------
+
+
+class Source:
+    """The DataDaemon as the ArchiveDaemon sees it: row counts, and a mover lock that
+    ``other`` holds (MoverBusy) or that is handed over once ``moved_meanwhile`` rows
+    counts have been set by the previous holder."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.locks = Locks()
+        self.moved_meanwhile: int | None = None
+        self.ensured: list[str] = []
+
+    async def execute(self, name: str, params: JSONObject, *, caller: str = "local") -> JSONObject:
+        assert name == "data/count"
+        return {"count": self.count}
+
+    async def ensure_archive_table(self, collection: str) -> None:
+        self.ensured.append(collection)
+
+    async def take_mover(self, collection: str) -> HeldLock:
+        lock = await self.locks.take(collection)
+        if self.moved_meanwhile is not None:
+            # The previous mover finished just before we got the lock.
+            self.count = self.moved_meanwhile
+        return lock
+
+
+def _daemon(source: Source) -> ArchiveDaemon:
+    policy = make_entity("chat_messages", order_by="created_at", max_rows=100, rows_per_archive=20)
+    return ArchiveDaemon(source, [policy], DaemonOptions(socket_path=Path("unused.sock")))
+
+
+def test_a_collection_another_process_moves_is_skipped_this_cycle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = Source(3000)
+    source.locks.busy.add("chat_messages")
+    daemon = _daemon(source)
+    with caplog.at_level(logging.INFO, logger="archivist.daemon.service"):
+        assert asyncio.run(daemon.check_once()) == []
+    assert source.ensured == [] and not daemon.movers.holds("chat_messages")
+    assert any(
+        "chat_messages: skipped this cycle" in r.getMessage() and "host:1" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_rows_are_counted_again_once_the_lock_is_ours() -> None:
+    """3,000 rows when first counted; by the time the lock is ours the other mover has
+    brought the table to 80: nothing to move (a count from before would move all 80)."""
+    source = Source(3000)
+    source.moved_meanwhile = 80
+    daemon = _daemon(source)
+    assert asyncio.run(daemon.check_once()) == []
+    assert source.ensured == []
+    assert not daemon.movers.holds("chat_messages")
+    assert source.locks.taken["chat_messages"].released
+
+
+def test_a_task_is_queued_under_the_lock_with_the_rows_counted_under_it() -> None:
+    source = Source(3000)
+    source.moved_meanwhile = 150
+    daemon = _daemon(source)
+    queued = asyncio.run(daemon.check_once())
+    assert [(r.collection, r.max_rows) for r in queued] == [("chat_messages", 70)]
+    assert daemon.movers.holds("chat_messages")

@@ -333,14 +333,27 @@ class ArchiveDaemon:
         if excess == 0:
             log.debug("%s: %d row(s), within %d", policy.collection, count, policy.max_rows)
             return None
-        log.info(
-            "%s: %d row(s) is over max_rows %d; archiving %d",
-            policy.collection,
-            count,
-            policy.max_rows,
-            excess,
-        )
-        return await self.submit(policy.collection, excess)
+        # The lock, then the count again: another mover may have been moving rows meanwhile,
+        # and a count from before would move rows the policy keeps.
+        await self.movers.take(policy.collection)
+        try:
+            count = await self.count(policy.collection, policy.source_handle)
+            excess = policy.rows_to_archive(count)
+            if excess == 0:
+                await self.movers.release(policy.collection)
+                return None
+            log.info(
+                "%s: %d row(s) is over max_rows %d; archiving %d",
+                policy.collection,
+                count,
+                policy.max_rows,
+                excess,
+            )
+            return await self.submit(policy.collection, excess)
+        except BaseException:
+            if self.tracker.unfinished(policy.collection) is None:
+                await self.movers.release(policy.collection)
+            raise
 
     async def count(self, collection: str, handle: str) -> int:
         result = await self.data.execute(
