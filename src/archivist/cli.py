@@ -13,22 +13,24 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
 import archivist
 from archivist import protocol
-from archivist.config import DEFAULT_YIELD_RATIO
 from archivist.errors import ArchivistError, UnknownCollection
+from archivist.worker.settings import SETTINGS, Setting, from_options
 
 if TYPE_CHECKING:
     from archivist.config import Config
 
 log = logging.getLogger("archivist")
+
+_F = TypeVar("_F", bound=Callable[..., object])
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -70,153 +72,45 @@ def main() -> None:
     atexit.register(gc.freeze)
 
 
+def _worker_option(spec: Setting) -> Callable[[_F], _F]:
+    """The ``archivist worker`` option of one worker setting. Its default is None, so an
+    option not given leaves the table's default in force (as procrastinate's CLI leaves
+    unset flags out with ``argparse.SUPPRESS``); the help shows the table's default."""
+    shown = spec.default
+    if spec.kind is bool:
+        on, _, off = spec.flag.partition("/")
+        shown = on if spec.default else off
+    help_text = spec.help if shown in (None, ()) else f"{spec.help}  [default: {shown}]"
+    kind: click.ParamType[Any] | None = None
+    low = spec.ge if spec.ge is not None else spec.gt
+    if spec.kind is int:
+        kind = click.IntRange(
+            None if low is None else int(low),
+            None if spec.le is None else int(spec.le),
+            min_open=spec.gt is not None,
+        )
+    elif spec.kind is float:
+        kind = click.FloatRange(low, spec.le, min_open=spec.gt is not None)
+    return click.option(
+        spec.flag,
+        spec.name,
+        type=kind,
+        default=None,
+        multiple=spec.multiple,
+        metavar=spec.metavar,
+        help=help_text,
+    )
+
+
+def worker_options(command: _F) -> _F:
+    """Every worker setting (`archivist.worker.settings`) as an option, in the table's order."""
+    for spec in reversed(SETTINGS):
+        command = _worker_option(spec)(command)
+    return command
+
+
 @main.command(context_settings=CONTEXT)
-@click.option(
-    "--socket",
-    "socket_path",
-    type=click.Path(path_type=Path),
-    help="Unix socket to listen on. Default: $XDG_RUNTIME_DIR/archivist/worker.sock, "
-    "else /tmp/archivist-<uid>/worker.sock.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 64),
-    default=3,
-    show_default=True,
-    help="Tasks run at once (never two on the same source collection).",
-)
-@click.option(
-    "--frame-limit",
-    type=click.IntRange(1024),
-    default=protocol.DEFAULT_FRAME_LIMIT,
-    show_default=True,
-    help="Longest accepted line, in bytes; a longer one closes the connection.",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(min=0.1),
-    default=600.0,
-    show_default=True,
-    help="Seconds a connection may go without sending a complete frame before it is "
-    "closed (a silent client, or one that trickles bytes).",
-)
-@click.option(
-    "--write-timeout",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds a client may leave the worker's answers unread before it is dropped.",
-)
-@click.option(
-    "--max-queue",
-    type=click.IntRange(1),
-    default=10_000,
-    show_default=True,
-    help="Queued tasks held at most; more are refused with code queue_full.",
-)
-@click.option(
-    "--shutdown-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds running tasks get to reach a safe point on SIGTERM.",
-)
-@click.option(
-    "--allow-uid",
-    "allow_uids",
-    type=click.IntRange(0),
-    multiple=True,
-    metavar="UID",
-    help="Also serve processes of this user (repeatable). The worker's own user is always "
-    "served and every other one refused (checked with SO_PEERCRED). Without this option "
-    "the socket is 0600 in a 0700 directory; with it the socket is 0666 in a 0711 "
-    "directory, so other users can reach it, and the credential check refuses all but "
-    "the allowed ones. Directories above the socket's must let them pass too.",
-)
-@click.option(
-    "--retry-for",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds a batch failing with a database error is retried (with backoff) before "
-    "its task fails.",
-)
-@click.option(
-    "--batch-time",
-    type=click.FloatRange(min=0),
-    default=0.5,
-    show_default=True,
-    help="Seconds each batch should take: batch sizes adapt to it, never above the "
-    "task's batchSize (0: always the task's batchSize).",
-)
-@click.option(
-    "--min-batch",
-    type=click.IntRange(1),
-    default=100,
-    show_default=True,
-    help="Smallest batch the adaptive sizing goes down to.",
-)
-@click.option(
-    "--pause",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Seconds each task rests between its batches.",
-)
-@click.option(
-    "--nice-ratio",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="After each batch, rest this many times as long as the batch took, like gh-ost's "
-    "--nice-ratio: 1 about halves the load on the database, at half the speed.",
-)
-@click.option(
-    "--yield-ratio",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_YIELD_RATIO,
-    show_default=True,
-    help="While other sessions are using the source database (the application), rest at "
-    "least this many times as long as each batch took: the application's slowest "
-    "requests stay close to their idle latency, and rows move at about 1/(1+ratio) of "
-    "full speed until it is quiet for 2 s. 0: never yield (fastest; the application's p99 "
-    "latency may then rise several times while archivist runs).",
-)
-@click.option(
-    "--pause-file",
-    type=click.Path(path_type=Path),
-    help="While this file exists no batch starts (touch it to pause, remove it to resume).",
-)
-@click.option(
-    "--max-latency-ms",
-    type=click.FloatRange(min=0),
-    default=100.0,
-    show_default=True,
-    help="Pause batches while a probe query on the source takes longer than this.",
-)
-@click.option(
-    "--max-active",
-    type=click.IntRange(0),
-    default=32,
-    show_default=True,
-    help="Pause batches while the source reports more busy connections than this "
-    "(PostgreSQL active backends, MariaDB Threads_running).",
-)
-@click.option(
-    "--per-database",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Batches that may write at once on one source database, across all tasks.",
-)
-@click.option(
-    "--rows-through-worker",
-    is_flag=True,
-    help="Always move rows through this worker (list, create, verify, delete), even where "
-    "the daemon could copy them inside the database: two SQLite files, or two MariaDB/MySQL "
-    "databases on one server reached as one user. Slower; for comparing, or for a daemon "
-    "whose data/copy should not be used.",
-)
+@worker_options
 @click.option(
     "--parent",
     type=click.IntRange(1),
@@ -226,30 +120,7 @@ def main() -> None:
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
-def worker(
-    socket_path: Path | None,
-    concurrency: int,
-    frame_limit: int,
-    idle_timeout: float,
-    write_timeout: float,
-    max_queue: int,
-    shutdown_timeout: float,
-    allow_uids: tuple[int, ...],
-    verbose: int,
-    quiet: bool,
-    parent: int | None,
-    retry_for: float,
-    batch_time: float,
-    min_batch: int,
-    pause: float,
-    nice_ratio: float,
-    yield_ratio: float,
-    pause_file: Path | None,
-    max_latency_ms: float,
-    max_active: int,
-    per_database: int,
-    rows_through_worker: bool,
-) -> None:
+def worker(verbose: int, quiet: bool, parent: int | None, **given: object) -> None:
     """Run an archive worker: a Unix-socket server with a task queue.
 
     The worker takes archive tasks from the daemon, runs up to --concurrency of them at
@@ -271,39 +142,9 @@ def worker(
     --max-active) or while --pause-file exists; `archivist status` shows why a task waits.
     """
     from archivist.worker import WorkerOptions, serve
-    from archivist.worker.executor import Settings
-    from archivist.worker.paths import default_socket_path
-    from archivist.worker.throttle import ThrottleSettings
 
     setup_logging(verbose, quiet)
-    throttle = ThrottleSettings(
-        pause=pause,
-        nice_ratio=nice_ratio,
-        yield_ratio=yield_ratio,
-        pause_file=pause_file,
-        max_latency_ms=max_latency_ms,
-        max_active=max_active,
-        per_database=per_database,
-    )
-    settings = Settings(
-        retry_for=retry_for,
-        batch_time=batch_time,
-        min_batch=min_batch,
-        in_database=not rows_through_worker,
-        throttle=throttle,
-    )
-    options = WorkerOptions(
-        socket_path=socket_path or default_socket_path(),
-        concurrency=concurrency,
-        frame_limit=frame_limit,
-        idle_timeout=idle_timeout,
-        write_timeout=write_timeout,
-        max_queue=max_queue,
-        shutdown_timeout=shutdown_timeout,
-        allowed_uids=frozenset(allow_uids),
-        parent=parent,
-        executor=settings,
-    )
+    options = WorkerOptions.from_settings(from_options(given), parent=parent)
     run_async(serve(options))
 
 

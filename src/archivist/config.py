@@ -16,7 +16,8 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from archivist.errors import ConfigError
-from archivist.protocol import DEFAULT_FRAME_LIMIT, IDENTIFIER, MAX_BATCH_SIZE
+from archivist.protocol import IDENTIFIER, MAX_BATCH_SIZE
+from archivist.worker.settings import WorkerSettings
 
 DATABASE_URL: Final = re.compile(
     r"""
@@ -38,9 +39,9 @@ DATABASE_URL: Final = re.compile(
     re.X,
 )
 """SQLAlchemy's own pattern for a database URL (``sqlalchemy.engine.url._parse_url``).
-Reading the config with it, not with SQLAlchemy, spares the command line importing
-SQLAlchemy (~0.25 s) before it starts the worker: the import then overlaps the worker's
-start."""
+Reading the config with it, not with SQLAlchemy, lets the command line start the worker
+before it imports SQLAlchemy, which is slow to import: the import then overlaps the
+worker's start."""
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -66,61 +67,8 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.batch_size or min(self.rows_per_archive, MAX_BATCH_SIZE)
 
 
-NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
-
-DEFAULT_YIELD_RATIO: Final = 200.0
-"""The default ``yield_ratio``: while the application uses the database, archivist holds it
-about 1/201 of the time. The application's p99 latency stays within 1.5x of its idle p99
-only when well under 1 in 100 of its requests meet a batch: in the benchmark 30 kept it so
-on SQLite but not on PostgreSQL (2.6-3.4x), 100 sat on the edge (1.2-1.7x), 200 kept it on
-both in every run (at most 1.48x), at ~300 rows/s on SQLite and ~170 on PostgreSQL beside
-the application (docs/performance.md)."""
-
-
-class WorkerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``[worker]``: where the worker listens and how gently it moves rows.
-
-    The pacing keys are those of ``archivist worker --help`` with underscores; a worker the
-    daemon starts gets them on its command line.
-    """
-
-    socket: str | None = None
-    concurrency: PositiveInt = 3
-    frame_limit: PositiveInt = DEFAULT_FRAME_LIMIT
-    idle_timeout: PositiveFloat = 600.0
-    retry_for: NonNegativeFloat = 60.0
-    batch_time: NonNegativeFloat = 0.5
-    min_batch: PositiveInt = 100
-    pause: NonNegativeFloat = 0.0
-    nice_ratio: NonNegativeFloat = 0.0
-    yield_ratio: NonNegativeFloat = DEFAULT_YIELD_RATIO
-    pause_file: str | None = None
-    max_latency_ms: NonNegativeFloat = 100.0
-    max_active: Annotated[int, msgspec.Meta(ge=0)] = 32
-    per_database: PositiveInt = 1
-    in_database: bool = True
-
-    def command_line(self) -> list[str]:
-        """These settings as ``archivist worker`` options (socket and concurrency aside)."""
-        options = {
-            "--frame-limit": self.frame_limit,
-            "--idle-timeout": self.idle_timeout,
-            "--retry-for": self.retry_for,
-            "--batch-time": self.batch_time,
-            "--min-batch": self.min_batch,
-            "--pause": self.pause,
-            "--nice-ratio": self.nice_ratio,
-            "--yield-ratio": self.yield_ratio,
-            "--max-latency-ms": self.max_latency_ms,
-            "--max-active": self.max_active,
-            "--per-database": self.per_database,
-        }
-        args = [item for name, value in options.items() for item in (name, str(value))]
-        if self.pause_file is not None:
-            args += ["--pause-file", self.pause_file]
-        if not self.in_database:
-            args.append("--rows-through-worker")
-        return args
+WorkerConfig = WorkerSettings
+"""``[worker]``: the worker's settings, declared in `archivist.worker.settings`."""
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

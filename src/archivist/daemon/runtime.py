@@ -60,9 +60,9 @@ async def running(
             socket = Path(config.worker.socket) if config.worker.socket else default_socket_path()
         supervisor = WorkerProcess(
             socket,
-            concurrency=config.worker.concurrency,
             quiet=launch.quiet_worker,
             extra_args=tuple(config.worker.command_line()),
+            shutdown_timeout=config.worker.shutdown_timeout,
         )
         supervisor.check_free()
         await supervisor.spawn()  # the worker's start-up overlaps the data daemon's

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Final
 
 from archivist.worker import paths
+from archivist.worker.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
-STOP_TIMEOUT: Final = 35.0
+STOP_MARGIN: Final = 5.0
+"""Seconds a stopping worker gets past its ``shutdown_timeout`` (its tasks' time to reach a
+safe point) to tell its clients and exit, before it is killed."""
 # A worker that ran this long before it died was healthy: its death starts the delays over,
 # so that a few crashes spread over a week do not make every later restart wait 5 s.
 HEALTHY_RUN: Final = 60.0
@@ -50,21 +53,24 @@ class RestartBackoff:
 
 
 class WorkerProcess:
-    """A supervised ``archivist worker`` child; `run` restarts it until `stop`."""
+    """A supervised ``archivist worker`` child; `run` restarts it until `stop`.
+
+    ``extra_args`` are its settings as options (`WorkerSettings.command_line`), and
+    ``shutdown_timeout`` the one among them that says how long it may take to stop."""
 
     def __init__(
         self,
         socket_path: Path,
         *,
-        concurrency: int = 3,
         quiet: bool = False,
         extra_args: tuple[str, ...] = (),
+        shutdown_timeout: float = DEFAULTS.shutdown_timeout,
         backoff: RestartBackoff | None = None,
     ) -> None:
         self.socket_path = socket_path
-        self.concurrency = concurrency
         self.quiet = quiet
         self.extra_args = extra_args
+        self.stop_timeout = shutdown_timeout + STOP_MARGIN
         self.restarts = 0
         self.backoff = backoff if backoff is not None else RestartBackoff()
         self._process: asyncio.subprocess.Process | None = None
@@ -112,8 +118,6 @@ class WorkerProcess:
             "worker",
             "--socket",
             os.fspath(self.socket_path),
-            "--concurrency",
-            str(self.concurrency),
             "--parent",
             str(os.getpid()),
         ]
@@ -130,10 +134,10 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
         try:
-            async with asyncio.timeout(STOP_TIMEOUT):
+            async with asyncio.timeout(self.stop_timeout):
                 await process.wait()
         except TimeoutError:
-            log.warning("worker did not stop in %.0f s; killing it", STOP_TIMEOUT)
+            log.warning("worker did not stop in %.0f s; killing it", self.stop_timeout)
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()

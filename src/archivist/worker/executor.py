@@ -44,6 +44,7 @@ from archivist.errors import (
 from archivist.protocol import JSONObject
 from archivist.worker.batching import BatchSizer
 from archivist.worker.queue import Task
+from archivist.worker.settings import DEFAULTS
 from archivist.worker.throttle import Throttle, ThrottleSettings
 
 log = logging.getLogger(__name__)
@@ -61,16 +62,16 @@ RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 class Settings:
     """How the executor behaves; one instance per worker."""
 
-    retry_for: float = 60.0
+    retry_for: float = DEFAULTS.retry_for
     """Seconds a batch that keeps failing with a transient error is retried before the task
     fails (0: fail at once)."""
-    batch_time: float = 0.5
+    batch_time: float = DEFAULTS.batch_time
     """Seconds each batch should take: sizes adapt to it, up to the task's batchSize
     (0: always the task's batchSize)."""
-    min_batch: int = 100
-    prefetch: bool = True
+    min_batch: int = DEFAULTS.min_batch
+    prefetch: bool = DEFAULTS.prefetch
     """List the next batch while the current one is written."""
-    in_database: bool = True
+    in_database: bool = DEFAULTS.in_database
     """Let the daemon copy rows inside the database where it can (``data/copy``)."""
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 

@@ -43,24 +43,29 @@ from archivist.transport import Peer
 from archivist.worker import paths
 from archivist.worker.executor import Executor, Outcome, Settings
 from archivist.worker.queue import Task, TaskQueue
+from archivist.worker.settings import DEFAULTS, WorkerSettings
+from archivist.worker.throttle import ThrottleSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
+    """What one worker process runs with; made from `WorkerSettings` by `from_settings`
+    (help and defaults are declared there)."""
+
     socket_path: Path = field(default_factory=paths.default_socket_path)
-    concurrency: int = 3
-    frame_limit: int = protocol.DEFAULT_FRAME_LIMIT
-    request_timeout: float = 120.0
+    concurrency: int = DEFAULTS.concurrency
+    frame_limit: int = DEFAULTS.frame_limit
+    request_timeout: float = DEFAULTS.request_timeout
     """Seconds to wait for the daemon's answer to one ``execute``."""
-    idle_timeout: float | None = 600.0
+    idle_timeout: float | None = DEFAULTS.idle_timeout
     """Seconds a connection may stay silent before it is closed (None: never)."""
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: float = DEFAULTS.shutdown_timeout
     """Seconds running tasks get to reach a safe point on SIGTERM before they are cut."""
-    write_timeout: float = 60.0
+    write_timeout: float = DEFAULTS.write_timeout
     """Seconds a client may leave answers unread before its connection is dropped."""
-    max_queue: int = 10_000
+    max_queue: int = DEFAULTS.max_queue
     """Queued tasks the worker holds at most; more are refused with ``queue_full``."""
     executor: Settings = field(default_factory=Settings)
     """Retries, batch sizing and throttling of the tasks' batches."""
@@ -71,6 +76,41 @@ class WorkerOptions:
 
     Non-empty, it opens the socket (0666) and its directory (0711) to other users so they
     can reach the socket at all; the credential check is then what refuses the others."""
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, *, parent: int | None = None) -> WorkerOptions:
+        """The options of a worker with these settings (``parent``: see the field)."""
+        throttle = ThrottleSettings(
+            pause=settings.pause,
+            nice_ratio=settings.nice_ratio,
+            pause_file=Path(settings.pause_file) if settings.pause_file else None,
+            max_latency_ms=settings.max_latency_ms,
+            max_active=settings.max_active,
+            yield_ratio=settings.yield_ratio,
+            load_interval=settings.load_interval,
+            per_database=settings.per_database,
+        )
+        executor = Settings(
+            retry_for=settings.retry_for,
+            batch_time=settings.batch_time,
+            min_batch=settings.min_batch,
+            prefetch=settings.prefetch,
+            in_database=settings.in_database,
+            throttle=throttle,
+        )
+        return cls(
+            socket_path=Path(settings.socket) if settings.socket else paths.default_socket_path(),
+            concurrency=settings.concurrency,
+            frame_limit=settings.frame_limit,
+            request_timeout=settings.request_timeout,
+            idle_timeout=settings.idle_timeout,
+            shutdown_timeout=settings.shutdown_timeout,
+            write_timeout=settings.write_timeout,
+            max_queue=settings.max_queue,
+            executor=executor,
+            parent=parent,
+            allowed_uids=frozenset(settings.allow_uid),
+        )
 
 
 class _TaskCalls:

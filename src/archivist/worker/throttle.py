@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from archivist.config import DEFAULT_YIELD_RATIO
 from archivist.errors import ArchivistError
 from archivist.protocol import JSONObject
+from archivist.worker.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +33,25 @@ application), which would otherwise be one ``data/load`` per batch."""
 
 @dataclass(frozen=True)
 class ThrottleSettings:
-    pause: float = 0.0
+    pause: float = DEFAULTS.pause
     """Seconds each task sleeps between its batches."""
-    nice_ratio: float = 0.0
+    nice_ratio: float = DEFAULTS.nice_ratio
     """After each batch, a task also rests this many times as long as the batch took
     (gh-ost's --nice-ratio): 1 about halves the load a task puts on its database."""
     pause_file: Path | None = None
     """While this file exists, no batch starts."""
-    max_latency_ms: float | None = 100.0
+    max_latency_ms: float | None = DEFAULTS.max_latency_ms
     """Pause while the database's probe query takes longer than this (None: ignore)."""
-    max_active: int | None = 32
+    max_active: int | None = DEFAULTS.max_active
     """Pause while the database reports more busy connections than this: PostgreSQL's
     active backends, MariaDB's Threads_running (None: ignore)."""
-    yield_ratio: float = DEFAULT_YIELD_RATIO
+    yield_ratio: float = DEFAULTS.yield_ratio
     """While other sessions are using a task's source database (the application: the
     ``others`` of ``data/load``), the task rests at least this many times as long as each
     batch took (0: never yield)."""
-    load_interval: float = 1.0
+    load_interval: float = DEFAULTS.load_interval
     """Seconds a load reading is reused, by every task on that database."""
-    per_database: int = 1
+    per_database: int = DEFAULTS.per_database
     """Batches that may run at once on one source database."""
 
     def rest_after(self, batch_seconds: float, *, yielding: bool = False) -> float:
