@@ -5,12 +5,16 @@ exit code and in `status`; `--dry-run` warns beforehand."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from archivist.config import load_config
+from archivist.daemon.runtime import Launch, running, until_done
+from archivist.daemon.tracker import TaskRecord
 from archivist.errors import UnstorableValue
 from datasupport import chat_policy, run, sql, started
 from e2esupport import archivist, processes, wait_for, write_config
@@ -179,3 +183,21 @@ def test_instants_before_1970_stay_when_the_archive_column_is_a_mariadb_timestam
     assert "retrying" not in error
     assert {row[0] for row in sql(pg_url, "SELECT id FROM events")} == {1, 3}
     assert {row[0] for row in sql(mysql_url, "SELECT id FROM events")} == {2, 4, 5}
+
+
+def test_the_workers_complete_carries_the_unstorable_value_code(
+    tmp_path: Path, pg_url: str, mysql_url: str
+) -> None:
+    make_readings(pg_url)
+    config = load_config(config_file(tmp_path, pg_url, mysql_url))
+
+    async def scenario() -> TaskRecord:
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+            record = await daemon.submit("readings", 9)
+            await until_done(daemon, record)
+            return record
+
+    record = asyncio.run(scenario())
+
+    assert (record.state, record.code, record.archived) == ("error", "unstorable_value", 5)
+    assert record.error is not None and record.error.startswith("moved 5 row(s); kept 4")

@@ -42,6 +42,8 @@ class TaskRecord:
     total: int = 0
     attempts: int = 0
     error: str | None = None
+    code: str | None = None
+    """The wire code of the worker's ``complete`` (why it ended in error or was cancelled)."""
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,6 +110,7 @@ class Tracker:
         record.archived = record.carried + message.archived
         record.state = message.status
         record.error = message.error
+        record.code = message.code
         record.finished_at = time.time()
         self._history.append(record)
         record.done.set()
