@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 
-from archivist.data import DataDaemon, activity, commands, slicing
+from archivist.data import DataDaemon, activity, delete, slicing
 from archivist.data.handles import Handle, create_engine
 from archivist.data.schema import TableInfo
 from archivist.errors import (
@@ -335,7 +335,7 @@ def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
             try:
                 unchanged, skipped = await asyncio.wait_for(
                     handle.transaction(
-                        commands._match_expected, info, [(i["id"], i) for i in copied]
+                        delete._match_expected, info, [(i["id"], i) for i in copied]
                     ),
                     timeout=5,
                 )
@@ -343,7 +343,7 @@ def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
                 writer.execute("ROLLBACK")
                 writer.close()
             deleted, kept = await handle.run(
-                commands._delete_in_slices, handle.engine, info, unchanged
+                delete._delete_unchanged, handle.engine, info, unchanged
             )
             return len(unchanged), deleted, [*skipped, *kept]
 
@@ -360,7 +360,7 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
         async with started(sqlite_url) as daemon:
             copied, info, handle = await seeded_and_listed(daemon, 5)
             unchanged, skipped = await handle.transaction(
-                commands._match_expected, info, [(i["id"], i) for i in copied]
+                delete._match_expected, info, [(i["id"], i) for i in copied]
             )
             assert skipped == []
             with contextlib.closing(sqlite3.connect(path)) as app, app:
@@ -368,7 +368,7 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
                 app.execute("UPDATE chat_messages SET meta = NULL WHERE id = 3")
                 app.execute("DELETE FROM chat_messages WHERE id = 4")
             deleted, kept = await handle.run(
-                commands._delete_in_slices, handle.engine, info, unchanged
+                delete._delete_unchanged, handle.engine, info, unchanged
             )
             return deleted, kept, ids_of(await call(daemon, "data/list"))
 

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
-from archivist.data.transfer import RUN, _ByKeys, key_ranges, key_span
+from archivist.data.transfer.attached import ByKeys
+from archivist.data.transfer.keys import RUN, key_ranges, key_span
 
 BIG = 2**63 - 1
 
@@ -82,7 +83,7 @@ def test_a_hostile_column_name_gets_its_ranges_in_the_right_place() -> None:
     table = sa.Table("my table", sa.MetaData(), sa.Column(name, sa.BigInteger), schema="s x")
     keys = sa.bindparam("keys", expanding=True)
     statement = sa.delete(table).where(table.c[name].in_(keys))
-    by_keys = _ByKeys.of(statement, table.c[name], mysql.dialect())
+    by_keys = ByKeys.of(statement, table.c[name], mysql.dialect())
     column = "`s x`.`my table`.`i``d IN (x`"
     assert by_keys.column == column
     written = by_keys.text.replace(f"{column} IN (__[POSTCOMPILE_keys])", "<keys>")

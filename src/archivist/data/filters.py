@@ -5,9 +5,9 @@ bound parameter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
@@ -37,6 +37,19 @@ def one_of(
         array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
         return column != sa.all_(array) if negate else column == sa.any_(array)
     return column.not_in(values) if negate else column.in_(values)
+
+
+KEY_CHUNK: Final = 5_000
+"""Keys one statement names at most (its bound parameters, or an array's elements): well
+under every driver's limit (SQLite 32766, PostgreSQL 65535); longer lists go in chunks."""
+
+_T = TypeVar("_T")
+
+
+def chunks(values: Sequence[_T], size: int = KEY_CHUNK) -> Iterator[Sequence[_T]]:
+    """``values`` in consecutive chunks of at most ``size``."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.storable import column_warnings
-from archivist.data.transfer import Transfers
+from archivist.data.transfer.commands import Transfers
 from archivist.data.values import encode_value
 from archivist.errors import (
     ArchivistError,

@@ -2,7 +2,7 @@
 typed values the codec encodes.
 
 Two uses. A SQLite delete binds the stored form to delete a row only if it still holds it
-(`commands._delete_in_slices`). And a copy between like tables (same engine, same columns)
+(`archivist.data.delete`). And a copy between like tables (same engine, same columns)
 binds the stored form of each listed row straight into the destination: `RecentRows` keeps
 the stored form of recent listings, so that a ``data/create`` of those very items skips
 decoding and SQLAlchemy's per-value type processing (the bulk path of a copy), and stores

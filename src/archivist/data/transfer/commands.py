@@ -1,0 +1,220 @@
+"""``data/copy`` and the ``matching`` form of ``data/delete`` (`Transfers`): finds the link
+between two handles, prepares a collection's statements for it once, and runs each batch
+with the runner of the link's kind (`attached` or `piped_pg`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from archivist.data.catalog import Catalog
+from archivist.data.handles import Handle
+from archivist.data.listing import cursor_position, position_params
+from archivist.data.params import CopyParams, parse_params
+from archivist.data.schema import TableInfo
+from archivist.data.transfer import attached, piped_pg
+from archivist.data.transfer.attached import MOVES, Attached, transactional
+from archivist.data.transfer.link import Link, compatible, find_link
+from archivist.data.transfer.pages import Pages, pages_for
+from archivist.data.transfer.piped_pg import Piped
+from archivist.data.values import JSONObject, decode_values, decoder_for
+from archivist.errors import InvalidParams, Unsupported
+
+log = logging.getLogger(__name__)
+
+Statements: TypeAlias = Attached | Piped
+"""A collection's statements on one link, of the link's kind."""
+
+
+def statements_for(link: Link, source: TableInfo, *, moves: bool = False) -> Statements:
+    """The statements a collection's batches run on ``link``."""
+    if link.dest_schema is None:
+        return piped_pg.statements(link, source)
+    return attached.statements(link, source, moves=moves)
+
+
+class Transfers:
+    """``data/copy`` and the ``matching`` form of ``data/delete`` over one catalog."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._links: dict[tuple[str, str], Link | str] = {}
+        self._statements: dict[tuple[str, str, str], Statements] = {}
+        self._pages: dict[tuple[str, str, str, tuple[bool, ...]], tuple[Statements, Pages]] = {}
+        """How `copy` reads a page, by the page's shape (`ListQuery.build` with ``bound``),
+        with the statements it was made for: building it anew is a noticeable part of a
+        batch's time in the daemon."""
+
+    def link(self, source: Handle, dest: Handle) -> Link:
+        key = (source.name, dest.name)
+        if key not in self._links:
+            self._links[key] = find_link(source, dest)
+            if isinstance(self._links[key], Link):
+                log.info("rows are copied by the daemon from '%s' to '%s'", *key)
+        found = self._links[key]
+        if isinstance(found, str):
+            raise Unsupported(
+                f"unsupported: the daemon cannot copy rows from handle "
+                f"'{source.name}' to '{dest.name}': {found}"
+            )
+        return found
+
+    def describe(
+        self, source: Handle, dest: Handle, info: TableInfo, copy: TableInfo | None
+    ) -> str:
+        """How a task's rows would move between these handles, for people (``--dry-run``);
+        ``copy`` is the destination table, None while it is still to be created alike."""
+        try:
+            link = self.link(source, dest)
+        except Unsupported:
+            return f"through the worker ({self._links[(source.name, dest.name)]})"
+        problem = None if copy is None else compatible(info, copy, link.runner.engine.dialect)
+        if problem is not None:
+            return f"through the worker (the archive table differs: {problem})"
+        how = "inside the database" if link.dest_schema else "by binary COPY between the databases"
+        return f"copied by the daemon {how}, each row deleted where its copy is identical"
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            if isinstance(link, Link):
+                await link.runner.close()
+                if link.deleter is not link.runner:
+                    await link.deleter.close()
+        self._links.clear()
+        self._statements.clear()
+        self._pages.clear()
+
+    async def _prepare(self, collection: str, source_name: str, dest_name: str) -> _Prepared:
+        entity, source, info = await self.catalog.table(collection, source_name)
+        if dest_name == source.name:
+            raise InvalidParams("invalid params: the destination must be another handle")
+        link = self.link(source, self.catalog.handle(dest_name))
+        _, dest, dest_info = await self.catalog.table(collection, dest_name)
+        key = (collection, source.name, dest.name)
+        statements = self._statements.get(key)
+        if statements is None or statements.source is not info:
+            problem = compatible(info, dest_info, link.runner.engine.dialect)
+            if problem is not None:
+                raise Unsupported(
+                    f"unsupported: {collection} on handle '{dest.name}' cannot take the rows "
+                    f"as stored: {problem}"
+                )
+            moves = False
+            if link.dest_schema is not None and link.runner.dialect_name in MOVES:
+                moves = await source.transaction(transactional, info.table.name, link.dest_schema)
+                if not moves:
+                    log.info(
+                        "%s: a table has no transactions; each batch is copied, then deleted "
+                        "where its copy is identical",
+                        collection,
+                    )
+            statements = self._statements[key] = statements_for(link, info, moves=moves)
+        return _Prepared(entity.order_by, link, statements)
+
+    # --- data/copy ------------------------------------------------------------------------
+
+    async def copy(self, params: JSONObject) -> JSONObject:
+        """Copy the source's next rows (``limit``, in the collection's archive order or
+        ``orderBy``, after ``cursor``) to ``destHandle``, overwriting older copies by key;
+        answer their keys as ``items``, and the ``cursor`` just past the last one."""
+        p = parse_params(params, CopyParams)
+        if p.filter is not None or p.fields is not None:
+            raise InvalidParams("invalid params: data/copy takes neither filter nor fields")
+        prepared = await self._prepare(p.collection, p.db_handle, p.dest_handle)
+        info = prepared.statements.source
+        order = p.order_by[0].field if p.order_by else prepared.order_by
+        info.codec.check_fields([order], what="field in orderBy")
+        if p.order_by and p.order_by[0].direction != "asc":
+            raise InvalidParams("invalid params: data/copy copies in ascending order only")
+        if p.cursor is not None and (p.cursor.field != order or p.cursor.direction != "after"):
+            raise InvalidParams("invalid params: the cursor must be after, on the orderBy field")
+        names = list(dict.fromkeys([info.pk, order]))
+        statements, link = prepared.statements, prepared.link
+        position = [] if p.cursor is None else cursor_position(info, p.cursor)
+        shape = (p.collection, link.runner.name, order, tuple(v is None for v in position))
+        cached = self._pages.get(shape)
+        if cached is None or cached[0] is not statements:
+            cached = self._pages[shape] = (statements, pages_for(info, p, prepared.order_by, link))
+        pages = dataclasses.replace(cached[1], params=position_params(position, p.limit))
+        moved: int | None = None
+        if isinstance(statements, Piped):
+            keys, last = await link.runner.transaction(
+                piped_pg.copy_rows, pages, link.dest.engine, statements
+            )
+        elif p.move and statements.take is not None and statements.remove is not None:
+            keys, last, moved = await link.runner.transaction(
+                attached.move_rows, pages, statements, write=True
+            )
+        else:
+            # Not a write transaction for SQLite's sake: BEGIN IMMEDIATE would take the
+            # write lock of every attached database, the source's too, for the whole copy;
+            # the INSERT takes the destination's alone.
+            keys, last = await link.runner.transaction(attached.copy_rows, pages, statements)
+        # Only the keys, and where the next page starts: encoding every row's order value
+        # (a timestamp, say) cost more than the rest of the command.
+        items = info.codec.encode_column(info.pk, keys)
+        result: JSONObject = {
+            "items": items,
+            "count": len(items),
+            "copied": len(items),
+            "collection": info.name,
+            "primaryKey": info.pk,
+            "orderBy": order,
+        }
+        if moved is not None:
+            result["deleted"] = moved
+        end = info.codec.encode_tuples(names, [last])[0] if last is not None else {}
+        if end.get(order) is not None:  # past a NULL, the worker lists from the start
+            result["cursor"] = {
+                "field": order,
+                "value": end[order],
+                "id": end[info.pk],
+                "direction": "after",
+            }
+        return result
+
+    # --- data/delete with matching ------------------------------------------------------
+
+    async def delete_matching(
+        self, collection: str, source_name: str, dest_name: str, raw_ids: Sequence[object]
+    ) -> JSONObject:
+        """Delete the rows of ``raw_ids`` whose identical copy is in ``dest_name``; the others
+        stay and are answered as ``skipped`` (their keys, in the order given)."""
+        prepared = await self._prepare(collection, source_name, dest_name)
+        info = prepared.statements.source
+        spec = info.spec(info.pk)
+        keys = list(dict.fromkeys(decode_values(spec, raw_ids, where="ids.")))
+        if any(key is None for key in keys):
+            raise InvalidParams("invalid params: an id must not be null")
+        runner, statements = prepared.link.runner, prepared.statements
+        if isinstance(statements, Piped):
+            # The driver answers keys as it reads them (a UUID as uuid.UUID): decoded like
+            # the keys given, they compare equal.
+            same = decoder_for(spec)
+            digests = await prepared.link.dest.transaction(piped_pg.digests, statements, keys, same)
+            deleted, left = await runner.transaction(
+                piped_pg.delete_rows, statements, keys, digests, same, write=True
+            )
+        elif runner.dialect_name == "sqlite":
+            deleter = prepared.link.deleter
+            deleted, left = await deleter.run(
+                attached.delete_sqlite, deleter.engine, statements, keys
+            )
+        else:
+            deleted, left = await runner.transaction(
+                attached.delete_rows, statements, keys, write=True
+            )
+        kept = set(left)
+        skipped = [info.codec.encode_field(info.pk, key) for key in keys if key in kept]
+        return {"deleted": deleted, "skipped": skipped}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    order_by: str
+    link: Link
+    statements: Statements

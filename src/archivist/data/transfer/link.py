@@ -1,0 +1,102 @@
+"""Link discovery: whether and how one daemon connection reaches both databases of a
+(source, destination) pair, whether the destination table takes the source's rows as stored,
+and the conflict a copy over a link raises when the destination refuses a row.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+
+from archivist.data.handles import Handle
+from archivist.data.schema import TableInfo
+from archivist.errors import Conflict
+
+DEST_SCHEMA: Final = "archivist_dest"
+"""The schema name under which a SQLite source's connections attach the destination file."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """How the daemon reaches both databases of a (source, destination) pair."""
+
+    runner: Handle
+    """A handle on the source, made for this link: its connections see the source as their
+    own database and, unless piped, the destination as ``dest_schema``."""
+    dest: Handle
+    dest_schema: str | None
+    """None when no connection reaches both (PostgreSQL): rows are piped by ``COPY``."""
+    deleter: Handle
+    """Where SQLite's deletes run: one thread, so always the same connection, which then
+    sees no commit of this daemon's own deletes as another writer's (`slicing`); on the
+    servers, the runner."""
+
+
+def _sqlite_file(url: URL) -> str | None:
+    """The file of a SQLite URL, or None for an in-memory database or a URI filename (whose
+    options, such as ``mode=ro``, an attachment would not keep)."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:") or "uri" in url.query:
+        return None
+    return os.path.abspath(database)
+
+
+def _server(url: URL) -> tuple[object, ...]:
+    """What reaches a server as one user: everything in a URL but its database."""
+    return (url.drivername, url.username, url.password, url.host, url.port, url.query)
+
+
+def find_link(source: Handle, dest: Handle) -> Link | str:
+    """The link between two handles, or why there can be none."""
+    if source.dialect_name != dest.dialect_name:
+        return f"{source.dialect_name} and {dest.dialect_name} are different engines"
+    attach: dict[str, str] = {}
+    if source.dialect_name == "sqlite":
+        path = _sqlite_file(dest.url)
+        if path is None or _sqlite_file(source.url) is None:
+            return "only a SQLite file named by its path can be attached"
+        attach[DEST_SCHEMA] = path
+        schema = DEST_SCHEMA
+    elif source.dialect_name in ("mysql", "mariadb"):
+        if not dest.url.database or _server(source.url) != _server(dest.url):
+            return "they are not one server reached with the same credentials"
+        schema = dest.url.database
+    elif source.dialect_name == "postgresql":
+        schema = None
+    else:
+        return f"one {source.dialect_name} connection cannot reach two databases"
+    how = "copying inside the database" if schema else "copying with COPY"
+    label = f"handles '{source.name}' and '{dest.name}' ({how})"
+    name = f"{source.name}+{dest.name}"
+    runner = Handle(name, source.url, threads=2, attach=attach, label=label)
+    deleter = runner
+    if attach:
+        deleter = Handle(f"{name}-delete", source.url, threads=1, attach=attach, label=label)
+    return Link(runner, dest, schema, deleter)
+
+
+def compatible(source: TableInfo, dest: TableInfo, dialect: sa.Dialect) -> str | None:
+    """Why the destination table cannot take the source's rows as they are stored, if so."""
+    if dest.pk != source.pk:
+        return f"its primary key is {dest.pk}, the source's {source.pk}"
+    for column in source.table.c:
+        other = dest.table.c.get(column.name)
+        if other is None:
+            return f"it has no column {column.name}"
+        mine = column.type.compile(dialect=dialect)
+        theirs = other.type.compile(dialect=dialect)
+        if mine != theirs:
+            return f"its column {column.name} is {theirs}, the source's {mine}"
+    return None
+
+
+def conflict(exc: IntegrityError) -> Conflict:
+    return Conflict(
+        "conflict: a copied row breaks a constraint of the destination table; nothing was "
+        f"copied ({str(exc.orig).strip().splitlines()[0]})"
+    )

@@ -1,0 +1,201 @@
+"""How a batch moves between two PostgreSQL databases: no connection reaches both, so its
+rows pass as binary ``COPY`` data through the daemon, never decoded, and each server
+computes a digest of its rows' text for the delete's compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from archivist.data.filters import chunks
+from archivist.data.handles import driver_errors
+from archivist.data.schema import TableInfo
+from archivist.data.transfer.keys import key_span
+from archivist.data.transfer.link import Link, conflict
+from archivist.data.transfer.pages import Pages
+
+
+@dataclass(frozen=True)
+class Piped:
+    """A collection's statements between two PostgreSQL databases (psycopg's ``%s``)."""
+
+    source: TableInfo
+    copy_out: str
+    """The rows of the keys ``%s``, as binary COPY data, from the source."""
+    copy_direct: str
+    """Binary COPY data straight into the destination table (while no older copy is met)."""
+    stage: str
+    copy_in: str
+    """Binary COPY data into a session table of the destination with the source's columns."""
+    upsert: str
+    """From that session table into the destination table, overwriting by key."""
+    digests: str
+    """Each row's key and digest (of its columns as text), for the keys ``%s``."""
+    delete: str
+    """Delete the source rows whose digest is still the one given with their key."""
+    present: str
+    settings: str
+    """Output settings under which a value's text is exact and the same on every server."""
+    ranged: bool = False
+    """Integer keys: the statements name them as one range and a list (`key_span`), whose
+    parameters `keyed` makes; otherwise as one list."""
+
+    def keyed(self, keys: Sequence[object]) -> tuple[object, ...]:
+        """The parameters that name ``keys`` in these statements."""
+        if not self.ranged:
+            return (keys,)
+        return key_span([int(key) for key in keys])  # type: ignore[call-overload]
+
+
+PG_SETTINGS: Final = (
+    "SELECT set_config('extra_float_digits', '3', true), set_config('DateStyle', 'ISO, MDY', "
+    "true), set_config('IntervalStyle', 'postgres', true), set_config('bytea_output', 'hex', "
+    "true), set_config('TimeZone', 'UTC', true)"
+)
+"""Every float printed exactly (its shortest round-trip form), dates, intervals and bytes
+in one fixed format, for this transaction only: two different values never print alike."""
+
+
+def statements(link: Link, source: TableInfo) -> Piped:
+    dialect = link.runner.engine.dialect
+    quote = dialect.identifier_preparer.quote
+    table = source.table
+    target = dialect.identifier_preparer.format_table(table)
+    names = [quote(column.name) for column in table.c]
+    columns = ", ".join(names)
+    pk = quote(source.pk)
+    key_type = table.c[source.pk].type
+    sql_type = key_type.compile(dialect=dialect)
+    keys = f"%s::{sql_type}[]"
+    ranged = isinstance(key_type, sa.Integer)
+
+    def keyed(column: str) -> str:
+        if ranged:
+            return f"({column} BETWEEN %s::{sql_type} AND %s::{sql_type} OR {column} = ANY({keys}))"
+        return f"{column} = ANY({keys})"
+
+    digest = "sha256(convert_to(ROW({})::text, 'UTF8'))"
+    # A session table per table and column list: one made before the table gained a
+    # column is never reused for the new list.
+    shape = f"{target} ({columns})".encode()
+    stage = quote(f"archivist_in_{hashlib.sha256(shape).hexdigest()[:16]}")
+    others = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != pk)
+    on_conflict = f"DO UPDATE SET {others}" if others else "DO NOTHING"
+    row = "archivist_row"
+    return Piped(
+        source=source,
+        copy_out=f"COPY (SELECT {columns} FROM {target} WHERE {keyed(pk)})"
+        " TO STDOUT (FORMAT BINARY)",
+        # Emptied by every commit (and a rollback takes back what it held): no TRUNCATE,
+        # which costs time on every batch.
+        copy_direct=f"COPY {target} ({columns}) FROM STDIN (FORMAT BINARY)",
+        stage=f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+        f" AS SELECT {columns} FROM {target} WITH NO DATA",
+        copy_in=f"COPY {stage} ({columns}) FROM STDIN (FORMAT BINARY)",
+        upsert=f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage}"
+        f" ON CONFLICT ({pk}) {on_conflict}",
+        digests=f"SELECT {pk}, {digest.format(columns)}::text FROM {target} WHERE {keyed(pk)}",
+        # The keys twice: named as in the other statements too, the planner finds the rows
+        # by the key's index instead of hashing the whole table.
+        delete=f"DELETE FROM {target} AS {row} USING unnest({keys}, %s::text[]) AS v(k, d)"
+        f" WHERE {keyed(f'{row}.{pk}')} AND {row}.{pk} = v.k"
+        f" AND {digest.format(', '.join(f'{row}.{n}' for n in names))}::text = v.d",
+        present=f"SELECT {pk} FROM {target} WHERE {keyed(pk)}",
+        settings=PG_SETTINGS,
+        ranged=ranged,
+    )
+
+
+def copy_rows(
+    connection: Connection, pages: Pages, dest: sa.Engine, piped: Piped
+) -> tuple[list[object], Sequence[object] | None]:
+    """PostgreSQL: the next rows' keys, then their rows as binary COPY data from the source
+    into the destination table; the destination commits before this returns.
+
+    Straight into the table first (under a savepoint): most batches meet no older copy,
+    and that costs less than the way that overwrites by key. A key that is
+    already there (an interrupted run's copy) undoes that, and the rows go through a
+    session table and an upsert instead."""
+    keys, last = pages.read(connection)
+    if not keys:
+        return keys, last
+    named = piped.keyed(keys)
+    with dest.connect() as target, target.begin():
+        try:
+            with target.begin_nested():
+                _pipe(connection, target, piped.copy_out, piped.copy_direct, named)
+        except IntegrityError:
+            target.exec_driver_sql(piped.stage)
+            _pipe(connection, target, piped.copy_out, piped.copy_in, named)
+            try:
+                target.exec_driver_sql(piped.upsert)
+            except IntegrityError as exc:
+                raise conflict(exc) from None
+    return keys, last
+
+
+def _pipe(
+    source: Connection, dest: Connection, copy_out: str, copy_in: str, params: Sequence[object]
+) -> None:
+    """The rows ``copy_out`` reads with ``params`` (the keys), as binary COPY data from
+    ``source`` into ``dest``, never decoded; a driver error is raised as SQLAlchemy would
+    raise it."""
+    reader = source.connection.driver_connection
+    writer = dest.connection.driver_connection
+    assert reader is not None and writer is not None
+    with (
+        driver_errors(source.dialect, copy_in),
+        reader.cursor() as out_cursor,
+        writer.cursor() as in_cursor,
+        out_cursor.copy(copy_out, params) as out,
+        in_cursor.copy(copy_in) as into,
+    ):
+        for block in out:
+            into.write(block)
+
+
+def digests(
+    connection: Connection, piped: Piped, keys: list[object], same: Callable[[object], object]
+) -> dict[object, str]:
+    """The destination's copies of these keys, each as its digest (PostgreSQL); ``same``
+    makes a key read back comparable to the keys given."""
+    connection.exec_driver_sql(piped.settings)
+    found: dict[object, str] = {}
+    for chunk in chunks(keys):
+        found.update(
+            (same(key), digest)
+            for key, digest in connection.exec_driver_sql(piped.digests, piped.keyed(chunk))
+        )
+    return found
+
+
+def delete_rows(
+    connection: Connection,
+    piped: Piped,
+    keys: list[object],
+    digests: dict[object, str],
+    same: Callable[[object], object],
+) -> tuple[int, list[object]]:
+    """Delete the source rows whose digest equals their copy's (PostgreSQL). The delete
+    locks each row it removes and, if another transaction changed the row meanwhile,
+    compares the changed row instead: an update since the copy keeps the row."""
+    connection.exec_driver_sql(piped.settings)
+    copied = [key for key in keys if key in digests]
+    deleted = 0
+    for chunk in chunks(copied):
+        digested = [digests[key] for key in chunk]
+        result = connection.exec_driver_sql(piped.delete, (chunk, digested, *piped.keyed(chunk)))
+        deleted += max(result.rowcount, 0)
+    left: list[object] = []
+    if deleted < len(keys):
+        for chunk in chunks(keys):
+            present = connection.exec_driver_sql(piped.present, piped.keyed(chunk)).scalars()
+            left.extend(same(key) for key in present)
+    return deleted, left
