@@ -76,6 +76,13 @@ class BadAnswer(PeerError):
     code = "bad_answer"
 
 
+class FrameLimitLost(FrameTooLarge, ConnectionClosed):
+    """The connection closed because a frame was over the frame limit of the side reading
+    it (their limits differ): not a transient fault, sending it again ends the same way."""
+
+    code = "frame_too_large"
+
+
 class RemoteError(PeerError):
     """The peer answered a request with an error; `code` is the peer's wire code.
 
@@ -132,6 +139,12 @@ class VerifyMismatch(TaskError):
     """A batch copied to the destination did not read back identical; nothing was deleted."""
 
     code = "verify_mismatch"
+
+
+class RowTooLarge(TaskError):
+    """A row too wide for any frame, where the daemon cannot move it itself."""
+
+    code = "row_too_large"
 
 
 # --- data and configuration ---------------------------------------------------------------
@@ -223,7 +236,10 @@ def _by_code() -> dict[str, type[ArchivistError]]:
         stack.extend(cls.__subclasses__())
         if issubclass(cls, RemoteError):
             continue
-        if cls.code in found:
+        known = found.get(cls.code)
+        if known is not None and issubclass(cls, known):
+            continue  # a kind of the class the code names (FrameLimitLost)
+        if known is not None and not issubclass(known, cls):
             raise TypeError(f"wire code {cls.code!r} of {cls.__name__} is already taken")
         found[cls.code] = cls
     return found

@@ -29,6 +29,20 @@ JSONValue: TypeAlias = object
 JSONObject: TypeAlias = dict[str, object]
 
 DEFAULT_FRAME_LIMIT: Final = 16 * 1024 * 1024
+ENVELOPE_BYTES: Final = 64 * 1024
+"""Room kept in a frame for what surrounds its rows: the envelope, the other params and
+results, and a cursor (whose order value may be a long text)."""
+
+
+def row_budget(frame_limit: int) -> int:
+    """The most bytes of rows (their JSON) one frame should carry: ``data/list``'s
+    ``maxBytes``. An eighth of the frame is kept besides `ENVELOPE_BYTES`: the rows listed
+    travel three times (the answer, the ``data/create`` that copies them, the verifying
+    listing of the copies), and the destination may spell a value longer than the source
+    did (a JSON document re-spaced, say)."""
+    return max(1, frame_limit - frame_limit // 8 - ENVELOPE_BYTES)
+
+
 MAX_BATCH_SIZE: Final = 100_000
 # \Z, not $: ``$`` also matches before a trailing newline, which would admit "name\n".
 IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]*\Z"

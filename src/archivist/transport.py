@@ -21,6 +21,9 @@ from archivist import protocol
 from archivist.errors import (
     ArchivistError,
     ConnectionClosed,
+    FrameLimitLost,
+    FrameTooLarge,
+    PeerError,
     ProtocolError,
     RequestTimeout,
 )
@@ -91,6 +94,9 @@ class Peer:
         self._close_callbacks: list[Callable[[Peer], None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self.frames_in = 0
+        self.lost_to: PeerError | None = None
+        """Why the connection ended, where it was more than a plain close (the frame
+        limit): what pending requests fail with."""
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class Peer:
         if self._closed.is_set():
             return
         self._closed.set()
-        error = ConnectionClosed(f"connection to {self.name} closed")
+        error = self.lost_to or ConnectionClosed(f"connection to {self.name} closed")
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(error)
@@ -184,8 +190,7 @@ class Peer:
             async with asyncio.timeout(self.idle_timeout):
                 line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
-            log.warning("%s: frame over %d bytes; closing", self.name, self.frame_limit)
-            await self._try_send(protocol.frame_too_large(self.frame_limit))
+            await self._refuse_oversized()
             return None
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
@@ -198,9 +203,19 @@ class Peer:
         except (ConnectionError, OSError):
             return None
         if len(line) > self.frame_limit + 1:
-            await self._try_send(protocol.frame_too_large(self.frame_limit))
+            await self._refuse_oversized()
             return None
         return line[:-1]
+
+    async def _refuse_oversized(self) -> None:
+        """A frame over our limit cannot be read past: say so, and let the connection end
+        with pending requests failing as lost to the frame limit."""
+        log.warning("%s: frame over %d bytes; closing", self.name, self.frame_limit)
+        self.lost_to = FrameLimitLost(
+            f"connection to {self.name} closed: it sent a frame over the limit of "
+            f"{self.frame_limit} bytes"
+        )
+        await self._try_send(protocol.frame_too_large(self.frame_limit))
 
     async def _answer_bad_tail(self, partial: bytes) -> None:
         try:
@@ -220,10 +235,27 @@ class Peer:
         except Exception as exc:
             log.exception("%s: handler failed on %s", self.name, type(message).__name__)
             answer = protocol.error_answer(ArchivistError(f"internal error: {exc}"), request_id)
-        if answer is not None:
-            await self._try_send(answer)
+        if answer is None:
+            return
+        try:
+            await self.send(answer)
+        except FrameTooLarge as exc:
+            # Only this answer is lost, not the connection: the peer learns why.
+            log.warning("%s: answer to %s not sent: %s", self.name, type(message).__name__, exc)
+            await self._try_send(protocol.error_answer(exc, request_id))
+        except ConnectionClosed:
+            pass
 
     def _resolve(self, answer: Incoming) -> None:
+        if answer.request_id is None and answer.body.get("code") == FrameTooLarge.code:
+            # The peer could not read a frame of ours and closes: every pending request is
+            # lost with the connection, not only the oldest (which this is not an answer to).
+            self.lost_to = FrameLimitLost(
+                f"connection to {self.name} closed: it refused a frame of ours over its "
+                f"limit ({answer.body.get('error')})"
+            )
+            log.warning("%s: %s", self.name, self.lost_to.message)
+            return
         pending: _Pending | None = None
         if answer.request_id is not None:
             pending = self._pending.pop(answer.request_id, None)
@@ -269,8 +301,15 @@ class Peer:
     # --- writing -----------------------------------------------------------------------
 
     async def send(self, message: msgspec.Struct | JSONObject) -> None:
-        """Write one frame; raises `ConnectionClosed` if the connection is gone."""
+        """Write one frame; raises `ConnectionClosed` if the connection is gone, and
+        `FrameTooLarge` (the connection stays open) for a frame over the frame limit, which
+        the peer, if its limit is ours, could not read."""
         data = protocol.encode(message)
+        if len(data) > self.frame_limit + 1:
+            raise FrameTooLarge(
+                f"a frame of {len(data) - 1} bytes is over the limit of {self.frame_limit} "
+                f"bytes of the connection to {self.name}"
+            )
         if self.closed:
             raise ConnectionClosed(f"connection to {self.name} closed")
         try:
@@ -289,7 +328,7 @@ class Peer:
             raise ConnectionClosed(f"connection to {self.name} lost: {exc}") from None
 
     async def _try_send(self, message: msgspec.Struct | JSONObject) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(ConnectionClosed, FrameTooLarge):
             await self.send(message)
 
     async def notify(self, message: msgspec.Struct) -> None:

@@ -62,3 +62,33 @@ def test_size_always_stays_within_its_bounds(
     for rows, seconds in runs:
         size = sizer.record(rows, seconds)
         assert min(batch_size, minimum) <= size <= batch_size
+
+
+def test_wide_rows_shrink_batches_to_what_fits_the_frame_even_below_the_minimum() -> None:
+    sizer = BatchSizer.for_task(1000, target=0.5, minimum=100, budget=14_000_000)
+    assert sizer.size == 1000
+    sizer.learn_width(rows=36, size=36 * 400_000)  # 300 KB rows: 400 KB of base64 each
+    assert sizer.size == 35
+    sizer.record(rows=35, seconds=0.01)  # fast, but no wider a batch fits the frame
+    assert sizer.size == 35
+
+
+def test_batches_grow_back_when_the_rows_narrow() -> None:
+    sizer = BatchSizer.for_task(1000, target=0.5, minimum=100, budget=14_000_000)
+    sizer.learn_width(rows=10, size=10 * 1_000_000)
+    assert sizer.size == 14
+    sizer.learn_width(rows=14, size=14 * 1_000)
+    assert sizer.size == 1000
+
+
+def test_a_fixed_batch_size_is_still_kept_within_the_frame() -> None:
+    sizer = BatchSizer.for_task(1000, target=0, minimum=100, budget=1_000_000)
+    sizer.learn_width(rows=5, size=5 * 100_000)
+    assert sizer.size == 10
+    assert sizer.record(rows=10, seconds=5.0) == 10
+
+
+def test_a_row_wider_than_the_budget_still_makes_batches_of_one() -> None:
+    sizer = BatchSizer.for_task(1000, target=0.5, minimum=100, budget=1_000_000)
+    sizer.learn_width(rows=1, size=30_000_000)
+    assert sizer.size == 1

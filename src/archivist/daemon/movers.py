@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MOVING_COMMANDS: Final = frozenset({"data/create", "data/copy", "data/delete"})
+MOVING_COMMANDS: Final = frozenset({"data/create", "data/copy", "data/delete", "data/relay"})
 """The worker's commands that write rows: each runs only under its collection's lock."""
 
 

@@ -84,6 +84,7 @@ async def running(
         check_interval=config.daemon.check_interval,
         health_interval=config.daemon.health_interval,
         health_timeout=config.daemon.health_timeout,
+        frame_limit=config.worker.frame_limit,
     )
     daemon = ArchiveDaemon(
         data, data.policies(), options, supervisor=supervisor, on_update=on_update

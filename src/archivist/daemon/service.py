@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
+from archivist import protocol
 from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.movers import HeldLock, Movers
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
-from archivist.errors import ArchivistError, BadAnswer, MoverBusy, PeerError
+from archivist.errors import ArchivistError, BadAnswer, FrameLimitLost, MoverBusy, PeerError
 from archivist.protocol import Archive, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class DaemonOptions:
     health_interval: float = 30.0
     health_timeout: float = 10.0
     request_timeout: float = 30.0
+    frame_limit: int = protocol.DEFAULT_FRAME_LIMIT
+    """The worker connection's frame limit (``[worker] frame_limit``): rows listed for the
+    worker are bounded by it (`within_frame`)."""
 
 
 class _ConnectionGone(Exception):
@@ -171,6 +175,7 @@ class ArchiveDaemon:
                     execute=self._serve_execute,
                     notify=self._notified,
                     request_timeout=self.options.request_timeout,
+                    frame_limit=self.options.frame_limit,
                 )
             except OSError as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
@@ -203,6 +208,8 @@ class ArchiveDaemon:
         finally:
             self._connected.clear()
             self._connection = None
+            if isinstance(connection.peer.lost_to, FrameLimitLost):
+                self._fail_running(connection.peer.lost_to)
             lost = self.tracker.mark_lost()
             if lost:
                 log.warning(
@@ -211,6 +218,16 @@ class ArchiveDaemon:
                 )
             else:
                 log.info("disconnected from the worker")
+
+    def _fail_running(self, cause: FrameLimitLost) -> None:
+        """A connection lost to the frame limit is not a transient fault: queued again, the
+        running tasks would send the same frame and lose it again (the worker's and this
+        daemon's frame limits differ). They end in error, saying so; queued ones go again."""
+        for record in self.tracker.records():
+            if record.state == "running":
+                log.error("task %s ended: %s", record.task_id, cause.message)
+                self.tracker.finish(record, "error", f"{cause.message} ({cause.code})")
+                self._updated(record)
 
     async def _health_loop(self, connection: WorkerConnection) -> None:
         while not connection.peer.closed:
@@ -276,6 +293,7 @@ class ArchiveDaemon:
     # --- callbacks from the worker -------------------------------------------------------
 
     async def _serve_execute(self, target: str, params: JSONObject) -> JSONObject:
+        params = within_frame(target, params, self.options.frame_limit)
         return await self.movers.guard(
             target, params, lambda: self.data.execute(target, params, caller="worker")
         )
@@ -395,3 +413,18 @@ class ArchiveDaemon:
         if connection is not None and not connection.peer.closed:
             await self._send(connection, record)
         return record
+
+
+def within_frame(target: str, params: JSONObject, frame_limit: int) -> JSONObject:
+    """A worker's ``data/list`` params, bounded to the rows one frame of its connection
+    carries (``maxBytes``, `archivist.protocol.row_budget`): the worker's own bound where it
+    sent a smaller one, else this connection's. Invalid values are left to be refused."""
+    if target != "data/list":
+        return params
+    budget = protocol.row_budget(frame_limit)
+    given = params.get("maxBytes")
+    if given is not None and (not isinstance(given, int) or isinstance(given, bool)):
+        return params
+    if given is not None and given <= budget:
+        return params
+    return {**params, "maxBytes": budget}

@@ -18,7 +18,16 @@ Command: TypeAlias = Callable[[JSONObject], Awaitable[JSONObject]]
 Caller: TypeAlias = Literal["local", "worker"]
 
 WORKER_ALLOWLIST: Final = frozenset(
-    {"ping", "data/list", "data/count", "data/create", "data/delete", "data/load", "data/copy"}
+    {
+        "ping",
+        "data/list",
+        "data/count",
+        "data/create",
+        "data/delete",
+        "data/load",
+        "data/copy",
+        "data/relay",
+    }
 )
 
 

@@ -11,12 +11,13 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from archivist.data import budget
 from archivist.data.catalog import Catalog
 from archivist.data.create import CreatePlan, NewRow, storable
 from archivist.data.delete import delete_expected, delete_expected_sqlite, delete_ids
 from archivist.data.filters import compile_filter
 from archivist.data.handles import Handle
-from archivist.data.listing import ListQuery, keys_of_filter
+from archivist.data.listing import ListQuery, ascending_field, keys_of_filter
 from archivist.data.load import probe_load
 from archivist.data.params import (
     CountParams,
@@ -45,6 +46,8 @@ class DataCommands:
         self.recent = RecentRows()
         self.transfers = transfers
         """Where ``data/delete`` with ``matching`` goes."""
+        self.widths = budget.Widths()
+        """How wide each table's rows were when last listed on a byte budget."""
 
     async def ping(self, params: JSONObject) -> JSONObject:
         return {"message": "pong"}
@@ -82,6 +85,10 @@ class DataCommands:
         # A plain listing (no filter, every field) is what a copy starts from: remember its
         # rows' stored form, so creating the same items in a like table binds them as read.
         remember = p.filter is None and fields is None and handle.dialect_name in PASSTHROUGH
+        asked = p.limit
+        if p.max_bytes is not None:
+            limit = self.widths.rows(handle.name, info.table.name, asked, p.max_bytes)
+            p = msgspec.structs.replace(p, limit=limit)
         query = ListQuery.build(info, p, entity.order_by, stored=remember)
         items = await self._list_remembered(handle, info, query, p) if fields is None else None
         if items is None:
@@ -91,12 +98,26 @@ class DataCommands:
                 self.recent.remember(info, handle.name, items, stored)
         if fields is not None:
             items = [{name: item[name] for name in fields} for item in items]
+        extra: JSONObject = {}
+        if p.max_bytes is not None:
+            items, extra, measured = budget.bound(
+                items,
+                max_bytes=p.max_bytes,
+                asked=asked,
+                read=p.limit,
+                pk=info.pk,
+                order_field=ascending_field(p, entity.order_by),
+            )
+            self.widths.learn(
+                handle.name, info.table.name, measured.measured, measured.measured_size
+            )
         return {
             "items": items,
             "count": len(items),
             "collection": entity.collection,
             "primaryKey": info.pk,
             "orderBy": entity.order_by,
+            **extra,
         }
 
     async def _list_remembered(

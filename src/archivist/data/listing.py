@@ -38,6 +38,16 @@ def keys_of_filter(filter_: dict[str, Any] | None, pk: str) -> list[object] | No
     return None
 
 
+def ascending_field(p: ListParams, default_order: str) -> str | None:
+    """The field a listing is in ascending order of, first, or None (then no cursor)."""
+    if p.order_by:
+        first = p.order_by[0]
+        return first.field if first.direction == "asc" else None
+    if p.cursor is not None:
+        return p.cursor.field if p.cursor.direction == "after" else None
+    return default_order
+
+
 def cursor_position(info: TableInfo, cursor: CursorParam) -> list[object]:
     """The cursor's position, decoded: its value, then the key of its row where the cursor
     is not on the key and names one (``id``)."""

@@ -42,6 +42,8 @@ class ListParams(_Params):
     limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_LIMIT)] = DEFAULT_LIMIT
     cursor: CursorParam | None = None
     fields: list[Name] | None = None
+    # Extension: the most bytes of rows (their JSON) the answer may hold (`data.budget`).
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class LoadParams(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):

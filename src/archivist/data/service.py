@@ -4,6 +4,7 @@ and closed together; what the ArchiveDaemon and the CLI use of the database side
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from archivist.data.commands import DataCommands
 from archivist.data.handles import Handle
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.registry import Entity, EntityRegistry
+from archivist.data.relay import relay
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.storable import column_warnings
 from archivist.data.transfer.commands import Transfers
@@ -84,6 +86,7 @@ class DataDaemon:
         self.bus.register("data/delete", self.commands.delete, replace=True, raw_rows=True)
         self.bus.register("data/load", self.commands.load, replace=True)
         self.bus.register("data/copy", self.transfers.copy, replace=True)
+        self.bus.register("data/relay", functools.partial(relay, self.commands), replace=True)
         self._started = False
         self._distinct: set[tuple[str, str]] = set()
 

@@ -37,11 +37,12 @@ from archivist.errors import (
     ConnectionClosed,
     RemoteError,
     RequestTimeout,
+    RowTooLarge,
     TaskCancelled,
     UnstorableValue,
     VerifyMismatch,
 )
-from archivist.protocol import JSONObject
+from archivist.protocol import DEFAULT_FRAME_LIMIT, JSONObject, row_budget
 from archivist.worker.batching import BatchSizer
 from archivist.worker.queue import Task
 from archivist.worker.settings import DEFAULTS
@@ -73,6 +74,9 @@ class Settings:
     """List the next batch while the current one is written."""
     in_database: bool = DEFAULTS.in_database
     """Let the daemon copy rows inside the database where it can (``data/copy``)."""
+    frame_limit: int = DEFAULT_FRAME_LIMIT
+    """The connection's frame limit (the worker sets it from its own): the rows of a
+    batch, through the worker, fit in one frame (`archivist.protocol.row_budget`)."""
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
 
@@ -119,6 +123,10 @@ class Batch:
     unstorable: set[object] = field(default_factory=set)
     """Keys of rows the destination cannot store (``data/create`` skipped them): they stay
     in the source, and the batch's copy, verification and delete are of the others."""
+    truncated: bool = False
+    """The daemon stopped the listing short of ``limit`` to fit its frame: rows may follow."""
+    oversized: JSONObject | None = None
+    """The next row, too wide for any frame (``{"id", "bytes"}``): ``items`` is empty."""
 
     @property
     def to_move(self) -> list[JSONObject]:
@@ -126,6 +134,11 @@ class Batch:
         if not self.unstorable:
             return self.items
         return [item for item in self.items if item.get(self.primary_key) not in self.unstorable]
+
+    @property
+    def last_page(self) -> bool:
+        """Whether the source has nothing after this batch."""
+        return len(self.items) < self.limit and not self.truncated and self.oversized is None
 
     def cursor_after(self) -> JSONObject | None:
         """A keyset cursor just past this batch's last row, if the order is known."""
@@ -188,7 +201,11 @@ class _TaskRun:
         self.calls = calls
         self.source: JSONObject = {"collection": spec.collection, "dbHandle": spec.source_handle}
         self.dest: JSONObject = {"collection": spec.collection, "dbHandle": spec.dest_handle}
-        self.sizer = BatchSizer.for_task(spec.batch_size, settings.batch_time, settings.min_batch)
+        self.budget = row_budget(settings.frame_limit)
+        """Bytes of rows one frame carries: a listing's ``maxBytes``."""
+        self.sizer = BatchSizer.for_task(
+            spec.batch_size, settings.batch_time, settings.min_batch, budget=self.budget
+        )
         self.stalled = 0
         self.pending: Batch | None = None
         """The batch copied and verified last, whose delete runs beside the next copy."""
@@ -251,17 +268,23 @@ class _TaskRun:
                 try:
                     batch = await ahead if ahead is not None else await self._list(None)
                     ahead = None
-                    if not batch.items:
+                    if batch.oversized is not None:
+                        async with self.throttle.budget(task.spec.source_handle):
+                            await self._settle_pending()
+                            await self._relay(batch, batch.oversized)
+                        left_behind = True  # nothing was listed past it: start again
+                    elif not batch.items:
                         if await self._settle_pending():
                             return True  # the source ran out
                         continue  # the last delete left rows behind: list from the start
-                    ahead = self._list_ahead(batch)
-                    if batch.moved is not None:
-                        left_behind = not await self._settle_pending()
-                        await self._moved(batch.moved)
                     else:
-                        async with self.throttle.budget(task.spec.source_handle):
-                            left_behind = await self._write(batch, defer=ahead is not None)
+                        ahead = self._list_ahead(batch)
+                        if batch.moved is not None:
+                            left_behind = not await self._settle_pending()
+                            await self._moved(batch.moved)
+                        else:
+                            async with self.throttle.budget(task.spec.source_handle):
+                                left_behind = await self._write(batch, defer=ahead is not None)
                     if left_behind:
                         # Rows changed since they were listed stay in the source. They are
                         # the oldest there now: list from the start again, not past them,
@@ -279,7 +302,7 @@ class _TaskRun:
                 failing_since, streak = None, 0
                 took = time.monotonic() - started
                 self.sizer.record(len(batch.items), took)
-                if len(batch.items) < batch.limit and not left_behind and self.pending is None:
+                if batch.last_page and not left_behind and self.pending is None:
                     return True  # the source has nothing after this batch
                 if self.remaining - self.unsettled <= 0:
                     return True  # all moved: no rest after the last batch
@@ -363,15 +386,21 @@ class _TaskRun:
         if self.in_database and (listed := await self._copy_in_database(params)) is not None:
             command = "data/copy"
         else:
-            listed = await self.calls.execute(command, params)
+            listed = await self.calls.execute(command, {**params, "maxBytes": self.budget})
         order_field = order_by or listed.get("orderBy")
         moved = None
         if command == "data/copy" and "deleted" in listed:
             moved = _int_field(listed, "deleted", command)
             self.deleted_at = time.monotonic()
         self.moving = moved is not None
+        items = _items(listed, command)
+        size = listed.get("bytes")
+        if isinstance(size, int) and not isinstance(size, bool):
+            # Before the next listing is sized (it may start at once, ahead).
+            self.sizer.learn_width(len(items), size)
+        oversized = listed.get("oversized")
         return Batch(
-            items=_items(listed, command),
+            items=items,
             limit=limit,
             primary_key=_primary_key(listed),
             order_field=order_field if isinstance(order_field, str) else None,
@@ -379,7 +408,37 @@ class _TaskRun:
             copied=command == "data/copy",
             next_cursor=_cursor_of(listed) if command == "data/copy" else None,
             moved=moved,
+            truncated=listed.get("truncated") is True,
+            oversized=oversized if isinstance(oversized, dict) and not items else None,
         )
+
+    async def _relay(self, batch: Batch, oversized: JSONObject) -> None:
+        """Have the daemon move one row too wide for any frame itself (``data/relay``: it
+        holds both connections); a daemon that cannot fails the task at once, naming it."""
+        key, size = oversized.get("id"), oversized.get("bytes")
+        spec = self.task.spec
+        params: JSONObject = {**self.source, "destHandle": spec.dest_handle, "ids": [key]}
+        try:
+            moved = await self.calls.execute("data/relay", params)
+        except RemoteError as exc:
+            if exc.code not in ROWS_PATH_CODES:
+                raise
+            raise RowTooLarge(
+                f"row {batch.primary_key}={key!r} of {spec.collection} is {size} bytes as "
+                f"JSON, more than the {self.budget} bytes of rows a frame carries, and the "
+                f"daemon cannot move it itself ({exc.message})"
+            ) from None
+        deleted = _int_field(moved, "deleted", "data/relay")
+        log.info(
+            "task %s: row %s=%r of %s bytes moved by the daemon (wider than a frame)",
+            self.task.task_id,
+            batch.primary_key,
+            key,
+            size,
+        )
+        self.deleted_at = time.monotonic()
+        self._count_skips(1 - deleted, 1)
+        await self._moved(deleted)
 
     async def _copy_in_database(self, params: JSONObject) -> JSONObject | None:
         """List and copy the next rows in one call, inside the database, and delete them
@@ -409,7 +468,7 @@ class _TaskRun:
         in_flight = self.unsettled + len(batch.items)
         if not self.settings.prefetch or self.remaining - in_flight <= 0:
             return None
-        if len(batch.items) < batch.limit:
+        if batch.last_page:
             return None  # the source has nothing after this batch
         cursor = batch.cursor_after()
         if cursor is None:
@@ -469,11 +528,34 @@ class _TaskRun:
         if not items:
             return
         ids = [_key_of(item, primary_key) for item in items]
-        copies = await self.calls.execute(
-            "data/list",
-            {**self.dest, "filter": {primary_key: {"$in": ids}}, "limit": len(ids)},
-        )
-        _verify(items, _items(copies, "data/list"), primary_key, self.task.spec.dest_handle)
+        copies = await self._read_copies(ids, primary_key)
+        _verify(items, copies, primary_key, self.task.spec.dest_handle)
+
+    async def _read_copies(self, ids: list[object], primary_key: str) -> list[JSONObject]:
+        """The destination's rows under ``ids``, in as many listings as their frames need."""
+        copies: list[JSONObject] = []
+        wanted = ids
+        while wanted:
+            params: JSONObject = {
+                **self.dest,
+                "filter": {primary_key: {"$in": wanted}},
+                "limit": len(wanted),
+                "maxBytes": self.budget,
+            }
+            answer = await self.calls.execute("data/list", params)
+            found = _items(answer, "data/list")
+            copies += found
+            if answer.get("truncated") is not True:
+                break
+            if not found:
+                raise RowTooLarge(
+                    f"the copy of row {primary_key}={wanted[0]!r} of "
+                    f"{self.task.spec.collection} in {self.task.spec.dest_handle} is too wide "
+                    "to be read back in one frame; nothing was deleted"
+                )
+            seen = {_key_of(copy, primary_key) for copy in found}
+            wanted = [key for key in wanted if key not in seen]
+        return copies
 
     def _keep_unstorable(self, batch: Batch, created: JSONObject) -> None:
         refused = created.get("unstorable")

@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import archivist
@@ -149,7 +149,8 @@ class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.queue = TaskQueue(limit=options.max_queue)
-        self.executor = Executor(options.executor)
+        # The executor sizes batches to the frames of this worker's connections.
+        self.executor = Executor(replace(options.executor, frame_limit=options.frame_limit))
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._peers: set[Peer] = set()
