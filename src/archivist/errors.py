@@ -78,9 +78,10 @@ class BadAnswer(PeerError):
 
 class FrameLimitLost(FrameTooLarge, ConnectionClosed):
     """The connection closed because a frame was over the frame limit of the side reading
-    it (their limits differ): not a transient fault, sending it again ends the same way."""
+    it (their limits differ): a `FrameTooLarge` that also lost the connection. Not a
+    transient fault: sending the frame again ends the same way."""
 
-    code = "frame_too_large"
+    code = "frame_limit_lost"
 
 
 class RemoteError(PeerError):
@@ -236,10 +237,9 @@ def _by_code() -> dict[str, type[ArchivistError]]:
         stack.extend(cls.__subclasses__())
         if issubclass(cls, RemoteError):
             continue
-        known = found.get(cls.code)
-        if known is not None and issubclass(cls, known):
-            continue  # a kind of the class the code names (FrameLimitLost)
-        if known is not None and not issubclass(known, cls):
+        if found.get(cls.code) is cls:
+            continue  # a class of two bases is met under each (FrameLimitLost)
+        if cls.code in found:
             raise TypeError(f"wire code {cls.code!r} of {cls.__name__} is already taken")
         found[cls.code] = cls
     return found

@@ -113,7 +113,8 @@ def test_a_connection_lost_to_the_readers_smaller_limit_says_so_on_both_sides() 
             group.create_task(daemon.run())
             with pytest.raises(FrameLimitLost) as lost:
                 await worker.request(ask(worker, 500_000))
-            assert lost.value.code == "frame_too_large"
+            assert lost.value.code == "frame_limit_lost"
+            assert isinstance(lost.value, FrameTooLarge)
             assert isinstance(lost.value, ConnectionClosed)
             await asyncio.wait_for(daemon.wait_closed(), 5)
             assert isinstance(daemon.lost_to, FrameLimitLost)
