@@ -2,13 +2,13 @@
 
 `InMemoryDaemon` answers the data commands the worker's executor sends (``ping``,
 ``data/count``, ``data/list``, ``data/create``, ``data/delete``, ``data/copy``,
-``data/load``) from dicts of rows keyed by primary key, one per (handle, collection), and
-raises errors as the worker's connection would (a typed `RemoteError` rebuilt from the wire
-code). Faults are injected per command: fail the Nth call with a code, run a hook before a
-call (change a row between its copy and its delete), delay a call. It lets the executor's
-copy-verify-delete loop run in process, in milliseconds, as procrastinate's
-``InMemoryConnector`` does for its worker. It is a fake of our own Protocol, for unit tests:
-integration tests use the real daemon, real databases and real sockets.
+``data/relay``, ``data/load``) from dicts of rows keyed by primary key, one per (handle,
+collection), and raises errors as the worker's connection would (a typed `RemoteError`
+rebuilt from the wire code). Faults are injected per command: fail the Nth call with a code,
+run a hook before a call (change a row between its copy and its delete), delay a call. It
+lets the executor's copy-verify-delete loop run in process, in milliseconds, as
+procrastinate's ``InMemoryConnector`` does for its worker. It is a fake of our own Protocol,
+for unit tests: integration tests use the real daemon, real databases and real sockets.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
+
+import msgspec
 
 from archivist.errors import (
     ERRORS,
@@ -156,6 +158,7 @@ class InMemoryDaemon:
             "data/create": self._create,
             "data/delete": self._delete,
             "data/copy": self._copy,
+            "data/relay": self._relay,
             "data/load": lambda _: dict(self.load),
         }
 
@@ -190,7 +193,36 @@ class InMemoryDaemon:
 
     def _list(self, params: JSONObject) -> JSONObject:
         items, order = self._page(params)
-        return {"items": list(items), "primaryKey": self.primary_key, "orderBy": order}
+        result: JSONObject = {"items": items, "primaryKey": self.primary_key, "orderBy": order}
+        max_bytes = params.get("maxBytes")
+        if isinstance(max_bytes, int):
+            # As the daemon bounds it (archivist.data.budget): the rows that fit, and why not
+            # the rest; the widths are those of the rows' compact JSON.
+            kept, size = 0, 2
+            for item in items:
+                one = len(msgspec.json.encode(item)) + (1 if kept else 0)
+                if size + one > max_bytes:
+                    break
+                kept, size = kept + 1, size + one
+            result["items"], result["bytes"] = items[:kept], size if kept else 2
+            if kept < len(items):
+                result["truncated"] = True
+                if not kept:
+                    first = items[0]
+                    result["oversized"] = {
+                        "id": first[self.primary_key],
+                        "bytes": len(msgspec.json.encode(first)),
+                    }
+        return result
+
+    def _relay(self, params: JSONObject) -> JSONObject:
+        source, dest, ids = self._rows(params), self._rows(params, "destHandle"), params["ids"]
+        assert isinstance(ids, list)
+        moved = [key for key in ids if key in source]
+        for key in moved:
+            dest[key] = dict(source.pop(key))
+        skipped = [key for key in ids if key not in moved]
+        return {"copied": len(moved), "deleted": len(moved), "skipped": skipped}
 
     def _create(self, params: JSONObject) -> JSONObject:
         rows, items = self._rows(params), params["items"]
