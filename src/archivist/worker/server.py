@@ -96,6 +96,7 @@ class WorkerOptions:
             min_batch=settings.min_batch,
             prefetch=settings.prefetch,
             in_database=settings.in_database,
+            frame_limit=settings.frame_limit,
             throttle=throttle,
         )
         return cls(
