@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
+import support
 from archivist import protocol
+from archivist.config import make_config
+from archivist.daemon.runtime import Launch, running
+from archivist.daemon.tracker import TaskRecord
+from archivist.data.bus import JSONObject
 from archivist.errors import ConnectionClosed, FrameLimitLost, FrameTooLarge, RemoteError
 from archivist.protocol import Answer, Execute, ExecuteResult, Request
 from archivist.transport import Peer
+from e2esupport import count, make_chat_table, policy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -121,3 +130,39 @@ def test_a_connection_lost_to_the_readers_smaller_limit_says_so_on_both_sides() 
             assert "refused a frame of ours" in daemon.lost_to.message
 
     asyncio.run(scenario())
+
+
+def test_a_task_whose_connection_is_lost_to_the_frame_limit_ends_in_error_not_queued_again(
+    start_worker: Callable[..., AbstractContextManager[support.WorkerProcess]],
+    tmp_path: Path,
+) -> None:
+    """A worker run with a smaller frame limit than the daemon's connection (64 KiB against
+    16 MiB), and a daemon command (a hook on ``data/count``) whose answer is 300 KB: the
+    worker cannot read it and closes. The daemon does not queue the task again (it would
+    send the same answer again, for ever): the task ends in error, saying why, after one
+    attempt."""
+    primary = f"sqlite:///{tmp_path / 'p.db'}"
+    make_chat_table(primary, 50)
+    config = make_config(
+        {"primary": primary, "archive": f"sqlite:///{tmp_path / 'a.db'}"}, [policy()]
+    )
+
+    async def scenario(socket: Path) -> TaskRecord:
+        async with running(config, Launch(socket=socket, watch=False)) as daemon:
+            counting = daemon.data.bus.command("data/count")
+
+            async def count_padded(params: JSONObject) -> JSONObject:
+                return {**(await counting(params)), "padding": "x" * 300_000}
+
+            daemon.data.bus.register("data/count", count_padded, replace=True)
+            record = await daemon.submit("chat_messages", 10)
+            await asyncio.wait_for(record.done.wait(), 30)
+            return record
+
+    with start_worker("--frame-limit", str(64 * 1024)) as worker:
+        record = asyncio.run(scenario(worker.socket_path))
+
+    assert record.state == "error" and record.attempts == 1
+    assert record.error is not None and "frame_limit_lost" in record.error
+    assert "over the limit of 65536 bytes" in record.error or "refused a frame" in record.error
+    assert count(primary) == 50

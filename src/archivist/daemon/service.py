@@ -221,10 +221,11 @@ class ArchiveDaemon:
 
     def _fail_running(self, cause: FrameLimitLost) -> None:
         """A connection lost to the frame limit is not a transient fault: queued again, the
-        running tasks would send the same frame and lose it again (the worker's and this
-        daemon's frame limits differ). They end in error, saying so; queued ones go again."""
+        tasks on it would send the same frame and lose it again (the worker's and this
+        daemon's frame limits differ), for ever. Which task's frame it was is not known, so
+        every task sent on it ends in error, saying so (the policy loop queues new ones)."""
         for record in self.tracker.records():
-            if record.state == "running":
+            if record.state in ("queued", "running"):
                 log.error("task %s ended: %s", record.task_id, cause.message)
                 self.tracker.finish(record, "error", f"{cause.message} ({cause.code})")
                 self._updated(record)
