@@ -358,7 +358,9 @@ async def _dry_run(config: Config, collection: str, max_rows: int | None, consol
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the worker's answer as JSON.")
 def status(config_path: Path | None, socket_path: Path | None, as_json: bool) -> None:
-    """Show queued, running (with progress) and recently finished tasks.
+    """Show queued, running (with progress) and recently finished tasks, and per policy
+    the table's size, growth and the rate archivist moves it at (from the daemon's last
+    check).
 
     Examples:
 
@@ -376,7 +378,8 @@ def status(config_path: Path | None, socket_path: Path | None, as_json: bool) ->
 
 async def _status(socket_path: Path, as_json: bool, config: Config | None = None) -> None:
     from archivist.daemon.connection import WorkerConnection
-    from archivist.ui import print_movers, print_status
+    from archivist.daemon.keepup import read_state
+    from archivist.ui import print_keepup, print_movers, print_status
 
     movers = await _movers(config) if config is not None else None
     try:
@@ -389,15 +392,21 @@ async def _status(socket_path: Path, as_json: bool, config: Config | None = None
             result = await connection.status()
         finally:
             await connection.close()
+    keepup = read_state(socket_path)
     if as_json:
-        if movers is None:
+        if movers is None and keepup is None:
             click.echo(protocol.encode(result).decode().rstrip())
         else:
             answer = json.loads(protocol.encode(result))
-            answer["movers"] = {name: holder for name, holder, _ in movers}
+            if movers is not None:
+                answer["movers"] = {name: holder for name, holder, _ in movers}
+            if keepup is not None:
+                answer["keepUp"] = keepup
             click.echo(json.dumps(answer))
     else:
         print_status(Console(), result)
+        if keepup is not None:
+            print_keepup(Console(), keepup)
         if movers is not None:
             print_movers(Console(), [(name, text) for name, _, text in movers])
 

@@ -60,6 +60,8 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_size: BatchSize | None = None
     source_handle: HandleName = "primary"
     dest_handle: HandleName = "archive"
+    min_rate: PositiveFloat | None = None
+    """Rows/s archivist moves this table at least while yielding to the application."""
 
     @property
     def effective_batch_size(self) -> int:

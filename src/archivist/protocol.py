@@ -69,7 +69,8 @@ class Ping(Message, tag_field="command", tag="ping"):
 
 
 class Archive(Message, tag_field="command", tag="archive"):
-    """Queue an archive task. ``order_by`` is an extension (see docs/protocol.md)."""
+    """Queue an archive task. ``order_by`` and ``min_rate`` are extensions (see
+    docs/protocol.md)."""
 
     task_id: TaskId
     collection: Collection
@@ -79,6 +80,8 @@ class Archive(Message, tag_field="command", tag="archive"):
     batch_size: BatchSize
     request_id: RequestId | None = None
     order_by: Collection | None = None
+    min_rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Rows/s the task keeps to at least while yielding to the application (keeping up)."""
 
     def __post_init__(self) -> None:
         if self.source_handle == self.dest_handle:
@@ -91,6 +94,15 @@ class Status(Message, tag_field="command", tag="status"):
 
 class Cancel(Message, tag_field="command", tag="cancel"):
     task_id: TaskId
+    request_id: RequestId | None = None
+
+
+class Rate(Message, tag_field="command", tag="rate"):
+    """An extension (see docs/protocol.md): change a queued or running task's ``minRate``
+    (0: no floor any more), from its next rest on."""
+
+    task_id: TaskId
+    min_rate: Annotated[float, msgspec.Meta(ge=0)]
     request_id: RequestId | None = None
 
 
@@ -137,7 +149,7 @@ class Complete(Message, tag_field="command", tag="complete"):
     code: str | None = None
 
 
-WorkerRequest: TypeAlias = Ping | Archive | Status | Cancel
+WorkerRequest: TypeAlias = Ping | Archive | Status | Cancel | Rate
 DaemonRequest: TypeAlias = Execute | Progress | Complete
 Request: TypeAlias = WorkerRequest | DaemonRequest
 
@@ -146,6 +158,7 @@ WORKER_COMMANDS: Final[dict[str, type[Request]]] = {
     "archive": Archive,
     "status": Status,
     "cancel": Cancel,
+    "rate": Rate,
 }
 DAEMON_COMMANDS: Final[dict[str, type[Request]]] = {
     "execute": Execute,
@@ -219,6 +232,13 @@ class StatusResult(Answer):
 class Cancelled(Answer):
     status: Literal["success"]
     task_id: TaskId
+    request_id: RequestId | None = None
+
+
+class Rated(Answer):
+    status: Literal["success"]
+    task_id: TaskId
+    min_rate: float
     request_id: RequestId | None = None
 
 

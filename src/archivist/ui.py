@@ -127,6 +127,39 @@ def print_status(console: Console, status: StatusResult) -> None:
     console.print(table)
 
 
+def print_keepup(console: Console, document: dict[str, object]) -> None:
+    """Per policy, from the daemon's last check: the table's size against its limit, how
+    fast it grows, how fast archivist moved it, the rate asked of it, and whether it keeps
+    up (docs/configuration.md, "Keeping up")."""
+    policies = document.get("policies")
+    at = document.get("at")
+    if not isinstance(policies, dict) or not policies:
+        return
+    ago = f", {max(0.0, time.time() - at):,.0f} s ago" if isinstance(at, int | float) else ""
+    console.print(f"policies (the daemon's last check{ago}):")
+    table = Table(box=None, header_style="bold")
+    for column in ("collection", "rows/limit", "growth", "moved", "at least", "state"):
+        table.add_column(column, justify="left" if column in ("collection", "state") else "right")
+
+    def rate(value: object) -> str:
+        return f"{value:,.0f}/s" if isinstance(value, int | float) else "-"
+
+    for name, state in policies.items():
+        if not isinstance(state, dict):
+            continue
+        rows, limit = state.get("rows"), state.get("maxRows")
+        size = f"{rows:,}/{limit:,}" if isinstance(rows, int) and isinstance(limit, int) else "-"
+        table.add_row(
+            str(name),
+            size,
+            rate(state.get("growth")),
+            rate(state.get("moving")),
+            rate(state.get("minRate")),
+            str(state.get("state", "")),
+        )
+    console.print(table)
+
+
 def print_movers(console: Console, movers: list[tuple[str, str]]) -> None:
     """``status --config``: who moves each collection now (its lock in the source database),
     on this host or another."""

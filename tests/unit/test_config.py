@@ -96,6 +96,8 @@ rows_per_archive = 4
             "archive[1].collection",
         ),
         ("[handles\n", "not valid TOML"),
+        (FULL.replace("batch_size = 500", "batch_size = 500\nmin_rate = 0"), "min_rate"),
+        (FULL.replace("batch_size = 500", "batch_size = 500\nmin_rate = 'x'"), "min_rate"),
     ],
 )
 def test_bad_config_is_an_error_naming_file_and_key(
@@ -223,3 +225,16 @@ def test_reading_the_config_does_not_import_sqlalchemy(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_min_rate_reaches_the_policy_from_the_file_and_the_decorator(tmp_path: Path) -> None:
+    from archivist.data.registry import EntityRegistry, make_entity
+
+    text = FULL.replace("batch_size = 500", "min_rate = 150").replace('["myapp.models"]', "[]")
+    config = load_config(write(tmp_path, text))
+    assert config.archive[0].min_rate == 150.0
+    (entity,) = EntityRegistry.from_config(config)
+    assert entity.min_rate == 150.0
+    assert make_entity("t", order_by="id", max_rows=1, rows_per_archive=1).min_rate is None
+    with pytest.raises(ConfigError, match="min_rate must be a number of rows/s > 0"):
+        make_entity("t", order_by="id", max_rows=1, rows_per_archive=1, min_rate=-1)

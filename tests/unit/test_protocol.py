@@ -480,3 +480,25 @@ def test_decoding_a_raw_row_raises_the_errors_of_a_frame() -> None:
     with pytest.raises(ArchivistError) as caught:
         protocol.decode_raw(msgspec.Raw(b"[" * 100_000 + b"]" * 100_000))
     assert caught.value.code == "invalid_json"
+
+
+def test_archive_min_rate_is_an_optional_positive_extension() -> None:
+    plain = protocol.decode_frame(json.dumps(VALID_TASK).encode(), WORKER_COMMANDS)
+    assert isinstance(plain, Archive) and plain.min_rate is None
+    assert b"minRate" not in protocol.encode(plain)  # a design-only peer never sees it
+    task = {**VALID_TASK, "minRate": 180.5}
+    decoded = protocol.decode_frame(json.dumps(task).encode(), WORKER_COMMANDS)
+    assert isinstance(decoded, Archive) and decoded.min_rate == 180.5
+    assert b'"minRate":180.5' in protocol.encode(decoded)
+    for bad in (0, -1, "fast"):
+        assert "$.minRate" in archive_error(minRate=bad).message
+
+
+def test_rate_changes_a_tasks_min_rate_and_zero_clears_it() -> None:
+    line = b'{"command":"rate","taskId":"t-1","minRate":0,"requestId":"r"}'
+    message = protocol.decode_frame(line, WORKER_COMMANDS)
+    assert isinstance(message, protocol.Rate)
+    assert (message.task_id, message.min_rate) == ("t-1", 0.0)
+    with pytest.raises(ArchivistError) as caught:
+        protocol.decode_frame(b'{"command":"rate","taskId":"t-1","minRate":-5}', WORKER_COMMANDS)
+    assert caught.value.code == "invalid_params" and "$.minRate" in caught.value.message

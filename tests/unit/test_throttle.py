@@ -10,7 +10,7 @@ import pytest
 
 from archivist.errors import RemoteError
 from archivist.protocol import JSONObject
-from archivist.worker.throttle import REREAD_AFTER, Throttle, ThrottleSettings
+from archivist.worker.throttle import REREAD_AFTER, Throttle, ThrottleSettings, capped_rest
 
 
 class LoadReadings:
@@ -168,3 +168,27 @@ def test_whether_to_yield_is_read_again_when_the_last_reading_is_older_than_aske
     time.sleep(REREAD_AFTER)
     assert yields(throttle, readings, since=time.monotonic()) is not None
     assert readings.calls == 2
+
+
+def test_the_daemons_min_rate_caps_the_yielding_rest_and_nothing_else() -> None:
+    # 500 rows in 0.5 s at yield_ratio 200 would rest 100 s (5 rows/s); at 100 rows/s at
+    # least, batch plus rest may last 5 s: 4.5 s of rest.
+    assert capped_rest(500, 0.5, 100.0, 100.0) == pytest.approx(4.5)
+    assert 500 / (0.5 + capped_rest(500, 0.5, 100.0, 100.0)) == pytest.approx(100.0)
+    # A rest already short enough is kept: the rate is a floor, not a target.
+    assert capped_rest(500, 0.5, 1.0, 100.0) == 1.0
+    # A batch slower than the rate gets no rest at all, never a negative one.
+    assert capped_rest(100, 2.0, 400.0, 100.0) == 0.0
+    # No rate (or no rows to judge by): the rest as asked.
+    assert capped_rest(500, 0.5, 100.0, None) == 100.0
+    assert capped_rest(500, 0.5, 100.0, 0.0) == 100.0
+    assert capped_rest(0, 0.5, 100.0, 100.0) == 100.0
+    settings = ThrottleSettings()
+    assert settings.rest_after(0.5, yielding=True, batch_rows=500, min_rate=100.0) == (
+        pytest.approx(4.5)
+    )
+    # The plain pause and nice_ratio, which the user set, are not cut by the rate.
+    assert ThrottleSettings(pause=8.0).rest_after(
+        0.5, yielding=True, batch_rows=500, min_rate=100.0
+    ) == pytest.approx(8.0)
+    assert settings.rest_after(0.5, batch_rows=500, min_rate=100.0) == 0.0

@@ -94,5 +94,9 @@ class WorkerConnection:
     async def cancel(self, task_id: str) -> None:
         await self.peer.request(protocol.Cancel(task_id=task_id))
 
+    async def rate(self, task_id: str, min_rate: float) -> None:
+        """Change a task's ``minRate`` (an extension: a worker without it refuses)."""
+        await self.peer.request(protocol.Rate(task_id=task_id, min_rate=min_rate))
+
     async def close(self) -> None:
         await self.peer.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Final, Protocol
 
 from archivist import protocol
 from archivist.daemon.connection import WorkerConnection
+from archivist.daemon.keepup import KeepUp, write_state
 from archivist.daemon.movers import HeldLock, Movers
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
@@ -50,6 +52,8 @@ class Policy(Protocol):
     def source_handle(self) -> str: ...
     @property
     def dest_handle(self) -> str: ...
+    @property
+    def min_rate(self) -> float | None: ...
     def rows_to_archive(self, count: int) -> int:
         """Rows to move from a source of ``count`` rows (0: within its limit)."""
         ...
@@ -100,6 +104,8 @@ class ArchiveDaemon:
         self.options = options
         self.supervisor = supervisor
         self.tracker = Tracker()
+        self.keeping = {p.collection: KeepUp(p.max_rows, p.min_rate) for p in policies}
+        """Per collection: its size at each check, growth, and the rate asked of its tasks."""
         self.movers = Movers(data.take_mover, self.policies)
         self._on_update = on_update
         self._connection: WorkerConnection | None = None
@@ -270,6 +276,7 @@ class ArchiveDaemon:
             max_rows=record.remaining,
             batch_size=record.batch_size,
             order_by=record.order_by,
+            min_rate=record.min_rate,
         )
         record.state = "queued"  # before the await: nobody else may send it meanwhile
         try:
@@ -333,6 +340,7 @@ class ArchiveDaemon:
         for policy in self.policies.values():
             if self.tracker.unfinished(policy.collection) is not None:
                 log.debug("%s: a task is still unfinished; not checking", policy.collection)
+                await self._measure_only(policy)
                 continue
             try:
                 record = await self._check(policy)
@@ -344,10 +352,71 @@ class ArchiveDaemon:
                 continue
             if record is not None:
                 queued.append(record)
+        self._write_keepup()
         return queued
+
+    async def _measure_only(self, policy: Policy) -> None:
+        """Count a table whose task still runs, for its growth: a long task is when a table
+        outgrows archivist."""
+        try:
+            count = await self.count(policy.collection, policy.source_handle)
+        except ArchivistError as exc:
+            log.debug("%s: count for keeping up failed: %s", policy.collection, exc.message)
+            return
+        self._keep_up(policy, count)
+        record = self.tracker.unfinished(policy.collection)
+        rate = self.keeping[policy.collection].rate
+        if record is None or rate == record.min_rate:
+            return
+        record.min_rate = rate  # an attempt sent again (connection lost) carries it too
+        connection = self._connection
+        if record.state in ("queued", "running") and connection is not None:
+            try:
+                await connection.rate(record.task_id, rate or 0.0)
+            except PeerError as exc:
+                # A worker without the extension (or a task that just ended): the next
+                # task gets the rate with its archive message.
+                log.debug("%s: rate not changed: %s", record.task_id, exc.message)
+
+    def _keep_up(self, policy: Policy, count: int) -> None:
+        """Tell the collection's keep-up state what this check counted; log when it asks
+        archivist to yield less, or relaxes."""
+        state = self.keeping[policy.collection]
+        before = state.rate
+        state.observe(count, time.monotonic(), self.tracker.take_moved(policy.collection))
+        after = state.rate
+        if after == before:
+            return
+        growth = state.growth or 0.0
+        if after is not None and (before is None or after > before):
+            log.info(
+                "%s: %d row(s) is over max_rows %d and grows %.0f rows/s; yielding less: "
+                "at least %.0f rows/s",
+                policy.collection,
+                count,
+                policy.max_rows,
+                growth,
+                after,
+            )
+        else:
+            log.info(
+                "%s: kept up (%d row(s), growing %.0f rows/s); relaxing to %s",
+                policy.collection,
+                count,
+                growth,
+                f"at least {after:.0f} rows/s" if after is not None else "full yielding",
+            )
+
+    def _write_keepup(self) -> None:
+        """Leave the policies' keep-up state beside the worker's socket for `archivist status`."""
+        try:
+            write_state(self.options.socket_path, self.keeping)
+        except OSError as exc:
+            log.debug("cannot write the keep-up state: %s", exc.strerror or exc)
 
     async def _check(self, policy: Policy) -> TaskRecord | None:
         count = await self.count(policy.collection, policy.source_handle)
+        self._keep_up(policy, count)
         excess = policy.rows_to_archive(count)
         if excess == 0:
             log.debug("%s: %d row(s), within %d", policy.collection, count, policy.max_rows)
@@ -406,6 +475,7 @@ class ArchiveDaemon:
             batch_size=batch_size or policy.batch_size,
             order_by=None,
             task_id=self.tracker.new_task_id(collection),
+            min_rate=self.keeping[collection].rate if collection in self.keeping else None,
             target=source_rows - rows,
         )
         self.tracker.add(record)

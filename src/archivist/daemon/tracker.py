@@ -30,6 +30,8 @@ class TaskRecord:
     batch_size: int
     order_by: str | None
     task_id: str
+    min_rate: float | None = None
+    """Rows/s the task keeps to at least while yielding (keeping up; None: no floor)."""
     target: int = 0
     """The source's row count when every row of this job has moved: an interrupted job's
     remaining rows are recounted from it, since rows of its last batch may have moved
@@ -71,6 +73,7 @@ class Tracker:
         self._by_task: dict[str, TaskRecord] = {}
         self._history: collections.deque[TaskRecord] = collections.deque(maxlen=history)
         self._prefix = f"t{int(time.time()) % 100000:05d}"
+        self._moved: collections.Counter[str] = collections.Counter()
 
     def new_task_id(self, collection: str) -> str:
         return f"{collection}-{self._prefix}-{next(self._serial)}"
@@ -94,11 +97,19 @@ class Tracker:
         record.task_id = task_id
         self._by_task[task_id] = record
 
+    def take_moved(self, collection: str) -> int:
+        """Rows of ``collection`` reported moved since the last call (keeping up's measure)."""
+        return self._moved.pop(collection, 0)
+
+    def _count_moved(self, record: TaskRecord, archived: int) -> None:
+        self._moved[record.collection] += max(0, archived - record.archived)
+
     def on_progress(self, message: Progress) -> TaskRecord | None:
         record = self._by_task.get(message.task_id)
         if record is None:
             return None
         record.state = "running"
+        self._count_moved(record, record.carried + message.archived)
         record.archived = record.carried + message.archived
         record.total = max(record.total, record.carried + message.total)
         return record
@@ -107,6 +118,7 @@ class Tracker:
         record = self._by_task.pop(message.task_id, None)
         if record is None:
             return None
+        self._count_moved(record, record.carried + message.archived)
         record.archived = record.carried + message.archived
         record.state = message.status
         record.error = message.error

@@ -45,6 +45,9 @@ class Entity:
     batch_size: int
     source_handle: str = "primary"
     dest_handle: str = "archive"
+    min_rate: float | None = None
+    """Rows/s archivist moves at least while yielding to the application (None: only what
+    keeping up asks, docs/configuration.md)."""
     table: sa.Table | None = field(default=None, compare=False, repr=False)
     origin: str = field(default="<python>", compare=False)
     module: str = field(default="", compare=False)
@@ -74,6 +77,7 @@ def make_entity(
     batch_size: int | None = None,
     source_handle: str = "primary",
     dest_handle: str = "archive",
+    min_rate: float | None = None,
     table: sa.Table | None = None,
     origin: str = "<python>",
     module: str = "",
@@ -92,6 +96,10 @@ def make_entity(
         raise ConfigError(f"{where}: batch_size must be an integer from 1 to {MAX_BATCH_SIZE}")
     if source_handle == dest_handle:
         raise ConfigError(f"{where}: dest_handle must differ from source_handle")
+    if min_rate is not None and (
+        not isinstance(min_rate, int | float) or isinstance(min_rate, bool) or min_rate <= 0
+    ):
+        raise ConfigError(f"{where}: min_rate must be a number of rows/s > 0")
     return Entity(
         collection=collection,
         order_by=order_by,
@@ -100,6 +108,7 @@ def make_entity(
         batch_size=batch,
         source_handle=source_handle,
         dest_handle=dest_handle,
+        min_rate=float(min_rate) if min_rate is not None else None,
         table=table,
         origin=origin,
         module=module,
@@ -119,6 +128,7 @@ def archive(
     source_handle: str = "primary",
     dest_handle: str = "archive",
     collection: str | None = None,
+    min_rate: float | None = None,
 ) -> Callable[[_T], _T]:
     """Declare a SQLAlchemy declarative model (or a function returning a ``Table``) archivable.
 
@@ -140,6 +150,7 @@ def archive(
                 batch_size=batch_size,
                 source_handle=source_handle,
                 dest_handle=dest_handle,
+                min_rate=min_rate,
                 table=table,
                 origin=origin,
                 module=module,
@@ -212,6 +223,7 @@ class EntityRegistry:
                 batch_size=entry.batch_size,
                 source_handle=entry.source_handle,
                 dest_handle=entry.dest_handle,
+                min_rate=entry.min_rate,
                 origin=origin,
             )
             if entity.collection in registry:

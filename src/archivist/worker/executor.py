@@ -306,7 +306,7 @@ class _TaskRun:
                     return True  # the source has nothing after this batch
                 if self.remaining - self.unsettled <= 0:
                     return True  # all moved: no rest after the last batch
-                await self._pause_between_batches(took)
+                await self._pause_between_batches(took, len(batch.items))
             return True  # a batch is kept pending only while more rows are to be listed
         finally:
             await _cancelled(ahead)
@@ -627,9 +627,10 @@ class _TaskRun:
                 log.info("task %s: throttled: %s", self.task.task_id, reason)
         self.task.throttled = reason
 
-    async def _pause_between_batches(self, took: float) -> None:
-        """Rest after a batch that took ``took``: ``yield_ratio`` times as long while the
-        application uses the source database, else the plain pause.
+    async def _pause_between_batches(self, took: float, rows: int) -> None:
+        """Rest after a batch of ``rows`` rows that took ``took``: ``yield_ratio`` times as
+        long while the application uses the source database (at most what keeps the task at
+        the daemon's ``minRate``), else the plain pause.
 
         A yielding rest can be long (200 times a 0.5 s batch is 100 s), so the load is read
         again every ``load_interval`` while it lasts (one shared, cached reading per
@@ -644,8 +645,11 @@ class _TaskRun:
         )
         self._report_throttle()
         if self.yielding is not None:
-            until = ended + throttle.rest_after(took, yielding=True)
             while self.yielding is not None and not self.stopped():
+                # Again at each look: the daemon may raise the task's rate meanwhile.
+                until = ended + throttle.rest_after(
+                    took, yielding=True, batch_rows=rows, min_rate=self.task.min_rate
+                )
                 now = time.monotonic()
                 if now >= until:
                     return

@@ -36,6 +36,13 @@ class Task:
     throttled: str | None = None
     retries: int = 0
     """Batches retried after a transient failure."""
+    min_rate: float | None = None
+    """Rows/s the task keeps to at least while yielding: the ``archive`` message's
+    ``minRate``, or the latest ``rate`` request's."""
+
+    def __post_init__(self) -> None:
+        if self.min_rate is None:
+            self.min_rate = self.spec.min_rate
 
     @property
     def task_id(self) -> str:

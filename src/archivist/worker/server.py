@@ -22,7 +22,7 @@ from pathlib import Path
 
 import archivist
 from archivist import protocol
-from archivist.errors import ArchivistError, Forbidden, RemoteError, ShuttingDown
+from archivist.errors import ArchivistError, Forbidden, RemoteError, ShuttingDown, UnknownTask
 from archivist.protocol import (
     Answer,
     Archive,
@@ -35,6 +35,8 @@ from archivist.protocol import (
     Pong,
     Progress,
     Queued,
+    Rate,
+    Rated,
     Request,
     Status,
     StatusResult,
@@ -355,6 +357,8 @@ class Worker:
                 return self._status(message)
             case Cancel():
                 return await self._cancel(message)
+            case Rate():
+                return self._rate(message)
             case _:  # pragma: no cover - decode_frame admits only the commands above
                 raise ArchivistError(f"unexpected message {type(message).__name__}")
 
@@ -364,13 +368,14 @@ class Worker:
         task = Task(spec=spec, owner=peer)
         position = self.queue.add(task)
         log.info(
-            "task %s queued from %s: %s (%s -> %s), position %d",
+            "task %s queued from %s: %s (%s -> %s), position %d%s",
             spec.task_id,
             peer.name,
             spec.collection,
             spec.source_handle,
             spec.dest_handle,
             position,
+            f", yielding down to {spec.min_rate:,.0f} rows/s at least" if spec.min_rate else "",
         )
         self._changed.set()
         return Queued(
@@ -398,6 +403,25 @@ class Worker:
         if task.state == "cancelled":
             await self._complete(task, Outcome.stopped(0, "cancelled on request"))
         return Cancelled(status="success", task_id=task.task_id, request_id=message.request_id)
+
+    def _rate(self, message: Rate) -> Rated:
+        task = self.queue.get(message.task_id)
+        if task is None:
+            raise UnknownTask(f"no queued or running task {message.task_id!r}")
+        task.min_rate = message.min_rate or None
+        log.info(
+            "task %s: %s",
+            task.task_id,
+            f"yielding down to {message.min_rate:,.0f} rows/s at least"
+            if message.min_rate
+            else "yielding fully again",
+        )
+        return Rated(
+            status="success",
+            task_id=task.task_id,
+            min_rate=message.min_rate,
+            request_id=message.request_id,
+        )
 
     def _uptime_ms(self) -> int:
         return round((time.monotonic() - self._started) * 1000)

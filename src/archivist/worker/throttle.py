@@ -54,12 +54,39 @@ class ThrottleSettings:
     per_database: int = DEFAULTS.per_database
     """Batches that may run at once on one source database."""
 
-    def rest_after(self, batch_seconds: float, *, yielding: bool = False) -> float:
-        """Seconds a task rests after a batch that took ``batch_seconds``, ``yielding`` to
-        an application that is using its database or not."""
+    def rest_after(
+        self,
+        batch_seconds: float,
+        *,
+        yielding: bool = False,
+        batch_rows: int = 0,
+        min_rate: float | None = None,
+    ) -> float:
+        """Seconds a task rests after a batch of ``batch_rows`` rows that took
+        ``batch_seconds``, ``yielding`` to an application that is using its database or not;
+        the yielding part no longer than keeps the task at ``min_rate`` rows/s."""
         took = max(0.0, batch_seconds)
         rest = self.pause + self.nice_ratio * took
-        return max(rest, self.yield_ratio * took) if yielding else rest
+        if not yielding:
+            return rest
+        return max(rest, capped_rest(batch_rows, took, self.yield_ratio * took, min_rate))
+
+
+def capped_rest(
+    batch_rows: int, batch_seconds: float, rest: float, min_rate: float | None
+) -> float:
+    """``rest``, shortened so that a batch of ``batch_rows`` rows that took ``batch_seconds``
+    plus its rest still moves at least ``min_rate`` rows/s (None or 0: no floor).
+
+    The daemon asks for a rate when the table outgrows archivist (docs/configuration.md,
+    "Keeping up"): yielding then rests as much as that rate allows, and no more. A batch
+    that alone took longer than the rate allows gets no rest (nothing to cap further).
+    """
+    rest = max(0.0, rest)
+    if min_rate is None or min_rate <= 0 or batch_rows <= 0:
+        return rest
+    allowed = batch_rows / min_rate - max(0.0, batch_seconds)
+    return max(0.0, min(rest, allowed))
 
 
 Execute = Callable[[str, JSONObject], Awaitable[JSONObject]]
