@@ -5,10 +5,11 @@ archivist moves them at the rate the policy's state gives, checks come at a fixe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from archivist.daemon.keepup import KeepUp
+from archivist.daemon.keepup import KeepUp, read_state, write_state
 
 MAX_ROWS = 50_000
 ROWS_PER_ARCHIVE = 1_000
@@ -145,3 +146,25 @@ def test_a_table_just_crossing_its_limit_is_not_behind() -> None:
     policy.observe(140, 20.0, 0)  # still over, and larger: the task did not keep up
     assert policy.state == "behind"
     assert policy.rate == pytest.approx(3.0)
+
+
+def test_the_state_file_beside_the_socket_is_what_status_reads(tmp_path: Path) -> None:
+    socket = tmp_path / "worker.sock"
+    assert read_state(socket) is None  # no daemon has checked yet
+    state = KeepUp(max_rows=10)
+    state.observe(12, 0.0, 0)
+    state.observe(15, 1.0, 0)
+    write_state(socket, {"t": state})
+    document = read_state(socket)
+    assert document is not None and isinstance(document["at"], float)
+    assert document["policies"] == {
+        "t": {
+            "rows": 15,
+            "maxRows": 10,
+            "growth": 3.0,
+            "moving": 0.0,
+            "minRate": 4.5,
+            "state": "behind",
+        }
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["worker.sock.keepup.json"]
