@@ -332,6 +332,7 @@ class ArchiveDaemon:
     async def _watch_loop(self) -> None:
         while True:
             await self.check_once()
+            self._write_keepup()
             await asyncio.sleep(self.options.check_interval)
 
     async def check_once(self) -> list[TaskRecord]:
@@ -352,7 +353,6 @@ class ArchiveDaemon:
                 continue
             if record is not None:
                 queued.append(record)
-        self._write_keepup()
         return queued
 
     async def _measure_only(self, policy: Policy) -> None:
