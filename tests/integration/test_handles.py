@@ -67,3 +67,35 @@ def test_sqlite_waits_for_an_application_writing_in_rollback_mode(tmp_path: Path
         writing.join()
         engine.dispose()
         application.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_postgres_urls_as_users_write_them_connect(pg_url: str, scheme: str) -> None:
+    """``postgres://`` (libpq's spelling, which SQLAlchemy refuses) and ``postgresql://``
+    reach the server through psycopg."""
+    url = scheme + "://" + pg_url.split("://", 1)[1]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert (
+                connection.exec_driver_sql("SELECT current_database()").scalar()
+                == (pg_url.rsplit("/", 1)[1])
+            )
+        assert engine.dialect.driver == "psycopg"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mariadb"])
+def test_mysql_urls_as_users_write_them_connect(mysql_url: str, scheme: str) -> None:
+    url = scheme + "://" + mysql_url.split("://", 1)[1]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert (
+                connection.exec_driver_sql("SELECT DATABASE()").scalar()
+                == (mysql_url.rsplit("/", 1)[1])
+            )
+        assert engine.dialect.driver == "pymysql"
+    finally:
+        engine.dispose()

@@ -38,10 +38,22 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+SCHEME_ALIASES: Final = {"postgres": "postgresql"}
+"""URL schemes users write (libpq and most tools take ``postgres://``) that SQLAlchemy does
+not know, by the backend they name."""
+
+DRIVER_EXTRAS: Final = {"psycopg": "postgresql", "pymysql": "mysql"}
+"""The package extra that installs each driver archivist picks (pyproject.toml)."""
+
+
 def normalize_url(url: str | URL) -> URL:
-    """Pick the drivers archivist supports: psycopg 3 for PostgreSQL, PyMySQL for MariaDB/MySQL
-    (with utf8mb4)."""
+    """Pick the drivers archivist supports: psycopg 3 for PostgreSQL (``postgres://`` and
+    ``postgresql://``), PyMySQL for MariaDB/MySQL (``mysql://``, ``mariadb://``; with
+    utf8mb4). A URL that names its driver (``postgresql+psycopg2://``) keeps it."""
     parsed = make_url(url)
+    backend, plus, driver = parsed.drivername.partition("+")
+    if backend in SCHEME_ALIASES:
+        parsed = parsed.set(drivername=SCHEME_ALIASES[backend] + plus + driver)
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -51,6 +63,19 @@ def normalize_url(url: str | URL) -> URL:
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     return parsed
+
+
+def missing_driver_message(url: URL, exc: ImportError) -> str:
+    """What to install when ``url``'s driver cannot be imported."""
+    driver = url.get_driver_name()
+    extra = DRIVER_EXTRAS.get(driver)
+    how = (
+        f"install it with: pip install 'archivist[{extra}]'"
+        if extra
+        else f"install the {driver} package"
+    )
+    backend = url.get_backend_name()
+    return f"{backend} URLs need the {driver} driver, which is missing ({exc}); {how}"
 
 
 def safe_url(url: URL) -> str:
@@ -71,12 +96,15 @@ def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) ->
         connect_args["init_command"] = (
             f"SET time_zone = '+00:00', group_concat_max_len = {GROUP_CONCAT_MAX_LEN}"
         )
-    engine = sa.create_engine(
-        parsed,
-        connect_args=connect_args,
-        pool_pre_ping=True,
-        json_deserializer=_json_loads,
-    )
+    try:
+        engine = sa.create_engine(
+            parsed,
+            connect_args=connect_args,
+            pool_pre_ping=True,
+            json_deserializer=_json_loads,
+        )
+    except ImportError as exc:
+        raise ConfigError(missing_driver_message(parsed, exc)) from None
     if backend == "sqlite":
         _configure_sqlite(engine, attach or {})
     elif parsed.get_driver_name() == "pymysql":
@@ -210,6 +238,8 @@ class Handle:
             self.engine = create_engine(self.url, attach=attach)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise ConfigError(f"handles.{name}: cannot use this database URL: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"handles.{name}: {exc}") from None
         self.dialect_name = self.engine.dialect.name
         self._executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix=f"archivist-db-{name}"
