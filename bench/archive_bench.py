@@ -33,6 +33,7 @@ from workloads import (
     reference_load,
     run_archivist,
     run_in_database,
+    run_keep_up,
     run_pings,
     run_plain_loop,
     run_pt_archiver,
@@ -77,6 +78,15 @@ ORDER: list[tuple[str, str]] = [
     ("rss_worker_small", "worker peak RSS, {small:,} source rows"),
     ("rss_daemon", "daemon peak RSS, {rows:,} source rows"),
     ("rss_worker", "worker peak RSS, {rows:,} source rows"),
+    ("ku_most", "keep-up: most rows at a check after the first"),
+    ("ku_over", "keep-up: rows over max_rows + batch_size at worst (0: held)"),
+    ("ku_checks", "keep-up: checks"),
+    ("ku_app_rate", "keep-up: rows/s the application inserted"),
+    ("ku_moved_rate", "keep-up: rows/s archivist moved"),
+    ("ku_asked", "keep-up: highest rate the daemon asked"),
+    ("fg_keepup_p50", "foreground p50, during keep-up"),
+    ("fg_keepup_p99", "foreground p99, during keep-up"),
+    ("r_fg_keepup", "ratio foreground p99 keep-up / idle"),
     ("ping_p50", "ping round trip p50"),
     ("ping_p99", "ping round trip p99"),
     ("ping_rate", "pings per second, one connection"),
@@ -97,6 +107,10 @@ class Settings:
     memory: bool
     engines: list[str]
     worker: dict[str, str] = field(default_factory=dict)
+    keep_up: bool = False
+    keep_up_rows: int = 50_000
+    keep_up_seconds: float = 300.0
+    check_interval: float = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
@@ -135,6 +149,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         metavar="KEY=VALUE",
         help="a [worker] setting for archivist's runs, e.g. pause=0.05 (repeatable)",
     )
+    parser.add_argument(
+        "--keep-up",
+        action="store_true",
+        help="only the keep-up scenario: archivist run holds a table at --keep-up-rows by "
+        "policy while the foreground inserts ~120 rows/s and reads; does the table stay "
+        "within max_rows + batch_size after the first check?",
+    )
+    parser.add_argument(
+        "--keep-up-rows", type=int, default=50_000, help="the policy's max_rows (50,000)"
+    )
+    parser.add_argument(
+        "--keep-up-seconds", type=float, help="how long archivist run runs (300; quick 60)"
+    )
+    parser.add_argument(
+        "--check-interval",
+        type=float,
+        default=5.0,
+        help="the daemon's check_interval in the keep-up scenario (5 s: at ~120 rows/s a "
+        "check's growth stays under a batch of 1,000)",
+    )
     args = parser.parse_args(argv)
     rows = args.rows or (60_000 if args.quick else 1_000_000)
     engines = [name.strip() for name in args.engines.split(",") if name.strip()]
@@ -157,6 +191,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         memory=not args.skip_memory,
         engines=engines,
         worker=dict(item.split("=", 1) for item in args.worker),
+        keep_up=args.keep_up,
+        keep_up_rows=args.keep_up_rows,
+        keep_up_seconds=args.keep_up_seconds or (60.0 if args.quick else 300.0),
+        check_interval=args.check_interval,
     )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or Path(__file__).parent / "results" / "local" / f"{stamp}.json"
@@ -175,9 +213,65 @@ class Bench:
         self.workdir = workdir
         self.has_pt_archiver = shutil.which("pt-archiver") is not None
 
+    def keep_up(self, target: Target) -> None:
+        """The foreground alone, then beside ``archivist run`` holding the table at its
+        policy's limit (issue 25, "Keeping up")."""
+        s = self.settings
+        name = target.engine
+        for run_number in range(1, s.runs + 1):
+            self.say(f"{name}: keep-up run {run_number}/{s.runs}")
+            target.reset(s.keep_up_rows)
+            with Foreground(target, s.idle_seconds) as idle:
+                time.sleep(s.idle_seconds)
+            self.latency(name, "idle", idle)
+            target.reset(s.keep_up_rows)
+            with Foreground(target, s.keep_up_seconds + 600) as app:
+                run = run_keep_up(
+                    target,
+                    s.keep_up_rows,
+                    s.batch_size,
+                    s.keep_up_seconds,
+                    s.check_interval,
+                    self.workdir,
+                )
+            self.latency(name, "keepup", app)
+            sizes = [int(str(check["rows"])) for check in run.checks[1:]]
+            if not sizes:
+                self.results.notes.append(f"{name}: keep-up saw fewer than two checks")
+                continue
+            most = max(sizes)
+            asked = [float(str(c["minRate"])) for c in run.checks if c.get("minRate")]
+            self.results.add(name, "ku_most", "rows", most)
+            self.results.add(name, "ku_over", "rows", max(0, most - s.keep_up_rows - s.batch_size))
+            self.results.add(name, "ku_checks", "checks", len(run.checks))
+            self.results.add(name, "ku_app_rate", "rows/s", run.inserted / run.seconds)
+            self.results.add(name, "ku_moved_rate", "rows/s", run.moved / run.seconds)
+            self.results.add(name, "ku_asked", "rows/s", max(asked, default=0.0))
+            self.results.add_series(
+                name,
+                "keepup_rows",
+                [
+                    {
+                        "second": float(str(c["at"])) - float(str(run.checks[0]["at"])),
+                        "rows": float(str(c["rows"])),
+                    }
+                    for c in run.checks
+                ],
+            )
+            self.say(
+                f"  keep-up: {len(run.checks)} checks, most {most:,} rows after the first "
+                f"(bound {s.keep_up_rows + s.batch_size:,}), app {run.inserted / run.seconds:,.0f} "
+                f"rows/s, moved {run.moved / run.seconds:,.0f} rows/s, asked up to "
+                f"{max(asked, default=0.0):,.0f} rows/s"
+            )
+        self.results.add_ratios(name, "r_fg_keepup", "fg_keepup_p99", "fg_idle_p99")
+
     def engine(self, target: Target) -> None:
         s = self.settings
         name = target.engine
+        if s.keep_up:
+            self.keep_up(target)
+            return
         started = time.monotonic()
         target.seed(max(s.rows, s.memory_rows))
         self.say(f"{name}: seeded {target.seeded:,} rows in {time.monotonic() - started:.1f} s")
@@ -340,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                 target.worker_settings = settings.worker
                 versions[target.engine] = target.version
                 bench.engine(target)
-        bench.pings()
+        if not settings.keep_up:
+            bench.pings()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     info = machine(versions)

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -103,6 +104,69 @@ def run_archivist(target: Target, rows: int, batch_size: int, workdir: Path) -> 
         daemon_peak_kib=peaks["daemon"],
         worker_peak_kib=peaks["worker"],
     )
+
+
+@dataclass
+class KeepUpRun:
+    """``archivist run`` holding a table at its limit beside the foreground (issue 25)."""
+
+    checks: list[dict[str, object]]
+    """The daemon's keep-up state for the table at each check (rows, growth, rate, ...)."""
+    moved: int
+    seconds: float
+    inserted: int
+
+
+def run_keep_up(
+    target: Target,
+    max_rows: int,
+    batch_size: int,
+    seconds: float,
+    check_interval: float,
+    workdir: Path,
+) -> KeepUpRun:
+    """``archivist run`` for ``seconds`` with a policy of ``max_rows`` on a table that holds
+    that many rows, while the foreground (already running) inserts and reads; the daemon's
+    keep-up state is read from beside the worker's socket after every check."""
+    from archivist.daemon.keepup import read_state
+
+    socket_path = workdir / f"{target.engine}-keepup.sock"
+    config = workdir / f"{target.engine}-keepup.toml"
+    policy = target.config_toml(batch_size)
+    policy = policy.replace("max_rows = 1\n", f"max_rows = {max_rows}\n").replace(
+        "rows_per_archive = 1\n", f"rows_per_archive = {batch_size}\n"
+    )
+    policy = policy.replace(
+        "[worker]\n",
+        f'[daemon]\ncheck_interval = {check_interval}\n\n[worker]\nsocket = "{socket_path}"\n',
+    )
+    config.write_text(policy, encoding="utf-8")
+    before = target.count("primary")
+    target.dispose()
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    command = [sys.executable, "-m", "archivist", "run", "--config", str(config)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    checks: list[dict[str, object]] = []
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            if process.poll() is not None:
+                raise RuntimeError(f"archivist run exited ({process.returncode})")
+            state = read_state(socket_path)
+            if state is not None and (not checks or state["at"] != checks[-1]["at"]):
+                policies = state.get("policies")
+                if isinstance(policies, dict) and TABLE in policies:
+                    checks.append({"at": state["at"], **policies[TABLE]})
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+    elapsed = time.monotonic() - started
+    moved = target.count("archive")
+    inserted = target.count("primary") + moved - before
+    return KeepUpRun(checks=checks, moved=moved, seconds=elapsed, inserted=inserted)
 
 
 @contextlib.contextmanager
