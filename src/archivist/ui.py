@@ -187,6 +187,8 @@ def print_plan(console: Console, plan: ArchivePlan) -> None:
     console.print(f"archive table on {plan.dest_handle}: {plan.archive_table}")
     if plan.path:
         console.print(f"rows would move: {plan.path}")
+    if plan.index is not None:
+        console.print(f"batches read {plan.order_by} through index {plan.index}", markup=False)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print("dry run: nothing was moved")

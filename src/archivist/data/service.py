@@ -18,6 +18,7 @@ from archivist.data.bus import CommandBus, JSONObject
 from archivist.data.catalog import Catalog
 from archivist.data.commands import DataCommands
 from archivist.data.handles import Handle
+from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.relay import relay
@@ -54,6 +55,7 @@ class ArchivePlan:
     newest: object = None  # ... and of the last
     path: str = ""  # how rows would move: copied by the daemon, or through the worker
     warnings: tuple[str, ...] = ()  # source columns that hold values the archive cannot store
+    index: str | None = None  # the index that serves order_by (None: every batch scans)
 
 
 class DataDaemon:
@@ -98,6 +100,7 @@ class DataDaemon:
         try:
             for entity in self.registry:
                 await self._check_entity(entity)
+                await self._warn_missing_index(entity)
             await self._check_distinct_databases()
         except BaseException:
             await self.close()
@@ -156,6 +159,20 @@ class DataDaemon:
                 "copies onto themselves"
             )
         self._distinct.add(pair)
+
+    async def order_index(self, collection: str) -> str | None:
+        """The index that serves ``collection``'s batches on its source (None: none does)."""
+        entity = self.catalog.entity(collection)
+        return await self.catalog.handle(entity.source_handle).transaction(
+            order_index, entity.collection, entity.order_by
+        )
+
+    async def _warn_missing_index(self, entity: Entity) -> None:
+        warning = missing_index_warning(
+            entity.collection, entity.order_by, await self.order_index(entity.collection)
+        )
+        if warning is not None:
+            log.warning("%s", warning)
 
     async def _check_entity(self, entity: Entity) -> None:
         if entity.table is not None and entity.order_by not in entity.table.c:
@@ -275,6 +292,10 @@ class DataDaemon:
             self.catalog.handle(entity.dest_handle).dialect_name,
             dest.columns if dest is not None else None,
         )
+        index = await self.order_index(collection)
+        missing = missing_index_warning(collection, entity.order_by, index)
+        if missing is not None:
+            warnings.append(missing)
         oldest = newest = None
         if to_archive > 0:
             oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
@@ -295,6 +316,7 @@ class DataDaemon:
             archive_table=state,
             path=path,
             warnings=tuple(warnings),
+            index=index,
         )
 
 
