@@ -154,8 +154,11 @@ config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    required=True,
-    help="The TOML configuration file (handles, worker, daemon, [[archive]] policies).",
+    help="The TOML configuration file (handles, worker, daemon, [[archive]] policies). "
+    "Default: $ARCHIVIST_CONFIG, else the first of ./archivist.toml, "
+    "$XDG_CONFIG_HOME/archivist/archivist.toml (~/.config by default), "
+    "/etc/archivist/archivist.toml. ARCHIVIST_<TABLE>_<KEY> variables override its options "
+    "(ARCHIVIST_WORKER_CONCURRENCY=5).",
 )
 socket_option = click.option(
     "--socket",
@@ -165,11 +168,14 @@ socket_option = click.option(
 )
 
 
-def load(config_path: Path) -> Config:
-    from archivist.config import load_config
+def load(config_path: Path | None) -> Config:
+    """The configuration at ``config_path``, else the one found (`find_config`)."""
+    from archivist.config import find_config, load_config
 
     try:
-        return load_config(config_path)
+        path = find_config(config_path)
+        assert path is not None  # required: find_config raised otherwise
+        return load_config(path)
     except ArchivistError as exc:
         fail(exc.message)
 
@@ -178,7 +184,7 @@ def load(config_path: Path) -> Config:
 @config_option
 @socket_option
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
-def run(config_path: Path, socket_path: Path | None, verbose: int) -> None:
+def run(config_path: Path | None, socket_path: Path | None, verbose: int) -> None:
     """Archive by policy until stopped: the main job.
 
     Starts a worker as a child process (restarting it if it dies), or uses the one at
@@ -205,7 +211,7 @@ def run(config_path: Path, socket_path: Path | None, verbose: int) -> None:
     help="The socket of a worker that runs already (see `archivist worker`).",
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
-def daemon(config_path: Path, socket_path: Path, verbose: int) -> None:
+def daemon(config_path: Path | None, socket_path: Path, verbose: int) -> None:
     """Run the daemon alone, against a worker that runs already.
 
     Like `archivist run`, but never starts a worker: it connects to --socket and
@@ -258,7 +264,7 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 def archive(
     collection: str,
-    config_path: Path,
+    config_path: Path | None,
     socket_path: Path | None,
     max_rows: int | None,
     batch_size: int | None,
@@ -348,7 +354,8 @@ async def _dry_run(config: Config, collection: str, max_rows: int | None, consol
     "--config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Find the worker's socket in this config file.",
+    help="Find the worker's socket in this config file (default: without --socket, the "
+    "config file found as for run: $ARCHIVIST_CONFIG, ./archivist.toml, ...).",
 )
 @click.option(
     "--socket",
@@ -367,8 +374,11 @@ def status(config_path: Path | None, socket_path: Path | None, as_json: bool) ->
         archivist status --config archivist.toml
         archivist status --socket /tmp/arch/worker.sock --json
     """
+    from archivist.config import find_config
     from archivist.worker.paths import default_socket_path
 
+    if config_path is None and socket_path is None:
+        config_path = find_config(None, required=False)
     config = load(config_path) if config_path is not None else None
     if socket_path is None and config is not None:
         configured = config.worker.socket

@@ -5,10 +5,11 @@ Every error names the file and the key (``archivist.toml: archive[0].order_by: .
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Final
 from urllib.parse import quote, unquote
@@ -95,16 +96,155 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return f"{self.source}: {key}"
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, validate and return the configuration in the TOML file at ``path``."""
+CONFIG_VARIABLE: Final = "ARCHIVIST_CONFIG"
+CONFIG_NAME: Final = "archivist.toml"
+CONFIG_SEARCH_HELP: Final = (
+    "Default: $ARCHIVIST_CONFIG, else the first of ./archivist.toml, "
+    "$XDG_CONFIG_HOME/archivist/archivist.toml (~/.config by default), "
+    "/etc/archivist/archivist.toml."
+)
+
+
+def config_search_paths(environ: Mapping[str, str], cwd: Path) -> list[Path]:
+    """Where a config file is looked for when none is named, in order (after
+    ``$ARCHIVIST_CONFIG``, which is taken as is)."""
+    xdg = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")) / ".config")
+    return [
+        cwd / CONFIG_NAME,
+        Path(xdg).expanduser() / "archivist" / CONFIG_NAME,
+        Path("/etc/archivist") / CONFIG_NAME,
+    ]
+
+
+def find_config(
+    explicit: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    required: bool = True,
+) -> Path | None:
+    """The config file to read: ``explicit`` (``--config``), else ``$ARCHIVIST_CONFIG``, else
+    the first of `config_search_paths` that exists. None found: a ConfigError listing the
+    places looked (or None if not ``required``)."""
+    if explicit is not None:
+        return explicit
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_VARIABLE):
+        return Path(environ[CONFIG_VARIABLE])
+    candidates = config_search_paths(environ, cwd or Path.cwd())
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if not required:
+        return None
+    looked = ", ".join(str(path) for path in candidates)
+    raise ConfigError(
+        f"no configuration file: give --config FILE or set {CONFIG_VARIABLE}; looked in {looked}"
+    )
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and return the configuration in the TOML file at ``path``, with the
+    ``ARCHIVIST_<TABLE>_<KEY>`` variables of ``environ`` (the process's environment by
+    default) over the file's values (see `environment_overrides`)."""
     path = Path(path)
+    environ = os.environ if environ is None else environ
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(data, source=str(path), base_dir=path.parent)
+    check_keys(data, source=str(path))
+    for table, values in environment_overrides(environ).items():
+        current = data.get(table)
+        data[table] = {**(current if isinstance(current, dict) else {}), **values}
+    return config_from_dict(data, source=str(path), base_dir=path.parent, environ=environ)
+
+
+ENV_PREFIX: Final = "ARCHIVIST_"
+ENV_TABLES: Final = ("handles", "worker", "daemon")
+"""The tables whose keys environment variables set: ``ARCHIVIST_WORKER_CONCURRENCY=5`` is
+``[worker] concurrency = 5``, ``ARCHIVIST_HANDLES_PRIMARY=postgres://...`` is
+``[handles] primary``. Other ``ARCHIVIST_*`` variables (``ARCHIVIST_CONFIG``) are not
+options."""
+
+
+def _table_struct(table: str) -> type[msgspec.Struct] | None:
+    structs: dict[str, type[msgspec.Struct]] = {"worker": WorkerConfig, "daemon": DaemonConfig}
+    return structs.get(table)
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """The options set by ``ARCHIVIST_<TABLE>_<KEY>`` variables, by table, each typed by the
+    table's own declaration (lists are comma-separated). A bad value or an unknown key is a
+    ConfigError naming the variable."""
+    overrides: dict[str, dict[str, object]] = {}
+    for variable, raw in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_VARIABLE:
+            continue
+        table, _, key = variable[len(ENV_PREFIX) :].lower().partition("_")
+        if table not in ENV_TABLES:
+            close = difflib.get_close_matches(table, ENV_TABLES, n=1, cutoff=0.75)
+            if close and key:
+                raise ConfigError(
+                    f"{variable}: no table {table!r}; did you mean "
+                    f"{ENV_PREFIX}{close[0].upper()}_{key.upper()}?"
+                )
+            continue  # Not an option (ARCHIVIST_CONFIG, a test's own variables).
+        if not key:
+            raise ConfigError(f"{variable}: names no key (e.g. {ENV_PREFIX}{table.upper()}_...)")
+        struct = _table_struct(table)
+        if struct is None:  # [handles]: any name, a URL.
+            overrides.setdefault(table, {})[key] = raw
+            continue
+        fields = {field.name: field for field in msgspec.structs.fields(struct)}
+        if key not in fields:
+            raise ConfigError(f"{variable}: unknown option{_did_you_mean(key, fields, table)}")
+        field = fields[key]
+        value: object = raw
+        if isinstance(field.default, list) or field.default_factory is list:
+            value = [item.strip() for item in raw.split(",") if item.strip()]
+        try:
+            overrides.setdefault(table, {})[key] = msgspec.convert(value, field.type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{variable}={raw!r}: {exc}") from None
+    return overrides
+
+
+def _did_you_mean(key: str, valid: Iterable[str], table: str | None = None) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    if not close:
+        return ""
+    name = f"{table}.{close[0]}" if table else close[0]
+    return f"; did you mean {name}?"
+
+
+def check_keys(data: Mapping[str, object], *, source: str) -> None:
+    """Unknown keys in a config file's tables, each with the nearest valid key: msgspec
+    alone would only say that the key is unknown."""
+    top = [field.name for field in msgspec.structs.fields(Config) if field.name != "source"]
+    for key, value in data.items():
+        if key not in top:
+            raise ConfigError(
+                f"{source}: {key}: not a configuration table{_did_you_mean(key, top)}"
+            )
+        struct = _table_struct(key)
+        entries: list[tuple[str, object]] = [(key, value)]
+        if key == "archive" and isinstance(value, list):
+            struct = ArchiveConfig
+            entries = [(f"archive[{index}]", entry) for index, entry in enumerate(value)]
+        if struct is None:
+            continue
+        valid = [field.name for field in msgspec.structs.fields(struct)]
+        for where, entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for name in entry:
+                if name not in valid:
+                    raise ConfigError(
+                        f"{source}: {where}.{name}: unknown key{_did_you_mean(name, valid)}"
+                    )
 
 
 def config_from_dict(
