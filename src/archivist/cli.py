@@ -447,7 +447,7 @@ async def _movers(config: Config) -> list[tuple[str, object, str]]:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print everything found as JSON.")
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
-def check(config_path: Path, as_json: bool, verbose: int) -> None:
+def check(config_path: Path | None, as_json: bool, verbose: int) -> None:
     """Check a config against the databases before running it.
 
     Loads the config, connects to every handle and prints, per policy: the table's size
