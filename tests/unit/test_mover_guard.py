@@ -193,3 +193,41 @@ def test_a_task_is_queued_under_the_lock_with_the_rows_counted_under_it() -> Non
     queued = asyncio.run(daemon.check_once())
     assert [(r.collection, r.max_rows) for r in queued] == [("chat_messages", 70)]
     assert daemon.movers.holds("chat_messages")
+
+
+def test_the_heartbeat_notices_a_lost_lock_while_the_task_rests() -> None:
+    locks = Locks()
+    movers = Movers(locks.take, ["chat_messages"], heartbeat=0.01)
+
+    async def run() -> None:
+        await movers.take("chat_messages")
+        await asyncio.sleep(0.05)
+        assert movers.holds("chat_messages")  # alive: kept
+        locks.taken["chat_messages"].live = False
+        await asyncio.sleep(0.05)
+        assert not movers.holds("chat_messages")
+        assert locks.taken["chat_messages"].released  # what was left of it is let go
+        await movers.release_all()
+
+    asyncio.run(run())
+
+
+def test_a_record_that_ends_after_its_lock_was_lost_leaves_a_lock_taken_since_alone() -> None:
+    movers, locks = _movers()
+
+    async def run() -> None:
+        await movers.take("chat_messages")
+        done = asyncio.Event()
+        movers.release_when("chat_messages", done)
+        locks.taken["chat_messages"].live = False
+        with pytest.raises(MoverLost):
+            await movers.guard("data/copy", {"collection": "chat_messages"}, _ok)
+        await movers.take("chat_messages")  # taken again, a new lock
+        again = locks.taken["chat_messages"]
+        done.set()  # the first record ends now
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert movers.holds("chat_messages") and not again.released
+        await movers.release_all()
+
+    asyncio.run(run())

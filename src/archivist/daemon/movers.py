@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+HEARTBEAT_INTERVAL: Final = 10.0
+"""Seconds between two looks at each held lock's session while its task rests: a lost lock
+is noticed (and logged) then, not only at the next batch, and the session is never idle
+long enough for MariaDB's ``wait_timeout`` of the lock session (`archivist.data.locks`),
+which is what frees the lock of a host that vanished."""
 MOVING_COMMANDS: Final = frozenset({"data/create", "data/copy", "data/delete", "data/relay"})
 """The worker's commands that write rows: each runs only under its collection's lock."""
 
@@ -44,12 +49,18 @@ class Movers:
     """The mover locks this daemon holds, by collection."""
 
     def __init__(
-        self, take: Callable[[str], Awaitable[HeldLock]], collections: Collection[str]
+        self,
+        take: Callable[[str], Awaitable[HeldLock]],
+        collections: Collection[str],
+        *,
+        heartbeat: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self._take = take
         self._collections = frozenset(collections)
         self._held: dict[str, HeldLock] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._heartbeat = heartbeat
+        self._beats: dict[str, asyncio.Task[None]] = {}
 
     def holds(self, collection: str) -> bool:
         return collection in self._held
@@ -60,22 +71,35 @@ class Movers:
             return
         lock = await self._take(collection)  # MoverBusy when another process holds it
         self._held[collection] = lock
+        self._beats[collection] = asyncio.get_running_loop().create_task(
+            self._beat(collection, lock), name=f"mover-heartbeat-{collection}"
+        )
         log.info(
             "%s: this process (pid %d) is its mover now (%s)", collection, os.getpid(), lock.where
         )
 
-    async def release(self, collection: str) -> None:
+    async def release(self, collection: str, only: HeldLock | None = None) -> None:
+        """Let ``collection``'s lock go (with ``only``: if it is still that lock)."""
+        if only is not None and self._held.get(collection) is not only:
+            return
+        beat = self._beats.pop(collection, None)
+        if beat is not None and beat is not asyncio.current_task():
+            beat.cancel()
         lock = self._held.pop(collection, None)
         if lock is not None:
             await lock.release()
             log.debug("%s: mover lock released", collection)
 
     def release_when(self, collection: str, done: asyncio.Event) -> None:
-        """Let ``collection``'s lock go once ``done`` is set (its task's record ended)."""
+        """Let ``collection``'s lock go once ``done`` is set (its task's record ended), if
+        it is still the lock held now: not one taken again meanwhile, after this one was
+        lost."""
+        lock = self._held.get(collection)
 
         async def wait_and_release() -> None:
             await done.wait()
-            await self.release(collection)
+            if lock is not None:
+                await self.release(collection, only=lock)
 
         task = asyncio.get_running_loop().create_task(wait_and_release())
         self._releases.add(task)
@@ -86,6 +110,27 @@ class Movers:
             task.cancel()
         for collection in list(self._held):
             await self.release(collection)
+
+    async def _beat(self, collection: str, lock: HeldLock) -> None:
+        while self._held.get(collection) is lock:
+            await asyncio.sleep(self._heartbeat)
+            if self._held.get(collection) is lock and not await lock.alive():
+                self._lost(collection, lock)
+
+    def _lost(self, collection: str, lock: HeldLock) -> None:
+        """Forget a lock found lost (said once, by the first to find it)."""
+        if self._held.get(collection) is not lock:
+            return
+        del self._held[collection]
+        task = asyncio.get_running_loop().create_task(lock.release())  # what is left of it
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+        log.error(
+            "%s: the mover lock (%s) was lost; its task stops moving, another mover may have "
+            "it now",
+            collection,
+            lock.where,
+        )
 
     async def guard(
         self, target: str, params: dict[str, object], run: Callable[[], Awaitable[T]]
@@ -106,14 +151,7 @@ class Movers:
                 f"{target} refused: this daemon does not hold the mover lock of {collection}"
             )
         if not await lock.alive():
-            if self._held.get(collection) is lock:  # said once, by the first to find it
-                del self._held[collection]
-                log.error(
-                    "%s: the mover lock (%s) was lost; its task stops moving, another mover "
-                    "may have it now",
-                    collection,
-                    lock.where,
-                )
+            self._lost(collection, lock)
             raise MoverLost(
                 f"{target} refused: the mover lock of {collection} was lost (its database "
                 "session ended); another archivist may be moving it now"

@@ -47,6 +47,15 @@ MYSQL_NAME_LIMIT: Final = 64
 MYSQL_TABLE: Final = "archivist_movers"
 FILE_TAG_LOOKS: Final = 10
 """Looks, 10 ms apart, at a held SQLite lock file whose holder has not written its name yet."""
+PG_KEEPALIVES: Final = {
+    "tcp_keepalives_idle": 10,
+    "tcp_keepalives_interval": 5,
+    "tcp_keepalives_count": 3,
+}
+"""The lock session's TCP keepalives (seconds, probes): a vanished host is dead to the
+server after ~25 s."""
+MYSQL_WAIT_TIMEOUT: Final = 60
+"""Seconds a MariaDB lock session may sit idle before the server ends it."""
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
@@ -366,6 +375,11 @@ class _PostgreSQL(_Engine):
 
     @staticmethod
     def try_lock(connection: Connection, params: dict[str, object], holder: Holder) -> bool:
+        # A host that vanishes without closing its connection is found dead by the server's
+        # keepalives within about half a minute (not the system's two hours), which frees
+        # its lock; a session over a Unix socket ignores them.
+        for setting, seconds in PG_KEEPALIVES.items():
+            connection.execute(sa.text(f"SET {setting} = {int(seconds)}"))
         # Named first: whoever finds the lock held then always finds who holds it. A session
         # that does not get the lock is closed at once.
         connection.execute(
@@ -417,6 +431,10 @@ class _MySQL(_Engine):
         # Who we are is written first, by connection id, so that whoever finds the lock held
         # always finds who holds it; the loser's row, and rows of holders that died, are
         # removed. A user who may not create the table is named by connection id and host.
+        # A host that vanishes leaves its connection idle: the server ends it (and frees the
+        # lock) after this long. The daemon looks at the session more often than that
+        # (`archivist.daemon.movers.HEARTBEAT_INTERVAL`) while it holds the lock.
+        connection.execute(sa.text(f"SET SESSION wait_timeout = {MYSQL_WAIT_TIMEOUT}"))
         recorded = _MySQL._record(connection, params, holder)
         got = connection.execute(sa.text("SELECT GET_LOCK(:name, 0)"), params).scalar()
         if recorded:
