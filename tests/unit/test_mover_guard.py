@@ -81,12 +81,29 @@ def test_a_held_lock_lets_its_commands_run_and_a_lost_one_stops_them() -> None:
         with pytest.raises(MoverLost):  # another collection's lock is not this one's
             await movers.guard("data/copy", {"collection": "orders"}, _ok)
         locks.taken["chat_messages"].live = False
-        with pytest.raises(MoverLost, match="was lost"):
+        locks.busy.add("chat_messages")  # ... and another process took it meanwhile
+        with pytest.raises(MoverLost, match=r"was lost .* another archivist has it now: host:1"):
             await movers.guard("data/delete", {"collection": "chat_messages"}, _ok)
         assert not movers.holds("chat_messages")
-        locks.taken["chat_messages"].live = True  # even if it came back: never taken again
+        locks.busy.clear()  # free again: still not this task's to take
         with pytest.raises(MoverLost, match="does not hold"):
             await movers.guard("data/delete", {"collection": "chat_messages"}, _ok)
+
+
+def test_a_lock_lost_and_free_is_taken_again_before_the_next_batch() -> None:
+    """The source database restarted (every session ended) and nobody else took the lock:
+    the task goes on under the lock taken again."""
+    movers, locks = _movers()
+
+    async def run() -> None:
+        await movers.take("chat_messages")
+        first = locks.taken["chat_messages"]
+        first.live = False
+        assert await movers.guard("data/copy", {"collection": "chat_messages"}, _ok) == "ran"
+        assert movers.holds("chat_messages") and locks.taken["chat_messages"] is not first
+        await movers.release_all()
+
+    asyncio.run(run())
 
     asyncio.run(run())
 
@@ -212,22 +229,21 @@ def test_the_heartbeat_notices_a_lost_lock_while_the_task_rests() -> None:
     asyncio.run(run())
 
 
-def test_a_record_that_ends_after_its_lock_was_lost_leaves_a_lock_taken_since_alone() -> None:
+def test_a_record_that_ends_after_a_later_one_took_its_place_leaves_the_lock_alone() -> None:
     movers, locks = _movers()
 
     async def run() -> None:
         await movers.take("chat_messages")
-        done = asyncio.Event()
-        movers.release_when("chat_messages", done)
-        locks.taken["chat_messages"].live = False
-        with pytest.raises(MoverLost):
-            await movers.guard("data/copy", {"collection": "chat_messages"}, _ok)
-        await movers.take("chat_messages")  # taken again, a new lock
-        again = locks.taken["chat_messages"]
-        done.set()  # the first record ends now
+        first, second = asyncio.Event(), asyncio.Event()
+        movers.release_when("chat_messages", first)
+        movers.release_when("chat_messages", second)  # the lock is the later record's now
+        first.set()
         for _ in range(3):
             await asyncio.sleep(0)
-        assert movers.holds("chat_messages") and not again.released
-        await movers.release_all()
+        assert movers.holds("chat_messages") and not locks.taken["chat_messages"].released
+        second.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not movers.holds("chat_messages") and locks.taken["chat_messages"].released
 
     asyncio.run(run())

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Final, Protocol, TypeVar
 
-from archivist.errors import MoverLost
+from archivist.errors import MoverBusy, MoverLost
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ class Movers:
         self._releases: set[asyncio.Task[None]] = set()
         self._heartbeat = heartbeat
         self._beats: dict[str, asyncio.Task[None]] = {}
+        self._owners: dict[str, asyncio.Event] = {}
+        """Whose lock it is: the ``done`` of the record it was taken for."""
+        self._lost_locks: set[str] = set()
+        """Collections whose lock was lost while their task ran: taken again, if nobody
+        else has it, before their next moving command."""
 
     def holds(self, collection: str) -> bool:
         return collection in self._held
@@ -78,10 +83,10 @@ class Movers:
             "%s: this process (pid %d) is its mover now (%s)", collection, os.getpid(), lock.where
         )
 
-    async def release(self, collection: str, only: HeldLock | None = None) -> None:
-        """Let ``collection``'s lock go (with ``only``: if it is still that lock)."""
-        if only is not None and self._held.get(collection) is not only:
-            return
+    async def release(self, collection: str) -> None:
+        """Let ``collection``'s lock go."""
+        self._lost_locks.discard(collection)
+        self._owners.pop(collection, None)
         beat = self._beats.pop(collection, None)
         if beat is not None and beat is not asyncio.current_task():
             beat.cancel()
@@ -91,15 +96,14 @@ class Movers:
             log.debug("%s: mover lock released", collection)
 
     def release_when(self, collection: str, done: asyncio.Event) -> None:
-        """Let ``collection``'s lock go once ``done`` is set (its task's record ended), if
-        it is still the lock held now: not one taken again meanwhile, after this one was
-        lost."""
-        lock = self._held.get(collection)
+        """Let ``collection``'s lock go once ``done`` is set (its task's record ended),
+        unless a later record's has taken its place."""
+        self._owners[collection] = done
 
         async def wait_and_release() -> None:
             await done.wait()
-            if lock is not None:
-                await self.release(collection, only=lock)
+            if self._owners.get(collection) is done:
+                await self.release(collection)
 
         task = asyncio.get_running_loop().create_task(wait_and_release())
         self._releases.add(task)
@@ -122,15 +126,36 @@ class Movers:
         if self._held.get(collection) is not lock:
             return
         del self._held[collection]
+        self._lost_locks.add(collection)
         task = asyncio.get_running_loop().create_task(lock.release())  # what is left of it
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
-        log.error(
-            "%s: the mover lock (%s) was lost; its task stops moving, another mover may have "
-            "it now",
+        log.warning(
+            "%s: the mover lock (%s) was lost; no batch moves until it is taken again, which "
+            "another mover may do first",
             collection,
             lock.where,
         )
+
+    async def _take_again(self, collection: str, target: str) -> None:
+        """Before a moving command of a task whose lock was lost (its session ended: the
+        database restarted, say): take the lock again if nobody else has it. A database
+        still down is a DatabaseError, which the worker retries; another holder stops the
+        task (MoverLost). A lock this daemon never held for a task is refused."""
+        if collection not in self._lost_locks:
+            raise MoverLost(
+                f"{target} refused: this daemon does not hold the mover lock of {collection}"
+            )
+        try:
+            await self.take(collection)
+        except MoverBusy as exc:
+            self._lost_locks.discard(collection)
+            raise MoverLost(
+                f"{target} refused: the mover lock of {collection} was lost (its database "
+                f"session ended) and another archivist has it now: {exc.holder}"
+            ) from None
+        self._lost_locks.discard(collection)
+        log.warning("%s: the mover lock was taken again; its task goes on", collection)
 
     async def guard(
         self, target: str, params: dict[str, object], run: Callable[[], Awaitable[T]]
@@ -146,16 +171,11 @@ class Movers:
         ):
             return await run()
         lock = self._held.get(collection)
-        if lock is None:
-            raise MoverLost(
-                f"{target} refused: this daemon does not hold the mover lock of {collection}"
-            )
-        if not await lock.alive():
+        if lock is not None and not await lock.alive():
             self._lost(collection, lock)
-            raise MoverLost(
-                f"{target} refused: the mover lock of {collection} was lost (its database "
-                "session ended); another archivist may be moving it now"
-            )
+            lock = None
+        if lock is None:
+            await self._take_again(collection, target)
         pid = os.getpid()
         log.debug(
             "mover step begin collection=%s pid=%d command=%s at=%.6f",
