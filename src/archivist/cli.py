@@ -21,8 +21,9 @@ import click
 from rich.console import Console
 
 import archivist
-from archivist import protocol
+from archivist import logs, protocol
 from archivist.errors import ArchivistError, UnknownCollection
+from archivist.logs import LOG_FORMATS, LOG_LEVELS, choose_level
 from archivist.worker.settings import SETTINGS, Setting, from_options
 
 if TYPE_CHECKING:
@@ -35,13 +36,34 @@ _F = TypeVar("_F", bound=Callable[..., object])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def setup_logging(verbose: int, quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose > 0 else logging.INFO
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def log_options(*, quiet: bool) -> Callable[[_F], _F]:
+    """``--log-format``, ``--log-level`` (and ``-q`` if ``quiet``) on a long-running command."""
+
+    def decorate(command: _F) -> _F:
+        if quiet:
+            command = click.option(
+                "-q", "--quiet", is_flag=True, help="Log only warnings and errors."
+            )(command)
+        command = click.option(
+            "--log-level",
+            type=click.Choice(LOG_LEVELS),
+            help="Log from this level up (beats -v and -q). Default: [daemon] log_level, "
+            "else info.",
+        )(command)
+        return click.option(
+            "--log-format",
+            type=click.Choice(LOG_FORMATS),
+            help="text, or json: one object per line (timestamp, level, logger, message, "
+            "and the task's fields). Default: [daemon] log_format, else text.",
+        )(command)
+
+    return decorate
+
+
+def setup_logging(
+    verbose: int, quiet: bool = False, log_format: str | None = None, log_level: str | None = None
+) -> None:
+    logs.setup(log_format or "text", choose_level(log_level, verbose=verbose, quiet=quiet))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -119,8 +141,15 @@ def worker_options(command: _F) -> _F:
     "worker passes its own pid).",
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
-@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
-def worker(verbose: int, quiet: bool, parent: int | None, **given: object) -> None:
+@log_options(quiet=True)
+def worker(
+    verbose: int,
+    quiet: bool,
+    log_format: str | None,
+    log_level: str | None,
+    parent: int | None,
+    **given: object,
+) -> None:
     """Run an archive worker: a Unix-socket server with a task queue.
 
     The worker takes archive tasks from the daemon, runs up to --concurrency of them at
@@ -143,7 +172,7 @@ def worker(verbose: int, quiet: bool, parent: int | None, **given: object) -> No
     """
     from archivist.worker import WorkerOptions, serve
 
-    setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet, log_format, log_level)
     options = WorkerOptions.from_settings(from_options(given), parent=parent)
     run_async(serve(options))
 
@@ -184,7 +213,15 @@ def load(config_path: Path | None) -> Config:
 @config_option
 @socket_option
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
-def run(config_path: Path | None, socket_path: Path | None, verbose: int) -> None:
+@log_options(quiet=True)
+def run(
+    config_path: Path | None,
+    socket_path: Path | None,
+    verbose: int,
+    quiet: bool,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
     """Archive by policy until stopped: the main job.
 
     Starts a worker as a child process (restarting it if it dies), or uses the one at
@@ -195,9 +232,10 @@ def run(config_path: Path | None, socket_path: Path | None, verbose: int) -> Non
     Example:
 
         archivist run --config archivist.toml
+        archivist run --log-format json -q
     """
-    setup_logging(verbose)
     config = load(config_path)
+    _setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
     run_async(_run(config, socket_path, watch=True))
 
 
@@ -211,7 +249,15 @@ def run(config_path: Path | None, socket_path: Path | None, verbose: int) -> Non
     help="The socket of a worker that runs already (see `archivist worker`).",
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
-def daemon(config_path: Path | None, socket_path: Path, verbose: int) -> None:
+@log_options(quiet=True)
+def daemon(
+    config_path: Path | None,
+    socket_path: Path,
+    verbose: int,
+    quiet: bool,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
     """Run the daemon alone, against a worker that runs already.
 
     Like `archivist run`, but never starts a worker: it connects to --socket and
@@ -222,9 +268,25 @@ def daemon(config_path: Path | None, socket_path: Path, verbose: int) -> None:
         archivist worker --socket /tmp/arch/worker.sock &
         archivist daemon --config archivist.toml --socket /tmp/arch/worker.sock
     """
-    setup_logging(verbose)
     config = load(config_path)
+    _setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
     run_async(_run(config, socket_path, watch=True))
+
+
+def _setup_logs(
+    config: Config,
+    log_format: str | None,
+    log_level: str | None,
+    *,
+    verbose: int,
+    quiet: bool,
+    default_level: str | None = None,
+) -> None:
+    """Logging as the command line says, else as ``[daemon]`` says."""
+    level = choose_level(
+        log_level, verbose=verbose, quiet=quiet, default=default_level or config.daemon.log_level
+    )
+    logs.setup(log_format or config.daemon.log_format, level)
 
 
 async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None:
@@ -262,6 +324,7 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
     "exiting with an error.",
 )
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
+@log_options(quiet=False)
 def archive(
     collection: str,
     config_path: Path | None,
@@ -271,6 +334,8 @@ def archive(
     dry_run: bool,
     wait: bool,
     verbose: int,
+    log_format: str | None,
+    log_level: str | None,
 ) -> None:
     """Archive COLLECTION now, show progress, and exit.
 
@@ -287,9 +352,16 @@ def archive(
         archivist archive chat_messages --config archivist.toml --dry-run
         archivist archive chat_messages --config archivist.toml --wait
     """
-    setup_logging(verbose, quiet=verbose == 0)
     config = load(config_path)
-    run_async(_archive(config, collection, socket_path, max_rows, batch_size, dry_run, wait))
+    # The progress bar is the output: logs only from warnings up, unless asked.
+    _setup_logs(
+        config, log_format, log_level, verbose=verbose, quiet=False, default_level="warning"
+    )
+    # JSON logs own stderr (a log pipeline parses every line): progress then goes to stdout.
+    json_logs = (log_format or config.daemon.log_format) == "json"
+    run_async(
+        _archive(config, collection, socket_path, max_rows, batch_size, dry_run, wait, json_logs)
+    )
 
 
 async def _archive(
@@ -300,6 +372,7 @@ async def _archive(
     batch_size: int | None,
     dry_run: bool,
     wait: bool = False,
+    json_logs: bool = False,
 ) -> None:
     from archivist.daemon.runtime import Launch, archive_now, running, take_mover
     from archivist.ui import ArchiveProgress, print_summary
@@ -309,7 +382,7 @@ async def _archive(
     if dry_run:
         await _dry_run(config, collection, max_rows, console)
         return
-    with ArchiveProgress(collection) as bar:
+    with ArchiveProgress(collection, console if json_logs else None) as bar:
         async with running(config, launch, on_update=bar.update) as service:
             policy = service.policies.get(collection)
             if policy is None:

@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -80,6 +80,10 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     health_timeout: PositiveFloat = 10.0
     """Seconds the worker has to answer a health ping before the daemon reconnects."""
     entities: list[str] = msgspec.field(default_factory=list)
+    log_format: Literal["text", "json"] = "text"
+    """How ``run`` and ``daemon`` log (``--log-format`` beats it); the worker they start
+    logs the same way."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -160,3 +160,18 @@ def test_interrupting_archive_stops_after_a_batch_and_says_how_far_it_got(tmp_pa
     assert count(primary) + moved == 60_000
     assert not ids(primary) & ids(archive)
     assert f"archived {moved:,} rows" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("command", ["run", "daemon", "worker", "archive"])
+def test_long_running_commands_take_log_options(command: str) -> None:
+    shown = " ".join(archivist(command, "--help").stdout.split())
+    assert "--log-format [text|json]" in shown
+    assert "--log-level [debug|info|warning|error]" in shown
+    if command in ("run", "daemon", "worker"):
+        assert "-q, --quiet" in shown
+
+
+@pytest.mark.parametrize("command", ["run", "daemon", "archive"])
+def test_help_says_where_the_config_is_looked_for(command: str) -> None:
+    shown = " ".join(archivist(command, "--help").stdout.split())
+    assert "$ARCHIVIST_CONFIG" in shown and "/etc/archivist/archivist.toml" in shown

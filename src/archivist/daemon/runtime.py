@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from archivist import logs
 from archivist.config import Config
 from archivist.daemon.service import ArchiveDaemon, DaemonOptions
 from archivist.daemon.supervisor import WorkerProcess
@@ -61,7 +62,8 @@ async def running(
         supervisor = WorkerProcess(
             socket,
             quiet=launch.quiet_worker,
-            extra_args=tuple(config.worker.command_line()),
+            # The child logs as this process does (format and level).
+            extra_args=(*logs.child_arguments(), *config.worker.command_line()),
             shutdown_timeout=config.worker.shutdown_timeout,
         )
         supervisor.check_free()

@@ -295,6 +295,7 @@ class ArchiveDaemon:
             record.collection,
             queued.queue_position,
             f", attempt {record.attempts}" if record.attempts > 1 else "",
+            extra=_task_fields(record, rows=record.remaining, status="queued"),
         )
         self._updated(record)
 
@@ -319,6 +320,13 @@ class ArchiveDaemon:
                     record.archived,
                     record.collection,
                     f" ({message.error})" if message.error else "",
+                    extra=_task_fields(
+                        record,
+                        rows=record.archived,
+                        status=message.status,
+                        duration_ms=record.duration_ms,
+                        code=message.code,
+                    ),
                 )
         if record is not None:
             self._updated(record)
@@ -499,3 +507,14 @@ def within_frame(target: str, params: JSONObject, frame_limit: int) -> JSONObjec
     if given is not None and given <= budget:
         return params
     return {**params, "maxBytes": budget}
+
+
+def _task_fields(record: TaskRecord, **fields: object) -> dict[str, object]:
+    """A log line's ``extra=`` about a task (JSON logs carry them: `archivist.logs`)."""
+    return {
+        "task_id": record.task_id,
+        "collection": record.collection,
+        "source_handle": record.source_handle,
+        "dest_handle": record.dest_handle,
+        **fields,
+    }

@@ -260,6 +260,16 @@ class Worker:
                 outcome.archived,
                 task.duration_ms,
                 f" ({outcome.error})" if outcome.error else "",
+                extra={
+                    "task_id": task.task_id,
+                    "collection": task.spec.collection,
+                    "source_handle": task.spec.source_handle,
+                    "dest_handle": task.spec.dest_handle,
+                    "rows": outcome.archived,
+                    "status": outcome.status,
+                    "duration_ms": task.duration_ms,
+                    "code": outcome.code,
+                },
             )
             if outcome.delivered:
                 await self._complete(task, outcome)

@@ -1,0 +1,91 @@
+"""``--log-format json``: a real ``archivist archive`` (and the worker it starts) logs one
+JSON object per line with the task's fields, and never a handle's password."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from e2esupport import count, make_chat_table, write_config
+
+PASSWORD = "Sup3rS3cretPW"
+
+
+def test_json_logs_carry_the_tasks_fields_and_never_the_password(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # The test server trusts its clients: the password is in the URL, and unused.
+    server = make_url(pg_url)
+    archive_url = (
+        f"postgresql://{server.username}:{PASSWORD}@{server.host}:{server.port}/{server.database}"
+    )
+    primary = f"sqlite:///{tmp_path / 'primary.db'}"
+    make_chat_table(primary, 300)
+    config = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": archive_url},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 100,
+                "rows_per_archive": 20,
+                "batch_size": 50,
+            }
+        ],
+        socket=tmp_path / "worker.sock",
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archivist",
+            "archive",
+            "chat_messages",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "-vv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=environ,
+    )
+    assert done.returncode == 0, done.stderr
+    assert count(primary) == 80
+
+    assert PASSWORD not in done.stdout + done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert {"timestamp", "level", "logger", "message"} <= line.keys(), line
+        assert line["timestamp"].endswith("Z")
+    assert "debug" in {line["level"] for line in lines}
+    # The daemon's line about the finished task, and the worker child's (which logs JSON
+    # because the daemon passed it the format).
+    daemon_done = [
+        line
+        for line in lines
+        if line["logger"] == "archivist.daemon.service" and line.get("status") == "success"
+    ]
+    worker_done = [
+        line
+        for line in lines
+        if line["logger"] == "archivist.worker.server" and line.get("status") == "success"
+    ]
+    assert len(daemon_done) == 1 and len(worker_done) == 1, lines
+    for line in (daemon_done[0], worker_done[0]):
+        assert line["collection"] == "chat_messages"
+        assert line["rows"] == 220
+        assert (line["source_handle"], line["dest_handle"]) == ("primary", "archive")
+        assert isinstance(line["duration_ms"], int)
+        assert line["task_id"] == daemon_done[0]["task_id"]
