@@ -10,8 +10,9 @@ BENCH_STAMP := $(VENV)/.installed-bench
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --upgrade 'pip>=25.1'
+	# Both drivers (the tests use every engine) and the dev dependency group (PEP 735).
+	$(BIN)/pip install --quiet -e '.[postgresql,mysql]' --group dev
 	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
@@ -29,7 +30,7 @@ test: lint types
 	$(BIN)/pytest -q
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[postgresql,mysql,bench]' --group dev
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -162,12 +162,14 @@ def _pymysql_class() -> type[Any]:
 
     preferred: list[object] = []
 
-    class SharedPreferredTLS(PyMySQLConnection):  # type: ignore[misc]
+    class SharedPreferredTLS(PyMySQLConnection):
+        # _create_ssl_ctx is PyMySQL's private method, which types-PyMySQL does not declare.
         def _create_ssl_ctx(self, sslp: object) -> object:
+            create: Callable[[object], object] = super()._create_ssl_ctx  # type: ignore[misc]
             if sslp != {}:  # TLS options given: PyMySQL's own context, as asked
-                return super()._create_ssl_ctx(sslp)
+                return create(sslp)
             if not preferred:  # two first connections at once may both make one: harmless
-                preferred.append(super()._create_ssl_ctx(sslp))
+                preferred.append(create(sslp))
             return preferred[0]
 
     return SharedPreferredTLS
