@@ -63,6 +63,9 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dest_handle: HandleName = "archive"
     min_rate: PositiveFloat | None = None
     """Rows/s archivist moves this table at least while yielding to the application."""
+    reclaim: bool | Literal["full"] = False
+    """After a task that moved rows, reclaim the table's space in ways that do not block the
+    application (`archivist.data.reclaim`); "full" adds MariaDB's OPTIMIZE TABLE."""
 
     @property
     def effective_batch_size(self) -> int:

@@ -238,3 +238,23 @@ def test_min_rate_reaches_the_policy_from_the_file_and_the_decorator(tmp_path: P
     assert make_entity("t", order_by="id", max_rows=1, rows_per_archive=1).min_rate is None
     with pytest.raises(ConfigError, match="min_rate must be a number of rows/s > 0"):
         make_entity("t", order_by="id", max_rows=1, rows_per_archive=1, min_rate=-1)
+
+
+def test_reclaim_is_off_true_or_full(tmp_path: Path) -> None:
+    from archivist.config import config_from_dict
+
+    def policy(value: object) -> dict[str, object]:
+        entry = {"collection": "t", "order_by": "id", "max_rows": 10, "rows_per_archive": 1}
+        return {
+            "handles": {"primary": "sqlite://", "archive": "sqlite:///a.db"},
+            "archive": [{**entry, "reclaim": value}],
+        }
+
+    assert config_from_dict(policy(True)).archive[0].reclaim is True
+    assert config_from_dict(policy("full")).archive[0].reclaim == "full"
+    assert (
+        ArchiveConfig(collection="t", order_by="id", max_rows=1, rows_per_archive=1).reclaim
+        is False
+    )
+    with pytest.raises(ConfigError, match=r"archive\[0\]\.reclaim"):
+        config_from_dict(policy("yes"))

@@ -89,7 +89,12 @@ async def running(
         frame_limit=config.worker.frame_limit,
     )
     daemon = ArchiveDaemon(
-        data, data.policies(), options, supervisor=supervisor, on_update=on_update
+        data,
+        data.policies(),
+        options,
+        supervisor=supervisor,
+        on_update=on_update,
+        reclaim=data.reclaim,
     )
     stop = asyncio.Event()
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -98,8 +98,12 @@ class ArchiveDaemon:
         *,
         supervisor: WorkerProcess | None = None,
         on_update: Callable[[TaskRecord], None] | None = None,
+        reclaim: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.data = data
+        self._reclaim = reclaim
+        """Run after a task that moved rows: the policy's space reclaim (`DataDaemon.reclaim`)."""
+        self._reclaims: set[asyncio.Task[None]] = set()
         self.policies = {p.collection: p for p in policies}
         self.options = options
         self.supervisor = supervisor
@@ -129,6 +133,9 @@ class ArchiveDaemon:
         except* _ConnectionGone:
             pass
         finally:
+            # A reclaim under way ends before the handles it uses are closed.
+            if self._reclaims:
+                await asyncio.wait(self._reclaims)
             await self.movers.release_all()
             if self.supervisor is not None:
                 await self.supervisor.stop()
@@ -328,8 +335,21 @@ class ArchiveDaemon:
                         code=message.code,
                     ),
                 )
+                if record.archived > 0 and self._reclaim is not None:
+                    task = asyncio.create_task(self._reclaim_after(record.collection))
+                    self._reclaims.add(task)
+                    task.add_done_callback(self._reclaims.discard)
         if record is not None:
             self._updated(record)
+
+    async def _reclaim_after(self, collection: str) -> None:
+        """The policy's space reclaim after a task that moved rows; a failure is logged (the
+        rows have moved; the next task reclaims again)."""
+        assert self._reclaim is not None
+        try:
+            await self._reclaim(collection)
+        except ArchivistError as exc:
+            log.warning("%s: space reclaim failed: %s", collection, exc.message)
 
     def _updated(self, record: TaskRecord) -> None:
         if self._on_update is not None:

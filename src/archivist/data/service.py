@@ -20,6 +20,7 @@ from archivist.data.commands import DataCommands
 from archivist.data.handles import Handle
 from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
+from archivist.data.reclaim import Reclaimed, reclaim
 from archivist.data.registry import Entity, EntityRegistry
 from archivist.data.relay import relay
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
@@ -91,6 +92,7 @@ class DataDaemon:
         self.bus.register("data/relay", functools.partial(relay, self.commands), replace=True)
         self._started = False
         self._distinct: set[tuple[str, str]] = set()
+        self._reclaim = {e.collection: e.reclaim for e in config.archive if e.reclaim}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -220,6 +222,15 @@ class DataDaemon:
         entity = self.catalog.entity(collection)
         await self._require_distinct(entity)
         await self.catalog.ensure_archive_table(entity)
+
+    async def reclaim(self, collection: str) -> Reclaimed | None:
+        """The policy's space reclaim of ``collection``'s source table (its ``reclaim`` key;
+        None when it has none)."""
+        mode = self._reclaim.get(collection)
+        if not mode:
+            return None
+        entity = self.catalog.entity(collection)
+        return await reclaim(self.catalog.handle(entity.source_handle), collection, mode)
 
     async def take_mover(self, collection: str) -> MoverLock:
         """Take ``collection``'s mover lock in its source database (`archivist.data.locks`);
