@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from archivist.config import Config
+from archivist.data.handles import Handle
 from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.registry import Entity
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
@@ -32,6 +34,9 @@ class HandleCheck:
     dialect: str
     reachable: bool
     error: str | None = None
+    missing_file: str | None = None
+    """A SQLite handle's file that does not exist yet: check does not connect (that would
+    create it); archiving creates an archive handle's file on first use."""
 
 
 @dataclass
@@ -93,20 +98,40 @@ async def check_config(config: Config) -> CheckReport:
     try:
         handles: list[HandleCheck] = []
         for name, handle in data.handles.items():
+            missing = _missing_sqlite_file(handle)
+            if missing is not None:
+                handles.append(HandleCheck(name, handle.dialect_name, True, missing_file=missing))
+                continue
             try:
                 await handle.identity()
             except ArchivistError as exc:
                 handles.append(HandleCheck(name, handle.dialect_name, False, exc.message))
             else:
                 handles.append(HandleCheck(name, handle.dialect_name, True))
-        reachable = {h.name for h in handles if h.reachable}
-        policies = [await _check_policy(data, entity, reachable) for entity in data.policies()]
+        reachable = {h.name for h in handles if h.reachable and h.missing_file is None}
+        missing_files = {h.name: h.missing_file for h in handles if h.missing_file is not None}
+        policies = [
+            await _check_policy(data, entity, reachable, missing_files)
+            for entity in data.policies()
+        ]
     finally:
         await data.close()
     return CheckReport(config.source, handles, policies)
 
 
-async def _check_policy(data: DataDaemon, entity: Entity, reachable: set[str]) -> PolicyCheck:
+def _missing_sqlite_file(handle: Handle) -> str | None:
+    """A SQLite handle's file path when the file does not exist, else None."""
+    database = handle.url.database
+    if handle.dialect_name != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or Path(database).exists():
+        return None
+    return database
+
+
+async def _check_policy(
+    data: DataDaemon, entity: Entity, reachable: set[str], missing_files: dict[str, str]
+) -> PolicyCheck:
     found = PolicyCheck(
         collection=entity.collection,
         source_handle=entity.source_handle,
@@ -115,8 +140,15 @@ async def _check_policy(data: DataDaemon, entity: Entity, reachable: set[str]) -
         max_rows=entity.max_rows,
         rows_per_archive=entity.rows_per_archive,
     )
+    if entity.source_handle in missing_files:
+        found.problems.append(
+            f"table {entity.collection} does not exist: handle '{entity.source_handle}' has "
+            f"no SQLite file {missing_files[entity.source_handle]}"
+        )
+    if entity.dest_handle in missing_files:
+        found.archive_table = "will be created (with its SQLite file)"
     for role, name in (("source", entity.source_handle), ("archive", entity.dest_handle)):
-        if name not in reachable:
+        if name not in reachable and name not in missing_files:
             found.problems.append(f"its {role} handle '{name}' cannot be reached")
     try:
         await _inspect(data, entity, found, reachable)
@@ -214,6 +246,8 @@ def render(report: CheckReport, width: int = WIDTH) -> list[str]:
     say("handles:")
     for handle in report.handles:
         state = "reachable" if handle.reachable else f"UNREACHABLE: {handle.error}"
+        if handle.missing_file is not None:
+            state = f"no file yet at {handle.missing_file} (check creates none)"
         say(f"{handle.name} ({handle.dialect}): {state}", 2)
     for policy in report.policies:
         say("")

@@ -91,3 +91,26 @@ def test_check_warns_of_a_missing_index_and_within_policy(any_url: str, tmp_path
     assert "index: none (every batch scans the table)" in result.stdout
     assert "warning: chat_messages: no index starts with room_id" in result.stdout
     assert "run now: within policy" in result.stdout
+
+
+def test_check_creates_no_sqlite_file(tmp_path: Path) -> None:
+    """A SQLite source whose file is missing is a problem; a missing archive file is not
+    (archiving creates it); and check leaves no empty file behind (connecting would)."""
+    missing = tmp_path / "missing.db"
+    archive = tmp_path / "archive.db"
+    config = write_config(
+        tmp_path / "a.toml",
+        {"primary": f"sqlite:///{missing}", "archive": f"sqlite:///{archive}"},
+        [POLICY],
+    )
+
+    result = archivist("check", "--config", str(config))
+
+    assert result.returncode == 1
+    flat = " ".join(result.stdout.split())
+    assert "1 problem:" in flat
+    assert (
+        f"table chat_messages does not exist: handle 'primary' has no SQLite file {missing}" in flat
+    )
+    assert "will be created (with its SQLite file)" in flat
+    assert not missing.exists() and not archive.exists()
