@@ -47,8 +47,9 @@ class PolicyCheck:
     source_handle: str
     dest_handle: str
     order_by: str
-    max_rows: int
-    rows_per_archive: int
+    max_rows: int | None
+    """None: no size limit (an age policy)."""
+    rows_per_archive: int | None
     rows: int | None = None
     eligible: int | None = None
     oldest: object = None
@@ -148,6 +149,8 @@ async def _check_policy(
     if entity.dest_handle in missing_files:
         found.archive_table = "will be created (with its SQLite file)"
     for role, name in (("source", entity.source_handle), ("archive", entity.dest_handle)):
+        if role == "archive" and entity.rules.mode == "purge":
+            continue  # a purge archives nothing
         if name not in reachable and name not in missing_files:
             found.problems.append(f"its {role} handle '{name}' cannot be reached")
     try:
@@ -253,11 +256,12 @@ def render(report: CheckReport, width: int = WIDTH) -> list[str]:
         say("")
         say(f"{policy.collection} ({policy.source_handle} -> {policy.dest_handle}):")
         rows = "unknown" if policy.rows is None else f"{policy.rows:,}"
-        say(
-            f"rows: {rows} (max_rows {policy.max_rows:,}, "
-            f"rows_per_archive {policy.rows_per_archive:,})",
-            2,
+        limit = (
+            f"max_rows {policy.max_rows:,}, rows_per_archive {policy.rows_per_archive or 0:,}"
+            if policy.max_rows is not None
+            else "no max_rows"
         )
+        say(f"rows: {rows} ({limit})", 2)
         if policy.eligible is not None:
             say(f"eligible now: {policy.eligible:,}", 2)
         if policy.rows is not None:

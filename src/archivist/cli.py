@@ -13,7 +13,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -28,6 +28,7 @@ from archivist.worker.settings import SETTINGS, Setting, from_options
 
 if TYPE_CHECKING:
     from archivist.config import Config
+    from archivist.daemon.tracker import TaskRecord
 
 log = logging.getLogger("archivist")
 
@@ -212,11 +213,19 @@ def load(config_path: Path | None) -> Config:
 @main.command(context_settings=CONTEXT)
 @config_option
 @socket_option
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Check every policy once, run the tasks they need, wait for them, and exit: for "
+    "cron and systemd timers. Policies outside their window do nothing. Exits 1 if a "
+    "task failed.",
+)
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @log_options(quiet=True)
 def run(
     config_path: Path | None,
     socket_path: Path | None,
+    once: bool,
     verbose: int,
     quiet: bool,
     log_format: str | None,
@@ -225,18 +234,50 @@ def run(
     """Archive by policy until stopped: the main job.
 
     Starts a worker as a child process (restarting it if it dies), or uses the one at
-    --socket; then every `check_interval` seconds counts each archivable table and, when
-    one holds more than `max_rows`, moves its oldest rows to the archive handle until it
-    is back at `max_rows - rows_per_archive`. SIGTERM or SIGINT stop it cleanly.
+    --socket; then every `check_interval` seconds checks each policy: rows older than its
+    `older_than` move to the archive handle, and a table holding more than `max_rows`
+    moves its oldest rows until it is back at `max_rows - rows_per_archive` (only rows
+    matching its `where`; `mode = "purge"` deletes them instead). SIGTERM or SIGINT stop
+    it cleanly.
 
-    Example:
+    Examples:
 
         archivist run --config archivist.toml
         archivist run --log-format json -q
+        archivist run --config archivist.toml --once    # from cron or a systemd timer
     """
     config = load(config_path)
     _setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
+    if once:
+        run_async(_run_once(config, socket_path))
+        return
     run_async(_run(config, socket_path, watch=True))
+
+
+async def _run_once(config: Config, socket_path: Path | None) -> None:
+    from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
+
+    launch = Launch(socket=socket_path, private_socket=socket_path is None, watch=False)
+    async with running(config, launch) as daemon:
+        interrupt = interrupt_on_signals()
+        records = await daemon.check_once()
+        await asyncio.gather(*(until_done(daemon, record, interrupt) for record in records))
+        holding = dict(daemon.holding)
+    _report_records(records, holding)
+
+
+def _report_records(records: Sequence[TaskRecord], holding: Mapping[str, str]) -> None:
+    """One line per task and per policy that waits; fail if a task did."""
+    for record in records:
+        line = f"{record.collection}: {record.state}, {record.archived:,} rows"
+        click.echo(line + (f" ({record.error})" if record.error else ""))
+    for collection, reason in holding.items():
+        click.echo(f"{collection}: {reason}")
+    if not records and not holding:
+        click.echo("every policy is satisfied; nothing to do")
+    failed = [record.collection for record in records if record.state == "error"]
+    if failed:
+        fail(f"{len(failed)} task(s) failed: {', '.join(failed)}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -302,7 +343,7 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("collection")
+@click.argument("collection", required=False)
 @config_option
 @socket_option
 @click.option(
@@ -323,24 +364,33 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
     help="If another archivist is moving COLLECTION now, wait until it is done instead of "
     "exiting with an error.",
 )
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every policy now (windows aside), instead of one COLLECTION.",
+)
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @log_options(quiet=False)
 def archive(
-    collection: str,
+    collection: str | None,
     config_path: Path | None,
     socket_path: Path | None,
     max_rows: int | None,
     batch_size: int | None,
     dry_run: bool,
     wait: bool,
+    every: bool,
     verbose: int,
     log_format: str | None,
     log_level: str | None,
 ) -> None:
     """Archive COLLECTION now, show progress, and exit.
 
-    Without --max-rows it moves what the policy says is over its limit (nothing if the
-    table is within max_rows). Exits 0 on success and 1 with the error on failure.
+    Without --max-rows it moves what the policy asks for now: every row older than
+    older_than, or the oldest rows over max_rows (nothing if the table is within its
+    policy); a purge policy deletes them, a copy policy copies them. Exits 0 on success
+    and 1 with the error on failure.
 
     One archivist moves a collection at a time, on any host: while another one (an
     `archivist run`, here or on another host) holds the collection's lock in the source
@@ -350,18 +400,62 @@ def archive(
 
         archivist archive chat_messages --config archivist.toml --max-rows 50000
         archivist archive chat_messages --config archivist.toml --dry-run
-        archivist archive chat_messages --config archivist.toml --wait
+        archivist archive --all --config archivist.toml
     """
     config = load(config_path)
     # The progress bar is the output: logs only from warnings up, unless asked.
     _setup_logs(
         config, log_format, log_level, verbose=verbose, quiet=False, default_level="warning"
     )
+    if every == (collection is not None):
+        fail("give one COLLECTION, or --all for every policy", 2)
+    if collection is None:
+        if max_rows is not None:
+            fail("--max-rows goes with one COLLECTION, not --all", 2)
+        run_async(_archive_all(config, socket_path, batch_size, dry_run))
+        return
     # JSON logs own stderr (a log pipeline parses every line): progress then goes to stdout.
     json_logs = (log_format or config.daemon.log_format) == "json"
     run_async(
         _archive(config, collection, socket_path, max_rows, batch_size, dry_run, wait, json_logs)
     )
+
+
+async def _archive_all(
+    config: Config, socket_path: Path | None, batch_size: int | None, dry_run: bool
+) -> None:
+    from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
+
+    if dry_run:
+        for entry in config.archive:
+            await _dry_run(config, entry.collection, None, Console())
+        return
+    launch = Launch(socket=socket_path, private_socket=True, quiet_worker=True, watch=False)
+    records: list[TaskRecord] = []
+    async with running(config, launch) as service:
+        interrupt = interrupt_on_signals()
+        skipped: dict[str, str] = {}
+        for policy in service.policies.values():
+            try:
+                # The lock first: what is due is counted once nobody else moves it.
+                await service.movers.take(policy.collection)
+                decision, filter_ = await service.due(policy)
+                if not decision.rows:
+                    await service.movers.release(policy.collection)
+                    continue
+                records.append(
+                    await service.submit(
+                        policy.collection, decision.rows, batch_size=batch_size, filter_=filter_
+                    )
+                )
+            except ArchivistError as exc:
+                if service.tracker.unfinished(policy.collection) is None:
+                    await service.movers.release(policy.collection)
+                skipped[policy.collection] = f"skipped: {exc.message}"
+        await asyncio.gather(*(until_done(service, record, interrupt) for record in records))
+    _report_records(records, skipped)
+    if skipped:
+        fail(f"{len(skipped)} policy(ies) skipped: {', '.join(skipped)}")
 
 
 async def _archive(
@@ -392,10 +486,10 @@ async def _archive(
                 )
             # The lock first: what is over the policy is counted once nobody else moves it.
             await take_mover(service, collection, wait=wait, say=bar.say)
-            rows = max_rows
+            rows, filter_ = max_rows, None
             if rows is None:
-                count = await service.count(collection, policy.source_handle)
-                rows = policy.rows_to_archive(count)
+                decision, filter_ = await service.due(policy)
+                rows = decision.rows
             if rows == 0:
                 console.print(f"{collection}: within its policy; nothing to archive.")
                 return
@@ -403,7 +497,9 @@ async def _archive(
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, interrupt.set)
-            record = await archive_now(service, collection, rows, batch_size, interrupt=interrupt)
+            record = await archive_now(
+                service, collection, rows, batch_size, interrupt=interrupt, filter_=filter_
+            )
     print_summary(console, record)
     if record.state == "cancelled":
         fail(f"interrupted after {record.archived:,} rows; run it again to move the rest", 130)
@@ -442,6 +538,9 @@ def status(config_path: Path | None, socket_path: Path | None, as_json: bool) ->
     the table's size, growth and the rate archivist moves it at (from the daemon's last
     check).
 
+    With --config, also each policy with a window: "waiting for window 01:00-05:00" or
+    "in its window".
+
     Examples:
 
         archivist status --config archivist.toml
@@ -457,6 +556,25 @@ def status(config_path: Path | None, socket_path: Path | None, as_json: bool) ->
         configured = config.worker.socket
         socket_path = Path(configured) if configured else None
     run_async(_status(socket_path or default_socket_path(), as_json, config))
+    if config is not None and not as_json:
+        for line in _window_lines(config):
+            click.echo(line)
+
+
+def _window_lines(config: Config) -> list[str]:
+    """Per policy with a window, whether it may run now (by this machine's clock)."""
+    from archivist.config import rules_of
+    from archivist.policy import hold_reason, utc_now
+
+    lines = []
+    now = utc_now()
+    for entry in config.archive:
+        rules = rules_of(entry)
+        if rules.window is None:
+            continue
+        reason = hold_reason(rules, now) or f"in its window {rules.window}"
+        lines.append(f"{entry.collection}: {reason} ({entry.timezone or 'UTC'})")
+    return lines
 
 
 async def _status(socket_path: Path, as_json: bool, config: Config | None = None) -> None:

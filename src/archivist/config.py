@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from archivist.errors import ConfigError
+from archivist.policy import Rules, parse_rules
 from archivist.protocol import IDENTIFIER, MAX_BATCH_SIZE
 from archivist.worker.settings import WorkerSettings
 
@@ -44,6 +45,10 @@ Reading the config with it, not with SQLAlchemy, lets the command line start the
 before it imports SQLAlchemy, which is slow to import: the import then overlaps the
 worker's start."""
 
+DEFAULT_BATCH_SIZE: Final = 1000
+"""Rows per batch of a policy with neither ``batch_size`` nor ``rows_per_archive`` (an age
+policy)."""
+
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 BatchSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)]
@@ -56,8 +61,8 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     collection: Identifier
     order_by: Identifier
-    max_rows: PositiveInt
-    rows_per_archive: PositiveInt
+    max_rows: PositiveInt | None = None
+    rows_per_archive: PositiveInt | None = None
     batch_size: BatchSize | None = None
     source_handle: HandleName = "primary"
     dest_handle: HandleName = "archive"
@@ -66,11 +71,20 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reclaim: bool | Literal["full"] = False
     """After a task that moved rows, reclaim the table's space in ways that do not block the
     application (`archivist.data.reclaim`); "full" adds MariaDB's OPTIMIZE TABLE."""
+    # The rules beyond max_rows (archivist.policy; docs/configuration.md).
+    older_than: str | None = None
+    age_field: Identifier | None = None
+    time_unit: Literal["s", "ms"] | None = None
+    where: dict[str, object] | None = None
+    mode: Literal["move", "copy", "purge"] | None = None
+    window: str | None = None
+    timezone: str | None = None
+    max_runtime: str | None = None
 
     @property
     def effective_batch_size(self) -> int:
         """``batch_size``, defaulting to ``rows_per_archive`` (capped at the protocol maximum)."""
-        return self.batch_size or min(self.rows_per_archive, MAX_BATCH_SIZE)
+        return self.batch_size or min(self.rows_per_archive or DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE)
 
 
 WorkerConfig = WorkerSettings
@@ -329,11 +343,21 @@ def validate(config: Config) -> None:
     for index, entry in enumerate(config.archive):
         key = f"archive[{index}]"
         for field in ("source_handle", "dest_handle"):
+            if field == "dest_handle" and entry.mode == "purge":
+                continue  # a purge archives nothing: it needs no archive handle
             handle = getattr(entry, field)
             if handle not in config.handles:
                 raise ConfigError(config.where(f"{key}.{field}: unknown handle '{handle}'"))
         if entry.source_handle == entry.dest_handle:
             raise ConfigError(config.where(f"{key}.dest_handle: must differ from source_handle"))
+        if (entry.max_rows is None) != (entry.rows_per_archive is None):
+            raise ConfigError(
+                config.where(f"{key}.rows_per_archive: max_rows and rows_per_archive go together")
+            )
+        try:
+            rules_of(entry)
+        except ValueError as exc:
+            raise ConfigError(config.where(f"{key}.{exc}")) from None
         if entry.collection in seen:
             raise ConfigError(
                 config.where(
@@ -407,6 +431,22 @@ def _read_password(path: Path, key: str, base_dir: Path) -> str:
     if not password:
         raise ConfigError(f"{key}: {path} is empty")
     return password
+
+
+def rules_of(entry: ArchiveConfig) -> Rules:
+    """The entry's rules beyond ``max_rows``, checked; ValueError ``"<key>: <problem>"``."""
+    return parse_rules(
+        older_than=entry.older_than,
+        age_field=entry.age_field,
+        time_unit=entry.time_unit,
+        where=entry.where,
+        mode=entry.mode,
+        window=entry.window,
+        timezone=entry.timezone,
+        max_runtime=entry.max_runtime,
+        max_rows=entry.max_rows,
+        order_by=entry.order_by,
+    )
 
 
 def _url_problem(url: str) -> str | None:

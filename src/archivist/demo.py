@@ -125,6 +125,7 @@ def prepare_demo(directory: Path, rows: int, console: Console) -> Config:
 async def run_demo(config: Config, directory: Path, console: Console) -> None:
     """Archive the demo table down to its policy through a real worker, then show counts."""
     policy = config.archive[0]
+    assert policy.max_rows is not None and policy.rows_per_archive is not None
     console.print(
         f"Policy: keep at most {policy.max_rows:,} rows; when over, archive the oldest "
         f"(by {policy.order_by}) down to {policy.max_rows - policy.rows_per_archive:,}."

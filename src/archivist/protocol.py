@@ -68,9 +68,14 @@ class Ping(Message, tag_field="command", tag="ping"):
     request_id: RequestId | None = None
 
 
+TaskMode = Literal["move", "copy", "purge"]
+
+
 class Archive(Message, tag_field="command", tag="archive"):
-    """Queue an archive task. ``order_by`` and ``min_rate`` are extensions (see
-    docs/protocol.md)."""
+    """Queue an archive task. ``order_by``, ``min_rate``, ``filter`` and ``mode`` are
+    extensions (see docs/protocol.md): ``filter`` (``data/list``'s syntax) goes with every
+    ``data/list``, ``data/count`` and ``data/copy`` of the task on its source; ``mode``
+    "copy" copies without deleting, "purge" deletes without copying."""
 
     task_id: TaskId
     collection: Collection
@@ -82,6 +87,8 @@ class Archive(Message, tag_field="command", tag="archive"):
     order_by: Collection | None = None
     min_rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
     """Rows/s the task keeps to at least while yielding to the application (keeping up)."""
+    filter: JSONObject | None = None
+    mode: TaskMode | None = None
 
     def __post_init__(self) -> None:
         if self.source_handle == self.dest_handle:

@@ -170,21 +170,30 @@ def print_movers(console: Console, movers: list[tuple[str, str]]) -> None:
 
 def print_plan(console: Console, plan: ArchivePlan) -> None:
     """``archive --dry-run``: what would move, and nothing moved."""
+    limits = []
+    if plan.max_rows is not None:
+        limits.append(f"max_rows {plan.max_rows:,}, rows_per_archive {plan.rows_per_archive:,}")
+    if plan.cutoff is not None:
+        limits.append(f"older than {plan.cutoff}")
+    if plan.mode != "move":
+        limits.append(f"mode {plan.mode}")
     console.print(
         f"{plan.collection} on {plan.source_handle}: {plan.rows:,} rows "
-        f"(policy: max_rows {plan.max_rows:,}, rows_per_archive {plan.rows_per_archive:,})"
+        f"(policy: {'; '.join(limits)})"
     )
+    verb = {"move": "archive", "copy": "copy", "purge": "delete"}.get(plan.mode, "archive")
     if plan.to_archive == 0:
-        console.print("would archive nothing: the table is within its policy")
+        console.print(f"would {verb} nothing: the table is within its policy")
     else:
         span = ""
         if plan.oldest is not None:
             span = f", {plan.order_by} from {plan.oldest} to {plan.newest}"
+        where = "" if plan.mode == "purge" else f" to {plan.dest_handle}"
         console.print(
-            f"would archive {plan.to_archive:,} rows to {plan.dest_handle} "
-            f"in batches of {plan.batch_size:,}{span}"
+            f"would {verb} {plan.to_archive:,} rows{where} in batches of {plan.batch_size:,}{span}"
         )
-    console.print(f"archive table on {plan.dest_handle}: {plan.archive_table}")
+    if plan.mode != "purge":
+        console.print(f"archive table on {plan.dest_handle}: {plan.archive_table}")
     if plan.path:
         console.print(f"rows would move: {plan.path}")
     if plan.index is not None:

@@ -40,7 +40,8 @@ KeepUpState = Literal["unknown", "within", "keeps up", "behind"]
 class KeepUp:
     """One policy's keep-up state, updated at each check."""
 
-    max_rows: int
+    max_rows: int | None
+    """None: a policy without max_rows (an age policy), which is never behind it."""
     min_rate: float | None = None
     """The user's floor (rows/s), from the policy's ``min_rate``."""
     factor: float = FACTOR
@@ -75,7 +76,7 @@ class KeepUp:
         self.moving = moved / seconds
         # Over at both checks: a table that just crossed its limit is the usual cycle (its
         # task is queued now), not a table that outgrows archivist.
-        self.behind = rows > previous > self.max_rows
+        self.behind = self.max_rows is not None and rows > previous > self.max_rows
         if self.behind:
             self.boost = max(self.boost, self.factor * self.growth)
             self.calm = 0

@@ -9,6 +9,7 @@ the DataDaemon's command bus with the worker's allowlist.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,15 @@ from archivist.daemon.movers import HeldLock, Movers
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
 from archivist.errors import ArchivistError, BadAnswer, FrameLimitLost, MoverBusy, PeerError
+from archivist.policy import (
+    Decision,
+    Rules,
+    decide,
+    hold_reason,
+    task_filter,
+    utc_now,
+    with_condition,
+)
 from archivist.protocol import Archive, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
@@ -43,9 +53,9 @@ class Policy(Protocol):
     @property
     def order_by(self) -> str: ...
     @property
-    def max_rows(self) -> int: ...
+    def max_rows(self) -> int | None: ...
     @property
-    def rows_per_archive(self) -> int: ...
+    def rows_per_archive(self) -> int | None: ...
     @property
     def batch_size(self) -> int: ...
     @property
@@ -58,6 +68,9 @@ class Policy(Protocol):
         """Rows to move from a source of ``count`` rows (0: within its limit)."""
         ...
 
+    @property
+    def rules(self) -> Rules: ...
+
 
 class DataService(Protocol):
     """The DataDaemon as the ArchiveDaemon uses it."""
@@ -69,6 +82,9 @@ class DataService(Protocol):
     async def ensure_archive_table(self, collection: str) -> None: ...
 
     async def take_mover(self, collection: str) -> HeldLock: ...
+    async def task_filter(
+        self, collection: str, now: dt.datetime | None = None
+    ) -> dict[str, object] | None: ...
 
 
 @dataclass(frozen=True)
@@ -99,11 +115,22 @@ class ArchiveDaemon:
         supervisor: WorkerProcess | None = None,
         on_update: Callable[[TaskRecord], None] | None = None,
         reclaim: Callable[[str], Awaitable[object]] | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.data = data
         self._reclaim = reclaim
         """Run after a task that moved rows: the policy's space reclaim (`DataDaemon.reclaim`)."""
         self._reclaims: set[asyncio.Task[None]] = set()
+        self.clock = clock
+        """The daemon's clock (aware, UTC): age cutoffs and windows read it."""
+        self.runs: dict[TaskRecord, dt.datetime] = {}
+        """Tasks queued by a policy check (not by `archivist archive`), and when: windows
+        and ``max_runtime`` govern these alone."""
+        self.spent: dict[str, dt.datetime] = {}
+        """Per collection, the opening of the window in which its run used up max_runtime."""
+        self.holding: dict[str, str] = {}
+        """Per collection, why its policy waits now ("waiting for window 01:00-05:00")."""
+        self._stopping: dict[TaskRecord, asyncio.Task[None]] = {}
         self.policies = {p.collection: p for p in policies}
         self.options = options
         self.supervisor = supervisor
@@ -258,7 +285,7 @@ class ArchiveDaemon:
         for record in self.tracker.records():
             if record.state == "lost":
                 try:
-                    rows = await self.count(record.collection, record.source_handle)
+                    rows = await self.count(record.collection, record.source_handle, record.filter)
                 except ArchivistError as exc:
                     self.tracker.finish(record, "error", f"cannot resume: {exc.message}")
                     self._updated(record)
@@ -284,6 +311,8 @@ class ArchiveDaemon:
             batch_size=record.batch_size,
             order_by=record.order_by,
             min_rate=record.min_rate,
+            filter=record.filter,
+            mode=record.mode,
         )
         record.state = "queued"  # before the await: nobody else may send it meanwhile
         try:
@@ -341,6 +370,47 @@ class ArchiveDaemon:
                     task.add_done_callback(self._reclaims.discard)
         if record is not None:
             self._updated(record)
+            if isinstance(message, Progress) and record in self.runs:
+                self._stop_if_held(record)
+            elif record.finished:
+                self.runs.pop(record, None)
+
+    def _stop_if_held(self, record: TaskRecord) -> bool:
+        """Ask a policy's task to stop after its current batch if its window has closed or
+        its run is over ``max_runtime``; whether it is held."""
+        policy = self.policies.get(record.collection)
+        if policy is None:
+            return False
+        reason = self._hold(policy, self.runs.get(record))
+        if reason is None:
+            return False
+        if not record.finished and record not in self._stopping:
+            log.info(
+                "%s: %s; stopping task %s after its batch",
+                record.collection,
+                reason,
+                record.task_id,
+            )
+            stopping = asyncio.get_running_loop().create_task(self.cancel(record))
+            self._stopping[record] = stopping
+            stopping.add_done_callback(lambda _: self._stopping.pop(record, None))
+        return True
+
+    def _hold(self, policy: Policy, started: dt.datetime | None = None) -> str | None:
+        """Why the policy may not start a batch now (`hold_reason`), remembering the window
+        whose run used up ``max_runtime``; None when it may."""
+        rules = policy.rules
+        if rules.window is None and rules.max_runtime is None:
+            return None
+        now = self.clock()
+        spent_in = self.spent.get(policy.collection)
+        reason = hold_reason(rules, now, started=started, spent_in=spent_in)
+        if reason is not None and started is not None and rules.window is not None:
+            opened = rules.window.opened_at(now)
+            if opened is not None and reason.startswith("max_runtime"):
+                self.spent[policy.collection] = opened
+                reason = hold_reason(rules, now, spent_in=opened)
+        return reason
 
     async def _reclaim_after(self, collection: str) -> None:
         """The policy's space reclaim after a task that moved rows; a failure is logged (the
@@ -367,7 +437,17 @@ class ArchiveDaemon:
         """Count every policy's source and queue a task where it is over its limit."""
         queued: list[TaskRecord] = []
         for policy in self.policies.values():
-            if self.tracker.unfinished(policy.collection) is not None:
+            unfinished = self.tracker.unfinished(policy.collection)
+            if unfinished is not None and unfinished in self.runs:
+                self._stop_if_held(unfinished)
+            reason = self._hold(policy) if unfinished is None else None
+            if reason is not None:
+                if self.holding.get(policy.collection) != reason:
+                    log.info("%s: %s", policy.collection, reason)
+                self.holding[policy.collection] = reason
+                continue
+            self.holding.pop(policy.collection, None)
+            if unfinished is not None:
                 log.debug("%s: a task is still unfinished; not checking", policy.collection)
                 await self._measure_only(policy)
                 continue
@@ -380,6 +460,8 @@ class ArchiveDaemon:
                 log.error("%s: size check failed: %s", policy.collection, exc.message)
                 continue
             if record is not None:
+                if not record.finished:
+                    self.runs[record] = self.clock()
                 queued.append(record)
         return queued
 
@@ -445,51 +527,117 @@ class ArchiveDaemon:
     async def _check(self, policy: Policy) -> TaskRecord | None:
         count = await self.count(policy.collection, policy.source_handle)
         self._keep_up(policy, count)
-        excess = policy.rows_to_archive(count)
-        if excess == 0:
-            log.debug("%s: %d row(s), within %d", policy.collection, count, policy.max_rows)
+        decision, filter_ = await self.due(policy, count)
+        if decision.rows == 0:
+            log.debug("%s: within its policy", policy.collection)
             return None
         # The lock, then the count again: another mover may have been moving rows meanwhile,
         # and a count from before would move rows the policy keeps.
         await self.movers.take(policy.collection)
         try:
-            count = await self.count(policy.collection, policy.source_handle)
-            excess = policy.rows_to_archive(count)
-            if excess == 0:
+            decision, filter_ = await self.due(policy)
+            if decision.rows == 0:
                 await self.movers.release(policy.collection)
                 return None
+            reasons = {
+                "age": f"rows older than {policy.rules.older_than}",
+                "count": f"over max_rows {policy.max_rows}",
+            }
             log.info(
-                "%s: %d row(s) is over max_rows %d; archiving %d",
+                "%s: %s; %s %d",
                 policy.collection,
-                count,
-                policy.max_rows,
-                excess,
+                reasons.get(decision.basis, "rows not copied yet"),
+                {"move": "archiving", "copy": "copying", "purge": "purging"}[policy.rules.mode],
+                decision.rows,
             )
-            return await self.submit(policy.collection, excess)
+            return await self.submit(policy.collection, decision.rows, filter_=filter_)
         except BaseException:
             if self.tracker.unfinished(policy.collection) is None:
                 await self.movers.release(policy.collection)
             raise
 
-    async def count(self, collection: str, handle: str) -> int:
-        result = await self.data.execute(
-            "data/count", {"collection": collection, "dbHandle": handle}
+    async def due(
+        self, policy: Policy, table_rows: int | None = None
+    ) -> tuple[Decision, dict[str, object] | None]:
+        """What the policy asks for now: how many rows, and the filter that chooses them
+        (its ``where``, and its age cutoff computed now, once, for the whole task).
+        ``table_rows``: the table's count just taken, if any (used when there is no where)."""
+        rules = policy.rules
+        everything = task_filter(rules.where, None, None)
+        if everything is None and table_rows is not None:
+            count = table_rows
+        else:
+            count = await self.count(policy.collection, policy.source_handle, everything)
+        aged, by_age = None, None
+        if rules.older_than is not None:
+            by_age = await self.data.task_filter(policy.collection, self.clock())
+            aged = await self.count(policy.collection, policy.source_handle, by_age)
+        if rules.mode == "copy":
+            return await self._due_copy(policy, by_age if by_age is not None else everything)
+        decision = decide(excess=policy.rows_to_archive(count), aged=aged)
+        return decision, by_age if decision.basis == "age" else everything
+
+    async def _due_copy(
+        self, policy: Policy, filter_: dict[str, object] | None
+    ) -> tuple[Decision, dict[str, object] | None]:
+        """A copy policy deletes nothing, so what it copied stays eligible: it copies the
+        rows from the highest ``order_by`` value in the archive on (that value included,
+        since rows sharing it may not all have been copied; copies are idempotent), and
+        only once some row lies beyond it."""
+        await self.data.ensure_archive_table(policy.collection)
+        listed = await self.data.execute(
+            "data/list",
+            {
+                "collection": policy.collection,
+                "dbHandle": policy.dest_handle,
+                "orderBy": [{"field": policy.order_by, "direction": "desc"}],
+                "limit": 1,
+            },
         )
+        items = listed.get("items")
+        last = items[0].get(policy.order_by) if isinstance(items, list) and items else None
+        if last is None:
+            rows = await self.count(policy.collection, policy.source_handle, filter_)
+            return Decision(rows, "copy" if rows else "none"), filter_
+        beyond = with_condition(filter_, policy.order_by, "$gt", last)
+        if not await self.count(policy.collection, policy.source_handle, beyond):
+            return Decision(0, "none"), filter_
+        from_last = with_condition(filter_, policy.order_by, "$gte", last)
+        rows = await self.count(policy.collection, policy.source_handle, from_last)
+        return Decision(rows, "copy"), from_last
+
+    async def count(
+        self, collection: str, handle: str, filter_: dict[str, object] | None = None
+    ) -> int:
+        params: JSONObject = {"collection": collection, "dbHandle": handle}
+        if filter_ is not None:
+            params["filter"] = filter_
+        result = await self.data.execute("data/count", params)
         count = result.get("count")
         if not isinstance(count, int) or isinstance(count, bool):
             raise BadAnswer(f"data/count of {collection} on {handle} answered without a count")
         return count
 
     async def submit(
-        self, collection: str, rows: int, *, batch_size: int | None = None
+        self,
+        collection: str,
+        rows: int,
+        *,
+        batch_size: int | None = None,
+        filter_: dict[str, object] | None = None,
     ) -> TaskRecord:
-        """Ensure the archive table, then queue ``rows`` rows of ``collection`` for the worker."""
+        """Ensure the archive table, then queue ``rows`` rows of ``collection`` for the worker:
+        the oldest of those ``filter_`` matches (default: the policy's ``where``)."""
         policy = self.policies[collection]
+        rules = policy.rules
+        if filter_ is None:
+            filter_ = task_filter(rules.where, None, None)
         held = self.movers.holds(collection)
         await self.movers.take(collection)  # MoverBusy: another process moves it now
         try:
-            await self.data.ensure_archive_table(collection)
-            source_rows = await self.count(collection, policy.source_handle)
+            if rules.mode != "purge":
+                await self.data.ensure_archive_table(collection)
+            source_rows = await self.count(collection, policy.source_handle, filter_)
         except BaseException:
             if not held:
                 await self.movers.release(collection)
@@ -505,6 +653,8 @@ class ArchiveDaemon:
             task_id=self.tracker.new_task_id(collection),
             min_rate=self.keeping[collection].rate if collection in self.keeping else None,
             target=source_rows - rows,
+            filter=filter_,
+            mode=rules.mode if rules.mode != "move" else None,
         )
         self.tracker.add(record)
         self.movers.release_when(collection, record.done)

@@ -36,6 +36,10 @@ class TaskRecord:
     """The source's row count when every row of this job has moved: an interrupted job's
     remaining rows are recounted from it, since rows of its last batch may have moved
     after its last progress report."""
+    filter: dict[str, object] | None = None
+    """Which source rows are the job's (its ``where``, its age cutoff), fixed when queued."""
+    mode: Literal["copy", "purge"] | None = None
+    """None: move (copy, then delete)."""
     state: RecordState = "pending"
     archived: int = 0
     """Rows moved by earlier, lost attempts plus the current one."""

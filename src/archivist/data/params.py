@@ -73,7 +73,7 @@ class DeleteParams(_Params):
 
 class CopyParams(ListParams, kw_only=True):
     """``data/copy``: ``data/list``'s paging params (one ascending ``orderBy``, a cursor
-    ``after``; no ``filter`` or ``fields``), and the handle to copy to."""
+    ``after``, a ``filter``; no ``fields``), and the handle to copy to."""
 
     dest_handle: Name
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT

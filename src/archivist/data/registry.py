@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import sqlalchemy as sa
 
-from archivist.config import Config
+from archivist.config import DEFAULT_BATCH_SIZE, Config, rules_of
 from archivist.errors import ConfigError, UnknownCollection
+from archivist.policy import Rules, parse_rules
 from archivist.protocol import MAX_BATCH_SIZE
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,17 @@ class Entity:
 
     collection: str
     order_by: str
-    max_rows: int
-    rows_per_archive: int
+    max_rows: int | None
+    """None: no limit on the table's size (an age or copy policy)."""
+    rows_per_archive: int | None
     batch_size: int
     source_handle: str = "primary"
     dest_handle: str = "archive"
     min_rate: float | None = None
     """Rows/s archivist moves at least while yielding to the application (None: only what
     keeping up asks, docs/configuration.md)."""
+    rules: Rules = field(default_factory=Rules)
+    """Age, where, mode, window (`archivist.policy`)."""
     table: sa.Table | None = field(default=None, compare=False, repr=False)
     origin: str = field(default="<python>", compare=False)
     module: str = field(default="", compare=False)
@@ -60,9 +64,9 @@ class Entity:
         """Rows to move from a table of ``count`` rows: none while it is within ``max_rows``;
         once over, enough to bring it back to ``max_rows - rows_per_archive``, so that it is
         not over again a few rows later."""
-        if count <= self.max_rows:
-            return 0
-        return min(count, count - (self.max_rows - self.rows_per_archive))
+        if self.max_rows is None or count <= self.max_rows:
+            return 0  # no max_rows (an age or copy policy): never over it
+        return min(count, count - (self.max_rows - (self.rows_per_archive or 0)))
 
 
 ArchivePolicy = Entity  # the policy and the entity are one record
@@ -72,12 +76,13 @@ def make_entity(
     collection: str,
     *,
     order_by: str,
-    max_rows: int,
-    rows_per_archive: int,
+    max_rows: int | None,
+    rows_per_archive: int | None,
     batch_size: int | None = None,
     source_handle: str = "primary",
     dest_handle: str = "archive",
     min_rate: float | None = None,
+    rules: Rules | None = None,
     table: sa.Table | None = None,
     origin: str = "<python>",
     module: str = "",
@@ -88,10 +93,18 @@ def make_entity(
         raise ConfigError(f"{where}: collection '{collection}' is not a SQL identifier")
     if not is_identifier(order_by):
         raise ConfigError(f"{where}: order_by '{order_by}' is not a SQL identifier")
+    if (max_rows is None) != (rows_per_archive is None):
+        raise ConfigError(f"{where}: max_rows and rows_per_archive go together")
     for key, value in (("max_rows", max_rows), ("rows_per_archive", rows_per_archive)):
+        if value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{where}: {key} must be an integer >= 1")
-    batch = batch_size if batch_size is not None else min(rows_per_archive, MAX_BATCH_SIZE)
+    batch = (
+        batch_size
+        if batch_size is not None
+        else min(rows_per_archive or DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE)
+    )
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH_SIZE:
         raise ConfigError(f"{where}: batch_size must be an integer from 1 to {MAX_BATCH_SIZE}")
     if source_handle == dest_handle:
@@ -109,6 +122,7 @@ def make_entity(
         source_handle=source_handle,
         dest_handle=dest_handle,
         min_rate=float(min_rate) if min_rate is not None else None,
+        rules=rules or Rules(),
         table=table,
         origin=origin,
         module=module,
@@ -121,24 +135,50 @@ _DECLARED: list[Callable[[], Entity]] = []
 
 def archive(
     *,
-    max_rows: int,
-    rows_per_archive: int,
     order_by: str,
+    max_rows: int | None = None,
+    rows_per_archive: int | None = None,
     batch_size: int | None = None,
     source_handle: str = "primary",
     dest_handle: str = "archive",
     collection: str | None = None,
     min_rate: float | None = None,
+    older_than: str | None = None,
+    age_field: str | None = None,
+    time_unit: str | None = None,
+    where: Mapping[str, object] | None = None,
+    mode: str | None = None,
+    window: str | None = None,
+    timezone: str | None = None,
+    max_runtime: str | None = None,
 ) -> Callable[[_T], _T]:
     """Declare a SQLAlchemy declarative model (or a function returning a ``Table``) archivable.
 
     The collection is the table's name unless ``collection`` is given. The same policy can be
-    written as an ``[[archive]]`` entry in the config file.
+    written as an ``[[archive]]`` entry in the config file, with the same keys
+    (``older_than="90d"``, ``where={"status": "closed"}``, ``mode="purge"``, ...).
     """
 
     def decorate(target: _T) -> _T:
         module = str(getattr(target, "__module__", ""))
         origin = f"{module}.{getattr(target, '__qualname__', repr(target))}"
+        if age_field is not None and not is_identifier(age_field):
+            raise ConfigError(f"{origin}: age_field '{age_field}' is not a SQL identifier")
+        try:
+            rules = parse_rules(
+                older_than=older_than,
+                age_field=age_field,
+                time_unit=time_unit,
+                where=where,
+                mode=mode,
+                window=window,
+                timezone=timezone,
+                max_runtime=max_runtime,
+                max_rows=max_rows,
+                order_by=order_by,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{origin}.{exc}") from None
 
         def build() -> Entity:
             table = _table_of(target, origin)
@@ -151,6 +191,7 @@ def archive(
                 source_handle=source_handle,
                 dest_handle=dest_handle,
                 min_rate=min_rate,
+                rules=rules,
                 table=table,
                 origin=origin,
                 module=module,
@@ -224,6 +265,7 @@ class EntityRegistry:
                 source_handle=entry.source_handle,
                 dest_handle=entry.dest_handle,
                 min_rate=entry.min_rate,
+                rules=rules_of(entry),
                 origin=origin,
             )
             if entity.collection in registry:
@@ -231,6 +273,8 @@ class EntityRegistry:
             registry.add(entity, replace=True)
         for entity in registry:
             for key in ("source_handle", "dest_handle"):
+                if key == "dest_handle" and entity.rules.mode == "purge":
+                    continue  # a purge archives nothing: it needs no archive handle
                 handle = getattr(entity, key)
                 if handle not in config.handles:
                     raise ConfigError(f"{entity.where(key)}: unknown handle '{handle}'")

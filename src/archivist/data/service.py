@@ -4,6 +4,7 @@ and closed together; what the ArchiveDaemon and the CLI use of the database side
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 from collections.abc import Iterable, Mapping
@@ -14,9 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from archivist.config import Config
+from archivist.data.age import age_problem, cutoff_value
 from archivist.data.bus import CommandBus, JSONObject
 from archivist.data.catalog import Catalog
 from archivist.data.commands import DataCommands
+from archivist.data.filters import compile_filter
 from archivist.data.handles import Handle
 from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
@@ -34,6 +37,7 @@ from archivist.errors import (
     DatabaseError,
     SchemaError,
 )
+from archivist.policy import cutoff, decide, task_filter, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,8 @@ class ArchivePlan:
     source_handle: str
     dest_handle: str
     rows: int
-    max_rows: int
-    rows_per_archive: int
+    max_rows: int | None
+    rows_per_archive: int | None
     batch_size: int
     to_archive: int
     archive_table: str  # "exists", "will be created", "will gain columns a, b"
@@ -57,6 +61,8 @@ class ArchivePlan:
     path: str = ""  # how rows would move: copied by the daemon, or through the worker
     warnings: tuple[str, ...] = ()  # source columns that hold values the archive cannot store
     index: str | None = None  # the index that serves order_by (None: every batch scans)
+    mode: str = "move"  # move, copy (no delete) or purge (delete, no archive)
+    cutoff: str | None = None  # older_than and its cutoff (UTC), for an age policy
 
 
 class DataDaemon:
@@ -150,7 +156,7 @@ class DataDaemon:
         """Refuse a policy whose source and destination are one database under two names:
         its rows would be copied onto themselves, verified, and deleted."""
         pair = (entity.source_handle, entity.dest_handle)
-        if pair in self._distinct:
+        if entity.rules.mode == "purge" or pair in self._distinct:
             return
         source = await self.catalog.handle(pair[0]).identity()
         dest = await self.catalog.handle(pair[1]).identity()
@@ -197,6 +203,17 @@ class DataDaemon:
         problem = require_single_pk(info)
         if problem:
             raise ConfigError(f"{entity.where('collection')}: {problem}")
+        rules = entity.rules
+        if rules.where is not None:
+            try:
+                compile_filter(info, rules.where)
+            except ArchivistError as exc:
+                raise ConfigError(f"{entity.where('where')}: {exc.message}") from None
+        if rules.older_than is not None:
+            key = "age_field" if rules.age_field else "order_by"
+            problem = age_problem(info, rules.age_column(entity.order_by), rules.time_unit)
+            if problem:
+                raise ConfigError(f"{entity.where(key)}: {problem}")
 
     # --- what the daemon and CLI call -----------------------------------------------------
 
@@ -248,12 +265,36 @@ class DataDaemon:
         self.catalog.entity(collection)
         return await self.catalog.reflect(self.catalog.handle(handle), collection)
 
-    async def count(self, collection: str, handle: str | None = None) -> int:
+    async def task_filter(
+        self, collection: str, now: dt.datetime | None = None
+    ) -> dict[str, object] | None:
+        """The filter of a task of ``collection`` starting ``now`` (default: the daemon's
+        clock, UTC): its ``where`` and, for an age policy, its age column below the cutoff
+        ``now - older_than`` in the column's JSON form. None: every row."""
         entity = self.catalog.entity(collection)
-        result = await self.execute(
-            "data/count",
-            {"collection": collection, "dbHandle": handle or entity.source_handle},
-        )
+        rules = entity.rules
+        if rules.older_than is None:
+            return task_filter(rules.where, None, None)
+        column = rules.age_column(entity.order_by)
+        handle = self.catalog.handle(entity.source_handle)
+        info = await self.catalog.reflect(handle, collection)
+        if info is None:
+            raise SchemaError(f"collection {collection}: no table on '{handle.name}'")
+        instant = cutoff(now or utc_now(), rules.older_than)
+        value = await handle.transaction(cutoff_value, info, column, rules.time_unit, instant)
+        return task_filter(rules.where, column, value)
+
+    async def count(
+        self,
+        collection: str,
+        handle: str | None = None,
+        filter_: dict[str, object] | None = None,
+    ) -> int:
+        entity = self.catalog.entity(collection)
+        params: JSONObject = {"collection": collection, "dbHandle": handle or entity.source_handle}
+        if filter_ is not None:
+            params["filter"] = filter_
+        result = await self.execute("data/count", params)
         count = result.get("count")
         if not isinstance(count, int) or isinstance(count, bool):
             raise BadAnswer(f"data/count of {collection} answered without a count")
@@ -262,19 +303,65 @@ class DataDaemon:
     async def plan(self, collection: str, max_rows: int | None = None) -> ArchivePlan:
         """What archiving ``collection`` would do now, without doing it."""
         entity = self.catalog.entity(collection)
-        rows = await self.count(collection)
+        rules = entity.rules
+        chosen = everything = task_filter(rules.where, None, None)
+        rows = await self.count(collection, filter_=everything)
+        instant = by_age = None
         if max_rows is None:
-            to_archive = entity.rows_to_archive(rows)
+            aged = None
+            if rules.older_than is not None:
+                now = utc_now()
+                before = cutoff(now, rules.older_than).isoformat(timespec="seconds")
+                instant = f"{rules.older_than}, before {before}"
+                by_age = await self.task_filter(collection, now)
+                aged = await self.count(collection, filter_=by_age)
+            decision = decide(excess=entity.rows_to_archive(rows), aged=aged)
+            to_archive = decision.rows
+            if decision.basis == "age":
+                chosen = by_age
         else:
             to_archive = max(0, min(rows, max_rows))
         source = await self.catalog.reflect(
             self.catalog.handle(entity.source_handle), collection, fresh=True
         )
-        dest = await self.catalog.reflect(
-            self.catalog.handle(entity.dest_handle), collection, fresh=True
-        )
         if source is None:
             raise SchemaError(f"collection {collection}: no table on '{entity.source_handle}'")
+        warnings: tuple[str, ...] = ()
+        if rules.mode == "purge":
+            state, path = "not used (mode purge)", "deleted in place, not archived"
+        else:
+            state, path, warnings = await self._plan_archive(entity, source)
+        oldest = newest = None
+        if to_archive > 0:
+            oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
+                _order_span, source, entity.order_by, to_archive, chosen
+            )
+        return ArchivePlan(
+            order_by=entity.order_by,
+            oldest=oldest,
+            newest=newest,
+            collection=collection,
+            source_handle=entity.source_handle,
+            dest_handle=entity.dest_handle,
+            rows=rows,
+            max_rows=entity.max_rows,
+            rows_per_archive=entity.rows_per_archive,
+            batch_size=entity.batch_size,
+            to_archive=to_archive,
+            archive_table=state,
+            path=path,
+            mode=rules.mode,
+            cutoff=instant,
+            warnings=warnings,
+        )
+
+    async def _plan_archive(
+        self, entity: Entity, source: TableInfo
+    ) -> tuple[str, str, tuple[str, ...]]:
+        """What the archive table needs, and how rows would move to it."""
+        dest = await self.catalog.reflect(
+            self.catalog.handle(entity.dest_handle), entity.collection, fresh=True
+        )
         change_ok, change_planned = False, False
         try:
             change = plan_archive_table(source, dest, entity.order_by)
@@ -303,40 +390,20 @@ class DataDaemon:
             self.catalog.handle(entity.dest_handle).dialect_name,
             dest.columns if dest is not None else None,
         )
-        index = await self.order_index(collection)
-        missing = missing_index_warning(collection, entity.order_by, index)
-        if missing is not None:
-            warnings.append(missing)
-        oldest = newest = None
-        if to_archive > 0:
-            oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
-                _order_span, source, entity.order_by, to_archive
-            )
-        return ArchivePlan(
-            order_by=entity.order_by,
-            oldest=oldest,
-            newest=newest,
-            collection=collection,
-            source_handle=entity.source_handle,
-            dest_handle=entity.dest_handle,
-            rows=rows,
-            max_rows=entity.max_rows,
-            rows_per_archive=entity.rows_per_archive,
-            batch_size=entity.batch_size,
-            to_archive=to_archive,
-            archive_table=state,
-            path=path,
-            warnings=tuple(warnings),
-            index=index,
-        )
+        return state, path, tuple(warnings)
 
 
 def _order_span(
-    connection: Connection, info: TableInfo, order_by: str, rows: int
+    connection: Connection,
+    info: TableInfo,
+    order_by: str,
+    rows: int,
+    filter_: dict[str, object] | None = None,
 ) -> tuple[object, object]:
-    """The ``order_by`` values of the first and the ``rows``-th row in archive order."""
+    """The ``order_by`` values of the first and the ``rows``-th row (of those ``filter_``
+    matches) in archive order."""
     column, pk = info.table.c[order_by], info.table.c[info.pk]
-    base = sa.select(column).order_by(column.asc(), pk.asc())
+    base = sa.select(column).where(compile_filter(info, filter_)).order_by(column.asc(), pk.asc())
     first = connection.execute(base.limit(1)).scalar_one_or_none()
     last = connection.execute(base.offset(rows - 1).limit(1)).scalar_one_or_none()
     spec = info.spec(order_by)

@@ -200,6 +200,13 @@ class _TaskRun:
         self.task = task
         self.calls = calls
         self.source: JSONObject = {"collection": spec.collection, "dbHandle": spec.source_handle}
+        self.filtering: JSONObject = {"filter": spec.filter} if spec.filter is not None else {}
+        """Which source rows are the task's (``filter``): added to every listing, count and
+        copy of the source; never to a delete, whose guards decide alone."""
+        self.mode = spec.mode or "move"
+        self.resume: JSONObject | None = None
+        """In mode "copy", where the next listing starts: nothing is deleted, so the
+        source's first rows are the ones copied already."""
         self.dest: JSONObject = {"collection": spec.collection, "dbHandle": spec.dest_handle}
         self.budget = row_budget(settings.frame_limit)
         """Bytes of rows one frame carries: a listing's ``maxBytes``."""
@@ -209,8 +216,9 @@ class _TaskRun:
         self.stalled = 0
         self.pending: Batch | None = None
         """The batch copied and verified last, whose delete runs beside the next copy."""
-        self.in_database = settings.in_database
-        """Batches are copied inside the database (until the daemon says it cannot)."""
+        self.in_database = settings.in_database and self.mode != "purge"
+        """Batches are copied inside the database (until the daemon says it cannot); a
+        purge lists rows and deletes them as listed."""
         self.held_by: str | None = None
         """Why batches wait for the database's load (pause file, load limits), or None."""
         self.yielding: str | None = None
@@ -250,7 +258,7 @@ class _TaskRun:
         task = self.task
         # One round trip before touching data proves the callback path (the design's Test 3).
         await self.calls.execute("ping", {})
-        counted = await self.calls.execute("data/count", self.source)
+        counted = await self.calls.execute("data/count", {**self.source, **self.filtering})
         task.total = min(task.spec.max_rows, _int_field(counted, "count", "data/count"))
         ahead: asyncio.Task[Batch] | None = None
         failing_since: float | None = None
@@ -268,6 +276,8 @@ class _TaskRun:
                 try:
                     batch = await ahead if ahead is not None else await self._list(None)
                     ahead = None
+                    if self.mode == "copy" and batch.items:
+                        self.resume = batch.cursor_after()
                     if batch.oversized is not None:
                         async with self.throttle.budget(task.spec.source_handle):
                             await self._settle_pending()
@@ -372,10 +382,12 @@ class _TaskRun:
         """The oldest rows still to move (``limit`` of them, by default `_limit`), or those
         just past ``cursor``."""
         limit = self._limit() if limit is None else limit
-        params: JSONObject = {**self.source, "limit": limit}
+        params: JSONObject = {**self.source, **self.filtering, "limit": limit}
         order_by = self.task.spec.order_by
         if order_by is not None:
             params["orderBy"] = [{"field": order_by, "direction": "asc"}]
+        if cursor is None and self.mode == "copy":
+            cursor = self.resume
         if cursor is not None:
             params["cursor"] = cursor
         if self.unstorable:
@@ -445,7 +457,11 @@ class _TaskRun:
         in the same transaction where the daemon can (``move``: the answer says how many
         went); None when the daemon cannot copy for this task's handles (then rows go
         through the worker)."""
-        params = {**params, "destHandle": self.task.spec.dest_handle, "move": True}
+        params = {
+            **params,
+            "destHandle": self.task.spec.dest_handle,
+            "move": self.mode == "move",
+        }
         try:
             if not self.moving:
                 return await self.calls.execute("data/copy", params)
@@ -513,8 +529,8 @@ class _TaskRun:
 
     async def _copy(self, batch: Batch) -> None:
         """Copy one batch to the destination and check it reads back identical."""
-        if batch.copied:
-            return  # done by data/copy; the delete checks each copy
+        if batch.copied or self.mode == "purge":
+            return  # done by data/copy (the delete checks each copy), or nothing to copy
         items, primary_key = batch.items, batch.primary_key
         # The source is authoritative for rows it still holds: a copy left by an earlier,
         # interrupted run is overwritten rather than reported as a conflict. A row the
@@ -588,6 +604,8 @@ class _TaskRun:
         items, primary_key = batch.to_move, batch.primary_key
         if not items:
             return 0  # every row of it was unstorable, and stays
+        if self.mode == "copy":
+            return len(items)  # copied and verified: done, the source keeps them
         ids = [_key_of(item, primary_key) for item in items]
         guard: JSONObject = (
             {"matching": self.task.spec.dest_handle} if batch.copied else {"expected": items}

@@ -122,8 +122,8 @@ class Transfers:
         ``orderBy``, after ``cursor``) to ``destHandle``, overwriting older copies by key;
         answer their keys as ``items``, and the ``cursor`` just past the last one."""
         p = parse_params(params, CopyParams)
-        if p.filter is not None or p.fields is not None:
-            raise InvalidParams("invalid params: data/copy takes neither filter nor fields")
+        if p.fields is not None:
+            raise InvalidParams("invalid params: data/copy takes no fields")
         prepared = await self._prepare(p.collection, p.db_handle, p.dest_handle)
         info = prepared.statements.source
         order = p.order_by[0].field if p.order_by else prepared.order_by
@@ -137,7 +137,11 @@ class Transfers:
         position = [] if p.cursor is None else cursor_position(info, p.cursor)
         shape = (p.collection, link.runner.name, order, tuple(v is None for v in position))
         cached = self._pages.get(shape)
-        if cached is None or cached[0] is not statements:
+        if p.filter is not None:
+            # A task's filter (its cutoff) is bound into the query: built for each page,
+            # not kept, since every task has its own.
+            cached = (statements, pages_for(info, p, prepared.order_by, link))
+        elif cached is None or cached[0] is not statements:
             cached = self._pages[shape] = (statements, pages_for(info, p, prepared.order_by, link))
         pages = dataclasses.replace(cached[1], params=position_params(position, p.limit))
         moved: int | None = None
