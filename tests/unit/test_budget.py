@@ -7,7 +7,7 @@ import msgspec
 
 from archivist import protocol
 from archivist.daemon.service import within_frame
-from archivist.data.budget import FIRST_PAGE, Widths, bound, fit
+from archivist.data.budget import Widths, bound, fit
 
 
 def row(key: int, width: int) -> dict[str, object]:
@@ -80,7 +80,7 @@ def test_fit_counts_escapes_and_separators_exactly() -> None:
 
 def test_widths_size_the_next_read_to_the_budget() -> None:
     widths = Widths()
-    assert widths.rows("h", "t", 1000, 10_000_000) == FIRST_PAGE  # not known yet
+    assert widths.rows("h", "t", 1000, 10_000_000) == 1000  # not known yet
     widths.learn("h", "t", rows=10, size=10 * 400_000)
     assert widths.rows("h", "t", 1000, 14_000_000) == 35
     assert widths.rows("h", "t", 10, 14_000_000) == 10

@@ -11,16 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
 
 import msgspec
 
 from archivist.data.values import JSONObject
-
-FIRST_PAGE: Final = 10
-"""Rows read at most, on a byte budget, from a table whose rows' width is not known yet:
-the first page of 1,000 rows of 20 MB each must not be read into the daemon's memory (10
-of them still are, 200 MB: the price of one short first page on narrow tables)."""
 
 _encode = msgspec.json.Encoder().encode
 
@@ -36,7 +30,8 @@ class Widths:
         ``max_bytes`` if they are as wide as the rows seen last (at least one)."""
         width = self.seen.get((handle, table))
         if width is None:
-            return min(limit, FIRST_PAGE)
+            # Unknown yet: the whole page is read (batch shapes stay as asked), and cut.
+            return limit
         return max(1, min(limit, int(max_bytes / max(width, 1.0))))
 
     def learn(self, handle: str, table: str, rows: int, size: int) -> None:
