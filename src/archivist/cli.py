@@ -510,7 +510,7 @@ async def _dry_run(config: Config, collection: str, max_rows: int | None, consol
     from archivist.ui import print_plan
 
     data = DataDaemon(config)
-    await data.start()
+    await data.start(refuse=False)
     try:
         plan = await data.plan(collection, max_rows)
     finally:

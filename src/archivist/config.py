@@ -80,6 +80,11 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window: str | None = None
     timezone: str | None = None
     max_runtime: str | None = None
+    children: list[Identifier] = msgspec.field(default_factory=list)
+    """Tables whose rows reference this collection's rows (directly or through another
+    named child) and move to the archive with them."""
+    on_children: Literal["refuse", "keep", "cascade"] = "refuse"
+    """What to do about other references (`archivist.data.relations.ON_CHILDREN`)."""
 
     @property
     def effective_batch_size(self) -> int:

@@ -148,6 +148,14 @@ class RowTooLarge(TaskError):
     code = "row_too_large"
 
 
+class RowsKept(TaskError):
+    """A task moved what it could but kept rows in the source that other rows still
+    reference (a foreign key whose ``ON DELETE`` is ``RESTRICT`` or ``NO ACTION``, or a
+    policy's ``on_children = "keep"``); they move once nothing references them."""
+
+    code = "rows_kept"
+
+
 # --- data and configuration ---------------------------------------------------------------
 
 

@@ -200,4 +200,8 @@ def print_plan(console: Console, plan: ArchivePlan) -> None:
         console.print(f"batches read {plan.order_by} through index {plan.index}", markup=False)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+    for line in plan.relations:
+        console.print(f"{plan.collection}: {line}", markup=False, highlight=False)
+    if plan.refusal:
+        console.print(f"[bold red]would refuse[/]: {plan.refusal}", highlight=False)
     console.print("dry run: nothing was moved")

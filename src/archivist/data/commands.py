@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from archivist.data import budget
 from archivist.data.catalog import Catalog
 from archivist.data.create import CreatePlan, NewRow, storable
-from archivist.data.delete import delete_expected, delete_expected_sqlite, delete_ids
+from archivist.data.delete import delete_expected, delete_expected_sqlite, delete_listed
 from archivist.data.filters import compile_filter
 from archivist.data.handles import Handle
 from archivist.data.listing import ListQuery, ascending_field, keys_of_filter
@@ -27,6 +27,7 @@ from archivist.data.params import (
     LoadParams,
     parse_params,
 )
+from archivist.data.relations import guarded, with_kept
 from archivist.data.schema import TableInfo
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows
@@ -191,7 +192,8 @@ class DataCommands:
                 )
             ids = list(p.ids or [])
             return await self.transfers.delete_matching(p.collection, p.db_handle, p.matching, ids)
-        _, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        entity, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        refs = guarded(info.referenced_by, entity.on_children)
         pk_spec = info.spec(info.pk)
         if p.expected is not None:
             # Rows this daemon listed from this table, as it listed them: their stored form
@@ -214,17 +216,19 @@ class DataCommands:
             pairs = list(zip(keys, expected, strict=True))
             if handle.dialect_name == "sqlite":
                 stored = [entry.stored if entry is not None else None for entry in found]
-                return await delete_expected_sqlite(self.recent, handle, info, pairs, stored)
-            deleted, skipped = await handle.transaction(delete_expected, info, pairs, write=True)
-            return {"deleted": deleted, "skipped": skipped}
+                return await delete_expected_sqlite(self.recent, handle, info, pairs, stored, refs)
+            deleted, skipped, kept = await handle.transaction(
+                delete_expected, info, pairs, refs, write=True
+            )
+            return with_kept({"deleted": deleted, "skipped": skipped}, kept, refs)
         if given[0] == given[1]:
             raise InvalidParams("invalid params: give exactly one of id or ids")
         raw_ids = [p.id] if given[0] else list(p.ids or [])
         ids = list(dict.fromkeys(decode_values(pk_spec, raw_ids, where="ids.")))
         if any(value is None for value in ids):
             raise InvalidParams("invalid params: an id must not be null")
-        deleted = await handle.transaction(delete_ids, info, ids, write=True)
-        return {"deleted": deleted}
+        deleted, kept = await handle.transaction(delete_listed, info, ids, refs, write=True)
+        return with_kept({"deleted": deleted}, kept, refs)
 
 
 def _json_value(item: object) -> Any:

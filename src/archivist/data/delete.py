@@ -19,6 +19,14 @@ from sqlalchemy.engine import Connection
 from archivist.data.create import differs
 from archivist.data.filters import chunks, one_of
 from archivist.data.handles import Handle
+from archivist.data.relations import (
+    ForeignKey,
+    guard_clause,
+    guard_sql,
+    lock_for_delete,
+    set_read_committed,
+    with_kept,
+)
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import Slice, adaptive_slices, commits_without_sync, execute
 from archivist.data.stored import RecentRows, Stored, StoredForm
@@ -36,6 +44,7 @@ async def delete_expected_sqlite(
     info: TableInfo,
     pairs: list[tuple[object, dict[str, object]]],
     remembered: list[Stored | None],
+    refs: tuple[ForeignKey, ...] = (),
 ) -> JSONObject:
     """SQLite locks the whole database for a write, so the comparing happens outside the
     lock and the delete under it removes only rows still holding the very values compared,
@@ -57,40 +66,68 @@ async def delete_expected_sqlite(
         unchanged += compared
     if not unchanged:
         return {"deleted": 0, "skipped": skipped}
-    deleted, kept = await handle.run(_delete_unchanged, handle.engine, info, unchanged)
+    deleted, left, referenced = await handle.run(
+        _delete_unchanged, handle.engine, info, unchanged, refs
+    )
     recent.forget(info, [key for key, _ in unchanged])
-    skipped.extend(kept)
+    skipped.extend(left)
     if len(skipped) > 1:  # rare: report them in the order of expected
         position = {_hashable(item[info.pk]): index for index, (_, item) in enumerate(pairs)}
         skipped.sort(key=lambda key: position.get(_hashable(key), len(position)))
-    return {"deleted": deleted, "skipped": skipped}
+    return with_kept({"deleted": deleted, "skipped": skipped}, referenced, refs)
 
 
 def _hashable(value: object) -> object:
     return value if isinstance(value, int | str | float) else repr(value)
 
 
-def delete_ids(connection: Connection, info: TableInfo, ids: list[object]) -> int:
+def delete_ids(
+    connection: Connection, info: TableInfo, ids: list[object], refs: tuple[ForeignKey, ...] = ()
+) -> int:
+    """Delete the rows of ``ids`` that no row references through ``refs``."""
     pk_column = info.table.c[info.pk]
+    guard = guard_clause(info.table, refs)
     deleted = 0
     for chunk in chunks(ids):
-        result = connection.execute(sa.delete(info.table).where(one_of(info, pk_column, chunk)))
+        result = connection.execute(
+            sa.delete(info.table).where(one_of(info, pk_column, chunk), *guard)
+        )
         deleted += max(result.rowcount, 0)
     return deleted
 
 
+def delete_listed(
+    connection: Connection, info: TableInfo, ids: list[object], refs: tuple[ForeignKey, ...]
+) -> tuple[int, int]:
+    """``data/delete`` by ``ids`` alone: the rows deleted, and those kept for ``refs``."""
+    if not refs:
+        return delete_ids(connection, info, ids), 0
+    lock_for_delete(connection, info.table, info.pk, ids)
+    present = len(_current_rows(connection, info, ids, lock=False, stored=False))
+    deleted = delete_ids(connection, info, ids, refs)
+    return deleted, present - deleted
+
+
 def delete_expected(
-    connection: Connection, info: TableInfo, expected: list[tuple[object, dict[str, object]]]
-) -> tuple[int, list[object]]:
-    """Delete only rows still equal to what the caller copied; report the others as skipped.
+    connection: Connection,
+    info: TableInfo,
+    expected: list[tuple[object, dict[str, object]]],
+    refs: tuple[ForeignKey, ...] = (),
+) -> tuple[int, list[object], int]:
+    """Delete only rows still equal to what the caller copied and that no row references
+    through ``refs``; report the others as skipped (changed) or kept (referenced).
 
     ``expected`` pairs each row's key (bound form) with the item as the caller has it. The
-    rows are read under row locks (``FOR UPDATE``), so none can change before the delete.
+    rows are read under row locks (``FOR UPDATE``), so none can change before the delete
+    and the guard sees every referencing row committed before them (`lock_for_delete`): a
+    row equal to its copy that is not deleted is one still referenced.
     """
+    if refs:
+        set_read_committed(connection)
     current = _current_rows(connection, info, [key for key, _ in expected], lock=True, stored=False)
     matched, skipped = _compare_expected(info, current, expected)
-    deleted = delete_ids(connection, info, [key for key, _ in matched]) if matched else 0
-    return deleted, skipped
+    deleted = delete_ids(connection, info, [key for key, _ in matched], refs) if matched else 0
+    return deleted, skipped, len(matched) - deleted
 
 
 def _match_expected(
@@ -104,10 +141,12 @@ def _match_expected(
 
 
 def _delete_unchanged(
-    engine: sa.Engine, info: TableInfo, rows: list[_Unchanged]
-) -> tuple[int, list[object]]:
-    """Delete rows that still hold exactly the stored values they were compared with (SQLite);
-    returns the rows deleted and the keys of those left (changed or gone since).
+    engine: sa.Engine, info: TableInfo, rows: list[_Unchanged], refs: tuple[ForeignKey, ...] = ()
+) -> tuple[int, list[object], int]:
+    """Delete rows that still hold exactly the stored values they were compared with (SQLite)
+    and that no row references through ``refs``; returns the rows deleted, the keys of
+    those left (changed or gone since) and how many were kept for their references (SQLite
+    has one writer: the guard inside each slice's one statement sees every committed row).
 
     Every column's stored value is named (``col IS value COLLATE BINARY``), bound as the
     driver returned it, so a row written in between (whatever the application's text
@@ -122,20 +161,32 @@ def _delete_unchanged(
     that read and the delete).
     """
 
+    kept = 0
+
     def delete_slice(connection: Connection, raw: Any, part: Slice) -> tuple[int, list[object]]:
-        statement = _GuardedDelete.of(connection, info, part.size)
+        nonlocal kept
+        statement = _GuardedDelete.of(connection, info, part.size, refs)
         chunk = rows[part.start : part.start + part.size]
         stored = [values for _, values in chunk]
         matched = set(statement.matching(raw, stored))
+        referenced: set[object] = set()
+        if refs:
+            referenced = set(statement.matching(raw, stored, guard=False)) - matched
+            kept += len(referenced)
         began = time.perf_counter()
         removed = statement.delete(raw, stored)
         part.held = time.perf_counter() - began
         if removed < len(matched):  # rare: a row changed in the instant since it was read
             matched -= set(statement.present(raw, list(matched)))
         pk_at = statement.pk_at
-        return removed, [key for key, values in chunk if values[pk_at] not in matched]
+        return removed, [
+            key
+            for key, values in chunk
+            if values[pk_at] not in matched and values[pk_at] not in referenced
+        ]
 
-    return delete_in_slices(engine, len(rows), len(info.table.c), delete_slice)
+    deleted, left = delete_in_slices(engine, len(rows), len(info.table.c), delete_slice)
+    return deleted, left, kept
 
 
 SliceDelete: TypeAlias = Callable[[Connection, Any, Slice], tuple[int, list[object]]]
@@ -186,25 +237,33 @@ class _GuardedDelete:
     rows: int
     width: int
     pk_at: int
+    unreferenced: str = ""
+    """``select`` without the guard of references (empty: there are none)."""
 
     @classmethod
-    def of(cls, connection: Connection, info: TableInfo, rows: int) -> _GuardedDelete:
+    def of(
+        cls, connection: Connection, info: TableInfo, rows: int, refs: tuple[ForeignKey, ...] = ()
+    ) -> _GuardedDelete:
         preparer = connection.dialect.identifier_preparer
         table = info.table
         pk_at = next(i for i, column in enumerate(table.c) if column.name == info.pk)
         names = tuple(preparer.quote(column.name) for column in table.c)
         target = preparer.format_table(table)
-        select, delete = _guarded_sql(target, names, pk_at, rows)
-        return cls(target, names[pk_at], select, delete, rows, len(names), pk_at)
+        references = guard_sql(preparer.quote, refs, "t")
+        select, delete = _guarded_sql(target, names, pk_at, rows, references)
+        plain = _guarded_sql(target, names, pk_at, rows, "")[0] if refs else ""
+        return cls(target, names[pk_at], select, delete, rows, len(names), pk_at, plain)
 
     def _params(self, stored: list[Stored]) -> list[object]:
         flat = [value for row in stored for value in row]
         flat.extend((None,) * (self.width * (self.rows - len(stored))))
         return flat
 
-    def matching(self, raw: Any, stored: list[Stored]) -> list[object]:
-        """The keys (stored form) of the rows that hold these values now."""
-        return [key for (key,) in self._run(raw, self.select, stored).fetchall()]
+    def matching(self, raw: Any, stored: list[Stored], *, guard: bool = True) -> list[object]:
+        """The keys (stored form) of the rows that hold these values now (and, with
+        ``guard``, that no row references)."""
+        sql = self.select if guard or not self.unreferenced else self.unreferenced
+        return [key for (key,) in self._run(raw, sql, stored).fetchall()]
 
     def delete(self, raw: Any, stored: list[Stored]) -> int:
         """Delete the rows that hold these values now, in one transaction; how many went."""
@@ -225,11 +284,15 @@ class _GuardedDelete:
 
 
 @functools.lru_cache(maxsize=64)
-def _guarded_sql(target: str, names: tuple[str, ...], pk_at: int, rows: int) -> tuple[str, str]:
+def _guarded_sql(
+    target: str, names: tuple[str, ...], pk_at: int, rows: int, references: str
+) -> tuple[str, str]:
     values = ", ".join(["(" + ", ".join(["?"] * len(names)) + ")"] * rows)
     guard = " AND ".join(
         f"t.{name} IS g.column{i + 1} COLLATE BINARY" for i, name in enumerate(names)
     )
+    if references:
+        guard = f"{guard} AND {references}"
     key = names[pk_at]
     select = (
         f"SELECT t.{key} FROM (VALUES {values}) AS g"

@@ -13,6 +13,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from archivist.config import DEFAULT_BATCH_SIZE, Config, rules_of
+from archivist.data.relations import ON_CHILDREN, OnChildren
 from archivist.errors import ConfigError, UnknownCollection
 from archivist.policy import Rules, parse_rules
 from archivist.protocol import MAX_BATCH_SIZE
@@ -55,6 +56,10 @@ class Entity:
     table: sa.Table | None = field(default=None, compare=False, repr=False)
     origin: str = field(default="<python>", compare=False)
     module: str = field(default="", compare=False)
+    children: tuple[str, ...] = ()
+    """Tables whose rows move to the archive with the rows they reference."""
+    on_children: OnChildren = "refuse"
+    """What to do about other rows that reference this collection's rows."""
 
     def where(self, key: str) -> str:
         """``"<origin>.<key>"`` or, for config entries, ``"<file>: archive[i].<key>"``."""
@@ -86,9 +91,28 @@ def make_entity(
     table: sa.Table | None = None,
     origin: str = "<python>",
     module: str = "",
+    children: Iterable[str] = (),
+    on_children: str = "refuse",
 ) -> Entity:
     """Validate and build an Entity; a bad value is a ConfigError naming ``origin``."""
     where = origin
+    if on_children not in ON_CHILDREN:
+        raise ConfigError(
+            f"{where}: on_children must be one of {', '.join(repr(v) for v in ON_CHILDREN)}"
+        )
+    named = tuple(children)
+    for child in named:
+        if not is_identifier(child) or child == collection:
+            raise ConfigError(
+                f"{where}: children: {child!r} is not another table's name"
+                + (
+                    " (a table that references itself needs on_children)"
+                    if child == collection
+                    else ""
+                )
+            )
+    if len(set(named)) != len(named):
+        raise ConfigError(f"{where}: children: a table is named twice")
     if not is_identifier(collection):
         raise ConfigError(f"{where}: collection '{collection}' is not a SQL identifier")
     if not is_identifier(order_by):
@@ -126,6 +150,8 @@ def make_entity(
         table=table,
         origin=origin,
         module=module,
+        children=named,
+        on_children=on_children,
     )
 
 
@@ -151,6 +177,8 @@ def archive(
     window: str | None = None,
     timezone: str | None = None,
     max_runtime: str | None = None,
+    children: Iterable[str] = (),
+    on_children: OnChildren = "refuse",
 ) -> Callable[[_T], _T]:
     """Declare a SQLAlchemy declarative model (or a function returning a ``Table``) archivable.
 
@@ -158,6 +186,7 @@ def archive(
     written as an ``[[archive]]`` entry in the config file, with the same keys
     (``older_than="90d"``, ``where={"status": "closed"}``, ``mode="purge"``, ...).
     """
+    named = tuple(children)
 
     def decorate(target: _T) -> _T:
         module = str(getattr(target, "__module__", ""))
@@ -195,6 +224,8 @@ def archive(
                 table=table,
                 origin=origin,
                 module=module,
+                children=named,
+                on_children=on_children,
             )
 
         if collection is not None and not is_identifier(collection):
@@ -267,6 +298,8 @@ class EntityRegistry:
                 min_rate=entry.min_rate,
                 rules=rules_of(entry),
                 origin=origin,
+                children=entry.children,
+                on_children=entry.on_children,
             )
             if entity.collection in registry:
                 log.info("%s overrides the Python declaration of %s", origin, entity.collection)

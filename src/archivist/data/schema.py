@@ -4,6 +4,7 @@ evolving an archive table on a destination handle so it mirrors its source table
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from archivist.data.columns import ColumnSpec, Kind, classify, column_comment, column_type
+from archivist.data.relations import ForeignKey, referencing
 from archivist.data.values import RowCodec
 from archivist.errors import SchemaError
 
@@ -35,6 +37,8 @@ class TableInfo:
     table: sa.Table = field(repr=False, compare=False)
     codec: RowCodec = field(repr=False, compare=False)
     indexed: frozenset[str] = frozenset()
+    referenced_by: tuple[ForeignKey, ...] = field(default=(), compare=False)
+    """The foreign keys that reference this table (`archivist.data.relations`)."""
 
     @property
     def pk(self) -> str:
@@ -114,7 +118,8 @@ def reflect_table(connection: Connection, name: str) -> TableInfo | None:
         for idx in inspector.get_indexes(name)
         if idx.get("column_names") and idx["column_names"][0] is not None
     }
-    return build_info(name, dialect_name, columns, pk, frozenset(indexed))
+    info = build_info(name, dialect_name, columns, pk, frozenset(indexed))
+    return dataclasses.replace(info, referenced_by=referencing(connection, name))
 
 
 def _mariadb_json_columns(connection: Connection, name: str) -> set[str]:

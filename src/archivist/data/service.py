@@ -25,6 +25,7 @@ from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.reclaim import Reclaimed, reclaim
 from archivist.data.registry import Entity, EntityRegistry
+from archivist.data.relations import Relations, reflect_relations, refusal
 from archivist.data.relay import relay
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.storable import column_warnings
@@ -63,6 +64,8 @@ class ArchivePlan:
     index: str | None = None  # the index that serves order_by (None: every batch scans)
     mode: str = "move"  # move, copy (no delete) or purge (delete, no archive)
     cutoff: str | None = None  # older_than and its cutoff (UTC), for an age policy
+    relations: tuple[str, ...] = ()  # foreign keys and ON DELETE triggers, for people
+    refusal: str | None = None  # why the policy refuses to run, if it does
 
 
 class DataDaemon:
@@ -97,14 +100,18 @@ class DataDaemon:
         self.bus.register("data/copy", self.transfers.copy, replace=True)
         self.bus.register("data/relay", functools.partial(relay, self.commands), replace=True)
         self._started = False
+        self._refuse = True
         self._distinct: set[tuple[str, str]] = set()
         self._reclaim = {e.collection: e.reclaim for e in config.archive if e.reclaim}
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, refuse: bool = True) -> None:
         """Check every entity against its source table (exists, has ``order_by``, one primary
-        key); a problem is a ConfigError naming the file (or declaration) and the key."""
+        key, no reference its deletes would change: `archivist.data.relations.refusal`); a
+        problem is a ConfigError naming the file (or declaration) and the key. Without
+        ``refuse`` (``--dry-run``, ``status``), a policy that would refuse is only shown."""
+        self._refuse = refuse
         try:
             for entity in self.registry:
                 await self._check_entity(entity)
@@ -214,6 +221,30 @@ class DataDaemon:
             problem = age_problem(info, rules.age_column(entity.order_by), rules.time_unit)
             if problem:
                 raise ConfigError(f"{entity.where(key)}: {problem}")
+        relations = await self.relations(entity.collection)
+        for trigger in relations.triggers:
+            log.warning(
+                "%s: ON DELETE trigger %s runs for every archived row",
+                entity.collection,
+                trigger.describe(),
+            )
+        problem = refusal(entity.collection, relations.inbound, entity.on_children, entity.children)
+        if problem and self._refuse:
+            raise ConfigError(f"{entity.where('on_children')}: {problem}")
+
+    async def relations(self, collection: str) -> Relations:
+        """The foreign keys into and out of ``collection``'s source table, and its
+        ``ON DELETE`` triggers, read from the database now."""
+        entity = self.catalog.entity(collection)
+        handle = self.catalog.handle(entity.source_handle)
+        return await handle.transaction(reflect_relations, entity.collection)
+
+    async def _require_no_refusal(self, entity: Entity) -> None:
+        """Before each task: a reference added since start-up refuses it too."""
+        relations = await self.relations(entity.collection)
+        problem = refusal(entity.collection, relations.inbound, entity.on_children, entity.children)
+        if problem:
+            raise SchemaError(problem)
 
     # --- what the daemon and CLI call -----------------------------------------------------
 
@@ -238,6 +269,7 @@ class DataDaemon:
         (create it, or add new columns); SchemaError for changes it cannot make safely."""
         entity = self.catalog.entity(collection)
         await self._require_distinct(entity)
+        await self._require_no_refusal(entity)
         await self.catalog.ensure_archive_table(entity)
 
     async def reclaim(self, collection: str) -> Reclaimed | None:
@@ -331,6 +363,7 @@ class DataDaemon:
             state, path = "not used (mode purge)", "deleted in place, not archived"
         else:
             state, path, warnings = await self._plan_archive(entity, source)
+        relations = await self.relations(collection)
         oldest = newest = None
         if to_archive > 0:
             oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
@@ -353,6 +386,8 @@ class DataDaemon:
             mode=rules.mode,
             cutoff=instant,
             warnings=warnings,
+            relations=tuple(relations.lines()),
+            refusal=refusal(collection, relations.inbound, entity.on_children, entity.children),
         )
 
     async def _plan_archive(

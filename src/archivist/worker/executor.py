@@ -37,6 +37,7 @@ from archivist.errors import (
     ConnectionClosed,
     RemoteError,
     RequestTimeout,
+    RowsKept,
     RowTooLarge,
     TaskCancelled,
     UnstorableValue,
@@ -184,8 +185,14 @@ class Executor:
             return Outcome.stopped(task.archived, task.stop_reason)
         if run.unstorable:
             kept = run.unstorable_kept()
+            if run.kept:
+                kept = UnstorableValue(f"{kept.message}; {run.rows_kept().message}")
             log.error("task %s: %s", task.task_id, kept.message)
             return Outcome("error", task.archived, kept.message, kept.code)
+        if run.kept:
+            referenced = run.rows_kept()
+            log.warning("task %s: %s", task.task_id, referenced.message)
+            return Outcome("error", task.archived, referenced.message, referenced.code)
         return Outcome("success", task.archived)
 
 
@@ -229,6 +236,10 @@ class _TaskRun:
         self.moving = False
         """The daemon moved the last batch (``data/copy`` with ``move``): its copies write
         the source, and hold the database's budget as a delete does."""
+        self.kept = 0
+        """Rows the daemon kept in the source because other rows still reference them: the
+        cursor moves past them, and they count against the task's rows."""
+        self.kept_reasons: dict[str, None] = {}
 
         self.primary_key = DEFAULT_PRIMARY_KEY
         """The source's primary key, as its listings name it."""
@@ -238,7 +249,7 @@ class _TaskRun:
 
     @property
     def remaining(self) -> int:
-        return self.task.spec.max_rows - self.task.archived - len(self.unstorable)
+        return self.task.spec.max_rows - self.task.archived - len(self.unstorable) - self.kept
 
     def unstorable_kept(self, shown: int = 5) -> UnstorableValue:
         """How a task that kept unstorable rows ends: what moved, what stayed, and why."""
@@ -248,6 +259,15 @@ class _TaskRun:
             f"moved {self.task.archived} row(s); kept {len(reasons)} in "
             f"{self.task.spec.source_handle}, with values {self.task.spec.dest_handle} "
             f"cannot store: {'; '.join(reasons[:shown])}{more}"
+        )
+
+    def rows_kept(self) -> RowsKept:
+        """How the task ended when it kept rows other rows still reference: what moved,
+        what stayed, and why."""
+        reasons = "; ".join(self.kept_reasons) or "still referenced by other rows"
+        return RowsKept(
+            f"moved {self.task.archived} row(s); kept {self.kept} in "
+            f"{self.task.spec.source_handle}: {reasons}"
         )
 
     def stopped(self) -> bool:
@@ -510,9 +530,10 @@ class _TaskRun:
             copying = asyncio.ensure_future(self._copy(batch))
             deleting = asyncio.ensure_future(self._delete(previous))
             copied, deleted = await asyncio.gather(copying, deleting, return_exceptions=True)
-            if isinstance(deleted, int):  # what went is counted, whatever the copy did
-                await self._moved(deleted)
-                left_behind = deleted < len(previous.to_move)
+            if isinstance(deleted, tuple):  # what went is counted, whatever the copy did
+                moved, kept = deleted
+                await self._moved(moved)
+                left_behind = moved + kept < len(previous.to_move)
             for outcome in (copied, deleted):
                 if isinstance(outcome, BaseException):
                     raise outcome
@@ -522,10 +543,11 @@ class _TaskRun:
         return False
 
     async def _delete_now(self, batch: Batch) -> bool:
-        """Delete a batch and count what went; whether it left rows behind."""
-        moved = await self._delete(batch)
+        """Delete a batch and count what went; whether it left rows behind (rows kept for
+        their references are not: they stay, and the task goes on past them)."""
+        moved, kept = await self._delete(batch)
         await self._moved(moved)
-        return moved < len(batch.to_move)
+        return moved + kept < len(batch.to_move)
 
     async def _copy(self, batch: Batch) -> None:
         """Copy one batch to the destination and check it reads back identical."""
@@ -595,26 +617,33 @@ class _TaskRun:
         if len(self.unstorable) >= MAX_UNSTORABLE:
             raise UnstorableValue(f"{self.unstorable_kept().message}; stopped there")
 
-    async def _delete(self, batch: Batch) -> int:
-        """Delete a copied and verified batch from the source; returns the rows deleted.
+    async def _delete(self, batch: Batch) -> tuple[int, int]:
+        """Delete a copied and verified batch from the source; returns the rows deleted and
+        those the daemon kept because other rows still reference them (``kept``).
 
-        Only rows still equal to what was copied go: a row updated since is kept and moved
+        Only rows still equal to what was copied go: a row updated since is left and moved
         again, updated, by a later batch.
         """
         items, primary_key = batch.to_move, batch.primary_key
         if not items:
-            return 0  # every row of it was unstorable, and stays
+            return 0, 0  # every row of it was unstorable, and stays
         if self.mode == "copy":
-            return len(items)  # copied and verified: done, the source keeps them
+            return len(items), 0  # copied and verified: done, the source keeps them
         ids = [_key_of(item, primary_key) for item in items]
         guard: JSONObject = (
             {"matching": self.task.spec.dest_handle} if batch.copied else {"expected": items}
         )
         deleted = await self.calls.execute("data/delete", {**self.source, "ids": ids, **guard})
         moved = _int_field(deleted, "deleted", "data/delete")
+        kept = _int_field(deleted, "kept", "data/delete") if "kept" in deleted else 0
         self.deleted_at = time.monotonic()
-        self._count_skips(len(items) - moved, len(items))
-        return moved
+        if kept:
+            self.kept += kept
+            reason = deleted.get("keptReason")
+            self.kept_reasons[reason if isinstance(reason, str) else "still referenced"] = None
+            log.info("task %s: %d row(s) kept: %s", self.task.task_id, kept, reason)
+        self._count_skips(len(items) - moved - kept, len(items))
+        return moved, kept
 
     def _count_skips(self, skipped: int, listed: int) -> None:
         self.stalled = self.stalled + 1 if skipped == listed else 0

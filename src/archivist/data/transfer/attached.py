@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from archivist.data.delete import delete_in_slices
 from archivist.data.filters import chunks
+from archivist.data.relations import ForeignKey, guard_clause, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.slicing import Slice, execute
 from archivist.data.transfer.keys import key_ranges
@@ -119,6 +120,10 @@ class Attached:
     """MariaDB/MySQL: `copy`, its source rows read with ``FOR UPDATE`` (`move_rows`)."""
     remove: ByKeys | None = None
     """MariaDB/MySQL: delete the source rows of the keys, unguarded (`move_rows`)."""
+    refs: tuple[ForeignKey, ...] = ()
+    """The references `delete` respects: a row still referenced is kept."""
+    referenced: ByKeys | None = None
+    """With `refs`: which of the keys rows still reference."""
 
 
 MOVES: Final = frozenset({"mysql", "mariadb"})
@@ -142,9 +147,12 @@ def transactional(connection: Connection, table: str, dest_schema: str) -> bool:
     return int(found) == 2
 
 
-def statements(link: Link, source: TableInfo, *, moves: bool = False) -> Attached:
+def statements(
+    link: Link, source: TableInfo, *, moves: bool = False, refs: tuple[ForeignKey, ...] = ()
+) -> Attached:
     """The statements of ``source``'s batches on ``link``, whose connections reach the
-    destination as ``dest_schema``; with ``moves``, also `Attached.take` and `remove`."""
+    destination as ``dest_schema``; with ``moves``, also `Attached.take` and `remove`
+    (never with ``refs``: the move deletes unguarded)."""
     assert link.dest_schema is not None
     dialect = link.runner.engine.dialect
     table = source.table
@@ -178,7 +186,7 @@ def statements(link: Link, source: TableInfo, *, moves: bool = False) -> Attache
         # conflict, and the transaction takes the delete back.
         copy = sa.insert(dest).from_select(names, rows)
         recopy = [sa.delete(dest).where(dest.c[pk].in_(keys)), copy]
-        if moves:
+        if moves and not refs:
             take = sa.insert(dest).from_select(names, rows.with_for_update())
             remove = sa.delete(table).where(table.c[pk].in_(keys))
     copied = dest.alias(COPY_ALIAS)
@@ -188,6 +196,7 @@ def statements(link: Link, source: TableInfo, *, moves: bool = False) -> Attache
     )
     by_keys = functools.partial(ByKeys.of, dialect=dialect)
     copy_by_keys = by_keys(copy, table.c[pk])
+    unreferenced = guard_clause(table, refs)
     return Attached(
         source,
         copy_by_keys,
@@ -195,10 +204,17 @@ def statements(link: Link, source: TableInfo, *, moves: bool = False) -> Attache
             copy_by_keys if statement is copy else by_keys(statement, dest.c[pk])
             for statement in recopy
         ),
-        by_keys(sa.delete(table).where(table.c[pk].in_(keys), guard), table.c[pk]),
+        by_keys(sa.delete(table).where(table.c[pk].in_(keys), guard, *unreferenced), table.c[pk]),
         by_keys(sa.select(table.c[pk]).where(table.c[pk].in_(keys)), table.c[pk]),
         by_keys(take, table.c[pk]) if take is not None else None,
         by_keys(remove, table.c[pk]) if remove is not None else None,
+        refs,
+        by_keys(
+            sa.select(table.c[pk]).where(table.c[pk].in_(keys), ~sa.and_(*unreferenced)),
+            table.c[pk],
+        )
+        if refs
+        else None,
     )
 
 
@@ -277,29 +293,38 @@ def move_rows(
 
 def delete_rows(
     connection: Connection, statements: Attached, keys: list[object]
-) -> tuple[int, list[object]]:
-    """One transaction (MariaDB/MySQL): delete the rows whose copy is identical, then read
-    which of the keys are still there (changed since their copy, or never copied)."""
+) -> tuple[int, list[object], list[object]]:
+    """One transaction (MariaDB/MySQL): delete the rows whose copy is identical (and, with
+    references, that no row references: locked first, `lock_for_delete`), then read which
+    of the keys are still there (changed since their copy, never copied, or referenced)
+    and which of those are referenced."""
+    if statements.refs:
+        lock_for_delete(connection, statements.source.table, statements.source.pk, keys)
     deleted = 0
     left: list[object] = []
+    referenced: list[object] = []
     for chunk in chunks(keys):
         result = statements.delete.run(connection, chunk)
         deleted += max(result.rowcount, 0)
         if result.rowcount < len(chunk):
             found = statements.present.run(connection, chunk)
             left.extend(_still_held(chunk, statements.present.bind(chunk), found))
-    return deleted, left
+            if statements.referenced is not None:
+                found = statements.referenced.run(connection, chunk)
+                referenced.extend(_still_held(chunk, statements.referenced.bind(chunk), found))
+    return deleted, left, referenced
 
 
 def delete_sqlite(
     engine: sa.Engine, statements: Attached, keys: list[object]
-) -> tuple[int, list[object]]:
+) -> tuple[int, list[object], list[object]]:
     """SQLite: delete the rows of the keys whose copy is identical, in slices
     (`archivist.data.delete.delete_in_slices`), each one statement in its own transaction
     that takes the write lock, deletes and commits with no return to Python while the lock
     is held: short ones with a gap between them while others write, long ones while nobody
     does."""
     bound = statements.delete.bind(keys)
+    referenced: list[object] = []
 
     def delete_slice(connection: Connection, raw: Any, part: Slice) -> tuple[int, list[object]]:
         start, size = part.start, part.size
@@ -315,9 +340,13 @@ def delete_sqlite(
             return removed, []
         present = statements.present.sized(size)
         found = execute(raw, present, padded).fetchall()
+        if statements.referenced is not None:
+            held = execute(raw, statements.referenced.sized(size), padded).fetchall()
+            referenced.extend(_still_held(keys[start : start + size], values, held))
         return removed, _still_held(keys[start : start + size], values, found)
 
-    return delete_in_slices(engine, len(keys), 1, delete_slice)
+    deleted, left = delete_in_slices(engine, len(keys), 1, delete_slice)
+    return deleted, left, referenced
 
 
 def _still_held(

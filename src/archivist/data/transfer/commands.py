@@ -15,6 +15,7 @@ from archivist.data.catalog import Catalog
 from archivist.data.handles import Handle
 from archivist.data.listing import cursor_position, position_params
 from archivist.data.params import CopyParams, parse_params
+from archivist.data.relations import ForeignKey, guarded, with_kept
 from archivist.data.schema import TableInfo
 from archivist.data.transfer import attached, piped_pg
 from archivist.data.transfer.attached import MOVES, Attached, transactional
@@ -30,11 +31,14 @@ Statements: TypeAlias = Attached | Piped
 """A collection's statements on one link, of the link's kind."""
 
 
-def statements_for(link: Link, source: TableInfo, *, moves: bool = False) -> Statements:
-    """The statements a collection's batches run on ``link``."""
+def statements_for(
+    link: Link, source: TableInfo, *, moves: bool = False, refs: tuple[ForeignKey, ...] = ()
+) -> Statements:
+    """The statements a collection's batches run on ``link``; their deletes keep every row
+    still referenced through ``refs``."""
     if link.dest_schema is None:
-        return piped_pg.statements(link, source)
-    return attached.statements(link, source, moves=moves)
+        return piped_pg.statements(link, source, refs)
+    return attached.statements(link, source, moves=moves, refs=refs)
 
 
 class Transfers:
@@ -90,6 +94,7 @@ class Transfers:
 
     async def _prepare(self, collection: str, source_name: str, dest_name: str) -> _Prepared:
         entity, source, info = await self.catalog.table(collection, source_name)
+        refs = guarded(info.referenced_by, entity.on_children)
         if dest_name == source.name:
             raise InvalidParams("invalid params: the destination must be another handle")
         link = self.link(source, self.catalog.handle(dest_name))
@@ -112,7 +117,7 @@ class Transfers:
                         "where its copy is identical",
                         collection,
                     )
-            statements = self._statements[key] = statements_for(link, info, moves=moves)
+            statements = self._statements[key] = statements_for(link, info, moves=moves, refs=refs)
         return _Prepared(entity.order_by, link, statements)
 
     # --- data/copy ------------------------------------------------------------------------
@@ -200,21 +205,22 @@ class Transfers:
             # the keys given, they compare equal.
             same = decoder_for(spec)
             digests = await prepared.link.dest.transaction(piped_pg.digests, statements, keys, same)
-            deleted, left = await runner.transaction(
+            deleted, left, referenced = await runner.transaction(
                 piped_pg.delete_rows, statements, keys, digests, same, write=True
             )
         elif runner.dialect_name == "sqlite":
             deleter = prepared.link.deleter
-            deleted, left = await deleter.run(
+            deleted, left, referenced = await deleter.run(
                 attached.delete_sqlite, deleter.engine, statements, keys
             )
         else:
-            deleted, left = await runner.transaction(
+            deleted, left, referenced = await runner.transaction(
                 attached.delete_rows, statements, keys, write=True
             )
-        kept = set(left)
-        skipped = [info.codec.encode_field(info.pk, key) for key in keys if key in kept]
-        return {"deleted": deleted, "skipped": skipped}
+        held = set(left) - set(referenced)
+        skipped = [info.codec.encode_field(info.pk, key) for key in keys if key in held]
+        answer: JSONObject = {"deleted": deleted, "skipped": skipped}
+        return with_kept(answer, len(set(referenced) & set(left)), statements.refs)
 
 
 @dataclass(frozen=True)

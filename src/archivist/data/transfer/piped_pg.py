@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from archivist.data.filters import chunks
 from archivist.data.handles import driver_errors
+from archivist.data.relations import ForeignKey, guard_sql, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.transfer.keys import key_span
 from archivist.data.transfer.link import Link, conflict
@@ -43,6 +44,10 @@ class Piped:
     present: str
     settings: str
     """Output settings under which a value's text is exact and the same on every server."""
+    refs: tuple[ForeignKey, ...] = ()
+    """The references `delete` respects: a row still referenced is kept."""
+    referenced: str = ""
+    """With `refs`: which of the keys ``%s`` rows still reference."""
     ranged: bool = False
     """Integer keys: the statements name them as one range and a list (`key_span`), whose
     parameters `keyed` makes; otherwise as one list."""
@@ -63,7 +68,7 @@ PG_SETTINGS: Final = (
 in one fixed format, for this transaction only: two different values never print alike."""
 
 
-def statements(link: Link, source: TableInfo) -> Piped:
+def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ()) -> Piped:
     dialect = link.runner.engine.dialect
     quote = dialect.identifier_preparer.quote
     table = source.table
@@ -89,6 +94,7 @@ def statements(link: Link, source: TableInfo) -> Piped:
     others = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n != pk)
     on_conflict = f"DO UPDATE SET {others}" if others else "DO NOTHING"
     row = "archivist_row"
+    references = guard_sql(quote, refs, row)
     return Piped(
         source=source,
         copy_out=f"COPY (SELECT {columns} FROM {target} WHERE {keyed(pk)})"
@@ -106,9 +112,15 @@ def statements(link: Link, source: TableInfo) -> Piped:
         # by the key's index instead of hashing the whole table.
         delete=f"DELETE FROM {target} AS {row} USING unnest({keys}, %s::text[]) AS v(k, d)"
         f" WHERE {keyed(f'{row}.{pk}')} AND {row}.{pk} = v.k"
-        f" AND {digest.format(', '.join(f'{row}.{n}' for n in names))}::text = v.d",
+        f" AND {digest.format(', '.join(f'{row}.{n}' for n in names))}::text = v.d"
+        + (f" AND {references}" if references else ""),
         present=f"SELECT {pk} FROM {target} WHERE {keyed(pk)}",
         settings=PG_SETTINGS,
+        refs=refs,
+        referenced=f"SELECT {row}.{pk} FROM {target} AS {row}"
+        f" WHERE {keyed(f'{row}.{pk}')} AND NOT ({references})"
+        if references
+        else "",
         ranged=ranged,
     )
 
@@ -182,10 +194,14 @@ def delete_rows(
     keys: list[object],
     digests: dict[object, str],
     same: Callable[[object], object],
-) -> tuple[int, list[object]]:
+) -> tuple[int, list[object], list[object]]:
     """Delete the source rows whose digest equals their copy's (PostgreSQL). The delete
     locks each row it removes and, if another transaction changed the row meanwhile,
-    compares the changed row instead: an update since the copy keeps the row."""
+    compares the changed row instead: an update since the copy keeps the row. With
+    references, rows still referenced are kept (the rows locked first, `lock_for_delete`)
+    and their keys answered third."""
+    if piped.refs:
+        lock_for_delete(connection, piped.source.table, piped.source.pk, keys)
     connection.exec_driver_sql(piped.settings)
     copied = [key for key in keys if key in digests]
     deleted = 0
@@ -198,4 +214,9 @@ def delete_rows(
         for chunk in chunks(keys):
             present = connection.exec_driver_sql(piped.present, piped.keyed(chunk)).scalars()
             left.extend(same(key) for key in present)
-    return deleted, left
+    referenced: list[object] = []
+    if piped.referenced and left:
+        for chunk in chunks(left):
+            found = connection.exec_driver_sql(piped.referenced, piped.keyed(chunk)).scalars()
+            referenced.extend(same(key) for key in found)
+    return deleted, left, referenced
