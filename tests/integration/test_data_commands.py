@@ -342,7 +342,7 @@ def test_sqlite_delete_compares_outside_the_write_lock(sqlite_url: str) -> None:
             finally:
                 writer.execute("ROLLBACK")
                 writer.close()
-            deleted, kept = await handle.run(
+            deleted, kept, _ = await handle.run(
                 delete._delete_unchanged, handle.engine, info, unchanged
             )
             return len(unchanged), deleted, [*skipped, *kept]
@@ -367,7 +367,7 @@ def test_sqlite_delete_keeps_rows_written_between_compare_and_delete(sqlite_url:
                 app.execute("UPDATE chat_messages SET body = 'edited' WHERE id = 2")
                 app.execute("UPDATE chat_messages SET meta = NULL WHERE id = 3")
                 app.execute("DELETE FROM chat_messages WHERE id = 4")
-            deleted, kept = await handle.run(
+            deleted, kept, _ = await handle.run(
                 delete._delete_unchanged, handle.engine, info, unchanged
             )
             return deleted, kept, ids_of(await call(daemon, "data/list"))

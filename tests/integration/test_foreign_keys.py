@@ -1,0 +1,414 @@
+"""Foreign keys and triggers around an archived table (issue 24, section 1), on SQLite,
+PostgreSQL and MariaDB (InnoDB): a policy whose deletes would cascade refuses before
+anything moves; a row other rows still reference is never deleted (kept, reported, and
+the rest moves); a table that references itself; the explicit cascade; triggers shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from archivist.config import ArchiveConfig, WorkerConfig, make_config
+from archivist.daemon.runtime import Launch, running
+from archivist.data import DataDaemon
+from datasupport import ENGINES, run
+from e2esupport import archivist, write_config
+
+ORDERS = "orders"
+ITEMS = "order_items"
+FK = "fk_items_order"
+
+
+def engine_of(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else sa.make_url(url).get_backend_name()
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def rows(url: str, query: str) -> list[tuple[object, ...]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.exec_driver_sql(query)]
+    finally:
+        engine.dispose()
+
+
+def ids(url: str, table: str) -> set[int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table(table):
+                return set()
+            return {int(r[0]) for r in connection.exec_driver_sql(f"SELECT id FROM {table}")}
+    finally:
+        engine.dispose()
+
+
+def make_orders(
+    url: str,
+    on_delete: str,
+    item_order: Callable[[int], int] = lambda j: j,
+    *,
+    orders: int = 200,
+    items: int = 200,
+) -> None:
+    """The issue's schema: ``orders(id, created_at, note)`` and ``order_items(id, order_id
+    REFERENCES orders(id) ON DELETE <on_delete>, sku)``; item ``j`` references order
+    ``item_order(j)``."""
+    execute(
+        url,
+        f"CREATE TABLE {ORDERS} (id INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,"
+        " note VARCHAR(100))",
+        f"CREATE TABLE {ITEMS} (id INTEGER PRIMARY KEY, order_id INTEGER, sku VARCHAR(40),"
+        f" CONSTRAINT {FK} FOREIGN KEY (order_id) REFERENCES {ORDERS} (id)"
+        f" ON DELETE {on_delete})",
+    )
+    values = ", ".join(f"({i}, {i}, 'order {i}')" for i in range(1, orders + 1))
+    execute(url, f"INSERT INTO {ORDERS} VALUES {values}")
+    if items:
+        values = ", ".join(f"({j}, {item_order(j)}, 'sku{j}')" for j in range(1, items + 1))
+        execute(url, f"INSERT INTO {ITEMS} VALUES {values}")
+
+
+def orders_policy(**extra: object) -> dict[str, object]:
+    return {
+        "collection": ORDERS,
+        "order_by": "created_at",
+        "max_rows": 100,
+        "rows_per_archive": 50,
+        "batch_size": 50,
+        **extra,
+    }
+
+
+def config_file(
+    tmp_path: Path, primary: str, archive: str, policy: dict[str, object], in_database: bool = True
+) -> str:
+    path = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": primary, "archive": archive},
+        [policy],
+        worker={"in_database": in_database, "batch_time": 0},
+    )
+    return str(path)
+
+
+@pytest.fixture(params=ENGINES)
+def pair(request: pytest.FixtureRequest, fresh_db: Callable[[str], str]) -> tuple[str, str]:
+    """A primary and an archive database on one engine (one server: the in-database path
+    where the daemon has one)."""
+    engine = str(request.param)
+    return fresh_db(engine), fresh_db(engine)
+
+
+# --- refuse before anything moves -------------------------------------------------------------
+
+
+def test_the_issue_reproduction_refuses_and_changes_nothing(
+    pair: tuple[str, str], tmp_path: Path
+) -> None:
+    """200 orders, 200 items ON DELETE CASCADE, max_rows 100: archivist archived 150
+    orders and the cascade deleted 150 items copied nowhere. Now it refuses, naming the
+    child, the constraint and both ways out, and nothing changes."""
+    primary, archive = pair
+    make_orders(primary, "CASCADE")
+    result = archivist("archive", ORDERS, "--config", config_file(tmp_path, *pair, orders_policy()))
+    assert result.returncode == 1, result.stdout + result.stderr
+    message = result.stderr
+    assert "refusing to archive" in message and ITEMS in message and FK in message, message
+    assert 'children = ["order_items"]' in message, message
+    assert 'on_children = "cascade"' in message and "not archived" in message, message
+    assert len(ids(primary, ORDERS)) == 200
+    assert len(ids(primary, ITEMS)) == 200
+    assert ids(archive, ORDERS) == set()
+
+
+def test_a_policy_that_would_cascade_does_not_start_the_daemon(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """``archivist run`` refuses at start-up, before any task, and exits non-zero."""
+    make_orders(sqlite_url, "SET NULL")
+    archive = str(tmp_path / "archive.sqlite")
+    config = config_file(tmp_path, sqlite_url, f"sqlite:///{archive}", orders_policy())
+    result = archivist("run", "--config", config, timeout=60)
+    assert result.returncode == 1
+    assert "refusing to archive" in result.stderr and "change" in result.stderr, result.stderr
+    assert len(ids(sqlite_url, ORDERS)) == 200
+    assert rows(sqlite_url, f"SELECT count(*) FROM {ITEMS} WHERE order_id IS NULL") == [(0,)]
+
+
+def test_dry_run_lists_the_foreign_keys_triggers_and_the_refusal(
+    pair: tuple[str, str], tmp_path: Path
+) -> None:
+    primary, archive = pair
+    make_orders(primary, "CASCADE")
+    engine = engine_of(primary)
+    execute(primary, "CREATE TABLE audit (order_id INTEGER)")
+    if engine == "sqlite":
+        execute(
+            primary,
+            f"CREATE TRIGGER orders_audit AFTER DELETE ON {ORDERS}"
+            " BEGIN INSERT INTO audit VALUES (old.id); END",
+        )
+    elif engine == "postgresql":
+        execute(
+            primary,
+            "CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO audit VALUES (OLD.id); RETURN OLD; END $$",
+            f"CREATE TRIGGER orders_audit AFTER DELETE ON {ORDERS}"
+            " FOR EACH ROW EXECUTE FUNCTION audit_fn()",
+        )
+    else:
+        execute(
+            primary,
+            f"CREATE TRIGGER orders_audit AFTER DELETE ON {ORDERS}"
+            " FOR EACH ROW INSERT INTO audit VALUES (OLD.id)",
+        )
+    config = config_file(tmp_path, primary, archive, orders_policy())
+    result = archivist("archive", ORDERS, "--config", config, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert f"referenced by {ITEMS}.order_id -> {ORDERS}.id ({FK}, ON DELETE CASCADE)" in out, out
+    assert "ON DELETE trigger orders_audit (AFTER DELETE)" in out, out
+    assert "would refuse" in out and "nothing was moved" in out, out
+    assert len(ids(primary, ORDERS)) == 200
+
+
+# --- RESTRICT / NO ACTION: kept, reported, the rest moves ---------------------------------------
+
+
+RESTRICTING = {"sqlite": "NO ACTION", "postgresql": "RESTRICT", "mysql": "NO ACTION"}
+REFERENCED = {10, 20, 30}
+
+
+def _item_order(j: int) -> int:
+    """Three items reference old orders (10, 20, 30); the rest reference new ones."""
+    return sorted(REFERENCED)[j - 1] if j <= 3 else 151 + j % 50
+
+
+@pytest.mark.parametrize("in_database", [True, False], ids=["in_database", "rows"])
+def test_referenced_rows_are_kept_reported_and_the_rest_moves(
+    pair: tuple[str, str], tmp_path: Path, in_database: bool
+) -> None:
+    primary, archive = pair
+    make_orders(primary, RESTRICTING[engine_of(primary)], _item_order)
+    config = config_file(tmp_path, primary, archive, orders_policy(), in_database=in_database)
+    result = archivist("archive", ORDERS, "--config", config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert "moved 147 row(s); kept 3 in primary: still referenced by order_items" in message, (
+        message
+    )
+    assert FK in message
+    expected = REFERENCED | set(range(151, 201))
+    assert ids(primary, ORDERS) == expected
+    assert ids(archive, ORDERS) >= set(range(1, 151)) - REFERENCED
+    assert len(ids(primary, ITEMS)) == 200
+
+
+def test_the_complete_message_and_status_say_how_many_rows_were_kept(
+    any_url: str, fresh_db: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Through a real worker process: ``complete`` carries code ``rows_kept`` and the
+    error; the worker's ``status`` shows it for the finished task."""
+    primary = any_url
+    archive = fresh_db(engine_of(primary))
+    make_orders(primary, RESTRICTING[engine_of(primary)], _item_order)
+    config = make_config(
+        {"primary": primary, "archive": archive},
+        [ArchiveConfig(**orders_policy())],  # type: ignore[arg-type]
+        worker=WorkerConfig(batch_time=0),
+    )
+
+    async def go() -> tuple[str | None, str | None, str | None, int]:
+        launch = Launch(private_socket=True, quiet_worker=True, watch=False)
+        async with running(config, launch) as daemon:
+            record = await daemon.submit(ORDERS, 150)
+            await record.done.wait()
+            connection = await daemon.connection()
+            status = await connection.status()
+            shown = next(t for t in status.finished if t.task_id == record.task_id)
+            return record.code, record.error, shown.error, record.archived
+
+    code, error, shown, archived = run(go())
+    assert code == "rows_kept"
+    assert error is not None and "kept 3 in primary" in error and ITEMS in error
+    assert shown == error
+    assert archived == 147
+
+
+# --- a table that references itself -----------------------------------------------------------
+
+
+def make_thread(url: str) -> None:
+    """``chat_messages.reply_to REFERENCES chat_messages(id) ON DELETE SET NULL``: newer
+    messages (151..200) reply to old ones (5, 15, 25)."""
+    execute(
+        url,
+        "CREATE TABLE chat_messages (id INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,"
+        " reply_to INTEGER, CONSTRAINT fk_reply FOREIGN KEY (reply_to)"
+        " REFERENCES chat_messages (id) ON DELETE SET NULL)",
+    )
+    values = ", ".join(
+        f"({i}, {i}, {(5, 15, 25)[i % 3] if i > 150 else 'NULL'})" for i in range(1, 201)
+    )
+    execute(url, f"INSERT INTO chat_messages VALUES {values}")
+
+
+def test_a_table_that_references_itself_is_refused_then_kept_when_asked(
+    pair: tuple[str, str], tmp_path: Path
+) -> None:
+    primary, _ = pair
+    make_thread(primary)
+    policy = orders_policy(collection="chat_messages")
+    result = archivist("archive", "chat_messages", "--config", config_file(tmp_path, *pair, policy))
+    assert result.returncode == 1
+    assert "fk_reply" in result.stderr and 'on_children = "keep"' in result.stderr, result.stderr
+    assert len(ids(primary, "chat_messages")) == 200
+    before = rows(primary, "SELECT id, reply_to FROM chat_messages WHERE reply_to IS NOT NULL")
+
+    policy["on_children"] = "keep"
+    result = archivist("archive", "chat_messages", "--config", config_file(tmp_path, *pair, policy))
+    assert result.returncode == 1, result.stderr
+    assert "kept 3 in primary" in result.stderr, result.stderr
+    assert ids(primary, "chat_messages") == {5, 15, 25} | set(range(151, 201))
+    after = rows(primary, "SELECT id, reply_to FROM chat_messages WHERE reply_to IS NOT NULL")
+    assert sorted(after) == sorted(before)  # no reply lost its parent (SET NULL never ran)
+
+
+# --- the explicit cascade ---------------------------------------------------------------------
+
+
+def test_on_children_cascade_lets_the_database_delete_the_children(
+    pair: tuple[str, str], tmp_path: Path
+) -> None:
+    """The opt-in does what it says: the parents move and the database deletes their
+    children, which are not archived."""
+    primary, archive = pair
+    make_orders(primary, "CASCADE")
+    policy = orders_policy(on_children="cascade")
+    result = archivist("archive", ORDERS, "--config", config_file(tmp_path, *pair, policy))
+    assert result.returncode == 0, result.stderr
+    assert ids(primary, ORDERS) == set(range(151, 201))
+    assert ids(archive, ORDERS) == set(range(1, 151))
+    assert ids(primary, ITEMS) == set(range(151, 201))
+
+
+# --- the guard against a child inserted between copy and delete ----------------------------------
+
+
+def _insert_child_meanwhile(url: str, started: threading.Event, release: threading.Event) -> None:
+    """An application transaction that inserts a child of order 1 and commits only when
+    told: meanwhile it holds its share lock on the parent."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"INSERT INTO {ITEMS} VALUES (9001, 1, 'late')")
+            started.set()
+            release.wait(30)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql"])
+@pytest.mark.parametrize("guard", ["expected", "matching"])
+def test_a_child_committed_while_the_delete_waits_keeps_its_parent(
+    fresh_db: Callable[[str], str], engine: str, guard: str
+) -> None:
+    """The race of point 3: a child of a copied parent is inserted and not yet committed
+    when the delete starts; it commits while the delete waits for the parent's row. The
+    parent must be kept and the child not lost (with on_children = "keep" the FK cascades:
+    deleting the parent would delete the new child too)."""
+    primary, archive = fresh_db(engine), fresh_db(engine)
+    make_orders(primary, "CASCADE", orders=5, items=0)
+    policy = ArchiveConfig(**orders_policy(on_children="keep"))  # type: ignore[arg-type]
+    config = make_config({"primary": primary, "archive": archive}, [policy])
+
+    async def go() -> dict[str, object]:
+        data = DataDaemon(config)
+        await data.start()
+        try:
+            source = {"collection": ORDERS, "dbHandle": "primary"}
+            if guard == "matching":
+                await data.execute("data/copy", {**source, "destHandle": "archive"})
+                params: dict[str, object] = {**source, "ids": [1, 2], "matching": "archive"}
+            else:
+                listed = await data.execute("data/list", source)
+                items = [item for item in listed["items"] if item["id"] in (1, 2)]  # type: ignore[attr-defined, index]
+                await data.execute(
+                    "data/create", {"collection": ORDERS, "dbHandle": "archive", "items": items}
+                )
+                params = {**source, "ids": [1, 2], "expected": items}
+            started, release = threading.Event(), threading.Event()
+            app = threading.Thread(target=_insert_child_meanwhile, args=(primary, started, release))
+            app.start()
+            assert started.wait(30)
+            delete = asyncio.ensure_future(data.execute("data/delete", params))
+            await asyncio.sleep(0.5)
+            waiting = not delete.done()  # the delete waits for the application's lock
+            release.set()
+            answer = await delete
+            app.join(30)
+            answer["waited"] = waiting
+            return answer
+        finally:
+            await data.close()
+
+    answer = run(go())
+    assert answer["deleted"] == 1 and answer["kept"] == 1, answer
+    assert answer["waited"] is True
+    assert ids(primary, ORDERS) == {1, 3, 4, 5}
+    assert rows(primary, f"SELECT id, order_id FROM {ITEMS} WHERE id = 9001") == [(9001, 1)]
+
+
+def test_sqlite_keeps_a_parent_whose_child_came_after_its_copy(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """SQLite has one writer: a child committed between copy and delete is seen by the
+    delete's one guarded statement, on both delete paths."""
+    archive = f"sqlite:///{tmp_path / 'archive.sqlite'}"
+    make_orders(sqlite_url, "CASCADE", lambda j: 5, orders=5, items=1)
+    policy = ArchiveConfig(**orders_policy(on_children="keep"))  # type: ignore[arg-type]
+    config = make_config({"primary": sqlite_url, "archive": archive}, [policy])
+
+    async def go() -> list[dict[str, object]]:
+        data = DataDaemon(config)
+        await data.start()
+        answers = []
+        try:
+            source = {"collection": ORDERS, "dbHandle": "primary"}
+            await data.execute("data/copy", {**source, "destHandle": "archive"})
+            listed = await data.execute("data/list", source)
+            items = [item for item in listed["items"] if item["id"] in (3, 4)]  # type: ignore[attr-defined, index]
+            execute(sqlite_url, f"INSERT INTO {ITEMS} VALUES (9001, 1, 'late')")
+            execute(sqlite_url, f"INSERT INTO {ITEMS} VALUES (9002, 3, 'late')")
+            answers.append(
+                await data.execute("data/delete", {**source, "ids": [1, 2], "matching": "archive"})
+            )
+            answers.append(
+                await data.execute("data/delete", {**source, "ids": [3, 4], "expected": items})
+            )
+        finally:
+            await data.close()
+        return answers
+
+    matching, expected = run(go())
+    assert matching["deleted"] == 1 and matching["kept"] == 1 and matching["skipped"] == []
+    assert expected["deleted"] == 1 and expected["kept"] == 1 and expected["skipped"] == []
+    assert ids(sqlite_url, ORDERS) == {1, 3, 5}
+    assert ids(sqlite_url, ITEMS) == {1, 9001, 9002}
