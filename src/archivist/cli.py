@@ -538,8 +538,9 @@ def status(config_path: Path | None, socket_path: Path | None, as_json: bool) ->
     the table's size, growth and the rate archivist moves it at (from the daemon's last
     check).
 
-    With --config, also each policy with a window: "waiting for window 01:00-05:00" or
-    "in its window".
+    With --config, also each policy with a window ("waiting for window 01:00-05:00" or
+    "in its window"), and each policy's foreign keys and ON DELETE triggers, read from its
+    source database.
 
     Examples:
 
@@ -610,6 +611,8 @@ async def _status(socket_path: Path, as_json: bool, config: Config | None = None
             print_keepup(Console(), keepup)
         if movers is not None:
             print_movers(Console(), [(name, text) for name, _, text in movers])
+        if config is not None:
+            await _print_relations(config, Console())
 
 
 async def _movers(config: Config) -> list[tuple[str, object, str]]:
@@ -632,6 +635,26 @@ async def _movers(config: Config) -> list[tuple[str, object, str]]:
     finally:
         await data.close()
     return found
+
+
+async def _print_relations(config: Config, console: Console) -> None:
+    """Each policy's foreign keys and ON DELETE triggers, read from its source database."""
+    from archivist.data import DataDaemon
+
+    data = DataDaemon(config)
+    try:
+        await data.start(refuse=False)
+    except ArchivistError as exc:
+        console.print(f"policies: cannot read their tables: {exc.message}", markup=False)
+        return
+    try:
+        for policy in data.policies():
+            relations = await data.relations(policy.collection)
+            lines = relations.lines() or ["no foreign keys or ON DELETE triggers"]
+            for line in lines:
+                console.print(f"{policy.collection}: {line}", markup=False, highlight=False)
+    finally:
+        await data.close()
 
 
 @main.command(context_settings=CONTEXT)

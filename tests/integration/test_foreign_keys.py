@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+import support
 from archivist.config import ArchiveConfig, WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, running
 from archivist.data import DataDaemon
@@ -131,7 +132,7 @@ def test_the_issue_reproduction_refuses_and_changes_nothing(
     assert result.returncode == 1, result.stdout + result.stderr
     message = result.stderr
     assert "refusing to archive" in message and ITEMS in message and FK in message, message
-    assert 'children = ["order_items"]' in message, message
+    assert 'on_children = "keep"' in message, message
     assert 'on_children = "cascade"' in message and "not archived" in message, message
     assert len(ids(primary, ORDERS)) == 200
     assert len(ids(primary, ITEMS)) == 200
@@ -250,6 +251,24 @@ def test_the_complete_message_and_status_say_how_many_rows_were_kept(
     assert error is not None and "kept 3 in primary" in error and ITEMS in error
     assert shown == error
     assert archived == 147
+
+
+def test_status_with_a_config_shows_each_policys_foreign_keys(
+    sqlite_url: str, tmp_path: Path, worker: support.WorkerProcess
+) -> None:
+    make_orders(sqlite_url, "NO ACTION", _item_order)
+    path = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": sqlite_url, "archive": f"sqlite:///{tmp_path / 'archive.sqlite'}"},
+        [orders_policy()],
+        socket=worker.socket_path,
+    )
+    result = archivist("status", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert f"orders: referenced by {ITEMS}.order_id -> {ORDERS}.id ({FK}, ON DELETE NO ACTION)" in (
+        out
+    ), out
 
 
 # --- a table that references itself -----------------------------------------------------------

@@ -111,8 +111,11 @@ def make_entity(
                     else ""
                 )
             )
-    if len(set(named)) != len(named):
-        raise ConfigError(f"{where}: children: a table is named twice")
+    if named:
+        raise ConfigError(
+            f"{where}: children: moving child rows with their parents is not supported yet; "
+            'use on_children = "keep" or "cascade"'
+        )
     if not is_identifier(collection):
         raise ConfigError(f"{where}: collection '{collection}' is not a SQL identifier")
     if not is_identifier(order_by):

@@ -110,20 +110,15 @@ def refusal(
         return None
     first = blocking[0]
     named = "; ".join(fk.describe() for fk in blocking)
-    self_ref = first.child == collection
-    ways = (
-        f'on_children = "keep" on the policy (rows that other {collection} rows still '
-        "reference stay in place until those rows are archived)"
-        if self_ref
-        else f'children = ["{first.child}"] on the policy (its rows move to the archive '
-        "with the rows they reference)"
-    )
+    effect = _effect(first.on_delete)
+    whose = f"other {collection} rows" if first.child == collection else f"{first.child} rows"
     return (
-        f"{collection}: refusing to archive: deleting an archived row would "
-        f"{_effect(first.on_delete)} rows of {first.child} that are not archived "
-        f"({named}). Nothing was changed. Either set {ways}, or "
-        f'on_children = "cascade" to let the database {_effect(first.on_delete)} those '
-        "rows (this deletes or changes rows that are not archived)"
+        f"{collection}: refusing to archive: deleting an archived row would {effect} "
+        f"rows of {first.child} that are not archived ({named}). Nothing was changed. "
+        f'Either set on_children = "keep" on the policy (a row that {whose} still '
+        'reference stays in place, and the task reports it), or on_children = "cascade" '
+        f"to let the database {effect} those rows (this {effect}s rows that are not "
+        "archived)"
     )
 
 
