@@ -141,6 +141,7 @@ class ArchiveDaemon:
         self._on_update = on_update
         self._connection: WorkerConnection | None = None
         self._connected = asyncio.Event()
+        self._stopping = False
         self.connections = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -155,6 +156,9 @@ class ArchiveDaemon:
                 if watch:
                     group.create_task(self._watch_loop(), name="policy-checks")
                 await stop.wait()
+                # From here on a worker that goes away (it may be stopping on the same
+                # signal, sent to the process group) is not waited for or reconnected to.
+                self._stopping = True
                 await self._stop_tasks()
                 raise _ConnectionGone
         except* _ConnectionGone:
@@ -208,7 +212,7 @@ class ArchiveDaemon:
 
     async def _connect_loop(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 connection = await WorkerConnection.open(
                     self.options.socket_path,
@@ -230,6 +234,7 @@ class ArchiveDaemon:
                 continue
             failures = 0
             await self._serve_connection(connection)
+            _raise_if_cancelled()
 
     async def _serve_connection(self, connection: WorkerConnection) -> None:
         self.connections += 1
@@ -688,3 +693,16 @@ def _task_fields(record: TaskRecord, **fields: object) -> dict[str, object]:
         "dest_handle": record.dest_handle,
         **fields,
     }
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation a task group swallowed.
+
+    On Python 3.11 a task cancelled while its `asyncio.TaskGroup` is ending on an exception
+    of its own (the connection closing, here, as the worker stops on the SIGTERM systemd
+    sends to the whole process group) gets that exception instead of CancelledError, which
+    ``except*`` then swallows (CPython gh-116720, fixed in 3.13): the loop around it would
+    reconnect for ever and the daemon never exit."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
