@@ -141,7 +141,7 @@ class ArchiveDaemon:
         self._on_update = on_update
         self._connection: WorkerConnection | None = None
         self._connected = asyncio.Event()
-        self._stopping = False
+        self._shutting_down = False
         self.connections = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -158,7 +158,7 @@ class ArchiveDaemon:
                 await stop.wait()
                 # From here on a worker that goes away (it may be stopping on the same
                 # signal, sent to the process group) is not waited for or reconnected to.
-                self._stopping = True
+                self._shutting_down = True
                 await self._stop_tasks()
                 raise _ConnectionGone
         except* _ConnectionGone:
@@ -212,7 +212,7 @@ class ArchiveDaemon:
 
     async def _connect_loop(self) -> None:
         failures = 0
-        while not self._stopping:
+        while not self._shutting_down:
             try:
                 connection = await WorkerConnection.open(
                     self.options.socket_path,
