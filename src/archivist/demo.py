@@ -13,6 +13,7 @@ from rich.table import Table
 from archivist import sample
 from archivist.config import ArchiveConfig, Config, make_config
 from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
+from archivist.data.locks import lock_file
 from archivist.errors import ArchivistError
 from archivist.ui import ArchiveProgress, print_summary
 
@@ -22,7 +23,14 @@ MARKER: Final = ".archivist-demo"
 DATABASES: Final = ("primary.db", "archive.db")
 # SQLite's companions of a database file, left behind by a crash or a WAL-mode reader.
 SIDECARS: Final = ("", "-journal", "-wal", "-shm")
-MADE: Final = tuple(database + sidecar for database in DATABASES for sidecar in SIDECARS)
+COLLECTION: Final = "chat_messages"
+# The mover lock file the demo's run leaves beside its primary (SQLite's mover lock): the
+# demo's own file, so listed and removed on a rerun like the databases.
+LOCK_FILE: Final = Path(lock_file("primary.db", COLLECTION)).name
+MADE: Final = (
+    *(database + sidecar for database in DATABASES for sidecar in SIDECARS),
+    LOCK_FILE,
+)
 
 
 def files_to_remove(directory: Path) -> list[Path]:

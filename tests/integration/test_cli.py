@@ -99,6 +99,12 @@ def test_demo_refuses_a_directory_with_a_users_file_and_reuses_its_own(tmp_path:
 
     assert again.returncode == 0, again.stderr
     assert (demo / "archivist.toml").exists()
+    # Every file the demo leaves is its own and listed in its marker (the SQLite mover lock
+    # file too), so the next rerun removes it; nothing is left unexplained.
+    listed = set((demo / ".archivist-demo").read_text().split())
+    left = {path.name for path in demo.iterdir()} - {"archivist.toml", ".archivist-demo"}
+    assert "primary.db.archivist-chat_messages.lock" in left
+    assert left <= listed, left - listed
     engine = sa.create_engine(f"sqlite:///{demo / 'primary.db'}")
     archive = sa.create_engine(f"sqlite:///{demo / 'archive.db'}")
     with engine.connect() as a, archive.connect() as b:

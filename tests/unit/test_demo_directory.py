@@ -42,3 +42,12 @@ def test_a_file_given_as_the_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ArchivistError, match="not a directory"):
         files_to_remove(tmp_path / "file")
+
+
+def test_the_mover_lock_file_the_demo_leaves_is_removed_on_a_rerun(tmp_path: Path) -> None:
+    lock = "primary.db.archivist-chat_messages.lock"
+    for name in ("primary.db", lock):
+        (tmp_path / name).write_text("x")
+    (tmp_path / MARKER).write_text(f"primary.db\n{lock}\n")
+
+    assert sorted(path.name for path in files_to_remove(tmp_path)) == sorted(["primary.db", lock])
