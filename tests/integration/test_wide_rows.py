@@ -22,11 +22,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from archivist import protocol
-from archivist.config import WorkerConfig, make_config
+from archivist.config import ArchiveConfig, WorkerConfig, make_config
 from archivist.daemon.runtime import Launch, archive_now, running
 from archivist.daemon.tracker import TaskRecord
 from archivist.data.bus import JSONObject
 from archivist.errors import ArchivistError, Unsupported
+from datasupport import run, started
 from e2esupport import COPY_COMMANDS, PATHS, count, policy
 
 pytestmark = pytest.mark.timeout(300)
@@ -275,3 +276,44 @@ def test_a_small_frame_limit_moves_every_row_in_batches_that_fit(
     assert count(primary, "attachments") == 0
     assert calls.relayed == [31]
     assert all(size <= limit for _, size, _ in calls.listed)
+
+
+def test_the_first_listing_of_wide_rows_reads_only_what_fits_into_the_daemons_memory(
+    sqlite_url: str,
+) -> None:
+    """A table's rows' width is learned from its first row, read alone, before the first
+    page: 20 rows of 1 MB asked for on a 3 MB budget read 1 row and then 2, never all 20
+    (at 20 MB a row, a page of 1,000 would be 20 GB in the daemon)."""
+    make_attachments(sqlite_url, [1_000_000] * 20)
+    limits: list[object] = []
+
+    async def go() -> JSONObject:
+        policies = [
+            ArchiveConfig(
+                collection="attachments", order_by="created_at", max_rows=1, rows_per_archive=1
+            )
+        ]
+        async with started(sqlite_url, policies=policies) as daemon:
+            engine = daemon.handle("primary").engine
+
+            @sa.event.listens_for(engine, "before_cursor_execute")
+            def note(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+                if "attachments" in statement and "LIMIT" in statement.upper():
+                    limits.append(params[-2])  # LIMIT ? OFFSET ?
+
+            listed = await daemon.execute(
+                "data/list",
+                {
+                    "collection": "attachments",
+                    "dbHandle": "primary",
+                    "limit": 20,
+                    "maxBytes": 3_000_000,
+                },
+            )
+            sa.event.remove(engine, "before_cursor_execute", note)
+            return listed
+
+    listed = run(go())
+    assert listed["truncated"] is True
+    assert [item["id"] for item in listed["items"]] == [1, 2]  # type: ignore[index,union-attr]
+    assert limits == [1, 2], limits

@@ -25,12 +25,15 @@ class Widths:
 
     seen: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    def known(self, handle: str, table: str) -> bool:
+        return (handle, table) in self.seen
+
     def rows(self, handle: str, table: str, limit: int, max_bytes: int) -> int:
         """How many of the ``limit`` rows asked for to read, so their JSON fits in
         ``max_bytes`` if they are as wide as the rows seen last (at least one)."""
         width = self.seen.get((handle, table))
         if width is None:
-            # Unknown yet: the whole page is read (batch shapes stay as asked), and cut.
+            # Unknown: its first row was not there to learn from; the page is cut if need be.
             return limit
         return max(1, min(limit, int(max_bytes / max(width, 1.0))))
 

@@ -88,6 +88,8 @@ class DataCommands:
         remember = p.filter is None and fields is None and handle.dialect_name in PASSTHROUGH
         asked = p.limit
         if p.max_bytes is not None:
+            if not self.widths.known(handle.name, info.table.name):
+                await self._sample_width(handle, info, entity.order_by, p)
             limit = self.widths.rows(handle.name, info.table.name, asked, p.max_bytes)
             p = msgspec.structs.replace(p, limit=limit)
         query = ListQuery.build(info, p, entity.order_by, stored=remember)
@@ -120,6 +122,19 @@ class DataCommands:
             "orderBy": entity.order_by,
             **extra,
         }
+
+    async def _sample_width(
+        self, handle: Handle, info: TableInfo, order_by: str, p: ListParams
+    ) -> None:
+        """Learn how wide a table's rows are from the first row of this listing, read
+        alone: one row is all a table of rows too wide for a page costs the daemon's
+        memory, and a narrow table's first page is then as long as asked."""
+        query = ListQuery.build(info, msgspec.structs.replace(p, limit=1), order_by)
+        names, rows, _ = await handle.transaction(query.run)
+        items = info.codec.encode_tuples(names, rows)
+        if items:
+            measured = budget.fit(items, p.max_bytes or 0)
+            self.widths.learn(handle.name, info.table.name, 1, measured.measured_size)
 
     async def _list_remembered(
         self, handle: Handle, info: TableInfo, query: ListQuery, p: ListParams
