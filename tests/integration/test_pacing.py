@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -389,3 +391,54 @@ def test_a_yielding_rest_lasts_while_the_application_works_and_ends_when_it_stop
     assert int(str(resting[0]["archived"])) < 6000  # (a batch's delete may wait for the next)
     assert archived == 6000
     assert count(any_url) == 0 and count(archive) == 6000
+
+
+_ANOTHER_ARCHIVIST = """
+import sys, time
+from archivist.data.handles import create_engine
+import sqlalchemy as sa
+engine = create_engine(sys.argv[1])
+with engine.connect() as connection:
+    print("connected", flush=True)
+    while True:
+        connection.execute(sa.text("SELECT 1")).all()
+        connection.commit()
+        time.sleep(0.1)
+"""
+
+
+def test_data_load_does_not_count_another_archivists_sessions(
+    fresh_db: Callable[[str], str],
+) -> None:
+    """Several archivist daemons on one database (PostgreSQL): another archivist process's
+    data session, busy the whole time, is not the application (its ``application_name``
+    says archivist); an application session still counts."""
+    url = fresh_db("postgresql")
+    make_chat_table(url, 10)
+    config = make_config({"primary": url, "archive": "sqlite://"}, [])
+    other = subprocess.Popen(
+        [sys.executable, "-c", _ANOTHER_ARCHIVIST, url], stdout=subprocess.PIPE, text=True
+    )
+    application = sa.create_engine(url)
+
+    async def scenario() -> list[object]:
+        seen: list[object] = []
+        async with running(config, Launch(private_socket=True, watch=False)) as daemon:
+
+            async def load() -> object:
+                return (await daemon.data.execute("data/load", {"dbHandle": "primary"}))["others"]
+
+            seen.append(await load())
+            with application.connect() as connection:
+                connection.execute(sa.text("SELECT count(*) FROM chat_messages")).all()
+                connection.commit()
+                seen.append(await load())
+        return seen
+
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "connected"
+        assert asyncio.run(scenario()) == [0, 1]
+    finally:
+        other.kill()
+        other.wait(10)
+        application.dispose()

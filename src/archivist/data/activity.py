@@ -14,7 +14,12 @@ used the database within the last `ACTIVE_WINDOW` seconds.
 
 Archivist's own sessions are known by their server-side ids, noted as each connection is
 made (`track_sessions`), for every engine of this process: two handles on one database are
-not each other's application.
+not each other's application. Other archivist processes' sessions (several daemons on one
+database) are known on PostgreSQL by their ``application_name`` (`session_name`, and the
+mover locks' ``archivist mover ...``). MariaDB sends ``program_name`` as a connection
+attribute, but shows it only in ``performance_schema`` (off by default) and its process
+list has no per-session name: there another archivist's sessions still count as the
+application's (documented limitation).
 """
 
 from __future__ import annotations
@@ -41,12 +46,23 @@ _own_lock = threading.Lock()
 _others_seen: dict[str, float] = {}
 """SQLite: when a connection last saw another's commit, by database file."""
 
+SESSION_PREFIX: Final = "archivist "
+"""How every archivist session's name starts (PostgreSQL ``application_name``, MariaDB's
+``program_name`` connection attribute), the mover locks' ``archivist mover`` included."""
+
+
+def session_name() -> str:
+    """This process's data sessions' name: ``archivist data <pid>``."""
+    return f"{SESSION_PREFIX}data {os.getpid()}"
+
+
 _POSTGRESQL: Final = (
     "SELECT count(*) FROM pg_stat_activity"
     " WHERE datname = current_database() AND backend_type = 'client backend'"
     " AND pid <> ALL(%(own)s)"
-    # Another archivist's mover-lock sessions (`archivist.data.locks`) are not the application.
-    " AND application_name NOT LIKE 'archivist mover %%'"
+    # Other archivists' sessions, data and mover locks (`archivist.data.locks`), are not
+    # the application.
+    f" AND application_name NOT LIKE '{SESSION_PREFIX}%%'"
     " AND (state <> 'idle' OR state_change > clock_timestamp() - make_interval(secs => %(window)s))"
 )
 _MYSQL: Final = (

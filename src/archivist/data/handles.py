@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from archivist.data.activity import own_commit, track_sessions
+from archivist.data.activity import own_commit, session_name, track_sessions
 from archivist.errors import ArchivistError, ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,16 @@ def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) ->
     connect_args: dict[str, object] = {}
     if backend == "postgresql":
         connect_args["options"] = "-c TimeZone=UTC"
+        # Other archivists on this database tell these sessions from the application's.
+        connect_args["application_name"] = session_name()
     elif backend in ("mysql", "mariadb"):
         connect_args["init_command"] = (
             f"SET time_zone = '+00:00', group_concat_max_len = {GROUP_CONCAT_MAX_LEN}"
         )
+        if parsed.get_driver_name() == "pymysql":
+            # A connection attribute: visible in performance_schema.session_connect_attrs
+            # where that is on (not in the process list, see `archivist.data.activity`).
+            connect_args["program_name"] = session_name()
     try:
         engine = sa.create_engine(
             parsed,
