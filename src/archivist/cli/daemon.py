@@ -1,0 +1,128 @@
+"""``archivist run`` (a worker started as a child, or ``--socket``'s) and ``archivist
+daemon`` (the daemon alone, against a worker that runs already)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from archivist.cli.common import (
+    CONTEXT,
+    config_option,
+    load,
+    log,
+    log_options,
+    report_records,
+    run_async,
+    setup_logs,
+    socket_option,
+)
+
+if TYPE_CHECKING:
+    from archivist.config import Config
+
+
+@click.command(context_settings=CONTEXT)
+@config_option
+@socket_option
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Check every policy once, run the tasks they need, wait for them, and exit: for "
+    "cron and systemd timers. Policies outside their window do nothing. Exits 1 if a "
+    "task failed.",
+)
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+@log_options(quiet=True)
+def run(
+    config_path: Path | None,
+    socket_path: Path | None,
+    once: bool,
+    verbose: int,
+    quiet: bool,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Archive by policy until stopped: the main job.
+
+    Starts a worker as a child process (restarting it if it dies), or uses the one at
+    --socket; then every `check_interval` seconds checks each policy: rows older than its
+    `older_than` move to the archive handle, and a table holding more than `max_rows`
+    moves its oldest rows until it is back at `max_rows - rows_per_archive` (only rows
+    matching its `where`; `mode = "purge"` deletes them instead). SIGTERM or SIGINT stop
+    it cleanly.
+
+    Examples:
+
+        archivist run --config archivist.toml
+        archivist run --log-format json -q
+        archivist run --config archivist.toml --once    # from cron or a systemd timer
+    """
+    config = load(config_path)
+    setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
+    if once:
+        run_async(_run_once(config, socket_path))
+        return
+    run_async(_run(config, socket_path, watch=True))
+
+
+async def _run_once(config: Config, socket_path: Path | None) -> None:
+    from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
+
+    launch = Launch(socket=socket_path, private_socket=socket_path is None, watch=False)
+    async with running(config, launch) as daemon:
+        interrupt = interrupt_on_signals()
+        records = await daemon.check_once()
+        await asyncio.gather(*(until_done(daemon, record, interrupt) for record in records))
+        holding = dict(daemon.holding)
+    report_records(records, holding)
+
+
+@click.command(context_settings=CONTEXT)
+@config_option
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The socket of a worker that runs already (see `archivist worker`).",
+)
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+@log_options(quiet=True)
+def daemon(
+    config_path: Path | None,
+    socket_path: Path,
+    verbose: int,
+    quiet: bool,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Run the daemon alone, against a worker that runs already.
+
+    Like `archivist run`, but never starts a worker: it connects to --socket and
+    reconnects (with backoff) whenever the connection drops.
+
+    Example:
+
+        archivist worker --socket /tmp/arch/worker.sock &
+        archivist daemon --config archivist.toml --socket /tmp/arch/worker.sock
+    """
+    config = load(config_path)
+    setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
+    run_async(_run(config, socket_path, watch=True))
+
+
+async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None:
+    from archivist.daemon.runtime import Launch, running
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(config, Launch(socket=socket_path, watch=watch)):
+        await stop.wait()
+        log.info("stopping on signal")
