@@ -21,7 +21,7 @@ from rich.table import Table
 from archivist.daemon.tracker import TaskRecord
 from archivist.protocol import StatusResult
 
-if TYPE_CHECKING:  # the data layer's imports take ~0.2 s; a one-shot run starts its worker first
+if TYPE_CHECKING:  # the data layer's imports are slow; a one-shot run starts its worker first
     from archivist.data import ArchivePlan
 
 

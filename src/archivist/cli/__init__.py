@@ -50,8 +50,8 @@ def main() -> None:
     config file and use `archivist run --config FILE`.
     """
     # At exit, the interpreter's collector would walk every object the imports made
-    # (SQLAlchemy's alone are many) while tearing the modules down: ~0.3 s of a one-shot
-    # command on a slow machine. Frozen, they are left to the end of the process; every
+    # (SQLAlchemy's alone are many) while tearing the modules down: a good part of a
+    # one-shot command on a slow machine. Frozen, they are left to the end of the process; every
     # database and socket is closed explicitly before then.
     atexit.register(gc.freeze)
 

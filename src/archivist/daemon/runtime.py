@@ -69,7 +69,7 @@ async def running(
         supervisor.check_free()
         await supervisor.spawn()  # the worker's start-up overlaps the data daemon's
     try:
-        # Imported here, not above: the data layer's imports (~0.2 s) then run while the
+        # Imported here, not above: the data layer's imports (SQLAlchemy's) then run while the
         # worker starts.
         from archivist.data import DataDaemon
 

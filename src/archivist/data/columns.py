@@ -149,7 +149,7 @@ def classify(
 
 
 def _postgresql() -> ModuleType:
-    """PostgreSQL's types, imported on first use (~20 ms): a configuration without
+    """PostgreSQL's types, imported on first use (not cheap): a configuration without
     PostgreSQL never pays for them (SQLAlchemy imports them with a PostgreSQL engine)."""
     from sqlalchemy.dialects import postgresql
 
@@ -157,7 +157,7 @@ def _postgresql() -> ModuleType:
 
 
 def _mysql() -> ModuleType:
-    """MariaDB/MySQL's types, imported on first use (~9 ms)."""
+    """MariaDB/MySQL's types, imported on first use, as PostgreSQL's are."""
     from sqlalchemy.dialects import mysql
 
     return mysql

@@ -158,7 +158,8 @@ def _connect_pymysql(
     """A PyMySQL connection whose TLS context, in PyMySQL's preferred mode (no TLS option
     given: TLS if the server offers it, no certificate checked), is made once per process.
     PyMySQL makes one per connection, and loads the system's CA certificates for it, which
-    that mode never reads: ~20 ms a connection, three of them in every MariaDB start."""
+    that mode never reads: a noticeable cost a connection, three of them in every MariaDB
+    start."""
     return _pymysql_class()(*cargs, **cparams)
 
 

@@ -25,16 +25,16 @@ SLICE_HOLD: Final = 0.0008
 """Seconds a slice should hold the write lock while other connections write. An application
 writer that met a slice sleeps 1 ms in SQLite's busy handler before it tries again; a slice
 shorter than that is over when it does, and the gap keeps the next one from having begun.
-How many rows fit in that time depends on the machine, the table and its indexes: 200 rows
-took 7 ms on a slow machine, so the size follows the measured time (`next_slice`)."""
+How many rows fit in that time depends on the machine, the table and its indexes, so the
+size follows the measured time (`next_slice`)."""
 SLICE_GAP: Final = 0.0015
 """Seconds between slices, with the write lock free, while other connections write to the
 database: longer than the busy handler's first sleep, so that its second try finds the lock
 free instead of the next slice."""
 QUIET_SLICE_ROWS: Final = 1000
 """Rows per slice while no other connection writes: nobody waits for the lock, and one
-statement writes each page once, where five slices commit the same pages five times (a
-guarded delete of 1,000 rows: 4.9-6.9 ms in one statement, 12.7-14.5 ms in five)."""
+statement writes each page once, where five slices commit the same pages five times (about
+twice as slow: docs/performance.md, SQLite to SQLite)."""
 QUIET_AFTER: Final = 1.0
 """Seconds without another connection's commit before the slices of a delete grow."""
 BUSY_AT: Final = "archivist_busy_at"
@@ -102,10 +102,9 @@ def adaptive_slices(connection: Connection, raw: Any, total: int, largest: int) 
     `SLICE_ROWS`), with the lock free for `SLICE_GAP` before each but the first. Otherwise
     nobody is waiting, and a slice is up to `QUIET_SLICE_ROWS` (and ``largest``) long.
 
-    Asking only whether anyone wrote since this connection last looked was not enough:
-    about one delete in eight of the quick benchmark's, with the application writing every
-    8 ms, found no write since and went in one long statement, and the foreground p99 on
-    SQLite rose from 7 to 9-13 ms.
+    Asking only whether anyone wrote since this connection last looked was not enough: an
+    application writing every few milliseconds can happen not to have written since, and a
+    delete that then went in one long statement raised the application's p99 latency.
     """
     info = connection.connection.info
     start = 0
