@@ -71,11 +71,23 @@ class Ping(Message, tag_field="command", tag="ping"):
 TaskMode = Literal["move", "copy", "purge"]
 
 
+class Child(Message):
+    """Extension of ``archive``: a table whose rows reference the collection's rows (or a
+    parent child's) through ``columns`` -> ``references`` and move with them, children
+    first (docs/protocol.md)."""
+
+    collection: Collection
+    columns: Annotated[list[Collection], msgspec.Meta(min_length=1, max_length=1)]
+    references: Annotated[list[Collection], msgspec.Meta(min_length=1, max_length=1)]
+    children: list[Child] = msgspec.field(default_factory=list)
+
+
 class Archive(Message, tag_field="command", tag="archive"):
-    """Queue an archive task. ``order_by``, ``min_rate``, ``filter`` and ``mode`` are
-    extensions (see docs/protocol.md): ``filter`` (``data/list``'s syntax) goes with every
-    ``data/list``, ``data/count`` and ``data/copy`` of the task on its source; ``mode``
-    "copy" copies without deleting, "purge" deletes without copying."""
+    """Queue an archive task. ``order_by``, ``min_rate``, ``filter``, ``mode`` and
+    ``children`` are extensions (see docs/protocol.md): ``filter`` (``data/list``'s syntax)
+    goes with every ``data/list``, ``data/count`` and ``data/copy`` of the task on its source;
+    ``mode`` "copy" copies without deleting, "purge" deletes without copying; ``children``
+    move with their parents (move and copy modes)."""
 
     task_id: TaskId
     collection: Collection
@@ -89,6 +101,7 @@ class Archive(Message, tag_field="command", tag="archive"):
     """Rows/s the task keeps to at least while yielding to the application (keeping up)."""
     filter: JSONObject | None = None
     mode: TaskMode | None = None
+    children: list[Child] | None = None
 
     def __post_init__(self) -> None:
         if self.source_handle == self.dest_handle:

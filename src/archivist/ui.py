@@ -200,6 +200,12 @@ def print_plan(console: Console, plan: ArchivePlan) -> None:
         console.print(f"batches read {plan.order_by} through index {plan.index}", markup=False)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+    if plan.children:
+        console.print(
+            f"with their children (moved first): {', '.join(plan.children)}",
+            markup=False,
+            highlight=False,
+        )
     for line in plan.relations:
         console.print(f"{plan.collection}: {line}", markup=False, highlight=False)
     if plan.refusal:

@@ -9,14 +9,18 @@ import pytest
 from archivist.config import config_from_dict
 from archivist.data.registry import make_entity
 from archivist.data.relations import (
+    ChildTable,
     ForeignKey,
+    children_tree,
     guard_sql,
     guarded,
     kept_reason,
     refusal,
+    review,
     with_kept,
 )
 from archivist.errors import ConfigError
+from archivist.policy import parse_rules
 
 
 def fk(on_delete: str, child: str = "order_items", name: str | None = "fk_items") -> ForeignKey:
@@ -113,3 +117,96 @@ def test_on_children_must_be_one_of_its_values() -> None:
                 ],
             }
         )
+
+
+ITEMS = ForeignKey("fk_items", "order_items", ("order_id",), "orders", ("id",), "CASCADE")
+NOTES = ForeignKey("fk_notes", "notes", ("item_id",), "order_items", ("id",), "CASCADE")
+PKS = {"orders": ("id",), "order_items": ("id",), "notes": ("id",), "customers": ("id",)}
+
+
+def test_named_children_form_a_tree_resolved_by_their_foreign_keys() -> None:
+    tree = children_tree("orders", ["notes", "order_items"], [NOTES, ITEMS], PKS)
+    assert tree == (
+        ChildTable("order_items", "order_id", "id", (ChildTable("notes", "item_id", "id"),)),
+    )
+    assert [node.table for node in tree[0].walk()] == ["order_items", "notes"]
+
+
+@pytest.mark.parametrize(
+    ("named", "keys", "pks", "error"),
+    [
+        (["customers"], [ITEMS], PKS, "customers has no foreign key to orders"),
+        (["missing"], [ITEMS], PKS, "there is no table missing"),
+        (
+            ["order_items"],
+            [ForeignKey("fk2", "order_items", ("a", "b"), "orders", ("id", "x"))],
+            PKS,
+            "only single-column foreign keys",
+        ),
+        (
+            ["order_items"],
+            [ForeignKey("fk3", "order_items", ("code",), "orders", ("code",))],
+            PKS,
+            "does not reference the primary key of orders",
+        ),
+        (["order_items"], [ITEMS], {**PKS, "order_items": ("a", "b")}, "single-column primary"),
+        (
+            ["order_items", "notes"],
+            [
+                ITEMS,
+                NOTES,
+                ForeignKey("fk4", "notes", ("order_id",), "orders", ("id",)),
+            ],
+            PKS,
+            "notes references more than one",
+        ),
+        (
+            ["order_items", "notes"],
+            [
+                ForeignKey("a", "order_items", ("note_id",), "notes", ("id",)),
+                ForeignKey("b", "notes", ("item_id",), "order_items", ("id",)),
+            ],
+            PKS,
+            "do not lead back to orders",
+        ),
+    ],
+)
+def test_named_children_that_cannot_move_are_refused_with_the_reason(
+    named: list[str],
+    keys: list[ForeignKey],
+    pks: dict[str, tuple[str, ...]],
+    error: str,
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        children_tree("orders", named, keys, pks)
+
+
+def test_a_named_child_lifts_its_refusal_but_its_own_cascading_child_does_not() -> None:
+    tree, problem = review("orders", ["order_items"], "refuse", [ITEMS, NOTES], PKS)
+    assert [node.table for node in tree] == ["order_items"]
+    assert problem is not None and problem.startswith("orders: its child order_items: refusing")
+    assert "fk_notes" in problem
+    _, problem = review("orders", ["order_items", "notes"], "refuse", [ITEMS, NOTES], PKS)
+    assert problem is None
+
+
+def test_a_purge_policy_cannot_name_children() -> None:
+    """A purge archives nothing: children named with it would be deleted unarchived."""
+    with pytest.raises(ConfigError, match=r'children: a policy with mode = "purge"'):
+        make_entity(
+            "orders",
+            order_by="id",
+            max_rows=2,
+            rows_per_archive=1,
+            rules=parse_rules(mode="purge", max_rows=2),
+            children=["order_items"],
+        )
+    moved = make_entity(
+        "orders",
+        order_by="id",
+        max_rows=2,
+        rows_per_archive=1,
+        rules=parse_rules(mode="copy", where={"status": "closed"}),
+        children=["order_items"],
+    )
+    assert moved.children == ("order_items",)

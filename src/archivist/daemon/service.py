@@ -33,7 +33,7 @@ from archivist.policy import (
     utc_now,
     with_condition,
 )
-from archivist.protocol import Archive, Complete, JSONObject, Progress
+from archivist.protocol import Archive, Child, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,10 @@ class DataService(Protocol):
         self, name: str, params: JSONObject, *, caller: str = "local"
     ) -> JSONObject: ...
 
-    async def ensure_archive_table(self, collection: str) -> None: ...
+    async def ensure_archive_table(self, collection: str) -> list[Child] | None:
+        """Ensure the archive tables (the collection's and its named children's); answer
+        the children's tree for the ``archive`` message (None or empty: none)."""
+        ...
 
     async def take_mover(self, collection: str) -> HeldLock: ...
     async def task_filter(
@@ -318,6 +321,7 @@ class ArchiveDaemon:
             min_rate=record.min_rate,
             filter=record.filter,
             mode=record.mode,
+            children=record.children or None,
         )
         record.state = "queued"  # before the await: nobody else may send it meanwhile
         try:
@@ -639,9 +643,10 @@ class ArchiveDaemon:
             filter_ = task_filter(rules.where, None, None)
         held = self.movers.holds(collection)
         await self.movers.take(collection)  # MoverBusy: another process moves it now
+        children: list[Child] | None = None
         try:
-            if rules.mode != "purge":
-                await self.data.ensure_archive_table(collection)
+            if rules.mode != "purge":  # purge with children is refused when policies load
+                children = await self.data.ensure_archive_table(collection)
             source_rows = await self.count(collection, policy.source_handle, filter_)
         except BaseException:
             if not held:
@@ -660,6 +665,7 @@ class ArchiveDaemon:
             target=source_rows - rows,
             filter=filter_,
             mode=rules.mode if rules.mode != "move" else None,
+            children=children or [],
         )
         self.tracker.add(record)
         self.movers.release_when(collection, record.done)

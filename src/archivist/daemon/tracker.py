@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from archivist.protocol import Complete, Progress
+from archivist.protocol import Child, Complete, Progress
 
 RecordState = Literal["pending", "queued", "running", "success", "error", "cancelled", "lost"]
 UNFINISHED: frozenset[RecordState] = frozenset({"pending", "queued", "running", "lost"})
@@ -48,6 +48,8 @@ class TaskRecord:
     total: int = 0
     attempts: int = 0
     error: str | None = None
+    children: list[Child] = field(default_factory=list)
+    """The policy's named children, moved with its rows (the ``archive`` extension)."""
     code: str | None = None
     """The wire code of the worker's ``complete`` (why it ended in error or was cancelled)."""
     created_at: float = field(default_factory=time.time)

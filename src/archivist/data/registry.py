@@ -60,6 +60,9 @@ class Entity:
     """Tables whose rows move to the archive with the rows they reference."""
     on_children: OnChildren = "refuse"
     """What to do about other rows that reference this collection's rows."""
+    parent: str | None = None
+    """For a policy's named child (made by the data daemon, never a policy itself): the
+    collection whose rows it moves with."""
 
     def where(self, key: str) -> str:
         """``"<origin>.<key>"`` or, for config entries, ``"<file>: archive[i].<key>"``."""
@@ -111,10 +114,15 @@ def make_entity(
                     else ""
                 )
             )
-    if named:
+    if len(set(named)) != len(named):
+        raise ConfigError(f"{where}: children: a table is named twice")
+    if named and rules is not None and rules.mode == "purge":
+        # A purge archives nothing: its children would be deleted unarchived, which is what
+        # naming them is meant to prevent.
         raise ConfigError(
-            f"{where}: children: moving child rows with their parents is not supported yet; "
-            'use on_children = "keep" or "cascade"'
+            f'{where}: children: a policy with mode = "purge" archives nothing, so it '
+            "cannot move children; purge the child tables with their own policies first, "
+            'or use mode "move"'
         )
     if not is_identifier(collection):
         raise ConfigError(f"{where}: collection '{collection}' is not a SQL identifier")

@@ -11,7 +11,7 @@ second: a delete keeps every row still referenced (`guard_clause`, `guard_sql`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -112,13 +112,19 @@ def refusal(
     named = "; ".join(fk.describe() for fk in blocking)
     effect = _effect(first.on_delete)
     whose = f"other {collection} rows" if first.child == collection else f"{first.child} rows"
+    move = (
+        ""
+        if first.child == collection
+        else f'children = ["{first.child}"] on the policy (its rows move to the archive '
+        "with the rows they reference, before them), "
+    )
     return (
         f"{collection}: refusing to archive: deleting an archived row would {effect} "
         f"rows of {first.child} that are not archived ({named}). Nothing was changed. "
-        f'Either set on_children = "keep" on the policy (a row that {whose} still '
-        'reference stays in place, and the task reports it), or on_children = "cascade" '
-        f"to let the database {effect} those rows (this {effect}s rows that are not "
-        "archived)"
+        f"Either set {move}"
+        f'on_children = "keep" (a row that {whose} still reference stays in place, and '
+        'the task reports it), or on_children = "cascade" to let the database '
+        f"{effect} those rows (this {effect}s rows that are not archived)"
     )
 
 
@@ -138,6 +144,100 @@ def kept_reason(refs: Sequence[ForeignKey]) -> str:
     """Why rows were kept, for the ``data/delete`` answer and the task's error."""
     shown = ", ".join(f"{fk.child} ({fk.label}, ON DELETE {fk.on_delete})" for fk in refs)
     return f"still referenced by {shown}"
+
+
+@dataclass(frozen=True)
+class ChildTable:
+    """A named child in the tree a policy moves: ``table.column`` references its parent's
+    primary key ``references``; its own named children below it."""
+
+    table: str
+    column: str
+    references: str
+    children: tuple[ChildTable, ...] = ()
+
+    def walk(self) -> list[ChildTable]:
+        """This child and every one below it, parents first."""
+        return [self, *(node for child in self.children for node in child.walk())]
+
+
+def children_tree(
+    collection: str,
+    named: Sequence[str],
+    keys: Sequence[ForeignKey],
+    primary_keys: Mapping[str, Sequence[str]],
+) -> tuple[ChildTable, ...]:
+    """The tree of a policy's named children: each must reference, by one single-column
+    foreign key to its primary key, the collection or exactly one other named child.
+    Raises ValueError saying what is wrong (with the table and the key)."""
+    tables = {collection, *named}
+    edges: dict[str, ForeignKey] = {}
+    for child in named:
+        if child not in primary_keys:
+            raise ValueError(f"children: there is no table {child}")
+        if len(primary_keys[child]) != 1:
+            raise ValueError(f"children: {child} needs a single-column primary key")
+        found = [fk for fk in keys if fk.child == child and fk.parent in tables - {child}]
+        if not found:
+            raise ValueError(
+                f"children: {child} has no foreign key to {collection}"
+                + (" or another named child" if len(named) > 1 else "")
+            )
+        if len(found) > 1:
+            shown = "; ".join(fk.describe() for fk in found)
+            raise ValueError(
+                f"children: {child} references more than one of the tables moved ({shown}); "
+                "a child may reference one of them only"
+            )
+        fk = found[0]
+        if len(fk.columns) != 1:
+            raise ValueError(
+                f"children: {fk.describe()} has several columns; only single-column "
+                "foreign keys are supported among children"
+            )
+        if tuple(fk.referred) != tuple(primary_keys.get(fk.parent, ())):
+            raise ValueError(
+                f"children: {fk.describe()} does not reference the primary key of {fk.parent}"
+            )
+        edges[child] = fk
+
+    def below(parent: str, seen: frozenset[str]) -> tuple[ChildTable, ...]:
+        return tuple(
+            ChildTable(child, fk.columns[0], fk.referred[0], below(child, seen | {child}))
+            for child, fk in edges.items()
+            if fk.parent == parent and child not in seen
+        )
+
+    tree = below(collection, frozenset({collection}))
+    reached = {node.table for child in tree for node in child.walk()}
+    missing = [child for child in named if child not in reached]
+    if missing:
+        raise ValueError(
+            f"children: {', '.join(missing)} do not lead back to {collection} (a cycle)"
+        )
+    return tree
+
+
+def review(
+    collection: str,
+    named: Sequence[str],
+    on_children: OnChildren,
+    keys: Sequence[ForeignKey],
+    primary_keys: Mapping[str, Sequence[str]],
+) -> tuple[tuple[ChildTable, ...], str | None]:
+    """A policy against the foreign keys of its database: the tree of its named children,
+    and why it must refuse to run (None if it need not), for the collection and every
+    named child alike (a child's rows are deleted too). Raises ValueError for named
+    children that cannot be moved (`children_tree`)."""
+    tree = children_tree(collection, named, keys, primary_keys)
+    for table in (collection, *named):
+        inbound = [fk for fk in keys if fk.parent == table]
+        problem = refusal(table, inbound, on_children, named)
+        if problem is not None:
+            if table != collection:
+                problem = f"{collection}: its child {problem}"
+            return tree, problem
+    return tree, None
 
 
 # --- the guard ------------------------------------------------------------------------------
@@ -225,6 +325,17 @@ def reflect_relations(connection: Connection, table: str) -> Relations:
         outbound=tuple(fk for fk in every if fk.child == table),
         triggers=delete_triggers(connection, table),
     )
+
+
+def primary_keys(connection: Connection, tables: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The primary key columns of each of ``tables`` that exists."""
+    inspector = sa.inspect(connection)
+    found: dict[str, tuple[str, ...]] = {}
+    for table in tables:
+        if inspector.has_table(table):
+            pk = inspector.get_pk_constraint(table).get("constrained_columns") or []
+            found[table] = tuple(pk)
+    return found
 
 
 def referencing(connection: Connection, table: str) -> tuple[ForeignKey, ...]:

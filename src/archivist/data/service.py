@@ -4,6 +4,7 @@ and closed together; what the ArchiveDaemon and the CLI use of the database side
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -25,7 +26,14 @@ from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.reclaim import Reclaimed, reclaim
 from archivist.data.registry import Entity, EntityRegistry
-from archivist.data.relations import Relations, reflect_relations, refusal
+from archivist.data.relations import (
+    ChildTable,
+    Relations,
+    foreign_keys,
+    primary_keys,
+    reflect_relations,
+    review,
+)
 from archivist.data.relay import relay
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.storable import column_warnings
@@ -39,6 +47,7 @@ from archivist.errors import (
     SchemaError,
 )
 from archivist.policy import cutoff, decide, task_filter, utc_now
+from archivist.protocol import Child
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ class ArchivePlan:
     cutoff: str | None = None  # older_than and its cutoff (UTC), for an age policy
     relations: tuple[str, ...] = ()  # foreign keys and ON DELETE triggers, for people
     refusal: str | None = None  # why the policy refuses to run, if it does
+    children: tuple[str, ...] = ()  # tables whose rows move with the collection's
 
 
 class DataDaemon:
@@ -103,6 +113,7 @@ class DataDaemon:
         self._refuse = True
         self._distinct: set[tuple[str, str]] = set()
         self._reclaim = {e.collection: e.reclaim for e in config.archive if e.reclaim}
+        self._trees: dict[str, tuple[ChildTable, ...]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -113,7 +124,7 @@ class DataDaemon:
         ``refuse`` (``--dry-run``, ``status``), a policy that would refuse is only shown."""
         self._refuse = refuse
         try:
-            for entity in self.registry:
+            for entity in self.policies():
                 await self._check_entity(entity)
                 await self._warn_missing_index(entity)
             await self._check_distinct_databases()
@@ -228,7 +239,10 @@ class DataDaemon:
                 entity.collection,
                 trigger.describe(),
             )
-        problem = refusal(entity.collection, relations.inbound, entity.on_children, entity.children)
+        try:
+            problem = await self._review(entity)
+        except SchemaError as exc:
+            raise ConfigError(f"{entity.where('children')}: {exc.message}") from None
         if problem and self._refuse:
             raise ConfigError(f"{entity.where('on_children')}: {problem}")
 
@@ -239,12 +253,60 @@ class DataDaemon:
         handle = self.catalog.handle(entity.source_handle)
         return await handle.transaction(reflect_relations, entity.collection)
 
+    async def _review(self, entity: Entity) -> str | None:
+        """Read the foreign keys of ``entity``'s source database now: keep the tree of its
+        named children (each registered as a collection the worker may move, as its own
+        source table names it), and answer why the policy must refuse to run, if it must.
+        Named children that cannot be moved are a SchemaError."""
+        handle = self.catalog.handle(entity.source_handle)
+        keys = await handle.transaction(foreign_keys)
+        found = await handle.transaction(primary_keys, [entity.collection, *entity.children])
+        try:
+            tree, problem = review(
+                entity.collection, entity.children, entity.on_children, keys, found
+            )
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from None
+        self._trees[entity.collection] = tree
+        for node in (node for child in tree for node in child.walk()):
+            other = self.registry.get(node.table) if node.table in self.registry else None
+            if other is not None and other.parent != entity.collection:
+                raise SchemaError(
+                    f"children: {node.table} is archived by {other.parent or 'its own policy'}"
+                    f" ({other.origin}); a table can move with one policy only"
+                )
+            self.registry.replace(
+                dataclasses.replace(
+                    entity,
+                    collection=node.table,
+                    order_by=found[node.table][0],
+                    table=None,
+                    children=(),
+                    parent=entity.collection,
+                    origin=entity.where("children"),
+                )
+            )
+        return problem
+
     async def _require_no_refusal(self, entity: Entity) -> None:
         """Before each task: a reference added since start-up refuses it too."""
-        relations = await self.relations(entity.collection)
-        problem = refusal(entity.collection, relations.inbound, entity.on_children, entity.children)
+        problem = await self._review(entity)
         if problem:
             raise SchemaError(problem)
+
+    def children(self, collection: str) -> list[Child]:
+        """The named children of ``collection``'s policy, as the ``archive`` message's
+        extension carries them (empty without them)."""
+
+        def wire(node: ChildTable) -> Child:
+            return Child(
+                collection=node.table,
+                columns=[node.column],
+                references=[node.references],
+                children=[wire(child) for child in node.children],
+            )
+
+        return [wire(node) for node in self._trees.get(collection, ())]
 
     # --- what the daemon and CLI call -----------------------------------------------------
 
@@ -255,8 +317,9 @@ class DataDaemon:
         return await self.bus.execute(name, params, caller=caller)
 
     def policies(self) -> list[Entity]:
-        """Every archivable entity with its policy."""
-        return list(self.registry)
+        """Every archivable entity with its policy (a policy's named children are moved
+        with it, and are none)."""
+        return [entity for entity in self.registry if entity.parent is None]
 
     def entity(self, collection: str) -> Entity:
         return self.catalog.entity(collection)
@@ -264,13 +327,18 @@ class DataDaemon:
     def handle(self, name: str) -> Handle:
         return self.catalog.handle(name)
 
-    async def ensure_archive_table(self, collection: str) -> None:
+    async def ensure_archive_table(self, collection: str) -> list[Child]:
         """Make the archive table on the entity's destination handle mirror its source table
-        (create it, or add new columns); SchemaError for changes it cannot make safely."""
+        (create it, or add new columns), and its named children's; SchemaError for changes
+        it cannot make safely, or a reference that refuses the policy now. Answers the
+        children's tree, as the ``archive`` message carries it (`children`)."""
         entity = self.catalog.entity(collection)
         await self._require_distinct(entity)
         await self._require_no_refusal(entity)
         await self.catalog.ensure_archive_table(entity)
+        for node in (node for child in self._trees.get(collection, ()) for node in child.walk()):
+            await self.catalog.ensure_archive_table(self.catalog.entity(node.table))
+        return self.children(collection)
 
     async def reclaim(self, collection: str) -> Reclaimed | None:
         """The policy's space reclaim of ``collection``'s source table (its ``reclaim`` key;
@@ -364,6 +432,10 @@ class DataDaemon:
         else:
             state, path, warnings = await self._plan_archive(entity, source)
         relations = await self.relations(collection)
+        try:
+            problem = await self._review(entity)
+        except SchemaError as exc:
+            problem = exc.message
         oldest = newest = None
         if to_archive > 0:
             oldest, newest = await self.catalog.handle(entity.source_handle).transaction(
@@ -387,7 +459,10 @@ class DataDaemon:
             cutoff=instant,
             warnings=warnings,
             relations=tuple(relations.lines()),
-            refusal=refusal(collection, relations.inbound, entity.on_children, entity.children),
+            refusal=problem,
+            children=tuple(
+                node.table for child in self._trees.get(collection, ()) for node in child.walk()
+            ),
         )
 
     async def _plan_archive(

@@ -45,6 +45,7 @@ from archivist.errors import (
 )
 from archivist.protocol import DEFAULT_FRAME_LIMIT, JSONObject, row_budget
 from archivist.worker.batching import BatchSizer
+from archivist.worker.children import ChildMover
 from archivist.worker.queue import Task
 from archivist.worker.settings import DEFAULTS
 from archivist.worker.throttle import Throttle, ThrottleSettings
@@ -240,6 +241,19 @@ class _TaskRun:
         """Rows the daemon kept in the source because other rows still reference them: the
         cursor moves past them, and they count against the task's rows."""
         self.kept_reasons: dict[str, None] = {}
+        self.children = (
+            ChildMover(
+                calls.execute,
+                spec.source_handle,
+                spec.dest_handle,
+                task.task_id,
+                budget=self.budget,
+                delete=self.mode == "move",
+            )
+            if spec.children and self.mode != "purge"
+            else None
+        )
+        """Moves the rows of the task's named children before each batch's delete."""
 
         self.primary_key = DEFAULT_PRIMARY_KEY
         """The source's primary key, as its listings name it."""
@@ -477,11 +491,9 @@ class _TaskRun:
         in the same transaction where the daemon can (``move``: the answer says how many
         went); None when the daemon cannot copy for this task's handles (then rows go
         through the worker)."""
-        params = {
-            **params,
-            "destHandle": self.task.spec.dest_handle,
-            "move": self.mode == "move",
-        }
+        # Not with children: they must go before their parents, which a move deletes at once.
+        move = self.mode == "move" and not self.task.spec.children
+        params = {**params, "destHandle": self.task.spec.dest_handle, "move": move}
         try:
             if not self.moving:
                 return await self.calls.execute("data/copy", params)
@@ -550,9 +562,19 @@ class _TaskRun:
         return moved + kept < len(batch.to_move)
 
     async def _copy(self, batch: Batch) -> None:
-        """Copy one batch to the destination and check it reads back identical."""
-        if batch.copied or self.mode == "purge":
-            return  # done by data/copy (the delete checks each copy), or nothing to copy
+        """Copy one batch to the destination and check it reads back identical; then move
+        the rows of the task's named children that reference it (`ChildMover`), so that
+        they are gone before the batch's delete (in mode "copy", copied only)."""
+        if self.mode == "purge":
+            return  # nothing to copy (a purge policy with children is refused at start-up)
+        if not batch.copied:  # else done by data/copy; the delete checks each copy
+            await self._copy_rows(batch)
+        if self.children is not None and batch.to_move:
+            # Not the children of rows kept for an unstorable value: they stay with them.
+            keys = [_key_of(item, batch.primary_key) for item in batch.to_move]
+            await self.children.move(self.task.spec.children or [], keys)
+
+    async def _copy_rows(self, batch: Batch) -> None:
         items, primary_key = batch.items, batch.primary_key
         # The source is authoritative for rows it still holds: a copy left by an earlier,
         # interrupted run is overwritten rather than reported as a conflict. A row the
