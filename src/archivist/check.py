@@ -19,6 +19,7 @@ from archivist.config import Config
 from archivist.data.handles import Handle
 from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.registry import Entity
+from archivist.data.relations import reflect_relations, refusal
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.service import DataDaemon
 from archivist.data.values import encode_value
@@ -56,12 +57,10 @@ class PolicyCheck:
     newest: object = None
     index: str | None = None
     archive_table: str | None = None
-    # TODO(issue 25, foreign keys): fill from archivist.data.relations (foreign keys that
-    # reference the table, and its triggers) once that module has landed; None means "not
-    # inspected", not "none found".
     foreign_keys: list[str] | None = None
+    """The foreign keys into and out of the table; None: the table could not be read."""
     triggers: list[str] | None = None
-    # TODO(issue 25, policies): the policy's `window` once the config has that key.
+    """Its ON DELETE triggers (they run for every archived row)."""
     window: str | None = None
     would: str = ""
     problems: list[str] = field(default_factory=list)
@@ -140,6 +139,7 @@ async def _check_policy(
         order_by=entity.order_by,
         max_rows=entity.max_rows,
         rows_per_archive=entity.rows_per_archive,
+        window=entity.rules.window.text if entity.rules.window is not None else None,
     )
     if entity.source_handle in missing_files:
         found.problems.append(
@@ -196,6 +196,22 @@ async def _inspect(
     missing = missing_index_warning(entity.collection, entity.order_by, found.index)
     if missing is not None:
         found.warnings.append(missing)
+    age_column = entity.rules.age_column(entity.order_by)
+    if age_column != entity.order_by:
+        age_index = await source_handle.transaction(order_index, entity.collection, age_column)
+        missing = missing_index_warning(entity.collection, age_column, age_index)
+        if missing is not None:
+            found.warnings.append(missing)
+    relations = await source_handle.transaction(reflect_relations, entity.collection)
+    found.foreign_keys = [line for line in relations.lines() if "trigger" not in line]
+    found.triggers = [trigger.describe() for trigger in relations.triggers]
+    if relations.triggers:
+        found.warnings.append(
+            f"{len(relations.triggers)} ON DELETE trigger(s) run for every archived row"
+        )
+    refused = refusal(entity.collection, relations.inbound, entity.on_children, entity.children)
+    if refused is not None:
+        found.problems.append(refused)
     if entity.dest_handle not in reachable:
         return
     if await source_handle.identity() == await data.handle(entity.dest_handle).identity():

@@ -7,6 +7,7 @@ the rest moves); a table that references itself; the explicit cascade; triggers 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -195,6 +196,55 @@ def test_dry_run_lists_the_foreign_keys_triggers_and_the_refusal(
     assert "ON DELETE trigger orders_audit (AFTER DELETE)" in out, out
     assert "would refuse" in out and "nothing was moved" in out, out
     assert len(ids(primary, ORDERS)) == 200
+
+
+def test_check_lists_the_foreign_keys_triggers_window_and_the_refusal(
+    pair: tuple[str, str], tmp_path: Path
+) -> None:
+    """``archivist check`` shows what the policy meets in the database: the key that would
+    cascade (a problem, exit 1, nothing moved), an ON DELETE trigger (a warning), the
+    window; and with ``on_children = "keep"`` the same schema is no problem."""
+    primary, archive = pair
+    make_orders(primary, "CASCADE")
+    execute(primary, "CREATE TABLE audit (order_id INTEGER)")
+    if engine_of(primary) == "postgresql":
+        execute(
+            primary,
+            "CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO audit VALUES (OLD.id); RETURN OLD; END $$",
+            f"CREATE TRIGGER orders_audit AFTER DELETE ON {ORDERS}"
+            " FOR EACH ROW EXECUTE FUNCTION audit_fn()",
+        )
+    elif engine_of(primary) == "sqlite":
+        execute(
+            primary,
+            f"CREATE TRIGGER orders_audit AFTER DELETE ON {ORDERS}"
+            " BEGIN INSERT INTO audit VALUES (old.id); END",
+        )
+    else:
+        execute(
+            primary,
+            f"CREATE TRIGGER orders_audit AFTER DELETE ON {ORDERS}"
+            " FOR EACH ROW INSERT INTO audit VALUES (OLD.id)",
+        )
+    windowed = orders_policy(window="01:00-05:00", timezone="Europe/Berlin")
+    result = archivist("check", "--config", config_file(tmp_path, primary, archive, windowed))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    out = " ".join(result.stdout.split())
+    assert f"referenced by {ITEMS}.order_id -> {ORDERS}.id ({FK}, ON DELETE CASCADE)" in out, out
+    assert "orders_audit (AFTER DELETE)" in out, out
+    assert "ON DELETE trigger(s) run for every archived row" in out, out
+    assert "window: 01:00-05:00" in out, out
+    assert "refusing to archive" in out, out
+    assert len(ids(primary, ORDERS)) == 200 and len(ids(primary, ITEMS)) == 200
+
+    kept = orders_policy(on_children="keep")
+    result = archivist("check", "--config", config_file(tmp_path, primary, archive, kept), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (policy,) = json.loads(result.stdout)["policies"]
+    assert policy["triggers"] == ["orders_audit (AFTER DELETE)"]
+    assert any(FK in line for line in policy["foreign_keys"]), policy
 
 
 # --- RESTRICT / NO ACTION: kept, reported, the rest moves ---------------------------------------
