@@ -542,6 +542,36 @@ def test_children_move_with_their_parents(
 
 
 @pytest.mark.parametrize("in_database", [True, False], ids=["in_database", "rows"])
+def test_a_copy_policy_copies_the_children_and_deletes_nothing(
+    pair: tuple[str, str], tmp_path: Path, in_database: bool
+) -> None:
+    """``mode = "copy"`` with children (``older_than``: ``created_at`` is epoch seconds in
+    1970, so every order): the 200 orders with their items and notes are copied and
+    verified, and the primary keeps all 500 rows."""
+    primary, archive = pair
+    make_orders(primary, "CASCADE")
+    make_notes(primary)
+    policy = {
+        "collection": ORDERS,
+        "order_by": "created_at",
+        "mode": "copy",
+        "older_than": "1d",
+        "time_unit": "s",
+        "batch_size": 50,
+        "children": [ITEMS, NOTES],
+    }
+    config = config_file(tmp_path, primary, archive, policy, in_database=in_database)
+    result = archivist("archive", ORDERS, "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert ids(primary, ORDERS) == set(range(1, 201))
+    assert ids(primary, ITEMS) == set(range(1, 201))
+    assert ids(primary, NOTES) == set(range(2, 201, 2))
+    assert ids(archive, ORDERS) == set(range(1, 201))
+    assert ids(archive, ITEMS) == set(range(1, 201))
+    assert ids(archive, NOTES) == set(range(2, 201, 2))
+
+
+@pytest.mark.parametrize("in_database", [True, False], ids=["in_database", "rows"])
 def test_children_listed_over_several_frames_all_move_before_their_parents(
     pair: tuple[str, str], tmp_path: Path, in_database: bool
 ) -> None:
