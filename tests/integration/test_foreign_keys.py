@@ -596,6 +596,30 @@ def test_children_listed_over_several_frames_all_move_before_their_parents(
     assert ids(archive, ITEMS) == set(range(1, 1501))
 
 
+def test_a_parent_wider_than_a_frame_moves_after_its_children(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Order 7's note is 20 KB, over the 6 KiB of rows an 80 KiB frame carries: the daemon
+    relays it (``data/relay``), after its item moved; without that the relay's guarded
+    delete keeps it and the task lists it again until it fails."""
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    make_orders(sqlite_url, "CASCADE")
+    execute(sqlite_url, f"UPDATE {ORDERS} SET note = '{'x' * 20_000}' WHERE id = 7")
+    path = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": sqlite_url, "archive": archive},
+        [orders_policy(children=[ITEMS])],
+        worker={"in_database": False, "batch_time": 0, "frame_limit": 81920},
+    )
+    result = archivist("archive", ORDERS, "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert ids(sqlite_url, ORDERS) == set(range(151, 201))
+    assert ids(archive, ORDERS) == set(range(1, 151))
+    assert ids(sqlite_url, ITEMS) == set(range(151, 201))
+    assert ids(archive, ITEMS) == set(range(1, 151))
+    assert rows(archive, f"SELECT length(note) FROM {ORDERS} WHERE id = 7") == [(20_000,)]
+
+
 @pytest.mark.parametrize(("source", "dest"), [("sqlite", "postgresql"), ("postgresql", "mysql")])
 def test_children_move_with_their_parents_across_engines(
     fresh_db: Callable[[str], str], tmp_path: Path, source: str, dest: str

@@ -464,6 +464,10 @@ class _TaskRun:
         key, size = oversized.get("id"), oversized.get("bytes")
         spec = self.task.spec
         params: JSONObject = {**self.source, "destHandle": spec.dest_handle, "ids": [key]}
+        if self.children is not None and key is not None:
+            # Its children first, as for any batch: else the relay's guarded delete keeps
+            # the row (still referenced), and the task lists it again and again.
+            await self.children.move(spec.children or [], [key])
         try:
             moved = await self.calls.execute("data/relay", params)
         except RemoteError as exc:
