@@ -14,16 +14,14 @@ import pytest
 
 from archivist.protocol import Archive, JSONObject
 from archivist.testing import CopyMode, InMemoryDaemon
-from archivist.worker import executor
+from archivist.worker import pacing
 from archivist.worker.executor import (
-    RETRY_DELAYS,
     STALLED_BATCHES,
     Executor,
     Outcome,
     Settings,
-    _TaskRun,
-    retry_delay,
 )
+from archivist.worker.pacing import RETRY_DELAYS, Pacer, retry_delay
 from archivist.worker.queue import Task
 from archivist.worker.throttle import ThrottleSettings
 
@@ -85,7 +83,7 @@ def _assert_nothing_lost(daemon: InMemoryDaemon, rows: list[JSONObject]) -> None
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry at once: the backoff's figures are `retry_delay`'s test, not these."""
-    monkeypatch.setattr(executor, "RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(pacing, "RETRY_DELAYS", (0.0,))
 
 
 def _deleted_ids(daemon: InMemoryDaemon) -> list[object]:
@@ -336,13 +334,13 @@ def test_the_task_rests_between_batches_and_not_after_the_last(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rests: list[float] = []
-    sleep = _TaskRun._sleep
+    sleep = Pacer.sleep
 
-    async def recorded(self: _TaskRun, seconds: float) -> None:
+    async def recorded(self: Pacer, seconds: float) -> None:
         rests.append(seconds)
         await sleep(self, 0)
 
-    monkeypatch.setattr(_TaskRun, "_sleep", recorded)
+    monkeypatch.setattr(Pacer, "sleep", recorded)
     daemon = _daemon(_rows(35))
     throttle = ThrottleSettings(pause=0.05, max_latency_ms=None, max_active=None, yield_ratio=0)
     assert _run(daemon, _task(35, 10), throttle=throttle) == Outcome("success", 35)

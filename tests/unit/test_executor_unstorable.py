@@ -9,7 +9,7 @@ import pytest
 
 from archivist.protocol import Archive, JSONObject
 from archivist.testing import InMemoryDaemon
-from archivist.worker import executor
+from archivist.worker import kept
 from archivist.worker.executor import Executor, Outcome, Settings
 from archivist.worker.queue import Task
 from archivist.worker.throttle import ThrottleSettings
@@ -79,7 +79,7 @@ def test_a_task_whose_rows_all_store_succeeds() -> None:
 
 
 def test_a_task_stops_once_it_has_kept_too_many_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor, "MAX_UNSTORABLE", 3)
+    monkeypatch.setattr(kept, "MAX_UNSTORABLE", 3)
     bad = set(range(0, 40, 2))
     rows = _rows(40, bad)
 

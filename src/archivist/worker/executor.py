@@ -25,40 +25,41 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from archivist.errors import (
     ROWS_PATH_CODES,
-    TRANSIENT_CODES,
     ArchivistError,
-    BadAnswer,
     ConnectionClosed,
     RemoteError,
     RequestTimeout,
-    RowsKept,
     RowTooLarge,
     TaskCancelled,
-    UnstorableValue,
     VerifyMismatch,
 )
 from archivist.protocol import DEFAULT_FRAME_LIMIT, JSONObject, row_budget
+from archivist.worker.batch import (
+    Batch,
+    cursor_of,
+    int_field,
+    items_of,
+    key_of,
+    primary_key_of,
+    verify,
+)
 from archivist.worker.batching import BatchSizer
 from archivist.worker.children import ChildMover
+from archivist.worker.kept import KeptRows
+from archivist.worker.pacing import Pacer
 from archivist.worker.queue import Task
 from archivist.worker.settings import DEFAULTS
 from archivist.worker.throttle import Throttle, ThrottleSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRIMARY_KEY: Final = "id"
 STALLED_BATCHES: Final = 3
-MAX_UNSTORABLE: Final = 1000
-"""Rows a task keeps in the source for values its destination cannot store before it stops:
-each is named in the task's error, and excluded by key from its listings."""
 """Consecutive batches that delete nothing (every row changed under us) before giving up."""
-RETRY_DELAYS: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -105,61 +106,6 @@ class Outcome:
         return cls("cancelled", archived, reason, TaskCancelled.code)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Rows listed from the source, oldest first, and how they were asked for."""
-
-    items: list[JSONObject]
-    limit: int
-    primary_key: str
-    order_field: str | None
-    after_cursor: bool
-    copied: bool = False
-    """Already copied by the daemon (``data/copy``): ``items`` hold only keys, and the
-    delete's guard (``matching``) is the verification."""
-    next_cursor: JSONObject | None = None
-    """The cursor past the last row, as the daemon gave it (``data/copy``)."""
-    moved: int | None = None
-    """Rows the daemon also deleted from the source, in the copy's transaction
-    (``data/copy`` with ``move``): the batch is done. None: its delete is still to run."""
-    unstorable: set[object] = field(default_factory=set)
-    """Keys of rows the destination cannot store (``data/create`` skipped them): they stay
-    in the source, and the batch's copy, verification and delete are of the others."""
-    truncated: bool = False
-    """The daemon stopped the listing short of ``limit`` to fit its frame: rows may follow."""
-    oversized: JSONObject | None = None
-    """The next row, too wide for any frame (``{"id", "bytes"}``): ``items`` is empty."""
-
-    @property
-    def to_move(self) -> list[JSONObject]:
-        """The rows this batch copies and deletes: all but the unstorable ones."""
-        if not self.unstorable:
-            return self.items
-        return [item for item in self.items if item.get(self.primary_key) not in self.unstorable]
-
-    @property
-    def last_page(self) -> bool:
-        """Whether the source has nothing after this batch."""
-        return len(self.items) < self.limit and not self.truncated and self.oversized is None
-
-    def cursor_after(self) -> JSONObject | None:
-        """A keyset cursor just past this batch's last row, if the order is known."""
-        if self.next_cursor is not None:
-            return self.next_cursor
-        if self.order_field is None or not self.items:
-            return None
-        last = self.items[-1]
-        value = last.get(self.order_field)
-        if value is None:
-            return None
-        return {
-            "field": self.order_field,
-            "value": value,
-            "id": last.get(self.primary_key),
-            "direction": "after",
-        }
-
-
 class Executor:
     """Runs tasks; one per worker, so all tasks share its throttle."""
 
@@ -184,16 +130,13 @@ class Executor:
             return Outcome("error", task.archived, f"internal error: {exc}", "internal")
         if not finished and task.stop_reason is not None:
             return Outcome.stopped(task.archived, task.stop_reason)
-        if run.unstorable:
-            kept = run.unstorable_kept()
-            if run.kept:
-                kept = UnstorableValue(f"{kept.message}; {run.rows_kept().message}")
-            log.error("task %s: %s", task.task_id, kept.message)
-            return Outcome("error", task.archived, kept.message, kept.code)
-        if run.kept:
-            referenced = run.rows_kept()
-            log.warning("task %s: %s", task.task_id, referenced.message)
-            return Outcome("error", task.archived, referenced.message, referenced.code)
+        ending = run.kept.ending()
+        if ending is not None:
+            if run.kept.unstorable:
+                log.error("task %s: %s", task.task_id, ending.message)
+            else:
+                log.warning("task %s: %s", task.task_id, ending.message)
+            return Outcome("error", task.archived, ending.message, ending.code)
         return Outcome("success", task.archived)
 
 
@@ -227,20 +170,13 @@ class _TaskRun:
         self.in_database = settings.in_database and self.mode != "purge"
         """Batches are copied inside the database (until the daemon says it cannot); a
         purge lists rows and deletes them as listed."""
-        self.held_by: str | None = None
-        """Why batches wait for the database's load (pause file, load limits), or None."""
-        self.yielding: str | None = None
-        """Why the task rests longer after its batches (the application), or None."""
-        self.deleted_at: float | None = None
-        """When the task's last delete ended: on SQLite a delete is what notices the
-        application, so whether to yield is read from a reading taken after it."""
+        self.pacer = Pacer(
+            task, executor.throttle, settings.throttle, settings.retry_for, calls.execute
+        )
+        """The rests between batches and before retries, and why the task is throttled."""
         self.moving = False
         """The daemon moved the last batch (``data/copy`` with ``move``): its copies write
         the source, and hold the database's budget as a delete does."""
-        self.kept = 0
-        """Rows the daemon kept in the source because other rows still reference them: the
-        cursor moves past them, and they count against the task's rows."""
-        self.kept_reasons: dict[str, None] = {}
         self.children = (
             ChildMover(
                 calls.execute,
@@ -254,35 +190,12 @@ class _TaskRun:
             else None
         )
         """Moves the rows of the task's named children before each batch's delete."""
-
-        self.primary_key = DEFAULT_PRIMARY_KEY
-        """The source's primary key, as its listings name it."""
-        self.unstorable: dict[object, str] = {}
-        """Rows kept in the source because the destination cannot store one of their
-        values, by key: what is wrong with each. They count against the task's rows."""
+        self.kept = KeptRows(task)
+        """Rows left in the source: referenced by other rows, or unstorable."""
 
     @property
     def remaining(self) -> int:
-        return self.task.spec.max_rows - self.task.archived - len(self.unstorable) - self.kept
-
-    def unstorable_kept(self, shown: int = 5) -> UnstorableValue:
-        """How a task that kept unstorable rows ends: what moved, what stayed, and why."""
-        reasons = list(self.unstorable.values())
-        more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
-        return UnstorableValue(
-            f"moved {self.task.archived} row(s); kept {len(reasons)} in "
-            f"{self.task.spec.source_handle}, with values {self.task.spec.dest_handle} "
-            f"cannot store: {'; '.join(reasons[:shown])}{more}"
-        )
-
-    def rows_kept(self) -> RowsKept:
-        """How the task ended when it kept rows other rows still reference: what moved,
-        what stayed, and why."""
-        reasons = "; ".join(self.kept_reasons) or "still referenced by other rows"
-        return RowsKept(
-            f"moved {self.task.archived} row(s); kept {self.kept} in "
-            f"{self.task.spec.source_handle}: {reasons}"
-        )
+        return self.task.spec.max_rows - self.task.archived - self.kept.count
 
     def stopped(self) -> bool:
         return self.task.stop_reason is not None
@@ -293,7 +206,7 @@ class _TaskRun:
         # One round trip before touching data proves the callback path (the design's Test 3).
         await self.calls.execute("ping", {})
         counted = await self.calls.execute("data/count", {**self.source, **self.filtering})
-        task.total = min(task.spec.max_rows, _int_field(counted, "count", "data/count"))
+        task.total = min(task.spec.max_rows, int_field(counted, "count", "data/count"))
         ahead: asyncio.Task[Batch] | None = None
         failing_since: float | None = None
         streak = 0
@@ -302,7 +215,7 @@ class _TaskRun:
                 if self.stopped():
                     return await self._settle_on_stop(ahead)
                 await self.throttle.wait_turn(
-                    task.spec.source_handle, self.calls.execute, self._throttled, self.stopped
+                    task.spec.source_handle, self.calls.execute, self.pacer.throttled, self.stopped
                 )
                 if self.stopped():
                     return await self._settle_on_stop(ahead)
@@ -341,7 +254,7 @@ class _TaskRun:
                     await self._settle_after_failure()
                     failing_since = failing_since or time.monotonic()
                     streak += 1
-                    await self._retry_pause(exc, streak, time.monotonic() - failing_since)
+                    await self.pacer.retry_pause(exc, streak, time.monotonic() - failing_since)
                     continue
                 failing_since, streak = None, 0
                 took = time.monotonic() - started
@@ -350,7 +263,7 @@ class _TaskRun:
                     return True  # the source has nothing after this batch
                 if self.remaining - self.unsettled <= 0:
                     return True  # all moved: no rest after the last batch
-                await self._pause_between_batches(took, len(batch.items))
+                await self.pacer.pause_between_batches(took, len(batch.items))
             return True  # a batch is kept pending only while more rows are to be listed
         finally:
             await _cancelled(ahead)
@@ -424,10 +337,8 @@ class _TaskRun:
             cursor = self.resume
         if cursor is not None:
             params["cursor"] = cursor
-        if self.unstorable:
-            # Rows kept in the source are its oldest: a listing from the start would find
-            # them again, batch after batch.
-            params["filter"] = {self.primary_key: {"$nin": list(self.unstorable)}}
+        if (leave_out := self.kept.listing_filter()) is not None:
+            params["filter"] = leave_out
         command = "data/list"
         if self.in_database and (listed := await self._copy_in_database(params)) is not None:
             command = "data/copy"
@@ -436,10 +347,10 @@ class _TaskRun:
         order_field = order_by or listed.get("orderBy")
         moved = None
         if command == "data/copy" and "deleted" in listed:
-            moved = _int_field(listed, "deleted", command)
-            self.deleted_at = time.monotonic()
+            moved = int_field(listed, "deleted", command)
+            self.pacer.deleted_at = time.monotonic()
         self.moving = moved is not None
-        items = _items(listed, command)
+        items = items_of(listed, command)
         size = listed.get("bytes")
         if isinstance(size, int) and not isinstance(size, bool):
             # Before the next listing is sized (it may start at once, ahead).
@@ -448,11 +359,11 @@ class _TaskRun:
         return Batch(
             items=items,
             limit=limit,
-            primary_key=_primary_key(listed),
+            primary_key=primary_key_of(listed),
             order_field=order_field if isinstance(order_field, str) else None,
             after_cursor=cursor is not None,
             copied=command == "data/copy",
-            next_cursor=_cursor_of(listed) if command == "data/copy" else None,
+            next_cursor=cursor_of(listed) if command == "data/copy" else None,
             moved=moved,
             truncated=listed.get("truncated") is True,
             oversized=oversized if isinstance(oversized, dict) and not items else None,
@@ -478,7 +389,7 @@ class _TaskRun:
                 f"JSON, more than the {self.budget} bytes of rows a frame carries, and the "
                 f"daemon cannot move it itself ({exc.message})"
             ) from None
-        deleted = _int_field(moved, "deleted", "data/relay")
+        deleted = int_field(moved, "deleted", "data/relay")
         log.info(
             "task %s: row %s=%r of %s bytes moved by the daemon (wider than a frame)",
             self.task.task_id,
@@ -486,7 +397,7 @@ class _TaskRun:
             key,
             size,
         )
-        self.deleted_at = time.monotonic()
+        self.pacer.deleted_at = time.monotonic()
         self._count_skips(1 - deleted, 1)
         await self._moved(deleted)
 
@@ -575,7 +486,7 @@ class _TaskRun:
             await self._copy_rows(batch)
         if self.children is not None and batch.to_move:
             # Not the children of rows kept for an unstorable value: they stay with them.
-            keys = [_key_of(item, batch.primary_key) for item in batch.to_move]
+            keys = [key_of(item, batch.primary_key) for item in batch.to_move]
             await self.children.move(self.task.spec.children or [], keys)
 
     async def _copy_rows(self, batch: Batch) -> None:
@@ -587,13 +498,13 @@ class _TaskRun:
             "data/create",
             {**self.dest, "items": items, "onConflict": "replace", "onUnstorable": "skip"},
         )
-        self._keep_unstorable(batch, created)
+        self.kept.keep_unstorable(batch, created)
         items = batch.to_move
         if not items:
             return
-        ids = [_key_of(item, primary_key) for item in items]
+        ids = [key_of(item, primary_key) for item in items]
         copies = await self._read_copies(ids, primary_key)
-        _verify(items, copies, primary_key, self.task.spec.dest_handle)
+        verify(items, copies, primary_key, self.task.spec.dest_handle)
 
     async def _read_copies(self, ids: list[object], primary_key: str) -> list[JSONObject]:
         """The destination's rows under ``ids``, in as many listings as their frames need."""
@@ -607,7 +518,7 @@ class _TaskRun:
                 "maxBytes": self.budget,
             }
             answer = await self.calls.execute("data/list", params)
-            found = _items(answer, "data/list")
+            found = items_of(answer, "data/list")
             copies += found
             if answer.get("truncated") is not True:
                 break
@@ -617,31 +528,9 @@ class _TaskRun:
                     f"{self.task.spec.collection} in {self.task.spec.dest_handle} is too wide "
                     "to be read back in one frame; nothing was deleted"
                 )
-            seen = {_key_of(copy, primary_key) for copy in found}
+            seen = {key_of(copy, primary_key) for copy in found}
             wanted = [key for key in wanted if key not in seen]
         return copies
-
-    def _keep_unstorable(self, batch: Batch, created: JSONObject) -> None:
-        refused = created.get("unstorable")
-        if refused is None:
-            return
-        if not isinstance(refused, list) or not all(isinstance(r, dict) for r in refused):
-            raise BadAnswer("data/create answered with unstorable not a list of objects")
-        for entry in refused:
-            key = entry.get("key")
-            if key is None or isinstance(key, list | dict):
-                raise BadAnswer(f"data/create named an unstorable row by no key: {entry!r}")
-            batch.unstorable.add(key)
-            self.primary_key = batch.primary_key
-            if key not in self.unstorable:
-                reason = (
-                    f"{batch.primary_key}={key!r}: {entry.get('field')} = "
-                    f"{entry.get('value')} ({entry.get('error')})"
-                )
-                self.unstorable[key] = reason
-                log.warning("task %s: kept in the source: %s", self.task.task_id, reason)
-        if len(self.unstorable) >= MAX_UNSTORABLE:
-            raise UnstorableValue(f"{self.unstorable_kept().message}; stopped there")
 
     async def _delete(self, batch: Batch) -> tuple[int, int]:
         """Delete a copied and verified batch from the source; returns the rows deleted and
@@ -655,19 +544,16 @@ class _TaskRun:
             return 0, 0  # every row of it was unstorable, and stays
         if self.mode == "copy":
             return len(items), 0  # copied and verified: done, the source keeps them
-        ids = [_key_of(item, primary_key) for item in items]
+        ids = [key_of(item, primary_key) for item in items]
         guard: JSONObject = (
             {"matching": self.task.spec.dest_handle} if batch.copied else {"expected": items}
         )
         deleted = await self.calls.execute("data/delete", {**self.source, "ids": ids, **guard})
-        moved = _int_field(deleted, "deleted", "data/delete")
-        kept = _int_field(deleted, "kept", "data/delete") if "kept" in deleted else 0
-        self.deleted_at = time.monotonic()
+        moved = int_field(deleted, "deleted", "data/delete")
+        kept = int_field(deleted, "kept", "data/delete") if "kept" in deleted else 0
+        self.pacer.deleted_at = time.monotonic()
         if kept:
-            self.kept += kept
-            reason = deleted.get("keptReason")
-            self.kept_reasons[reason if isinstance(reason, str) else "still referenced"] = None
-            log.info("task %s: %d row(s) kept: %s", self.task.task_id, kept, reason)
+            self.kept.keep_referenced(kept, deleted.get("keptReason"))
         self._count_skips(len(items) - moved - kept, len(items))
         return moved, kept
 
@@ -684,84 +570,6 @@ class _TaskRun:
                 "is rewritten faster than it can be archived, or the copies are altered"
             )
 
-    # --- pacing --------------------------------------------------------------------------
-
-    def _throttled(self, reason: str | None) -> None:
-        self.held_by = reason
-        self._report_throttle()
-
-    def _report_throttle(self) -> None:
-        """Show (and log, when it changes) why the task is slowed, in `archivist status`."""
-        reason = self.held_by or self.yielding
-        if reason != self.task.throttled:
-            if reason is None:
-                log.info("task %s: resumed", self.task.task_id)
-            else:
-                log.info("task %s: throttled: %s", self.task.task_id, reason)
-        self.task.throttled = reason
-
-    async def _pause_between_batches(self, took: float, rows: int) -> None:
-        """Rest after a batch of ``rows`` rows that took ``took``: ``yield_ratio`` times as
-        long while the application uses the source database (at most what keeps the task at
-        the daemon's ``minRate``), else the plain pause.
-
-        A yielding rest can be long (200 times a 0.5 s batch is 100 s), so the load is read
-        again every ``load_interval`` while it lasts (one shared, cached reading per
-        database): once the application has gone quiet, only what is left of the plain
-        pause is slept, and the task goes on at full speed.
-        """
-        database = self.task.spec.source_handle
-        throttle = self.settings.throttle
-        ended = time.monotonic()
-        self.yielding = await self.throttle.yielding(
-            database, self.calls.execute, since=self.deleted_at
-        )
-        self._report_throttle()
-        if self.yielding is not None:
-            while self.yielding is not None and not self.stopped():
-                # Again at each look: the daemon may raise the task's rate meanwhile.
-                until = ended + throttle.rest_after(
-                    took, yielding=True, batch_rows=rows, min_rate=self.task.min_rate
-                )
-                now = time.monotonic()
-                if now >= until:
-                    return
-                await self._sleep(min(until - now, self.throttle.interval()))
-                if time.monotonic() < until and not self.stopped():
-                    self.yielding = await self.throttle.yielding(database, self.calls.execute)
-            self._report_throttle()
-        rest = ended + throttle.rest_after(took) - time.monotonic()
-        if rest > 0:
-            await self._sleep(rest)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake early when the task is asked to stop."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stopped():  # noqa: ASYNC110
-            await asyncio.sleep(min(0.1, deadline - time.monotonic()))
-
-    async def _retry_pause(
-        self, exc: RemoteError | RequestTimeout, streak: int, failing_for: float
-    ) -> None:
-        """Wait before retrying a failed batch, or re-raise when retrying is pointless or over.
-
-        Retrying is safe at any step: the next attempt lists the source again, its create is
-        idempotent, and only rows verified in the archive are deleted.
-        """
-        if exc.code not in TRANSIENT_CODES:
-            raise exc
-        delay = retry_delay(streak, failing_for, self.settings.retry_for)
-        if delay is None:
-            message = f"{exc.message} (gave up after retrying for {failing_for:.0f} s)"
-            if isinstance(exc, RemoteError):
-                raise RemoteError.rebuild(message, exc.code) from None
-            raise RequestTimeout(message) from None
-        self.task.retries += 1
-        log.warning(
-            "task %s: batch failed (%s); retrying in %.1f s", self.task.task_id, exc.message, delay
-        )
-        await self._sleep(delay)
-
 
 async def _cancelled(task: asyncio.Task[Batch] | None) -> None:
     """Cancel a listing that is no longer wanted and wait for it to end."""
@@ -770,63 +578,3 @@ async def _cancelled(task: asyncio.Task[Batch] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, ArchivistError):
         await task
-
-
-def _verify(
-    originals: Sequence[JSONObject], copies: Sequence[JSONObject], primary_key: str, dest: str
-) -> None:
-    by_key = {_key_of(copy, primary_key): copy for copy in copies}
-    for original in originals:
-        key = _key_of(original, primary_key)
-        copy = by_key.get(key)
-        if copy is None:
-            raise VerifyMismatch(f"row {primary_key}={key!r} is missing from {dest} after copy")
-        if any(copy.get(field) != value for field, value in original.items()):
-            changed = sorted(f for f, v in original.items() if copy.get(f) != v)
-            raise VerifyMismatch(
-                f"row {primary_key}={key!r} differs in {dest} after copy "
-                f"(fields: {', '.join(changed)}); nothing was deleted"
-            )
-
-
-def _cursor_of(result: JSONObject) -> JSONObject | None:
-    cursor = result.get("cursor")
-    return cursor if isinstance(cursor, dict) else None
-
-
-def _items(result: JSONObject, command: str) -> list[JSONObject]:
-    items = result.get("items")
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise BadAnswer(f"{command} answered without a list of items")
-    return items
-
-
-def _primary_key(result: JSONObject) -> str:
-    primary_key = result.get("primaryKey", DEFAULT_PRIMARY_KEY)
-    return primary_key if isinstance(primary_key, str) else DEFAULT_PRIMARY_KEY
-
-
-def _key_of(item: JSONObject, primary_key: str) -> object:
-    if primary_key not in item:
-        raise BadAnswer(f"an item has no primary key field {primary_key!r}")
-    key = item[primary_key]
-    if key is None or isinstance(key, list | dict):
-        raise BadAnswer(f"an item's primary key {primary_key!r} is not a scalar: {key!r}")
-    return key
-
-
-def _int_field(result: JSONObject, name: str, command: str) -> int:
-    value = result.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadAnswer(f"{command} answered without an integer {name!r}")
-    return value
-
-
-def retry_delay(streak: int, failing_for: float, retry_for: float) -> float | None:
-    """Seconds to wait before the ``streak``-th retry in a row of a batch failing for
-    ``failing_for`` seconds, backing off; None when ``retry_for`` is spent (give up).
-    Never past the end of ``retry_for``, so the last attempt comes before giving up."""
-    if failing_for >= retry_for:
-        return None
-    delay = RETRY_DELAYS[min(streak - 1, len(RETRY_DELAYS) - 1)]
-    return min(delay, max(0.1, retry_for - failing_for))
