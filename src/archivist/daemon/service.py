@@ -3,7 +3,8 @@
 It owns the policy loop (count, compare with ``max_rows``, ensure the archive table, queue
 a task), the connection to the worker (reconnect with backoff, health pings, tasks lost
 with a connection queued again), and it answers the worker's ``execute`` callbacks through
-the DataDaemon's command bus with the worker's allowlist.
+the DataDaemon's command bus with the worker's allowlist. What a check finds due, and the
+protocols it sees policies and the DataDaemon through, are in `archivist.daemon.policies`.
 """
 
 from __future__ import annotations
@@ -11,28 +12,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from archivist import protocol
 from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.keepup import KeepUp, write_state
-from archivist.daemon.movers import HeldLock, Movers
+from archivist.daemon.movers import Movers
+from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
-from archivist.errors import ArchivistError, BadAnswer, FrameLimitLost, MoverBusy, PeerError
-from archivist.policy import (
-    Decision,
-    Rules,
-    decide,
-    hold_reason,
-    task_filter,
-    utc_now,
-    with_condition,
-)
+from archivist.errors import ArchivistError, FrameLimitLost, MoverBusy, PeerError
+from archivist.policy import Decision, hold_reason, task_filter, utc_now
 from archivist.protocol import Archive, Child, Complete, JSONObject, Progress
 
 log = logging.getLogger(__name__)
@@ -43,51 +36,6 @@ RECONNECT_DELAYS: Final = (0.025,) * 10 + (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 every one-shot ``archivist archive`` waits for it."""
 STOP_TIMEOUT: Final = 30.0
 """Seconds tasks get to reach a safe point when the daemon stops."""
-
-
-class Policy(Protocol):
-    """What the daemon needs to know of an archivable entity."""
-
-    @property
-    def collection(self) -> str: ...
-    @property
-    def order_by(self) -> str: ...
-    @property
-    def max_rows(self) -> int | None: ...
-    @property
-    def rows_per_archive(self) -> int | None: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def source_handle(self) -> str: ...
-    @property
-    def dest_handle(self) -> str: ...
-    @property
-    def min_rate(self) -> float | None: ...
-    def rows_to_archive(self, count: int) -> int:
-        """Rows to move from a source of ``count`` rows (0: within its limit)."""
-        ...
-
-    @property
-    def rules(self) -> Rules: ...
-
-
-class DataService(Protocol):
-    """The DataDaemon as the ArchiveDaemon uses it."""
-
-    async def execute(
-        self, name: str, params: JSONObject, *, caller: str = "local"
-    ) -> JSONObject: ...
-
-    async def ensure_archive_table(self, collection: str) -> list[Child] | None:
-        """Ensure the archive tables (the collection's and its named children's); answer
-        the children's tree for the ``archive`` message (None or empty: none)."""
-        ...
-
-    async def take_mover(self, collection: str) -> HeldLock: ...
-    async def task_filter(
-        self, collection: str, now: dt.datetime | None = None
-    ) -> dict[str, object] | None: ...
 
 
 @dataclass(frozen=True)
@@ -497,35 +445,6 @@ class ArchiveDaemon:
                 # task gets the rate with its archive message.
                 log.debug("%s: rate not changed: %s", record.task_id, exc.message)
 
-    def _keep_up(self, policy: Policy, count: int) -> None:
-        """Tell the collection's keep-up state what this check counted; log when it asks
-        archivist to yield less, or relaxes."""
-        state = self.keeping[policy.collection]
-        before = state.rate
-        state.observe(count, time.monotonic(), self.tracker.take_moved(policy.collection))
-        after = state.rate
-        if after == before:
-            return
-        growth = state.growth or 0.0
-        if after is not None and (before is None or after > before):
-            log.info(
-                "%s: %d row(s) is over max_rows %d and grows %.0f rows/s; yielding less: "
-                "at least %.0f rows/s",
-                policy.collection,
-                count,
-                policy.max_rows,
-                growth,
-                after,
-            )
-        else:
-            log.info(
-                "%s: kept up (%d row(s), growing %.0f rows/s); relaxing to %s",
-                policy.collection,
-                count,
-                growth,
-                f"at least {after:.0f} rows/s" if after is not None else "full yielding",
-            )
-
     def _write_keepup(self) -> None:
         """Leave the policies' keep-up state beside the worker's socket for `archivist status`."""
         try:
@@ -568,64 +487,17 @@ class ArchiveDaemon:
     async def due(
         self, policy: Policy, table_rows: int | None = None
     ) -> tuple[Decision, dict[str, object] | None]:
-        """What the policy asks for now: how many rows, and the filter that chooses them
-        (its ``where``, and its age cutoff computed now, once, for the whole task).
-        ``table_rows``: the table's count just taken, if any (used when there is no where)."""
-        rules = policy.rules
-        everything = task_filter(rules.where, None, None)
-        if everything is None and table_rows is not None:
-            count = table_rows
-        else:
-            count = await self.count(policy.collection, policy.source_handle, everything)
-        aged, by_age = None, None
-        if rules.older_than is not None:
-            by_age = await self.data.task_filter(policy.collection, self.clock())
-            aged = await self.count(policy.collection, policy.source_handle, by_age)
-        if rules.mode == "copy":
-            return await self._due_copy(policy, by_age if by_age is not None else everything)
-        decision = decide(excess=policy.rows_to_archive(count), aged=aged)
-        return decision, by_age if decision.basis == "age" else everything
-
-    async def _due_copy(
-        self, policy: Policy, filter_: dict[str, object] | None
-    ) -> tuple[Decision, dict[str, object] | None]:
-        """A copy policy deletes nothing, so what it copied stays eligible: it copies the
-        rows from the highest ``order_by`` value in the archive on (that value included,
-        since rows sharing it may not all have been copied; copies are idempotent), and
-        only once some row lies beyond it."""
-        await self.data.ensure_archive_table(policy.collection)
-        listed = await self.data.execute(
-            "data/list",
-            {
-                "collection": policy.collection,
-                "dbHandle": policy.dest_handle,
-                "orderBy": [{"field": policy.order_by, "direction": "desc"}],
-                "limit": 1,
-            },
-        )
-        items = listed.get("items")
-        last = items[0].get(policy.order_by) if isinstance(items, list) and items else None
-        if last is None:
-            rows = await self.count(policy.collection, policy.source_handle, filter_)
-            return Decision(rows, "copy" if rows else "none"), filter_
-        beyond = with_condition(filter_, policy.order_by, "$gt", last)
-        if not await self.count(policy.collection, policy.source_handle, beyond):
-            return Decision(0, "none"), filter_
-        from_last = with_condition(filter_, policy.order_by, "$gte", last)
-        rows = await self.count(policy.collection, policy.source_handle, from_last)
-        return Decision(rows, "copy"), from_last
+        """What the policy asks for now (`policies.due`), by this daemon's clock."""
+        return await due(self.data, policy, self.clock(), table_rows)
 
     async def count(
         self, collection: str, handle: str, filter_: dict[str, object] | None = None
     ) -> int:
-        params: JSONObject = {"collection": collection, "dbHandle": handle}
-        if filter_ is not None:
-            params["filter"] = filter_
-        result = await self.data.execute("data/count", params)
-        count = result.get("count")
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise BadAnswer(f"data/count of {collection} on {handle} answered without a count")
-        return count
+        return await count_rows(self.data, collection, handle, filter_)
+
+    def _keep_up(self, policy: Policy, count: int) -> None:
+        state = self.keeping[policy.collection]
+        keep_up(policy, state, count, self.tracker.take_moved(policy.collection))
 
     async def submit(
         self,
