@@ -431,6 +431,10 @@ class DataDaemon:
             state, path = "not used (mode purge)", "deleted in place, not archived"
         else:
             state, path, warnings = await self._plan_archive(entity, source)
+        index = await self.order_index(collection)
+        missing = missing_index_warning(collection, entity.order_by, index)
+        if missing is not None:
+            warnings = (*warnings, missing)
         relations = await self.relations(collection)
         try:
             problem = await self._review(entity)
@@ -458,6 +462,7 @@ class DataDaemon:
             mode=rules.mode,
             cutoff=instant,
             warnings=warnings,
+            index=index,
             relations=tuple(relations.lines()),
             refusal=problem,
             children=tuple(
