@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from datasupport import ENGINES
+from servers import PrivateMariaDB, PrivatePostgres, short_directory
+from support import need_private_servers
 
 PG_SERVER_URL = os.environ.get(
     "ARCHIVIST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -138,3 +140,53 @@ def mysql_url(fresh_db: Callable[[str], str]) -> str:
 def any_url(request: pytest.FixtureRequest, fresh_db: Callable[[str], str]) -> str:
     """A fresh database on each engine in turn."""
     return fresh_db(str(request.param))
+
+
+class _SecondServers:
+    """A second PostgreSQL and a second MariaDB, started on first use and kept for the
+    session (several tests cross servers; each start costs seconds)."""
+
+    def __init__(self) -> None:
+        self.postgres: PrivatePostgres | None = None
+        self.mariadb: PrivateMariaDB | None = None
+
+    def server(self, engine: str) -> PrivatePostgres | PrivateMariaDB:
+        need_private_servers()
+        if engine == "postgresql":
+            if self.postgres is None:
+                server = PrivatePostgres(short_directory("archivist-pg2-"))
+                server.install()
+                server.start()
+                self.postgres = server
+            return self.postgres
+        if self.mariadb is None:
+            mariadb = PrivateMariaDB(short_directory("archivist-my2-"))
+            mariadb.install()
+            mariadb.start()
+            self.mariadb = mariadb
+        return self.mariadb
+
+    def remove(self) -> None:
+        for server in (self.postgres, self.mariadb):
+            if server is not None:
+                server.remove()
+
+
+@pytest.fixture(scope="session")
+def _second_servers() -> Iterator[_SecondServers]:
+    servers = _SecondServers()
+    yield servers
+    servers.remove()
+
+
+@pytest.fixture
+def second_db(_second_servers: _SecondServers) -> Callable[[str], str]:
+    """A factory: ``second_db("postgresql" | "mysql")`` -> URL of a new empty database on a
+    second server of that engine (not the one ``fresh_db`` uses), so that rows really cross
+    servers. The servers start on first use and stop when the session ends."""
+
+    def make(engine: str) -> str:
+        name = f"archivist_second_{secrets.token_hex(6)}"
+        return _second_servers.server(engine).create_database(name)
+
+    return make

@@ -27,6 +27,21 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
 
+def need_private_servers() -> None:
+    """Skip a test that starts servers of its own where the programs are missing; under
+    CI=true, fail it instead."""
+    import pytest
+
+    from servers import missing_programs
+
+    message = missing_programs()
+    if message is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def short_socket_dir() -> Path:
     """A private (0700) directory under /tmp: AF_UNIX paths must stay under 108 bytes."""
     path = Path(tempfile.mkdtemp(prefix="arch-", dir="/tmp"))

@@ -15,10 +15,8 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -46,7 +44,8 @@ from e2esupport import (
     wait_for,
     write_config,
 )
-from support import short_socket_dir
+from servers import PrivateMariaDB, PrivatePostgres, accepts, short_directory
+from support import need_private_servers, short_socket_dir
 
 ROWS = 3000
 
@@ -205,102 +204,16 @@ def test_a_database_locked_longer_than_retry_for_fails_the_task_naming_it_then_l
     assert_every_row_once(primary, archive)
 
 
-# The newest installed PostgreSQL's programs (initdb, pg_ctl), if any.
-PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: p.parent.name)
-
-
-def _pg_accepts(url: str) -> bool:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-        return True
-    except sa.exc.OperationalError:
-        return False
-    finally:
-        engine.dispose()
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of this test's own (``initdb`` into a temporary directory, a free
-    port on 127.0.0.1, trust), so that stopping it leaves the suite's shared server, which
-    other tests use at the same time, alone. Run as the ``postgres`` user when we are root
-    (PostgreSQL refuses to run as root)."""
-
-    def __init__(self, directory: Path, bin_dir: Path) -> None:
-        self.directory = directory
-        self.bin_dir = bin_dir
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run(
-            [*prefix, *command], capture_output=True, text=True, check=False, timeout=120
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-
-    def install(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres", "postgres")
-        self._run(
-            str(self.bin_dir / "initdb"),
-            "-D",
-            str(self.directory / "data"),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        )
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.directory / "data"),
-            "-l",
-            str(self.directory / "server.log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        )
-        wait_for(lambda: _pg_accepts(self.url), 60, "the private PostgreSQL to accept")
-
-    def stop(self) -> None:
-        """``pg_ctl stop -m fast``: every session is cut."""
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.directory / "data"),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        )
-
-
 @pytest.fixture(scope="session")
 def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
-    if PG_BIN is None or not (PG_BIN / "initdb").exists():
-        message = "needs initdb and pg_ctl (/usr/lib/postgresql/*/bin) for a private PostgreSQL"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    # Short (the server's socket lives there too: the AF_UNIX path limit), and a directory
-    # the postgres user can reach (pytest's tmp directories are root's, mode 0700).
-    server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="archivist-pg-")), PG_BIN)
+    need_private_servers()
+    server = PrivatePostgres(short_directory("archivist-pg-"))
     server.install()
     server.start()
     try:
         yield server
     finally:
-        with contextlib.suppress(AssertionError):
-            server.stop()
-        shutil.rmtree(server.directory, ignore_errors=True)
+        server.remove()
 
 
 @contextlib.contextmanager
@@ -314,7 +227,7 @@ def postgres_down_for(seconds: float, server: PrivatePostgres) -> Iterator[threa
         yield restart
     finally:
         restart.join()
-        if not _pg_accepts(server.url):
+        if not accepts(server.url):
             server.start()
 
 
@@ -366,83 +279,9 @@ def test_postgresql_stopped_mid_task_fails_batches_that_retry_until_it_is_back(
     assert_every_row_once(pg_url, archive)
 
 
-class PrivateMariaDB:
-    """A ``mariadbd`` of this test's own (own datadir, socket and port on 127.0.0.1, root
-    without a password), so that stopping it leaves the suite's server alone."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}/"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def install(self) -> None:
-        installed = subprocess.run(
-            [
-                "mariadb-install-db",
-                "--no-defaults",
-                f"--datadir={self.directory / 'data'}",
-                "--auth-root-authentication-method=normal",
-                "--user=root",
-                "--skip-test-db",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert installed.returncode == 0, installed.stdout + installed.stderr
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "mariadbd",
-                "--no-defaults",
-                f"--datadir={self.directory / 'data'}",
-                f"--socket={self.directory / 'mariadb.sock'}",
-                f"--pid-file={self.directory / 'mariadb.pid'}",
-                f"--log-error={self.directory / 'error.log'}",
-                f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--user=root",
-                "--innodb-buffer-pool-size=32M",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.accepts, 60, "the private MariaDB to accept connections")
-
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM), like ``pg_ctl stop -m fast``: sessions are cut."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(60)
-
-    def accepts(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            log = (self.directory / "error.log").read_text(errors="replace")
-            raise AssertionError(f"the private MariaDB exited:\n{log[-2000:]}")
-        return _pg_accepts(self.url)
-
-    def create_database(self) -> str:
-        engine = sa.create_engine(self.url)
-        try:
-            with engine.connect() as connection:
-                connection.exec_driver_sql("CREATE DATABASE archivist_faults")
-        finally:
-            engine.dispose()
-        return f"{self.url}archivist_faults"
-
-
 @pytest.fixture
 def private_mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
-    if shutil.which("mariadbd") is None or shutil.which("mariadb-install-db") is None:
-        message = "needs mariadbd and mariadb-install-db to run a private MariaDB"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_private_servers()
     server = PrivateMariaDB(tmp_path / "mariadb")
     server.install()
     server.start()
@@ -456,7 +295,7 @@ def private_mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
 def test_mariadb_restarted_mid_task_fails_batches_that_retry_until_it_is_back(
     private_mariadb: PrivateMariaDB, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    primary = private_mariadb.create_database()
+    primary = private_mariadb.create_database("archivist_faults")
     archive = f"sqlite:///{tmp_path / 'a.db'}"
     make_chat_table(primary, ROWS)
     config = small_config(primary, archive, retry_for=60)
