@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade 'pip>=25.1'
-	# Both drivers (the tests use every engine) and the dev dependency group (PEP 735).
-	$(BIN)/pip install --quiet -e '.[postgresql,mysql]' --group dev
+	# Both drivers (the tests use every engine), the cold tier, and the dev dependency group
+	# (PEP 735).
+	$(BIN)/pip install --quiet -e '.[postgresql,mysql,iceberg]' --group dev
 	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
@@ -30,7 +31,7 @@ test: lint types
 	$(BIN)/pytest -q
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[postgresql,mysql,bench]' --group dev
+	$(BIN)/pip install --quiet -e '.[postgresql,mysql,iceberg,bench]' --group dev
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
