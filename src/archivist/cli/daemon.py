@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,9 @@ from archivist.cli.common import (
 
 if TYPE_CHECKING:
     from archivist.config import Config
+    from archivist.daemon.service import ArchiveDaemon
+    from archivist.daemon.systemd import Notifier
+    from archivist.daemon.tracker import TaskRecord
 
 
 @click.command(context_settings=CONTEXT)
@@ -118,11 +122,66 @@ def daemon(
 
 async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None:
     from archivist.daemon.runtime import Launch, running
+    from archivist.daemon.systemd import Notifier
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with running(config, Launch(socket=socket_path, watch=watch)):
-        await stop.wait()
-        log.info("stopping on signal")
+    systemd = Notifier()
+    try:
+        async with running(
+            config, Launch(socket=socket_path, watch=watch), on_update=_status_to(systemd)
+        ) as daemon:
+            # Ready for systemd (Type=notify) once the policies are loaded (`running` did)
+            # and the worker answers on its socket.
+            await _until_connected(daemon, stop)
+            if not stop.is_set():
+                policies = len(daemon.policies)
+                systemd.ready(f"archiving by {policies} polic{'y' if policies == 1 else 'ies'}")
+            watchdog = (
+                asyncio.create_task(_watchdog(systemd, systemd.watchdog))
+                if systemd.watchdog is not None
+                else None
+            )
+            try:
+                await stop.wait()
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+            log.info("stopping on signal")
+            systemd.stopping("stopping: letting running tasks reach a safe point")
+    finally:
+        systemd.close()
+
+
+async def _until_connected(daemon: ArchiveDaemon, stop: asyncio.Event) -> None:
+    """Wait until the daemon reaches its worker, or until it is asked to stop."""
+    waits = [asyncio.ensure_future(daemon.connection()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def _status_to(systemd: Notifier) -> Callable[[TaskRecord], None] | None:
+    """A ``STATUS=`` line for systemd about each task that ends (None outside systemd)."""
+    if not systemd.enabled:
+        return None
+
+    def update(record: TaskRecord) -> None:
+        if record.finished:
+            systemd.status(
+                f"last task: {record.collection} {record.state}, {record.archived:,} rows"
+            )
+
+    return update
+
+
+async def _watchdog(systemd: Notifier, interval: float) -> None:
+    """``WATCHDOG=1`` while the event loop runs: a loop stuck for WatchdogSec gets the
+    service restarted by systemd."""
+    while True:
+        systemd.ping()
+        await asyncio.sleep(interval)
