@@ -80,6 +80,9 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window: str | None = None
     timezone: str | None = None
     max_runtime: str | None = None
+    retention: str | None = None
+    """How long archived rows are kept: older ones are deleted from the archive
+    (`archivist.cold.retention`)."""
     children: list[Identifier] = msgspec.field(default_factory=list)
     """Tables whose rows reference this collection's rows (directly or through another
     named child) and move to the archive with them."""
@@ -449,6 +452,7 @@ def rules_of(entry: ArchiveConfig) -> Rules:
         window=entry.window,
         timezone=entry.timezone,
         max_runtime=entry.max_runtime,
+        retention=entry.retention,
         max_rows=entry.max_rows,
         order_by=entry.order_by,
     )

@@ -20,7 +20,7 @@ MODES: Final = ("move", "copy", "purge")
 TimeUnit = Literal["s", "ms"]
 TIME_UNITS: Final = ("s", "ms")
 
-_SHORT: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SHORT: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdwy])\s*$")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _ISO: Final = re.compile(
     r"^P(?!$)(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
@@ -52,11 +52,16 @@ class Duration:
 
 
 def parse_duration(text: str) -> Duration:
-    """``"90d"`` (units s, m, h, d, w) or an ISO-8601 duration (``P3M``, ``PT12H``,
+    """``"90d"`` (units s, m, h, d, w, and y: calendar years) or an ISO-8601 duration (``P3M``, ``PT12H``,
     ``P1Y2M10DT2H30M``); ValueError saying what is accepted."""
     if not isinstance(text, str):
         raise ValueError(f'expected a duration such as "90d" or "P3M", got {text!r}')
     short = _SHORT.match(text)
+    if short is not None and short[2] == "y":
+        # Years are calendar years (12 months), so "7y" ends on the same date 7 years on.
+        if not short[1].isdigit() or int(short[1]) == 0:
+            raise ValueError(f"duration {text!r}: years must be a whole number above zero")
+        return Duration(months=int(short[1]) * 12, text=text.strip())
     if short is not None:
         seconds = float(short[1]) * _UNIT_SECONDS[short[2]]
         if seconds <= 0:
@@ -65,7 +70,7 @@ def parse_duration(text: str) -> Duration:
     iso = _ISO.match(text.strip().upper())
     if iso is None:
         raise ValueError(
-            f"not a duration: {text!r}; write a number and a unit (s, m, h, d, w), "
+            f"not a duration: {text!r}; write a number and a unit (s, m, h, d, w, y), "
             'e.g. "90d", or an ISO-8601 duration, e.g. "P3M" or "PT12H"'
         )
     parts = {name: float(value) for name, value in iso.groupdict().items() if value}
@@ -169,6 +174,8 @@ class Rules:
     window: Window | None = None
     max_runtime: float | None = None
     """Seconds one run may take; its task stops after the batch that passes it."""
+    retention: Duration | None = None
+    """How long archived rows are kept (by the age column); None: for ever."""
 
     def age_column(self, order_by: str) -> str:
         return self.age_field or order_by
@@ -184,6 +191,7 @@ def parse_rules(
     window: str | None = None,
     timezone: str | None = None,
     max_runtime: str | None = None,
+    retention: str | None = None,
     max_rows: int | None = None,
     order_by: str | None = None,
 ) -> Rules:
@@ -231,6 +239,7 @@ def parse_rules(
         if limit.months:
             raise ValueError("max_runtime: months and years have no fixed length; use days")
         runtime = limit.seconds
+    kept = _retention(retention, mode, age)
     return Rules(
         older_than=age,
         age_field=age_field,
@@ -239,7 +248,31 @@ def parse_rules(
         mode=mode or "move",  # type: ignore[arg-type]  # checked above
         window=parsed_window,
         max_runtime=runtime,
+        retention=kept,
     )
+
+
+_REFERENCE: Final = dt.datetime(2001, 3, 1, tzinfo=dt.UTC)
+"""A fixed instant at which two durations are compared (months have no fixed length)."""
+
+
+def _retention(text: str | None, mode: str | None, age: Duration | None) -> Duration | None:
+    """``retention`` checked: a duration, on a policy that archives, longer than the age at
+    which rows move (else they would be deleted as soon as archived: use a purge)."""
+    if text is None:
+        return None
+    try:
+        kept = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"retention: {exc}") from None
+    if mode == "purge":
+        raise ValueError('retention: a policy with mode = "purge" archives nothing to expire')
+    if age is not None and kept.before(_REFERENCE) >= age.before(_REFERENCE):
+        raise ValueError(
+            f"retention: {kept} is not longer than older_than {age}: rows would be deleted "
+            'as soon as they are archived (for that, use mode = "purge")'
+        )
+    return kept
 
 
 def task_filter(

@@ -17,6 +17,7 @@ import click
 import archivist
 from archivist.cli.archive import archive
 from archivist.cli.check import check
+from archivist.cli.cold import restore
 from archivist.cli.common import CONTEXT, fail, load, run_async, setup_logging
 from archivist.cli.daemon import daemon, run
 from archivist.cli.demo import demo
@@ -31,6 +32,7 @@ __all__ = [
     "fail",
     "load",
     "main",
+    "restore",
     "run",
     "run_async",
     "setup_logging",
@@ -56,5 +58,5 @@ def main() -> None:
     atexit.register(gc.freeze)
 
 
-for _command in (worker, run, daemon, archive, status, check, demo):
+for _command in (worker, run, daemon, archive, status, check, demo, restore):
     main.add_command(_command)

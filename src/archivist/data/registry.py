@@ -188,6 +188,7 @@ def archive(
     window: str | None = None,
     timezone: str | None = None,
     max_runtime: str | None = None,
+    retention: str | None = None,
     children: Iterable[str] = (),
     on_children: OnChildren = "refuse",
 ) -> Callable[[_T], _T]:
@@ -214,6 +215,7 @@ def archive(
                 window=window,
                 timezone=timezone,
                 max_runtime=max_runtime,
+                retention=retention,
                 max_rows=max_rows,
                 order_by=order_by,
             )

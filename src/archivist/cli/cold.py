@@ -1,0 +1,189 @@
+"""``archivist restore``, ``archivist expire`` and ``archivist query``: the cold tier's
+commands over a policy's archive (`archivist.cold`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+
+from archivist.cli.common import (
+    CONTEXT,
+    config_option,
+    fail,
+    load,
+    log_options,
+    run_async,
+    setup_logs,
+)
+
+if TYPE_CHECKING:
+    from archivist.cold.restore import Restored
+    from archivist.config import Config
+    from archivist.data import DataDaemon
+
+
+@asynccontextmanager
+async def _data(config: Config) -> AsyncIterator[DataDaemon]:
+    from archivist.data import DataDaemon
+
+    data = DataDaemon(config)
+    # Like --dry-run: a policy that would refuse to archive does not stop a restore.
+    await data.start(refuse=False)
+    try:
+        yield data
+    finally:
+        await data.close()
+
+
+def _where(text: str | None) -> dict[str, object] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"--where is not JSON: {exc}", 2)
+    if not isinstance(value, dict):
+        fail("--where must be a JSON object, e.g. '{\"tenant_id\": 7}'", 2)
+    return value
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("collection")
+@config_option
+@click.option(
+    "--where",
+    "where",
+    metavar="JSON",
+    help="Which archived rows, in data/list's filter syntax: "
+    '\'{"tenant_id": 7, "status": {"$in": ["closed", "spam"]}}\' '
+    "(operators $eq $ne $gt $gte $lt $lte $in $nin $exists).",
+)
+@click.option(
+    "--since",
+    metavar="VALUE",
+    help="Rows whose order_by column is at least VALUE (a date or time, UTC unless it "
+    "names its offset, or a number).",
+)
+@click.option("--until", metavar="VALUE", help="Rows whose order_by column is below VALUE.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Rows per batch.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Overwrite rows the source holds under the same key with other content "
+    "(default: report them as conflicts and leave them in the archive).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be restored, and change nothing.")
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+@log_options(quiet=False)
+def restore(
+    collection: str,
+    config_path: Path | None,
+    where: str | None,
+    since: str | None,
+    until: str | None,
+    batch_size: int,
+    replace: bool,
+    dry_run: bool,
+    verbose: int,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Move archived rows of COLLECTION back into its source table.
+
+    Batch by batch: copies the rows into the source, reads the copies back and compares
+    them with the archived rows, and only then deletes those from the archive. A row the
+    source already holds identically (a rerun after a crash) just leaves the archive; one
+    it holds with other content is a conflict: named, left in the archive, and the command
+    exits 1, unless --replace. It holds the collection's mover lock, so no archivist
+    archives the table meanwhile (exits 1 naming the holder if one does now).
+
+    Rows older than the policy's older_than are archived again at the next check: pause
+    the policy, or change it, while they must stay.
+
+    Examples:
+
+        archivist restore chat_messages --config archivist.toml --where '{"room_id": 42}'
+        archivist restore chat_messages --since 2024-03-01 --until 2024-04-01 --dry-run
+    """
+    config = load(config_path)
+    setup_logs(config, log_format, log_level, verbose=verbose, quiet=False, default_level="warning")
+    filter_ = _where(where)
+    reports: list[Restored] = []
+    run_async(
+        _restore(config, collection, filter_, (since, until), batch_size, replace, dry_run, reports)
+    )
+    report = reports[0]
+    for line in report.lines():
+        click.echo(line)
+    if not dry_run and (report.conflicts or report.left):
+        sys.exit(1)
+
+
+async def _restore(
+    config: Config,
+    collection: str,
+    where: dict[str, object] | None,
+    span: tuple[str | None, str | None],
+    batch_size: int,
+    replace: bool,
+    dry_run: bool,
+    reports: list[Restored],
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from archivist.cold.restore import Restore, bound_value, restore_filter
+
+    since, until = span
+    async with _data(config) as data:
+        entity = data.entity(collection)
+        filter_ = where
+        if since is not None or until is not None:
+            info = await data.table_info(collection, entity.dest_handle)
+            if info is None:
+                fail(f"{collection} has no archive table on handle '{entity.dest_handle}'")
+            spec = info.spec(entity.order_by)
+            filter_ = restore_filter(
+                where,
+                entity.order_by,
+                None if since is None else bound_value(spec, since),
+                None if until is None else bound_value(spec, until),
+            )
+        console = Console(stderr=True)
+        # A bar on a terminal; elsewhere the log says each batch (at info).
+        with Progress(
+            "[bold]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            "rows",
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal or dry_run,
+        ) as bar:
+            task = bar.add_task(f"restoring {collection}", total=None)
+
+            def show(report: Restored) -> None:
+                bar.update(task, total=report.to_restore, completed=report.moved)
+
+            job = Restore(
+                data,
+                collection,
+                filter_,
+                batch_size=batch_size,
+                replace=replace,
+                dry_run=dry_run,
+                progress=show,
+            )
+            reports.append(await job.run())
