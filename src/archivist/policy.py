@@ -52,8 +52,8 @@ class Duration:
 
 
 def parse_duration(text: str) -> Duration:
-    """``"90d"`` (units s, m, h, d, w, and y: calendar years) or an ISO-8601 duration (``P3M``, ``PT12H``,
-    ``P1Y2M10DT2H30M``); ValueError saying what is accepted."""
+    """``"90d"`` (units s, m, h, d, w, and y: calendar years) or an ISO-8601 duration
+    (``P3M``, ``PT12H``, ``P1Y2M10DT2H30M``); ValueError saying what is accepted."""
     if not isinstance(text, str):
         raise ValueError(f'expected a duration such as "90d" or "P3M", got {text!r}')
     short = _SHORT.match(text)
