@@ -88,6 +88,11 @@ class ArchiveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     named child) and move to the archive with them."""
     on_children: Literal["refuse", "keep", "cascade"] = "refuse"
     """What to do about other references (`archivist.data.relations.ON_CHILDREN`)."""
+    # The cold tier (an Iceberg dest_handle; docs/coldtier.md).
+    partition: Literal["day", "month", "none"] | None = None
+    """How the Iceberg table is partitioned by the order_by (or age) column; "month"."""
+    rows_per_file: PositiveInt | None = None
+    """Rows gathered into one Iceberg commit (its files); 250,000."""
 
     @property
     def effective_batch_size(self) -> int:

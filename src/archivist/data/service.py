@@ -22,6 +22,8 @@ from archivist.data.catalog import Catalog
 from archivist.data.commands import DataCommands
 from archivist.data.filters import compile_filter
 from archivist.data.handles import Handle
+from archivist.data.iceberg.routing import LakeRouter
+from archivist.data.iceberg.url import is_lake_url
 from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.locks import Holder, MoverLock, acquire, holder_of
 from archivist.data.reclaim import Reclaimed, reclaim
@@ -91,23 +93,40 @@ class DataDaemon:
         self.config = config
         self.registry = EntityRegistry.from_config(config, entities)
         self.handles: dict[str, Handle] = {}
+        lake_urls = {name: url for name, url in config.handles.items() if is_lake_url(url)}
         try:
             for name, url in config.handles.items():
-                self.handles[name] = Handle(name, url)
+                if name not in lake_urls:
+                    self.handles[name] = Handle(name, url)
         except ConfigError as exc:
             self._dispose_now()
             raise ConfigError(config.where(exc.message)) from None
         self.catalog = Catalog(self.registry, self.handles)
+        self.lakes = LakeRouter(self.catalog, config, lake_urls)
+        """The Iceberg handles (`archivist.data.iceberg`): archives, never sources."""
         self.transfers = Transfers(self.catalog)
         self.commands = DataCommands(self.catalog, self.transfers)
         self.bus = bus or CommandBus()
         self.bus.register("ping", self.commands.ping, replace=True)
-        self.bus.register("data/list", self.commands.list, replace=True)
-        self.bus.register("data/count", self.commands.count, replace=True)
-        self.bus.register("data/create", self.commands.create, replace=True, raw_rows=True)
-        self.bus.register("data/delete", self.commands.delete, replace=True, raw_rows=True)
+        routed = self.lakes.route
+        self.bus.register("data/list", routed(self.commands.list, "list"), replace=True)
+        self.bus.register("data/count", routed(self.commands.count, "count"), replace=True)
+        self.bus.register(
+            "data/create",
+            routed(self.commands.create, "create"),
+            replace=True,
+            raw_rows=True,
+        )
+        self.bus.register(
+            "data/delete",
+            routed(self.commands.delete, "delete", matching=True),
+            replace=True,
+            raw_rows=True,
+        )
         self.bus.register("data/load", self.commands.load, replace=True)
-        self.bus.register("data/copy", self.transfers.copy, replace=True)
+        self.bus.register(
+            "data/copy", routed(self.transfers.copy, "copy", key="destHandle"), replace=True
+        )
         self.bus.register("data/relay", functools.partial(relay, self.commands), replace=True)
         self._started = False
         self._refuse = True
@@ -140,6 +159,7 @@ class DataDaemon:
 
     async def close(self) -> None:
         """Dispose every engine and stop the database threads."""
+        await self.lakes.close()
         await self.transfers.close()
         for handle in self.handles.values():
             await handle.close()
@@ -174,7 +194,7 @@ class DataDaemon:
         """Refuse a policy whose source and destination are one database under two names:
         its rows would be copied onto themselves, verified, and deleted."""
         pair = (entity.source_handle, entity.dest_handle)
-        if entity.rules.mode == "purge" or pair in self._distinct:
+        if entity.rules.mode == "purge" or pair in self._distinct or self.lakes.is_lake(pair[1]):
             return
         source = await self.catalog.handle(pair[0]).identity()
         dest = await self.catalog.handle(pair[1]).identity()
@@ -335,14 +355,23 @@ class DataDaemon:
         entity = self.catalog.entity(collection)
         await self._require_distinct(entity)
         await self._require_no_refusal(entity)
-        await self.catalog.ensure_archive_table(entity)
+        await self._ensure(entity)
         for node in (node for child in self._trees.get(collection, ()) for node in child.walk()):
-            await self.catalog.ensure_archive_table(self.catalog.entity(node.table))
+            await self._ensure(self.catalog.entity(node.table))
         return self.children(collection)
+
+    async def _ensure(self, entity: Entity) -> None:
+        if self.lakes.is_lake(entity.dest_handle):
+            await self.lakes.ensure(entity)
+        else:
+            await self.catalog.ensure_archive_table(entity)
 
     async def reclaim(self, collection: str) -> Reclaimed | None:
         """The policy's space reclaim of ``collection``'s source table (its ``reclaim`` key;
         None when it has none)."""
+        if collection in self.registry and self.lakes.is_lake(self.entity(collection).dest_handle):
+            # The task has ended: what it staged for its archive is committed now.
+            await self.lakes.settle(collection)
         mode = self._reclaim.get(collection)
         if not mode:
             return None
@@ -474,6 +503,15 @@ class DataDaemon:
         self, entity: Entity, source: TableInfo
     ) -> tuple[str, str, tuple[str, ...]]:
         """What the archive table needs, and how rows would move to it."""
+        if self.lakes.is_lake(entity.dest_handle):
+            settings = self.lakes.settings_of(entity.collection)
+            return (
+                await self.lakes.plan(entity),
+                "staged by the daemon, committed to Iceberg in files of up to "
+                f"{settings.rows_per_file:,} rows, then deleted where the commit reads back "
+                "identical",
+                (),
+            )
         dest = await self.catalog.reflect(
             self.catalog.handle(entity.dest_handle), entity.collection, fresh=True
         )

@@ -1,0 +1,325 @@
+"""Gathers a task's batches into one Iceberg commit (`Stager`): each ``data/copy`` lists the
+source's next rows and appends them to a local Parquet staging file; at ``rows_per_file``
+rows, at the end of the source, before a listing from the start, after a pause, or when
+the daemon stops, the staged rows are committed in one snapshot, read back from its data
+files and compared, and only then deleted from the source, each row only while it is
+still equal to its committed copy (docs/coldtier.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from archivist.data.catalog import Catalog
+from archivist.data.delete import delete_expected
+from archivist.data.iceberg.expr import is_in
+from archivist.data.iceberg.lake import Committed, Lake, LakeTable
+from archivist.data.iceberg.types import arrow_table, python_rows
+from archivist.data.listing import ListQuery
+from archivist.data.params import CopyParams
+from archivist.data.registry import Entity
+from archivist.data.relations import guarded, with_kept
+from archivist.data.schema import TableInfo
+from archivist.data.values import JSONObject, decode_value, decode_values
+from archivist.errors import InvalidParams, UnstorableValue
+
+log = logging.getLogger(__name__)
+
+DELETE_CHUNK = 5_000
+"""Rows the source deletes in one transaction after a commit (each checked against its
+committed copy under row locks)."""
+
+_sequence = itertools.count(1)
+
+
+class Owner(Protocol):
+    """What a stager needs of the Iceberg commands that own it."""
+
+    catalog: Catalog
+    flush_after: float
+
+    async def table(self, collection: str, handle: str) -> tuple[Entity, Lake, LakeTable]: ...
+
+    def summary(
+        self, collection: str, rows: pa.Table, pk: str, operation: str
+    ) -> dict[str, str]: ...
+
+
+class Stager:
+    """The rows of one collection staged for its next Iceberg commit."""
+
+    def __init__(self, lake: Lake, collection: str, rows_per_file: int, owner: Owner) -> None:
+        self.lake = lake
+        self.collection = collection
+        self.rows_per_file = rows_per_file
+        self.owner = owner
+        self.lock = asyncio.Lock()
+        self.rows = 0
+        self.path: Path | None = None
+        self.writer: pq.ParquetWriter | None = None
+        self.source_name: str | None = None
+        self.move = False
+        self._generation = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle: set[asyncio.Task[None]] = set()
+
+    # --- staging files ----------------------------------------------------------------------
+
+    def remove_leftovers(self) -> None:
+        """Staging files a crashed daemon left for this collection: their rows are still in
+        the source (they were never committed, or were and are found again), so they go."""
+        folder = self.lake.url.staging
+        if not folder.is_dir():
+            return
+        for path in folder.glob(f"{self.collection}.*.parquet"):
+            pid = path.name.split(".")[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    log.info(
+                        "%s: removed staging file %s of a stopped daemon", self.collection, path
+                    )
+
+    def _write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            folder = self.lake.url.staging
+            folder.mkdir(parents=True, exist_ok=True)
+            self.path = folder / f"{self.collection}.{os.getpid()}.{next(_sequence)}.parquet"
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="lz4")
+        self.writer.write_table(table)
+
+    def _read(self) -> pa.Table:
+        assert self.writer is not None and self.path is not None
+        self.writer.close()
+        self.writer = None
+        return pq.read_table(self.path)
+
+    def _discard(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self.writer, self.path, self.rows = None, None, 0
+
+    # --- data/copy ------------------------------------------------------------------------
+
+    async def copy(self, entity: Entity, found: LakeTable, p: CopyParams) -> JSONObject:
+        catalog = self.owner.catalog
+        async with self.lock:
+            self._generation += 1
+            if p.cursor is None and self.rows:
+                # A listing from the start would find the staged rows again (they are still
+                # in the source): commit them first.
+                await self._settle()
+            _, source, info = await catalog.table(p.collection, p.db_handle)
+            # No more than the commit has room for: a file holds rows_per_file rows; the
+            # answer is then "truncated", so the worker knows rows may follow.
+            limit = max(1, min(p.limit, self.rows_per_file - self.rows))
+            query = ListQuery.build(info, msgspec.structs.replace(p, limit=limit), entity.order_by)
+            names, rows, _ = await source.transaction(query.run)
+            if rows:
+                try:
+                    table = await self.lake.run(
+                        arrow_table, found.arrow_schema, found.specs, names, rows
+                    )
+                except pa.ArrowException as exc:
+                    raise UnstorableValue(
+                        f"{p.collection}: a row holds a value the Iceberg table cannot store "
+                        f"exactly ({exc}); nothing was staged"
+                    ) from None
+                await self.lake.run(self._write, table)
+                self.rows += len(rows)
+                self.source_name, self.move = source.name, p.move
+            pk_index, order = (
+                names.index(info.pk),
+                (p.order_by[0].field if p.order_by else entity.order_by),
+            )
+            keys = info.codec.encode_column(info.pk, [row[pk_index] for row in rows])
+            answer: JSONObject = {
+                "items": keys,
+                "count": len(keys),
+                "copied": len(keys),
+                "collection": info.name,
+                "primaryKey": info.pk,
+                "orderBy": order,
+            }
+            if p.move:
+                # Staged, and deleted after their commit is read back: moved, as far as the
+                # task is concerned (docs/coldtier.md says why the count comes first).
+                answer["deleted"] = len(keys)
+            if rows:
+                last = info.codec.encode_tuples(names, [rows[-1]])[0]
+                if last.get(order) is not None:
+                    answer["cursor"] = {
+                        "field": order,
+                        "value": last[order],
+                        "id": last[info.pk],
+                        "direction": "after",
+                    }
+            if limit < p.limit and len(rows) == limit:
+                answer["truncated"] = True
+            if self.rows >= self.rows_per_file or len(rows) < limit:
+                await self._settle()
+            elif self.rows:
+                self._arm()
+            return answer
+
+    def _arm(self) -> None:
+        """Commit the staged rows if no copy of this collection comes within the pause."""
+        if self._timer is not None:
+            self._timer.cancel()
+        generation = self._generation
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            task = loop.create_task(self._settle_idle(generation))
+            self._idle.add(task)
+            task.add_done_callback(self._idle.discard)
+
+        self._timer = loop.call_later(self.owner.flush_after, fire)
+
+    async def _settle_idle(self, generation: int) -> None:
+        async with self.lock:
+            if generation != self._generation or not self.rows:
+                return
+            try:
+                await self._settle()
+            except Exception as exc:
+                log.warning(
+                    "%s: staged rows not committed (%s); they stay in the source",
+                    self.collection,
+                    exc,
+                )
+
+    async def settle(self) -> None:
+        async with self.lock:
+            await self._settle()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._idle):
+            task.cancel()
+        async with self.lock:
+            try:
+                await self._settle()
+            finally:
+                self._discard()
+
+    async def _settle(self) -> None:
+        """Commit the staged rows, read the commit back, and delete the committed rows from
+        the source where they are still equal to their copy. On any failure the staged rows
+        are dropped: they are all still in the source (none is deleted before its commit)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.rows:
+            return
+        rows = self.rows
+        try:
+            staged = await self.lake.run(self._read)
+            _, lake, found = await self.owner.table(self.collection, self.lake.name)
+            summary = self.owner.summary(self.collection, staged, found.pk, "archive")
+            committed: Committed = await lake.run(lake.commit, found, staged, summary)
+            del staged
+            log.info(
+                "%s: Iceberg snapshot %s holds %d row(s) (%d already archived, %d replaced)",
+                self.collection,
+                committed.snapshot,
+                rows,
+                committed.already,
+                committed.replaced,
+            )
+            if self.move and self.source_name is not None:
+                entity = self.owner.catalog.entity(self.collection)
+                deleted, skipped, kept = await self._delete_source(
+                    entity, found, self.source_name, committed.rows
+                )
+                log.info(
+                    "%s: %d committed row(s) deleted from the source", self.collection, deleted
+                )
+                if skipped or kept:
+                    log.info(
+                        "%s: %d committed row(s) changed in the source since they were listed "
+                        "and %d are still referenced: they stay there",
+                        self.collection,
+                        skipped,
+                        kept,
+                    )
+        finally:
+            self._discard()
+
+    async def _delete_source(
+        self, entity: Entity, found: LakeTable, source_name: str, committed: pa.Table
+    ) -> tuple[int, int, int]:
+        """Delete the source rows equal to their committed copies, a chunk per transaction."""
+        _, source, info = await self.owner.catalog.table(self.collection, source_name)
+        refs = guarded(info.referenced_by, entity.on_children)
+        deleted = skipped = kept = 0
+        for offset in range(0, committed.num_rows, DELETE_CHUNK):
+            chunk = committed.slice(offset, DELETE_CHUNK)
+            pairs = _expected(info, found, python_rows(chunk, found.specs))
+            gone, left, held = await source.transaction(
+                delete_expected, info, pairs, refs, write=True
+            )
+            deleted, skipped, kept = deleted + gone, skipped + len(left), kept + held
+        return deleted, skipped, kept
+
+    async def delete_matching(
+        self, entity: Entity, found: LakeTable, source_name: str, raw_ids: Sequence[object]
+    ) -> JSONObject:
+        await self.settle()
+        _, source, info = await self.owner.catalog.table(self.collection, source_name)
+        keys = list(dict.fromkeys(decode_values(info.spec(info.pk), raw_ids, where="ids.")))
+        if any(key is None for key in keys):
+            raise InvalidParams("invalid params: an id must not be null")
+        rows = await self.lake.run(found.rows, is_in(found.pk, found.key_literals(keys)))
+        refs = guarded(info.referenced_by, entity.on_children)
+        pairs = _expected(info, found, rows)
+        deleted, left, kept = await source.transaction(
+            delete_expected, info, pairs, refs, write=True
+        )
+        copied = {key for key, _ in pairs}
+        skipped = [key for key in keys if key not in copied] + list(left)
+        answer: JSONObject = {
+            "deleted": deleted,
+            "skipped": [info.codec.encode_field(info.pk, key) for key in skipped],
+        }
+        return with_kept(answer, kept, refs)
+
+
+def _expected(
+    info: TableInfo, found: LakeTable, rows: list[dict[str, object]]
+) -> list[tuple[object, dict[str, object]]]:
+    """Committed rows as ``delete_expected`` takes them: the source key and the item the
+    source row must still equal (in the source's columns)."""
+    names = set(info.column_names)
+    pk_spec = info.spec(info.pk)
+    pairs = []
+    for row in rows:
+        item = found.codec.encode_row({k: v for k, v in row.items() if k in names})
+        pairs.append((decode_value(pk_spec, item[info.pk]), item))
+    return pairs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,220 @@
+"""Column kinds (`archivist.data.columns`) as Iceberg and Arrow types, and values between the
+database's Python form and Arrow, exactly (docs/values.md, docs/coldtier.md).
+
+Kinds Iceberg has a type for keep it (integers, decimals with their scale, instants, naive
+timestamps, dates, times, bytes, booleans, text); JSON documents, UUIDs and decimals without
+a precision of at most 38 are kept as their exact text. The kinds travel with the table
+(property ``archivist.columns``), so reading a table back yields the source's own kinds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+import pyarrow as pa
+from pyiceberg.types import (
+    BinaryType,
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestampType,
+    TimestamptzType,
+    TimeType,
+)
+
+from archivist.data.columns import ColumnSpec, Kind, decimal_text
+from archivist.errors import SchemaError
+
+COLUMNS_PROPERTY: Final = "archivist.columns"
+"""The table property holding each column's kind, as the source table had it."""
+MAX_DECIMAL_PRECISION: Final = 38
+
+
+def iceberg_type(spec: ColumnSpec) -> IcebergType:
+    """The Iceberg type of a source column; SchemaError for a kind it cannot hold exactly."""
+    kind = spec.kind
+    if kind is Kind.INTEGER:
+        return LongType() if spec.int_bits > 32 else IntegerType()
+    if kind is Kind.FLOAT:
+        return DoubleType()
+    if kind is Kind.DECIMAL:
+        if decimal_as_text(spec):
+            return StringType()
+        assert spec.precision is not None and spec.scale is not None
+        return DecimalType(spec.precision, spec.scale)
+    if kind is Kind.BOOLEAN:
+        return BooleanType()
+    if kind in (Kind.STRING, Kind.TEXT, Kind.JSON, Kind.UUID):
+        return StringType()
+    if kind is Kind.DATE:
+        return DateType()
+    if kind is Kind.TIME:
+        return TimeType()
+    if kind is Kind.DATETIME:
+        return TimestamptzType() if spec.timezone else TimestampType()
+    if kind is Kind.BINARY:
+        return BinaryType()
+    raise SchemaError(
+        f"column {spec.name} ({spec.type_name or spec.kind.value}) has a type an Iceberg "
+        "archive cannot hold exactly"
+    )
+
+
+def decimal_as_text(spec: ColumnSpec) -> bool:
+    """A decimal Iceberg cannot type exactly (no precision, or more than 38 digits): kept as
+    its exact text."""
+    return (
+        spec.precision is None
+        or spec.scale is None
+        or not 0 < spec.precision <= MAX_DECIMAL_PRECISION
+        or not 0 <= spec.scale <= spec.precision
+    )
+
+
+def specs_property(specs: Iterable[ColumnSpec]) -> str:
+    """The ``archivist.columns`` property of a table of these columns."""
+    return json.dumps(
+        [
+            {k: v for k, v in dataclasses.asdict(spec).items() if v not in (None, False, "")}
+            for spec in specs
+        ],
+        separators=(",", ":"),
+    )
+
+
+def specs_of(text: str) -> list[ColumnSpec]:
+    """The column specs an ``archivist.columns`` property holds."""
+    specs = []
+    for raw in json.loads(text):
+        raw["kind"] = Kind(raw["kind"])
+        specs.append(ColumnSpec(**raw))
+    return specs
+
+
+# --- values: database (Python) -> Arrow ------------------------------------------------------
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _uuid_text(value: object) -> str:
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+
+
+def _decimal_text(value: object) -> str:
+    return decimal_text(value if isinstance(value, Decimal) else Decimal(str(value)))
+
+
+def _naive(value: object) -> object:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _aware(value: object) -> object:
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _time(value: object) -> object:
+    if isinstance(value, dt.timedelta):  # a MySQL TIME read without conversion
+        return (dt.datetime.min + value).time()
+    if isinstance(value, dt.time) and value.tzinfo is not None:
+        return value.replace(tzinfo=None)
+    return value
+
+
+def _bytes(value: object) -> object:
+    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+
+
+def to_arrow_value(spec: ColumnSpec, value: object) -> object:
+    """One database value as the Arrow column of ``spec`` takes it."""
+    if value is None:
+        return None
+    kind = spec.kind
+    if kind is Kind.JSON:
+        return _json_text(value)
+    if kind is Kind.UUID:
+        return _uuid_text(value)
+    if kind is Kind.DECIMAL:
+        if decimal_as_text(spec):
+            return _decimal_text(value)
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+    if kind is Kind.DATETIME:
+        return _aware(value) if spec.timezone else _naive(value)
+    if kind is Kind.TIME:
+        return _time(value)
+    if kind is Kind.BINARY:
+        return _bytes(value)
+    if kind is Kind.INTEGER:
+        return int(value)  # type: ignore[call-overload]
+    if kind is Kind.FLOAT:
+        return float(value)  # type: ignore[arg-type]
+    if kind is Kind.BOOLEAN:
+        return bool(value)
+    return value
+
+
+def arrow_table(
+    schema: pa.Schema, specs: Sequence[ColumnSpec], names: Sequence[str], rows: Iterable[Any]
+) -> pa.Table:
+    """Rows (tuples in ``names`` order) as an Arrow table of ``schema``; a value that does not
+    fit its column exactly (a decimal with more digits than its scale) raises."""
+    columns: list[list[object]] = [[] for _ in names]
+    for row in rows:
+        for index, value in enumerate(row):
+            columns[index].append(value)
+    by_name = dict(zip(names, columns, strict=True))
+    arrays = []
+    for spec in specs:
+        values = by_name.get(spec.name)
+        field = schema.field(spec.name)
+        if values is None:
+            arrays.append(pa.nulls(len(columns[0]) if columns else 0, field.type))
+            continue
+        arrays.append(pa.array([to_arrow_value(spec, v) for v in values], type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# --- values: Arrow -> database (Python) ------------------------------------------------------
+
+
+def from_arrow_values(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> list[object]:
+    """An Arrow column's values in the Python form the source's codec encodes."""
+    values: list[object] = column.to_pylist()
+    kind = spec.kind
+    if kind is Kind.JSON:
+        return [None if v is None else _json_load(str(v)) for v in values]
+    if kind is Kind.DECIMAL and decimal_as_text(spec):
+        return [None if v is None else Decimal(str(v)) for v in values]
+    return values
+
+
+def _json_load(text: str) -> object:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
+def python_rows(table: pa.Table, specs: Sequence[ColumnSpec]) -> list[dict[str, object]]:
+    """An Arrow table's rows as dicts of Python values, by the columns it has."""
+    present = [spec for spec in specs if spec.name in table.column_names]
+    columns = [from_arrow_values(spec, table.column(spec.name)) for spec in present]
+    names = [spec.name for spec in present]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
