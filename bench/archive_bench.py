@@ -1,9 +1,13 @@
-"""The archivist benchmark (issue 6): archivist end to end against the application-level and
-in-database limits and pt-archiver, the foreground application's latency, peak memory and
-the socket round trip, on the same generated ``chat_messages`` data.
+"""The archivist benchmark (issues 6 and 27): archivist on every path rows travel (one
+server, two servers, two engines) against the fastest simple program for that path
+(psycopg's COPY loop, pt-archiver's bulk mode, LOAD DATA, executemany), per engine against
+the application-level and in-database limits, the foreground application's latency, peak
+memory, a one-shot archive's start-up and the socket round trip, on the same generated
+``chat_messages`` data.
 
     .venv/bin/python bench/archive_bench.py --quick      # CI size (make bench)
     .venv/bin/python bench/archive_bench.py              # 500,000 of 1,000,000 rows
+    .venv/bin/python bench/archive_bench.py --only paths # issue 27's table alone
 
 Each figure is the median of ``--runs`` runs with min and max; ratios are run by run.
 """
@@ -13,7 +17,9 @@ from __future__ import annotations
 import argparse
 import compileall
 import datetime as dt
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +30,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engines import ENGINES, Target, targets
-from report import Results, machine, per_second, percentile, print_report, write_json
+from paths import (
+    BASELINES,
+    PATHS,
+    PT_ARCHIVER_MISSING,
+    PathSpec,
+    path_target,
+    pt_archiver_installed,
+    second_servers,
+)
+from report import (
+    Results,
+    machine,
+    per_second,
+    percentile,
+    print_paths,
+    print_report,
+    write_json,
+)
 from rich.console import Console
 from workloads import (
     ArchiveRun,
@@ -34,6 +57,7 @@ from workloads import (
     run_archivist,
     run_in_database,
     run_keep_up,
+    run_one_shot,
     run_pings,
     run_plain_loop,
     run_pt_archiver,
@@ -87,10 +111,20 @@ ORDER: list[tuple[str, str]] = [
     ("fg_keepup_p50", "foreground p50, during keep-up"),
     ("fg_keepup_p99", "foreground p99, during keep-up"),
     ("r_fg_keepup", "ratio foreground p99 keep-up / idle"),
+    ("first_batch", "one-shot archive of 1,000 rows: launch to first batch"),
+    ("one_shot", "one-shot archive of 1,000 rows: the whole command"),
+    ("one_shot_cpu", "one-shot archive of 1,000 rows: CPU time, daemon + worker"),
+    ("interpreter", "python -c pass (the interpreter alone)"),
     ("ping_p50", "ping round trip p50"),
     ("ping_p99", "ping round trip p99"),
     ("ping_rate", "pings per second, one connection"),
 ]
+
+
+SECTIONS: tuple[str, ...] = ("paths", "engines", "startup", "pings")
+STARTUP_ROWS = 1000
+STARTUP_TARGET = 0.4
+"""Seconds a one-shot archive of 1,000 rows may take, start-up to first batch (issue 27)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,8 @@ class Settings:
     keep_up_rows: int = 50_000
     keep_up_seconds: float = 300.0
     check_interval: float = 5.0
+    sections: tuple[str, ...] = SECTIONS
+    startup_runs: int = 5
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
@@ -169,6 +205,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         help="the daemon's check_interval in the keep-up scenario (5 s: at ~120 rows/s a "
         "check's growth stays under a batch of 1,000)",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable): paths (issue 27's table: every path "
+        "against its baseline, second servers started here), engines (per engine: plain "
+        "and in-database loops, pt-archiver, foreground, memory), startup (a one-shot "
+        "archive of 1,000 rows), pings; default: all",
+    )
+    parser.add_argument(
+        "--startup-runs", type=int, default=5, help="one-shot archives timed for start-up (5)"
+    )
     args = parser.parse_args(argv)
     rows = args.rows or (60_000 if args.quick else 1_000_000)
     engines = [name.strip() for name in args.engines.split(",") if name.strip()]
@@ -195,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         keep_up_rows=args.keep_up_rows,
         keep_up_seconds=args.keep_up_seconds or (60.0 if args.quick else 300.0),
         check_interval=args.check_interval,
+        sections=tuple(args.only or SECTIONS),
+        startup_runs=args.startup_runs,
     )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or Path(__file__).parent / "results" / "local" / f"{stamp}.json"
@@ -211,7 +261,8 @@ class Bench:
         self.results = results
         self.console = console
         self.workdir = workdir
-        self.has_pt_archiver = shutil.which("pt-archiver") is not None
+        self.has_pt_archiver = pt_archiver_installed()
+        self.paths_results = Results()
 
     def keep_up(self, target: Target) -> None:
         """The foreground alone, then beside ``archivist run`` holding the table at its
@@ -320,11 +371,12 @@ class Bench:
                 "pt-archiver: skipped, not installed (apt-get install percona-toolkit)"
             )
 
-    def _archivist(self, target: Target) -> ArchiveRun:
+    def _archivist(self, target: Target, *, record: bool = True) -> ArchiveRun:
         run = run_archivist(
             target, self.settings.archive_rows, self.settings.batch_size, self.workdir
         )
-        self.results.add(target.engine, "archivist_task", "rows/s", run.task_rows_per_second)
+        if record:
+            self.results.add(target.engine, "archivist_task", "rows/s", run.task_rows_per_second)
         return run
 
     def _archivist_rows(self, target: Target) -> ArchiveRun:
@@ -401,6 +453,108 @@ class Bench:
             f"  foreground {key:<9} p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({len(latencies)} ops)"
         )
 
+    def paths(self, opened: list[Target]) -> None:
+        """Issue 27's table: each path, archivist then its baseline, run after run (paths
+        interleaved, so that the machine's load drifts over all of them alike); ratios
+        run by run."""
+        s = self.settings
+        sources = {target.engine: target for target in opened}
+        shared_pg = sources["postgresql"].primary_url if "postgresql" in sources else None
+        with second_servers(self.results.notes, shared_pg) as archives:
+            prepared: list[tuple[PathSpec, Target]] = []
+            for spec in PATHS:
+                source = sources.get(spec.source)
+                if source is None:
+                    self.results.notes.append(f"path {spec.key}: skipped, no {spec.source}")
+                    continue
+                started = time.monotonic()
+                source.seed(max(s.rows, s.memory_rows))
+                if time.monotonic() - started > 1:
+                    self.say(f"{source.engine}: seeded {source.seeded:,} rows")
+                target = path_target(spec, source, archives)
+                if target is None:
+                    self.results.notes.append(f"path {spec.key}: skipped, no {spec.archive}")
+                    continue
+                prepared.append((spec, target))
+            if not self.has_pt_archiver:
+                self.results.notes.append(PT_ARCHIVER_MISSING)
+                self.say(f"note: {PT_ARCHIVER_MISSING}")
+            try:
+                for run in range(1, s.runs + 1):
+                    self.say(f"paths: run {run}/{s.runs}")
+                    for spec, target in prepared:
+                        self._path_run(spec, target)
+            finally:
+                for _, target in prepared:
+                    target.dispose()
+        for spec, _ in prepared:
+            top = self.paths_results.get(spec.key, "archivist")
+            bottom = self.paths_results.get(spec.baseline_of or spec.key, "baseline")
+            if top is None or bottom is None:
+                continue
+            for high, low in zip(top.values, bottom.values, strict=False):
+                self.paths_results.add(spec.key, "ratio", "x", high / low)
+
+    def _path_run(self, spec: PathSpec, target: Target) -> None:
+        s = self.settings
+        run = self._moved(spec.key, target, lambda: self._archivist(target, record=False))
+        self.paths_results.add(spec.key, "archivist", "rows/s", run.rows_per_second)
+        self.paths_results.add(spec.key, "rss_daemon", "MiB", run.daemon_peak_kib / MIB)
+        self.paths_results.add(spec.key, "rss_worker", "MiB", run.worker_peak_kib / MIB)
+        line = f"  {spec.key:<17} archivist {run.rows_per_second:>9,.0f} rows/s"
+        baseline = BASELINES[spec.baseline]
+        if spec.baseline_of is None and (spec.baseline != "pt_bulk" or self.has_pt_archiver):
+            base = self._moved(
+                spec.key, target, lambda: baseline.run(target, s.archive_rows, s.batch_size)
+            )
+            self.paths_results.add(spec.key, "baseline", "rows/s", base.rows_per_second)
+            line += f"   {baseline.key} {base.rows_per_second:>9,.0f} rows/s"
+            line += f"   ratio {run.rows_per_second / base.rows_per_second:.2f}"
+        self.say(line)
+
+    def _moved(self, key: str, target: Target, work: Callable[[], ArchiveRun]) -> ArchiveRun:
+        """Reset the data, run one method, check that exactly the rows asked for moved."""
+        s = self.settings
+        target.reset(s.rows)
+        run = work()
+        moved, left = target.count("archive"), target.count("primary")
+        if moved != s.archive_rows or run.rows != moved or left != s.rows - moved:
+            raise RuntimeError(f"{key}: archive holds {moved} rows, source {left}, ran {run.rows}")
+        return run
+
+    def startup(self) -> None:
+        """A one-shot ``archivist archive`` of 1,000 rows on SQLite, timed from outside:
+        start-up, the first (and only) batch and exit, against the interpreter alone."""
+        directory = self.workdir / "startup"
+        directory.mkdir(exist_ok=True)
+        primary, archive = directory / "primary.db", directory / "archive.db"
+        target = Target(
+            "sqlite", f"sqlite:///{primary}", f"sqlite:///{archive}", str(primary), str(archive)
+        )
+        target.worker_settings = dict(self.settings.worker)
+        for _ in range(self.settings.startup_runs):
+            target.reset(2 * STARTUP_ROWS)
+            run = run_one_shot(target, STARTUP_ROWS, self.workdir)
+            self.results.add("startup", "first_batch", "ms", run.first_batch * 1000)
+            self.results.add("startup", "one_shot", "ms", run.seconds * 1000)
+            self.results.add("startup", "one_shot_cpu", "ms", run.cpu * 1000)
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            self.results.add("startup", "interpreter", "ms", (time.perf_counter() - began) * 1000)
+        target.dispose()
+        first = self.results.get("startup", "first_batch")
+        whole = self.results.get("startup", "one_shot")
+        cpu = self.results.get("startup", "one_shot_cpu")
+        assert first is not None and whole is not None and cpu is not None
+        verdict = "holds" if first.median < STARTUP_TARGET * 1000 else "DOES NOT HOLD"
+        self.say(
+            f"start-up: a one-shot archive of {STARTUP_ROWS:,} rows reached its first batch "
+            f"in {first.median:.0f} ms median [{min(first.values):.0f}-{max(first.values):.0f}]"
+            f" (the whole command {whole.median:.0f} ms, {cpu.median:.0f} ms of CPU) over "
+            f"{len(first.values)} runs, load average {os.getloadavg()[0]:.1f}; "
+            f"target < {STARTUP_TARGET * 1000:.0f} ms: {verdict}"
+        )
+
     def pings(self) -> None:
         for _ in range(self.settings.runs):
             run = run_pings(self.settings.pings)
@@ -428,13 +582,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.batch_size:,}, {settings.runs} runs, engines {', '.join(settings.engines)}"
     )
     bench = Bench(settings, results, console, workdir)
+    sections = settings.sections
     try:
+        if "startup" in sections and not settings.keep_up:
+            bench.startup()
         with targets(settings.engines, results.notes) as opened:
             for target in opened:
                 target.worker_settings = settings.worker
                 versions[target.engine] = target.version
-                bench.engine(target)
-        if not settings.keep_up:
+            if "paths" in sections and not settings.keep_up:
+                bench.paths(opened)
+            if "engines" in sections or settings.keep_up:
+                for target in opened:
+                    bench.engine(target)
+        if "pings" in sections and not settings.keep_up:
             bench.pings()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -442,8 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     order = [
         (key, label.format(small=settings.memory_rows, rows=settings.rows)) for key, label in ORDER
     ]
+    print_paths(console, bench.paths_results, PATHS, BASELINES)
     print_report(console, results, order, info)
-    write_json(json_path, results, info, settings.__dict__)
+    write_json(json_path, results, info, settings.__dict__, paths=bench.paths_results)
     console.print(f"JSON: {json_path}")
     return 0
 

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -118,6 +119,9 @@ def machine(versions: dict[str, str]) -> dict[str, object]:
     ).stdout.strip()
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # The machine is shared (other engineers' tests run beside the benchmark): how
+        # busy it was says how far the absolute figures can be trusted.
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "cpus": os.cpu_count(),
         "cpu": cpu,
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
@@ -176,13 +180,58 @@ def print_report(
         console.print(f"note: {note}")
 
 
+def print_paths(
+    console: Console, results: Results, paths: Sequence[Any], baselines: dict[str, Any]
+) -> None:
+    """Issue 27's table: a row per path, archivist against its baseline, the ratio run by
+    run and the target it has (``paths``: `paths.PathSpec`s)."""
+    if not results.figures:
+        return
+    table = Table(
+        title=escape("paths: rows/s, median [min-max] over runs; ratios run by run"),
+        header_style="bold",
+    )
+    for name in ("path", "archivist", "baseline", "baseline rows/s", "ratio", "target"):
+        table.add_column(name, justify="left" if name in ("path", "baseline") else "right")
+    table.add_column("peak RSS daemon / worker, MiB", justify="right")
+    for spec in paths:
+        if spec.key not in results.figures:
+            continue
+        base_key = spec.baseline_of or spec.key
+        ratio = results.get(spec.key, "ratio")
+        if spec.target is None or ratio is None:
+            verdict = "-"
+        else:
+            verdict = f">= {spec.target:.1f}: " + ("holds" if ratio.median >= spec.target else "NO")
+        daemon, worker = results.get(spec.key, "rss_daemon"), results.get(spec.key, "rss_worker")
+        memory = (
+            f"{max(daemon.values):.0f} / {max(worker.values):.0f}" if daemon and worker else "-"
+        )
+        table.add_row(
+            escape(spec.label),
+            escape(cell(results.get(spec.key, "archivist"))),
+            escape(baselines[spec.baseline].label),
+            escape(cell(results.get(base_key, "baseline"))),
+            escape(cell(ratio)),
+            verdict,
+            memory,
+        )
+    console.print(table)
+
+
 def write_json(
-    path: Path, results: Results, info: dict[str, object], settings: dict[str, object]
+    path: Path,
+    results: Results,
+    info: dict[str, object],
+    settings: dict[str, object],
+    *,
+    paths: Results | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "machine": info,
         "settings": settings,
+        "paths": paths.as_json() if paths is not None else {},
         "figures": results.as_json(),
         "series": results.series,
         "notes": results.notes,

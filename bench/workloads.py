@@ -15,6 +15,7 @@ import multiprocessing.synchronize
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -104,6 +105,56 @@ def run_archivist(target: Target, rows: int, batch_size: int, workdir: Path) -> 
         daemon_peak_kib=peaks["daemon"],
         worker_peak_kib=peaks["worker"],
     )
+
+
+FIRST_BATCH_RE: Final = re.compile(r"mover step begin .*? at=([\d.]+)")
+
+
+@dataclass
+class OneShot:
+    seconds: float
+    """Wall clock of the whole command: start-up, the batch, exit."""
+    first_batch: float
+    """Seconds from the command's launch to its first batch's first step (the daemon's
+    debug log stamps it with the wall clock)."""
+    cpu: float
+    """CPU seconds (user + system) of the command and its worker: what the start-up costs
+    regardless of how busy the machine is."""
+
+
+def run_one_shot(target: Target, rows: int, workdir: Path) -> OneShot:
+    """``archivist archive --max-rows rows --batch-size rows`` (one batch), timed from
+    outside, with the first batch's start read from its debug log."""
+    config = workdir / f"{target.engine}-one-shot.toml"
+    config.write_text(target.config_toml(rows), encoding="utf-8")
+    target.dispose()
+    command = [
+        sys.executable,
+        "-m",
+        "archivist",
+        "archive",
+        TABLE,
+        "--config",
+        str(config),
+        "--max-rows",
+        str(rows),
+        "--log-level",
+        "debug",
+    ]
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    launched = time.time()
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    if done.returncode != 0:
+        raise RuntimeError(f"archivist archive failed ({done.returncode}): {done.stderr[-2000:]}")
+    match = FIRST_BATCH_RE.search(done.stderr)
+    if match is None:
+        raise RuntimeError(f"no 'mover step begin' in the debug log: {done.stderr[-1000:]}")
+    return OneShot(seconds, float(match.group(1)) - launched, cpu)
 
 
 @dataclass
