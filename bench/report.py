@@ -156,6 +156,19 @@ def print_report(
 ) -> None:
     """One table: a row per figure (``order``: name and label), a column per engine."""
     engines = list(results.figures)
+    if engines:
+        _print_figures(console, results, order, engines)
+    console.print(
+        "machine: "
+        + ", ".join(f"{key} {value}" for key, value in info.items() if value not in ("", None))
+    )
+    for note in results.notes:
+        console.print(f"note: {note}")
+
+
+def _print_figures(
+    console: Console, results: Results, order: Sequence[tuple[str, str]], engines: list[str]
+) -> None:
     table = Table(
         title=escape("archivist benchmark: median [min-max] over runs"),
         header_style="bold",
@@ -172,12 +185,6 @@ def print_report(
         unit = next(f.unit for e in engines if (f := results.get(e, name)) is not None)
         table.add_row(escape(label), unit, *(escape(text) for text in cells))
     console.print(table)
-    console.print(
-        "machine: "
-        + ", ".join(f"{key} {value}" for key, value in info.items() if value not in ("", None))
-    )
-    for note in results.notes:
-        console.print(f"note: {note}")
 
 
 def print_paths(
