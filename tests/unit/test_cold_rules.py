@@ -3,12 +3,15 @@ archived rows against the source, and the --since/--until bounds."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from archivist.cold.restore import bound_value, restore_filter, sort_batch
 from archivist.config import ArchiveConfig, make_config
+from archivist.daemon.expiry import Expirer, ExpirySchedule
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.errors import ConfigError, InvalidParams
+from archivist.errors import ConfigError, DatabaseError, InvalidParams, MoverBusy
 from archivist.policy import parse_duration, parse_rules
 
 
@@ -82,3 +85,38 @@ def test_bounds_take_the_columns_form() -> None:
         bound_value(ColumnSpec("n", Kind.INTEGER), "yesterday")
     with pytest.raises(InvalidParams, match="timestamps"):
         bound_value(aware, "March")
+
+
+def test_expiry_runs_at_the_first_check_then_once_an_interval() -> None:
+    schedule = ExpirySchedule(["a", "b"], interval=100.0)
+    assert schedule.due(0.0) == ["a", "b"]
+    schedule.ran("a", 5.0)
+    assert schedule.due(50.0) == ["b"]
+    assert schedule.due(105.0) == ["a", "b"]
+    assert not ExpirySchedule([])
+
+
+def test_an_expiry_that_fails_or_finds_the_lock_held_is_tried_at_the_next_check() -> None:
+    outcomes: list[BaseException | None] = [MoverBusy("held by h:1"), DatabaseError("down"), None]
+    runs: list[str] = []
+    clock = [0.0]
+
+    async def run(collection: str) -> None:
+        runs.append(collection)
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    async def checks() -> None:
+        expirer = Expirer(run, ["t"], interval=100.0, clock=lambda: clock[0])
+        for moment in (0.0, 1.0, 2.0, 3.0):
+            clock[0] = moment
+            expirer.start(busy=lambda _: False)
+            await expirer.wait()
+        expirer.start(busy=lambda _: True)  # due later, but a task of it runs: not now
+        clock[0] = 500.0
+        expirer.start(busy=lambda _: True)
+        await expirer.wait()
+
+    asyncio.run(checks())
+    assert runs == ["t", "t", "t"]  # busy, failed, done; then not due until 102

@@ -17,7 +17,7 @@ import click
 import archivist
 from archivist.cli.archive import archive
 from archivist.cli.check import check
-from archivist.cli.cold import restore
+from archivist.cli.cold import expire, restore
 from archivist.cli.common import CONTEXT, fail, load, run_async, setup_logging
 from archivist.cli.daemon import daemon, run
 from archivist.cli.demo import demo
@@ -29,6 +29,7 @@ __all__ = [
     "check",
     "daemon",
     "demo",
+    "expire",
     "fail",
     "load",
     "main",
@@ -58,5 +59,5 @@ def main() -> None:
     atexit.register(gc.freeze)
 
 
-for _command in (worker, run, daemon, archive, status, check, demo, restore):
+for _command in (worker, run, daemon, archive, status, check, demo, restore, expire):
     main.add_command(_command)

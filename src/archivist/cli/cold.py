@@ -187,3 +187,56 @@ async def _restore(
                 progress=show,
             )
             reports.append(await job.run())
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("collection", required=False)
+@config_option
+@click.option(
+    "--dry-run", is_flag=True, help="Say how many archived rows would go, and delete nothing."
+)
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+@log_options(quiet=False)
+def expire(
+    collection: str | None,
+    config_path: Path | None,
+    dry_run: bool,
+    verbose: int,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Delete archived rows older than their policy's retention, now.
+
+    For COLLECTION, or every policy with a retention key when none is named. Rows go by
+    the policy's age column (age_field, else order_by), in batches, for good. The daemon
+    (`archivist run`) does the same at its first check and then once a day; this is for
+    cron, or to see what would go (--dry-run). Holds the collection's mover lock while it
+    deletes (exits 1 naming the holder if another archivist moves the table now).
+
+    Examples:
+
+        archivist expire --config archivist.toml --dry-run
+        archivist expire chat_messages --config archivist.toml
+    """
+    config = load(config_path)
+    setup_logs(config, log_format, log_level, verbose=verbose, quiet=False, default_level="warning")
+    run_async(_expire(config, collection, dry_run))
+
+
+async def _expire(config: Config, collection: str | None, dry_run: bool) -> None:
+    from archivist.cold.retention import expire as expire_archive
+
+    async with _data(config) as data:
+        names = (
+            [collection]
+            if collection is not None
+            else [entity.collection for entity in data.policies() if entity.rules.retention]
+        )
+        if not names:
+            click.echo("no policy has a retention key; nothing to expire")
+            return
+        for name in names:
+            result = await expire_archive(data, name, dry_run=dry_run)
+            click.echo(result.line())
+        if dry_run:
+            click.echo("dry run: nothing was deleted")

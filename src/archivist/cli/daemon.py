@@ -82,6 +82,7 @@ async def _run_once(config: Config, socket_path: Path | None) -> None:
         interrupt = interrupt_on_signals()
         records = await daemon.check_once()
         await asyncio.gather(*(until_done(daemon, record, interrupt) for record in records))
+        await daemon.expiry.wait()  # retention, which the check started
         holding = dict(daemon.holding)
     report_records(records, holding)
 

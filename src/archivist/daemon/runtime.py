@@ -71,6 +71,7 @@ async def running(
     try:
         # Imported here, not above: the data layer's imports (SQLAlchemy's) then run while the
         # worker starts.
+        from archivist.cold.retention import expire
         from archivist.data import DataDaemon
 
         data = DataDaemon(config)
@@ -95,6 +96,7 @@ async def running(
         supervisor=supervisor,
         on_update=on_update,
         reclaim=data.reclaim,
+        expire=lambda collection: expire(data, collection),
     )
     stop = asyncio.Event()
     try:

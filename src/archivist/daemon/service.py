@@ -19,6 +19,7 @@ from typing import Final
 
 from archivist import protocol
 from archivist.daemon.connection import WorkerConnection
+from archivist.daemon.expiry import Expirer
 from archivist.daemon.keepup import KeepUp, write_state
 from archivist.daemon.movers import Movers
 from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up
@@ -66,9 +67,12 @@ class ArchiveDaemon:
         supervisor: WorkerProcess | None = None,
         on_update: Callable[[TaskRecord], None] | None = None,
         reclaim: Callable[[str], Awaitable[object]] | None = None,
+        expire: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.data = data
+        self.expiry = Expirer(expire, [p.collection for p in policies if p.rules.retention])
+        """Each policy's retention, started by the checks (`archivist.daemon.expiry`)."""
         self._reclaim = reclaim
         """Run after a task that moved rows: the policy's space reclaim (`DataDaemon.reclaim`)."""
         self._reclaims: set[asyncio.Task[None]] = set()
@@ -118,6 +122,7 @@ class ArchiveDaemon:
             # A reclaim under way ends before the handles it uses are closed.
             if self._reclaims:
                 await asyncio.wait(self._reclaims)
+            await self.expiry.close()
             await self.movers.release_all()
             if self.supervisor is not None:
                 await self.supervisor.stop()
@@ -420,6 +425,7 @@ class ArchiveDaemon:
                 if not record.finished:
                     self.runs[record] = self.clock()
                 queued.append(record)
+        self.expiry.start(busy=lambda collection: self.tracker.unfinished(collection) is not None)
         return queued
 
     async def _measure_only(self, policy: Policy) -> None:
