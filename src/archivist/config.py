@@ -114,6 +114,31 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How ``run`` and ``daemon`` log (``--log-format`` beats it); the worker they start
     logs the same way."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics: str | None = None
+    """``HOST:PORT`` where ``run`` and ``daemon`` serve Prometheus metrics (`parse_address`;
+    ``--metrics`` beats it); None: no metrics."""
+
+
+METRICS_PORT: Final = 9464
+"""The port Prometheus' list of exporters' default ports gives archivist."""
+_ADDRESS: Final = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^\s:\[\]]*)):(?P<port>\d{1,5})\Z"
+)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6; ``:9464`` for every interface) as the host
+    and port to listen on; a ConfigError saying what is expected otherwise."""
+    match = _ADDRESS.match(text.strip())
+    port = int(match["port"]) if match else -1
+    if match is None or not 0 < port < 65536:
+        raise ConfigError(
+            f"{text!r} is not an address to listen on: expected HOST:PORT, such as "
+            f"127.0.0.1:{METRICS_PORT}, [::1]:{METRICS_PORT}, or :{METRICS_PORT} for every "
+            "interface"
+        )
+    host = match["v6"] if match["v6"] is not None else match["host"] or "0.0.0.0"
+    return host, port
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -352,6 +377,11 @@ def validate(config: Config) -> None:
         problem = _url_problem(url)
         if problem is not None:
             raise ConfigError(config.where(f"handles.{name}: {problem}"))
+    if config.daemon.metrics is not None:
+        try:
+            parse_address(config.daemon.metrics)
+        except ConfigError as exc:
+            raise ConfigError(config.where(f"daemon.metrics: {exc.message}")) from None
     seen: dict[str, int] = {}
     for index, entry in enumerate(config.archive):
         key = f"archive[{index}]"

@@ -150,11 +150,16 @@ class _ExecuteRows(Execute, tag="execute"):
     params: dict[str, msgspec.Raw] | None = None  # type: ignore[assignment]
 
 
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
 class Progress(Message, tag_field="command", tag="progress"):
     task_id: TaskId
     archived: Count
     total: Count
     status: Literal["in_progress"]
+    throttled_seconds: dict[str, Seconds] | None = None
+    """Extension: seconds the task has waited so far, by reason (docs/protocol.md)."""
 
 
 CompleteStatus = Literal["success", "error", "cancelled"]
@@ -167,6 +172,8 @@ class Complete(Message, tag_field="command", tag="complete"):
     status: CompleteStatus
     error: str | None = None
     code: str | None = None
+    throttled_seconds: dict[str, Seconds] | None = None
+    """Extension, as in `Progress`: the task's totals at its end."""
 
 
 WorkerRequest: TypeAlias = Ping | Archive | Status | Cancel | Rate

@@ -14,6 +14,7 @@ import click
 from archivist.cli.common import (
     CONTEXT,
     config_option,
+    fail,
     load,
     log,
     log_options,
@@ -25,9 +26,18 @@ from archivist.cli.common import (
 
 if TYPE_CHECKING:
     from archivist.config import Config
+    from archivist.daemon.prometheus import MetricsServer, PrometheusObserver
     from archivist.daemon.service import ArchiveDaemon
     from archivist.daemon.systemd import Notifier
     from archivist.daemon.tracker import TaskRecord
+
+
+metrics_option = click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (127.0.0.1:9464; :9464 for "
+    "every interface). Default: [daemon] metrics, else none. Series: docs/operations.md.",
+)
 
 
 @click.command(context_settings=CONTEXT)
@@ -40,12 +50,14 @@ if TYPE_CHECKING:
     "cron and systemd timers. Policies outside their window do nothing. Exits 1 if a "
     "task failed.",
 )
+@metrics_option
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @log_options(quiet=True)
 def run(
     config_path: Path | None,
     socket_path: Path | None,
     once: bool,
+    metrics: str | None,
     verbose: int,
     quiet: bool,
     log_format: str | None,
@@ -64,14 +76,17 @@ def run(
 
         archivist run --config archivist.toml
         archivist run --log-format json -q
+        archivist run --metrics 127.0.0.1:9464          # Prometheus scrapes /metrics
         archivist run --config archivist.toml --once    # from cron or a systemd timer
     """
     config = load(config_path)
     setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
     if once:
+        if metrics is not None:
+            fail("--metrics serves a daemon that keeps running; --once exits when done")
         run_async(_run_once(config, socket_path))
         return
-    run_async(_run(config, socket_path, watch=True))
+    run_async(_run(config, socket_path, watch=True, metrics=metrics))
 
 
 async def _run_once(config: Config, socket_path: Path | None) -> None:
@@ -96,11 +111,13 @@ async def _run_once(config: Config, socket_path: Path | None) -> None:
     required=True,
     help="The socket of a worker that runs already (see `archivist worker`).",
 )
+@metrics_option
 @click.option("-v", "--verbose", count=True, help="Log debug details.")
 @log_options(quiet=True)
 def daemon(
     config_path: Path | None,
     socket_path: Path,
+    metrics: str | None,
     verbose: int,
     quiet: bool,
     log_format: str | None,
@@ -118,10 +135,12 @@ def daemon(
     """
     config = load(config_path)
     setup_logs(config, log_format, log_level, verbose=verbose, quiet=quiet)
-    run_async(_run(config, socket_path, watch=True))
+    run_async(_run(config, socket_path, watch=True, metrics=metrics))
 
 
-async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None:
+async def _run(
+    config: Config, socket_path: Path | None, *, watch: bool, metrics: str | None
+) -> None:
     from archivist.daemon.runtime import Launch, running
     from archivist.daemon.systemd import Notifier
 
@@ -130,10 +149,16 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     systemd = Notifier()
+    observer, server = _serve_metrics(metrics or config.daemon.metrics)
     try:
         async with running(
-            config, Launch(socket=socket_path, watch=watch), on_update=_status_to(systemd)
+            config,
+            Launch(socket=socket_path, watch=watch),
+            on_update=_status_to(systemd),
+            observer=observer,
         ) as daemon:
+            if observer is not None:
+                observer.watch(daemon)
             # Ready for systemd (Type=notify) once the policies are loaded (`running` did)
             # and the worker answers on its socket.
             await _until_connected(daemon, stop)
@@ -154,6 +179,21 @@ async def _run(config: Config, socket_path: Path | None, *, watch: bool) -> None
             systemd.stopping("stopping: letting running tasks reach a safe point")
     finally:
         systemd.close()
+        if server is not None:
+            server.close()
+
+
+def _serve_metrics(
+    address: str | None,
+) -> tuple[PrometheusObserver | None, MetricsServer | None]:
+    """The metrics' observer and their HTTP server on ``address`` (None: no metrics, and
+    prometheus-client is not even imported)."""
+    if address is None:
+        return None, None
+    from archivist.daemon.prometheus import MetricsServer, PrometheusObserver
+
+    observer = PrometheusObserver()
+    return observer, MetricsServer(observer, address)
 
 
 async def _until_connected(daemon: ArchiveDaemon, stop: asyncio.Event) -> None:

@@ -30,7 +30,8 @@ from archivist.transport import Peer, open_peer
 
 log = logging.getLogger(__name__)
 
-ExecuteFn = Callable[[str, JSONObject], Awaitable[JSONObject]]
+ExecuteFn = Callable[[str, JSONObject, str | None], Awaitable[JSONObject]]
+"""Serves one ``execute``: its target, params and task id (None from a design-only worker)."""
 NotifyFn = Callable[[Progress | Complete], None]
 
 
@@ -57,7 +58,9 @@ class WorkerConnection:
                 case Execute():
                     if execute is None:
                         raise ArchivistError("this client does not serve execute requests")
-                    result = await execute(message.target_command, message.params or {})
+                    result = await execute(
+                        message.target_command, message.params or {}, message.task_id
+                    )
                     return ExecuteResult(
                         request_id=message.request_id, status="success", result=result
                     )

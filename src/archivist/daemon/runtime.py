@@ -17,6 +17,7 @@ from pathlib import Path
 
 from archivist import logs
 from archivist.config import Config
+from archivist.daemon.metrics import Observer
 from archivist.daemon.service import ArchiveDaemon, DaemonOptions
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord
@@ -48,8 +49,10 @@ async def running(
     launch: Launch,
     *,
     on_update: Callable[[TaskRecord], None] | None = None,
+    observer: Observer | None = None,
 ) -> AsyncIterator[ArchiveDaemon]:
-    """Start everything, yield the ArchiveDaemon, and stop everything cleanly on exit."""
+    """Start everything, yield the ArchiveDaemon, and stop everything cleanly on exit;
+    ``observer`` is told what the metrics count."""
     scratch: Path | None = None
     supervisor: WorkerProcess | None = None
     socket = launch.socket
@@ -97,6 +100,7 @@ async def running(
         on_update=on_update,
         reclaim=data.reclaim,
         expire=lambda collection: expire(data, collection),
+        observer=observer,
     )
     stop = asyncio.Event()
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from archivist import protocol
 from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.expiry import Expirer
 from archivist.daemon.keepup import KeepUp, write_state
+from archivist.daemon.metrics import Observer
 from archivist.daemon.movers import Movers
 from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up
 from archivist.daemon.supervisor import WorkerProcess
@@ -69,10 +71,13 @@ class ArchiveDaemon:
         reclaim: Callable[[str], Awaitable[object]] | None = None,
         expire: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
+        observer: Observer | None = None,
     ) -> None:
         self.data = data
         self.expiry = Expirer(expire, [p.collection for p in policies if p.rules.retention])
         """Each policy's retention, started by the checks (`archivist.daemon.expiry`)."""
+        self.observer = observer if observer is not None else Observer()
+        """Told of each event the metrics count (`archivist.daemon.metrics`)."""
         self._reclaim = reclaim
         """Run after a task that moved rows: the policy's space reclaim (`DataDaemon.reclaim`)."""
         self._reclaims: set[asyncio.Task[None]] = set()
@@ -143,6 +148,7 @@ class ArchiveDaemon:
             except TimeoutError:
                 log.warning("task %s did not stop in %.0f s", record.task_id, STOP_TIMEOUT)
         self.tracker.finish(record, "cancelled", "interrupted")
+        self._updated(record)
 
     async def _stop_tasks(self) -> None:
         """Ask the worker to stop our tasks at their next safe point, wait, then disconnect.
@@ -163,6 +169,10 @@ class ArchiveDaemon:
             await self._connected.wait()
             if self._connection is not None and not self._connection.peer.closed:
                 return self._connection
+
+    @property
+    def worker_connected(self) -> bool:
+        return self._connection is not None and not self._connection.peer.closed
 
     # --- the worker connection ---------------------------------------------------------
 
@@ -235,7 +245,9 @@ class ArchiveDaemon:
         while not connection.peer.closed:
             await asyncio.sleep(self.options.health_interval)
             try:
+                sent = time.monotonic()
                 await connection.ping(timeout=self.options.health_timeout)
+                self.observer.pinged(time.monotonic() - sent)
             except PeerError as exc:
                 log.warning("worker health check failed (%s); reconnecting", exc.message)
                 await connection.close()
@@ -299,11 +311,20 @@ class ArchiveDaemon:
 
     # --- callbacks from the worker -------------------------------------------------------
 
-    async def _serve_execute(self, target: str, params: JSONObject) -> JSONObject:
+    async def _serve_execute(
+        self, target: str, params: JSONObject, task_id: str | None
+    ) -> JSONObject:
         params = within_frame(target, params, self.options.frame_limit)
-        return await self.movers.guard(
+        started = time.monotonic()
+        answer = await self.movers.guard(
             target, params, lambda: self.data.execute(target, params, caller="worker")
         )
+        record = self.tracker.get(task_id) if task_id is not None else None
+        collection = params.get("collection")
+        if record is None and isinstance(collection, str):  # a design-only worker's
+            record = self.tracker.unfinished(collection)
+        self.observer.executed(record, target, params, answer, time.monotonic() - started)
+        return answer
 
     def _notified(self, message: Progress | Complete) -> None:
         if isinstance(message, Progress):
@@ -331,6 +352,7 @@ class ArchiveDaemon:
                     self._reclaims.add(task)
                     task.add_done_callback(self._reclaims.discard)
         if record is not None:
+            self.observer.notified(record, message)
             self._updated(record)
             if isinstance(message, Progress) and record in self.runs:
                 self._stop_if_held(record)
@@ -384,6 +406,8 @@ class ArchiveDaemon:
             log.warning("%s: space reclaim failed: %s", collection, exc.message)
 
     def _updated(self, record: TaskRecord) -> None:
+        if record.finished:
+            self.observer.finished(record)
         if self._on_update is not None:
             self._on_update(record)
 
@@ -403,6 +427,7 @@ class ArchiveDaemon:
             if unfinished is not None and unfinished in self.runs:
                 self._stop_if_held(unfinished)
             reason = self._hold(policy) if unfinished is None else None
+            self.observer.held(policy.collection, reason)
             if reason is not None:
                 if self.holding.get(policy.collection) != reason:
                     log.info("%s: %s", policy.collection, reason)
@@ -464,6 +489,7 @@ class ArchiveDaemon:
         decision, filter_ = await self.due(policy, count)
         if decision.rows == 0:
             log.debug("%s: within its policy", policy.collection)
+            self.observer.checked(policy.collection, within=True)
             return None
         # The lock, then the count again: another mover may have been moving rows meanwhile,
         # and a count from before would move rows the policy keeps.
@@ -472,6 +498,7 @@ class ArchiveDaemon:
             decision, filter_ = await self.due(policy)
             if decision.rows == 0:
                 await self.movers.release(policy.collection)
+                self.observer.checked(policy.collection, within=True)
                 return None
             reasons = {
                 "age": f"rows older than {policy.rules.older_than}",

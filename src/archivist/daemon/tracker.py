@@ -84,6 +84,10 @@ class Tracker:
     def new_task_id(self, collection: str) -> str:
         return f"{collection}-{self._prefix}-{next(self._serial)}"
 
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The unfinished record whose current attempt runs under ``task_id``."""
+        return self._by_task.get(task_id)
+
     def unfinished(self, collection: str) -> TaskRecord | None:
         return next(
             (r for r in self._by_task.values() if r.collection == collection and not r.finished),

@@ -10,7 +10,7 @@ from typing import Final
 
 from archivist.errors import TRANSIENT_CODES, RemoteError, RequestTimeout
 from archivist.worker.queue import Task
-from archivist.worker.throttle import Execute, Throttle, ThrottleSettings
+from archivist.worker.throttle import Execute, Throttle, ThrottleSettings, reason_kind
 
 # Logged as the executor, as before this module was split from it.
 log = logging.getLogger("archivist.worker.executor")
@@ -38,6 +38,8 @@ class Pacer:
         """Why batches wait for the database's load (pause file, load limits), or None."""
         self.yielding: str | None = None
         """Why the task rests longer after its batches (the application), or None."""
+        self._held_at: float | None = None
+        """When `held_by` was last reported (its seconds count into the task's totals)."""
         self.deleted_at: float | None = None
         """When the task's last delete ended: on SQLite a delete is what notices the
         application, so whether to yield is read from a reading taken after it."""
@@ -46,6 +48,12 @@ class Pacer:
         return self.task.stop_reason is not None
 
     def throttled(self, reason: str | None) -> None:
+        """The throttle's verdict before a batch, at each of its looks: the time since its
+        last look counts as waited for the reason it gave then."""
+        now = time.monotonic()
+        if self.held_by is not None and self._held_at is not None:
+            self.task.waited(reason_kind(self.held_by), now - self._held_at)
+        self._held_at = now if reason is not None else None
         self.held_by = reason
         self.report()
 
@@ -75,17 +83,21 @@ class Pacer:
         self.yielding = await self.throttle.yielding(database, self.execute, since=self.deleted_at)
         self.report()
         if self.yielding is not None:
-            while self.yielding is not None and not self.stopped():
-                # Again at each look: the daemon may raise the task's rate meanwhile.
-                until = ended + throttle.rest_after(
-                    took, yielding=True, batch_rows=rows, min_rate=self.task.min_rate
-                )
-                now = time.monotonic()
-                if now >= until:
-                    return
-                await self.sleep(min(until - now, self.throttle.interval()))
-                if time.monotonic() < until and not self.stopped():
-                    self.yielding = await self.throttle.yielding(database, self.execute)
+            resting = time.monotonic()
+            try:
+                while self.yielding is not None and not self.stopped():
+                    # Again at each look: the daemon may raise the task's rate meanwhile.
+                    until = ended + throttle.rest_after(
+                        took, yielding=True, batch_rows=rows, min_rate=self.task.min_rate
+                    )
+                    now = time.monotonic()
+                    if now >= until:
+                        return
+                    await self.sleep(min(until - now, self.throttle.interval()))
+                    if time.monotonic() < until and not self.stopped():
+                        self.yielding = await self.throttle.yielding(database, self.execute)
+            finally:
+                self.task.waited("yielding", time.monotonic() - resting)
             self.report()
         rest = ended + throttle.rest_after(took) - time.monotonic()
         if rest > 0:

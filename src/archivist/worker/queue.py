@@ -34,6 +34,9 @@ class Task:
     stop_reason: str | None = None
     """Set to ask the executor to stop at its next safe point."""
     throttled: str | None = None
+    throttled_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds the task has waited, by reason (`archivist.worker.throttle.reason_kind`):
+    sent with its progress and completion for the daemon's metrics."""
     retries: int = 0
     """Batches retried after a transient failure."""
     min_rate: float | None = None
@@ -43,6 +46,15 @@ class Task:
     def __post_init__(self) -> None:
         if self.min_rate is None:
             self.min_rate = self.spec.min_rate
+
+    def waited(self, reason: str, seconds: float) -> None:
+        """Count ``seconds`` the task waited for ``reason`` (`reason_kind`'s names)."""
+        if seconds > 0:
+            self.throttled_seconds[reason] = self.throttled_seconds.get(reason, 0.0) + seconds
+
+    def throttle_totals(self) -> dict[str, float] | None:
+        """What `throttled_seconds` holds, to the millisecond, for the wire (None: nothing)."""
+        return {k: round(v, 3) for k, v in self.throttled_seconds.items()} or None
 
     @property
     def task_id(self) -> str:

@@ -141,7 +141,11 @@ class _TaskCalls:
 
     async def progress(self, archived: int, total: int) -> None:
         message = Progress(
-            task_id=self._task.task_id, archived=archived, total=total, status="in_progress"
+            task_id=self._task.task_id,
+            archived=archived,
+            total=total,
+            status="in_progress",
+            throttled_seconds=self._task.throttle_totals(),
         )
         await self._peer.notify(message)
 
@@ -283,6 +287,7 @@ class Worker:
             status=outcome.status,
             error=outcome.error,
             code=outcome.code,
+            throttled_seconds=task.throttle_totals(),
         )
         assert isinstance(task.owner, Peer)
         try:

@@ -91,6 +91,23 @@ def capped_rest(
 
 Execute = Callable[[str, JSONObject], Awaitable[JSONObject]]
 
+PAUSE_FILE: Final = "pause file"
+YIELDING: Final = "yielding to"
+SLOW_PROBE: Final = "probe took"
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a throttle reason this module gave, for the daemon's metrics:
+    ``pause_file``, ``yielding`` (to the application), ``latency`` (a slow probe query),
+    or ``load`` (too many busy connections)."""
+    if reason.startswith(PAUSE_FILE):
+        return "pause_file"
+    if reason.startswith(YIELDING):
+        return "yielding"
+    if SLOW_PROBE in reason:
+        return "latency"
+    return "load"
+
 
 @dataclass
 class _Reading:
@@ -135,7 +152,7 @@ class Throttle:
             report(reason)
             if reason is None:
                 return
-            await asyncio.sleep(POLL if reason.startswith("pause file") else self.interval())
+            await asyncio.sleep(POLL if reason.startswith(PAUSE_FILE) else self.interval())
 
     def interval(self) -> float:
         """Seconds between two looks at a database's load."""
@@ -144,7 +161,7 @@ class Throttle:
     def _paused_by_file(self) -> str | None:
         path = self.settings.pause_file
         if path is not None and path.exists():
-            return f"pause file {path} exists"
+            return f"{PAUSE_FILE} {path} exists"
         return None
 
     async def yielding(
@@ -158,7 +175,7 @@ class Throttle:
         if reading is None or reading.others <= 0:
             return None
         sessions = "session" if reading.others == 1 else "sessions"
-        return f"yielding to {reading.others} other {sessions} using {database}"
+        return f"{YIELDING} {reading.others} other {sessions} using {database}"
 
     async def _overloaded(self, database: str, execute: Execute) -> str | None:
         settings = self.settings
@@ -201,7 +218,7 @@ class Throttle:
         active = load.get("active")
         limit_ms = self.settings.max_latency_ms
         if limit_ms is not None and isinstance(latency, int | float) and latency > limit_ms:
-            return f"{database} probe took {latency:.0f} ms (limit {limit_ms:.0f} ms)"
+            return f"{database} {SLOW_PROBE} {latency:.0f} ms (limit {limit_ms:.0f} ms)"
         limit_active = self.settings.max_active
         if limit_active is not None and isinstance(active, int) and active > limit_active:
             metric = load.get("metric", "busy connections")
