@@ -2,34 +2,94 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from archivist.daemon.tracker import TaskRecord
 from archivist.protocol import StatusResult
 
 if TYPE_CHECKING:  # the data layer's imports are slow; a one-shot run starts its worker first
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
     from archivist.data import ArchivePlan
+
+_MARKUP = re.compile(r"\[(/|/?[a-z][a-z ]*)\]")
+"""rich's style tags as this module writes them: ``[bold green]``, ``[/]``."""
+
+
+class Printer(Protocol):
+    """What this module prints to: rich's console, or `PlainConsole`."""
+
+    @property
+    def is_terminal(self) -> bool: ...
+
+    def print(
+        self,
+        *objects: Any,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        soft_wrap: bool | None = None,
+    ) -> None: ...
+
+
+class PlainConsole:
+    """Plain lines to stdout or stderr, without rich: what a console that is not a terminal
+    (a pipe, a log file, cron) shows anyway. rich's import is ~10% of a one-shot command's
+    start; scripts and timers that run ``archivist archive`` need none of it."""
+
+    is_terminal = False
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self.stderr = stderr
+
+    @property
+    def file(self) -> TextIO:
+        # Looked up at each print, as rich does: a test runner may swap the streams.
+        return sys.stderr if self.stderr else sys.stdout
+
+    def print(
+        self,
+        *objects: Any,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        soft_wrap: bool | None = None,
+    ) -> None:
+        text = " ".join(str(item) for item in objects)
+        if markup is not False:
+            text = _MARKUP.sub("", text)
+        self.file.write(text + "\n")
+        self.file.flush()
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """Whether rich would draw on ``stream``: a terminal, or FORCE_COLOR set."""
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def make_console(*, stderr: bool = False) -> Printer:
+    """rich's console on a terminal (bars, colours, tables); plain lines elsewhere."""
+    if is_terminal(sys.stderr if stderr else sys.stdout):
+        from rich.console import Console
+
+        return Console(stderr=stderr)
+    return PlainConsole(stderr=stderr)
 
 
 class ArchiveProgress:
     """Shows one record's progress: rows, rate and ETA. Use as a context manager."""
 
-    def __init__(self, label: str, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+    def __init__(self, label: str, console: Printer | None = None) -> None:
+        self.console = console or make_console(stderr=True)
         self.label = label
         self.interactive = self.console.is_terminal
         self._progress: Progress | None = None
@@ -39,6 +99,15 @@ class ArchiveProgress:
 
     def __enter__(self) -> ArchiveProgress:
         if self.interactive:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -47,7 +116,7 @@ class ArchiveProgress:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=self.console,  # type: ignore[arg-type]  # rich's, when interactive
             )
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=None, rate="-")
@@ -89,7 +158,7 @@ class ArchiveProgress:
             )
 
 
-def print_summary(console: Console, record: TaskRecord) -> None:
+def print_summary(console: Printer, record: TaskRecord) -> None:
     seconds = max(record.duration_ms / 1000, 1e-3)
     console.print(
         f"[bold green]archived[/] {record.archived:,} rows of {record.collection} "
@@ -108,6 +177,8 @@ def print_status(console: Console, status: StatusResult) -> None:
     if not rows:
         console.print("no tasks yet")
         return
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in ("task", "collection", "handles", "state", "archived", "time", "note"):
         table.add_column(column, justify="right" if column in ("archived", "time") else "left")
@@ -137,6 +208,8 @@ def print_keepup(console: Console, document: dict[str, object]) -> None:
         return
     ago = f", {max(0.0, time.time() - at):,.0f} s ago" if isinstance(at, int | float) else ""
     console.print(f"policies (the daemon's last check{ago}):")
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in ("collection", "rows/limit", "growth", "moved", "at least", "state"):
         table.add_column(column, justify="left" if column in ("collection", "state") else "right")
@@ -168,7 +241,7 @@ def print_movers(console: Console, movers: list[tuple[str, str]]) -> None:
         console.print(f"  {collection}: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def print_plan(console: Console, plan: ArchivePlan) -> None:
+def print_plan(console: Printer, plan: ArchivePlan) -> None:
     """``archive --dry-run``: what would move, and nothing moved."""
     limits = []
     if plan.max_rows is not None:

@@ -4,46 +4,88 @@ Each command is a thin layer over the library: it builds options, runs one corou
 and turns an `ArchivistError` into one clear line and a non-zero exit code. The group is
 here; each family of commands has its module (`worker`, `daemon` for run/daemon,
 `archive`, `status`, `check`, `demo`), and what they share is in `common`. Importing it
-loads neither SQLAlchemy nor the data layer: each command imports those when it runs.
+loads neither SQLAlchemy nor the data layer: each command imports those when it runs. A
+command's module is imported only when that command runs (or ``--help`` lists them all):
+the worker a daemon starts, or a one-shot ``archivist archive``, does not pay for the
+others' imports (rich's console, the status and check code).
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
+import importlib
+from typing import Any
 
 import click
 
 import archivist
-from archivist.cli.archive import archive
-from archivist.cli.check import check
-from archivist.cli.cold import expire, restore
 from archivist.cli.common import CONTEXT, fail, load, run_async, setup_logging
-from archivist.cli.daemon import daemon, run
-from archivist.cli.demo import demo
-from archivist.cli.status import status
-from archivist.cli.worker import worker, worker_options
 
-__all__ = [
+COMMANDS: dict[str, tuple[str, str]] = {
+    "worker": ("archivist.cli.worker", "worker"),
+    "run": ("archivist.cli.daemon", "run"),
+    "daemon": ("archivist.cli.daemon", "daemon"),
+    "archive": ("archivist.cli.archive", "archive"),
+    "status": ("archivist.cli.status", "status"),
+    "check": ("archivist.cli.check", "check"),
+    "demo": ("archivist.cli.demo", "demo"),
+    "restore": ("archivist.cli.cold", "restore"),
+    "expire": ("archivist.cli.cold", "expire"),
+}
+"""Each command's name -> (module, attribute), imported when first asked for."""
+
+__all__ = [  # noqa: RUF022 (the commands, then what they share)
     "archive",
     "check",
     "daemon",
     "demo",
     "expire",
+    "restore",
+    "run",
+    "status",
+    "worker",
     "fail",
     "load",
     "main",
-    "restore",
-    "run",
     "run_async",
     "setup_logging",
-    "status",
-    "worker",
     "worker_options",
 ]
 
 
-@click.group(context_settings=CONTEXT)
+def _command(name: str) -> click.Command:
+    module, attribute = COMMANDS[name]
+    command: click.Command = getattr(importlib.import_module(module), attribute)
+    # Importing archivist.cli.worker binds the package's ``worker`` to that module: the
+    # command, not the module, is what ``from archivist.cli import worker`` gives.
+    globals()[name] = command
+    return command
+
+
+def __getattr__(name: str) -> Any:
+    if name in COMMANDS:
+        return _command(name)
+    if name == "worker_options":
+        from archivist.cli.worker import worker_options
+
+        return worker_options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _LazyGroup(click.Group):
+    """A group that imports a command's module when the command is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            self.add_command(_command(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings=CONTEXT)
 @click.version_option(archivist.__version__, prog_name="archivist")
 def main() -> None:
     """archivist keeps hot database tables small by moving old rows to archive storage.
@@ -57,7 +99,3 @@ def main() -> None:
     # one-shot command on a slow machine. Frozen, they are left to the end of the process; every
     # database and socket is closed explicitly before then.
     atexit.register(gc.freeze)
-
-
-for _command in (worker, run, daemon, archive, status, check, demo, restore, expire):
-    main.add_command(_command)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from archivist import protocol
 from archivist.cli.common import (
@@ -27,6 +26,7 @@ from archivist.errors import ArchivistError, UnknownCollection
 if TYPE_CHECKING:
     from archivist.config import Config
     from archivist.daemon.tracker import TaskRecord
+    from archivist.ui import Printer
 
 
 @click.command(context_settings=CONTEXT)
@@ -112,8 +112,10 @@ async def _archive_all(
     from archivist.daemon.runtime import Launch, interrupt_on_signals, running, until_done
 
     if dry_run:
+        from archivist.ui import make_console
+
         for entry in config.archive:
-            await _dry_run(config, entry.collection, None, Console())
+            await _dry_run(config, entry.collection, None, make_console())
         return
     launch = Launch(socket=socket_path, private_socket=True, quiet_worker=True, watch=False)
     records: list[TaskRecord] = []
@@ -154,9 +156,10 @@ async def _archive(
     json_logs: bool = False,
 ) -> None:
     from archivist.daemon.runtime import Launch, archive_now, running, take_mover
-    from archivist.ui import ArchiveProgress, print_summary
+    from archivist.ui import ArchiveProgress, make_console, print_summary
 
-    console = Console()
+    # rich only on a terminal: a script's or a timer's one-shot does not import it.
+    console = make_console()
     launch = Launch(socket=socket_path, private_socket=True, quiet_worker=True, watch=False)
     if dry_run:
         await _dry_run(config, collection, max_rows, console)
@@ -190,7 +193,7 @@ async def _archive(
         fail(f"interrupted after {record.archived:,} rows; run it again to move the rest", 130)
 
 
-async def _dry_run(config: Config, collection: str, max_rows: int | None, console: Console) -> None:
+async def _dry_run(config: Config, collection: str, max_rows: int | None, console: Printer) -> None:
     from archivist.data import DataDaemon
     from archivist.ui import print_plan
 
