@@ -143,3 +143,63 @@ def test_the_daemon_reclaims_after_a_task_that_moved_rows(
     else:
         assert "reclaim:" not in result.stderr
         assert _freelist(primary) > 50
+
+
+MODELS = """
+import sqlalchemy as sa
+
+from archivist import archive
+from archivist.sample import chat_messages_table
+
+
+@archive(order_by="created_at", max_rows=1000, rows_per_archive=100, batch_size=500, reclaim=True)
+def chat_messages() -> sa.Table:
+    return chat_messages_table(sa.MetaData(), "chat_messages")
+"""
+
+
+def test_reclaim_in_the_decorator_reclaims_after_a_task(tmp_path: Path) -> None:
+    """The same policy as above, declared with ``@archive(..., reclaim=True)`` in the
+    application's module (``[daemon] entities``) instead of the config file."""
+    import os
+    import subprocess
+    import sys
+
+    primary = tmp_path / "primary.db"
+    with sqlite3.connect(primary) as db:
+        db.execute("PRAGMA auto_vacuum = 2")
+    db.close()
+    url = f"sqlite:///{primary}"
+    make_chat_table(url, 3000)
+    (tmp_path / "reclaim_models.py").write_text(MODELS)
+    config = write_config(
+        tmp_path / "a.toml",
+        {"primary": url, "archive": f"sqlite:///{tmp_path}/a.db"},
+        [],
+    )
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\nentities = ["reclaim_models"]\n', 1)
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archivist",
+            "archive",
+            "chat_messages",
+            "--config",
+            str(config),
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert count(url) == 900
+    assert "reclaim: chat_messages on 'primary': PRAGMA incremental_vacuum" in result.stderr
+    assert _freelist(primary) < 20

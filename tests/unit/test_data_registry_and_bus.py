@@ -74,6 +74,39 @@ def test_config_and_decorator_produce_the_same_registry() -> None:
     assert from_config == declared
 
 
+@archive(order_by="created_at", older_than="90d", reclaim="full")
+class Reclaimed(Base):
+    __tablename__ = "registry_reclaimed"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[int]
+
+
+def test_reclaim_in_the_decorator_is_the_config_files_reclaim() -> None:
+    config = make_config(
+        {"primary": "sqlite://", "archive": "sqlite://"},
+        [
+            ArchiveConfig(
+                collection="registry_reclaimed",
+                order_by="created_at",
+                older_than="90d",
+                reclaim="full",
+            )
+        ],
+    )
+    from_config = EntityRegistry.from_config(config).get("registry_reclaimed")
+    declared = {e.collection: e for e in declared_entities([__name__])}["registry_reclaimed"]
+    assert declared.reclaim == "full"
+    assert from_config == declared
+    assert {e.collection: e for e in declared_entities([__name__])}["registry_events"].reclaim is (
+        False
+    )
+
+
+def test_the_decorator_refuses_a_bad_reclaim() -> None:
+    with pytest.raises(ConfigError, match=r'reclaim must be true, false or "full", not \'yes\''):
+        archive(order_by="x", older_than="1d", reclaim="yes")(Event)  # type: ignore[arg-type]
+
+
 def test_registry_rejects_unknown_collection() -> None:
     with pytest.raises(UnknownCollection):
         EntityRegistry().get("chat_messages")

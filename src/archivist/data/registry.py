@@ -8,7 +8,7 @@ import importlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import sqlalchemy as sa
 
@@ -63,6 +63,9 @@ class Entity:
     parent: str | None = None
     """For a policy's named child (made by the data daemon, never a policy itself): the
     collection whose rows it moves with."""
+    reclaim: bool | Literal["full"] = False
+    """After a task that moved rows, reclaim the table's space without blocking the
+    application (`archivist.data.reclaim`); "full" adds MariaDB's OPTIMIZE TABLE."""
 
     def where(self, key: str) -> str:
         """``"<origin>.<key>"`` or, for config entries, ``"<file>: archive[i].<key>"``."""
@@ -96,6 +99,7 @@ def make_entity(
     module: str = "",
     children: Iterable[str] = (),
     on_children: str = "refuse",
+    reclaim: bool | str = False,
 ) -> Entity:
     """Validate and build an Entity; a bad value is a ConfigError naming ``origin``."""
     where = origin
@@ -148,6 +152,8 @@ def make_entity(
         not isinstance(min_rate, int | float) or isinstance(min_rate, bool) or min_rate <= 0
     ):
         raise ConfigError(f"{where}: min_rate must be a number of rows/s > 0")
+    if reclaim is not True and reclaim is not False and reclaim != "full":
+        raise ConfigError(f'{where}: reclaim must be true, false or "full", not {reclaim!r}')
     return Entity(
         collection=collection,
         order_by=order_by,
@@ -163,6 +169,7 @@ def make_entity(
         module=module,
         children=named,
         on_children=on_children,
+        reclaim="full" if reclaim == "full" else bool(reclaim),
     )
 
 
@@ -191,12 +198,14 @@ def archive(
     retention: str | None = None,
     children: Iterable[str] = (),
     on_children: OnChildren = "refuse",
+    reclaim: bool | Literal["full"] = False,
 ) -> Callable[[_T], _T]:
     """Declare a SQLAlchemy declarative model (or a function returning a ``Table``) archivable.
 
     The collection is the table's name unless ``collection`` is given. The same policy can be
     written as an ``[[archive]]`` entry in the config file, with the same keys
-    (``older_than="90d"``, ``where={"status": "closed"}``, ``mode="purge"``, ...).
+    (``older_than="90d"``, ``where={"status": "closed"}``, ``mode="purge"``,
+    ``reclaim=True``, ...).
     """
     named = tuple(children)
 
@@ -205,6 +214,8 @@ def archive(
         origin = f"{module}.{getattr(target, '__qualname__', repr(target))}"
         if age_field is not None and not is_identifier(age_field):
             raise ConfigError(f"{origin}: age_field '{age_field}' is not a SQL identifier")
+        if reclaim is not True and reclaim is not False and reclaim != "full":
+            raise ConfigError(f'{origin}: reclaim must be true, false or "full", not {reclaim!r}')
         try:
             rules = parse_rules(
                 older_than=older_than,
@@ -225,7 +236,8 @@ def archive(
         def build() -> Entity:
             table = _table_of(target, origin)
             return make_entity(
-                collection or table.name,
+                # A plain str: SQLAlchemy's quoted_name would not encode onto the wire.
+                collection or str(table.name),
                 order_by=order_by,
                 max_rows=max_rows,
                 rows_per_archive=rows_per_archive,
@@ -239,6 +251,7 @@ def archive(
                 module=module,
                 children=named,
                 on_children=on_children,
+                reclaim=reclaim,
             )
 
         if collection is not None and not is_identifier(collection):
@@ -313,6 +326,7 @@ class EntityRegistry:
                 origin=origin,
                 children=entry.children,
                 on_children=entry.on_children,
+                reclaim=entry.reclaim,
             )
             if entity.collection in registry:
                 log.info("%s overrides the Python declaration of %s", origin, entity.collection)
