@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from archivist.errors import ConfigError
-from archivist.policy import Rules, parse_rules
+from archivist.policy import Rules, parse_duration, parse_rules
 from archivist.protocol import IDENTIFIER, MAX_BATCH_SIZE
 from archivist.worker.settings import WorkerSettings
 
@@ -141,6 +141,18 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+DEFAULT_MAX_REPLICA_LAG: Final = 5.0
+"""Seconds a source handle's replicas may lag before its batches wait (``max_replica_lag``)."""
+
+
+class ReplicaCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """A source handle's ``replicas`` (handle names) and ``max_replica_lag`` (seconds): no
+    batch starts on that handle while one of them lags more (`archivist.data.replicas`)."""
+
+    replicas: tuple[str, ...]
+    max_lag: float = DEFAULT_MAX_REPLICA_LAG
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration. ``source`` names where it came from, for error messages."""
 
@@ -149,6 +161,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     archive: list[ArchiveConfig] = msgspec.field(default_factory=list)
     source: str = "<config>"
+    replica_checks: dict[str, ReplicaCheck] = msgspec.field(default_factory=dict)
+    """By source handle name, from the ``replicas`` and ``max_replica_lag`` of its handle
+    table (not a table of the file)."""
 
     def where(self, key: str) -> str:
         """``"<source>: <key>"``, the prefix of every message about ``key``."""
@@ -217,7 +232,18 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     check_keys(data, source=str(path))
     for table, values in environment_overrides(environ).items():
         current = data.get(table)
-        data[table] = {**(current if isinstance(current, dict) else {}), **values}
+        current = current if isinstance(current, dict) else {}
+        # A handle written as a table keeps its other keys (replicas, password_file): the
+        # variable sets its URL.
+        data[table] = {
+            **current,
+            **{
+                name: {**current[name], "url": value}
+                if table == "handles" and isinstance(current.get(name), dict)
+                else value
+                for name, value in values.items()
+            },
+        }
     return config_from_dict(data, source=str(path), base_dir=path.parent, environ=environ)
 
 
@@ -279,10 +305,14 @@ def _did_you_mean(key: str, valid: Iterable[str], table: str | None = None) -> s
     return f"; did you mean {name}?"
 
 
+DERIVED: Final = ("source", "replica_checks")
+"""Fields of `Config` that are no table of the file."""
+
+
 def check_keys(data: Mapping[str, object], *, source: str) -> None:
     """Unknown keys in a config file's tables, each with the nearest valid key: msgspec
     alone would only say that the key is unknown."""
-    top = [field.name for field in msgspec.structs.fields(Config) if field.name != "source"]
+    top = [field.name for field in msgspec.structs.fields(Config) if field.name not in DERIVED]
     for key, value in data.items():
         if key not in top:
             raise ConfigError(
@@ -319,10 +349,17 @@ def config_from_dict(
     file's directory); ``${NAME}`` in a handle URL is read from ``environ`` (the process's
     environment by default).
     """
-    if "source" in data:
-        raise ConfigError(f"{source}: source: not a configuration key")
+    for derived in DERIVED:
+        if derived in data:
+            raise ConfigError(f"{source}: {derived}: not a configuration key")
     handles = data.get("handles")
+    checks: dict[str, ReplicaCheck] = {}
     if isinstance(handles, dict):
+        checks = {
+            name: check
+            for name, value in handles.items()
+            if (check := replica_check(value, key=f"{source}: handles.{name}")) is not None
+        }
         data = {
             **data,
             "handles": {
@@ -339,6 +376,7 @@ def config_from_dict(
         config = msgspec.convert({**data, "source": source}, Config, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_key_of(str(exc))}") from None
+    config.replica_checks = checks
     if base_dir is not None:
         config.handles = {
             name: resolve_sqlite_path(url, base_dir) for name, url in config.handles.items()
@@ -354,14 +392,18 @@ def make_config(
     worker: WorkerConfig | None = None,
     daemon: DaemonConfig | None = None,
     source: str = "<python>",
+    replica_checks: Mapping[str, ReplicaCheck] | None = None,
 ) -> Config:
-    """Build and validate a configuration in Python, without a file (tests, the demo)."""
+    """Build and validate a configuration in Python, without a file (tests, the demo).
+    ``replica_checks`` holds, by source handle, what a handle table's ``replicas`` and
+    ``max_replica_lag`` say in a file."""
     config = Config(
         handles=dict(handles),
         worker=worker or WorkerConfig(),
         daemon=daemon or DaemonConfig(),
         archive=list(archive or []),
         source=source,
+        replica_checks=dict(replica_checks or {}),
     )
     validate(config)
     return config
@@ -382,6 +424,20 @@ def validate(config: Config) -> None:
             parse_address(config.daemon.metrics)
         except ConfigError as exc:
             raise ConfigError(config.where(f"daemon.metrics: {exc.message}")) from None
+    for name, check in config.replica_checks.items():
+        key = f"handles.{name}"
+        if name not in config.handles:
+            raise ConfigError(config.where(f"{key}: replicas of an unknown handle"))
+        if not check.replicas:
+            raise ConfigError(config.where(f"{key}.replicas: name at least one replica handle"))
+        for replica in check.replicas:
+            if replica == name:
+                raise ConfigError(config.where(f"{key}.replicas: a handle is not its own replica"))
+            if replica not in config.handles:
+                hint = _did_you_mean(replica, config.handles)
+                raise ConfigError(config.where(f"{key}.replicas: unknown handle '{replica}'{hint}"))
+        if not check.max_lag > 0:
+            raise ConfigError(config.where(f"{key}.max_replica_lag: must be longer than zero"))
     seen: dict[str, int] = {}
     for index, entry in enumerate(config.archive):
         key = f"archive[{index}]"
@@ -412,7 +468,34 @@ def validate(config: Config) -> None:
 
 
 ENVIRONMENT_VARIABLE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-HANDLE_TABLE_KEYS: Final = ("url", "password_file")
+HANDLE_TABLE_KEYS: Final = ("url", "password_file", "replicas", "max_replica_lag")
+
+
+def replica_check(value: object, *, key: str) -> ReplicaCheck | None:
+    """The ``replicas`` and ``max_replica_lag`` of a handle written as a table (``key``
+    prefixes errors), or None when it names no replicas."""
+    if not isinstance(value, dict):
+        return None
+    replicas = value.get("replicas")
+    lag = value.get("max_replica_lag")
+    if replicas is None:
+        if lag is not None:
+            raise ConfigError(f"{key}.max_replica_lag: set replicas too (the handles to watch)")
+        return None
+    if not isinstance(replicas, list) or not all(isinstance(name, str) for name in replicas):
+        raise ConfigError(f'{key}.replicas: expected a list of handle names, e.g. ["replica1"]')
+    if lag is None:
+        return ReplicaCheck(replicas=tuple(replicas))
+    try:
+        duration = parse_duration(lag) if not isinstance(lag, int | float) else None
+    except ValueError as exc:
+        raise ConfigError(f"{key}.max_replica_lag: {exc}") from None
+    if duration is not None and duration.months:
+        raise ConfigError(f'{key}.max_replica_lag: a lag in seconds or minutes, e.g. "5s"')
+    seconds = duration.seconds if duration is not None else float(lag)
+    if isinstance(lag, bool) or seconds <= 0:
+        raise ConfigError(f'{key}.max_replica_lag: expected a duration such as "5s"')
+    return ReplicaCheck(replicas=tuple(replicas), max_lag=seconds)
 
 
 def handle_url(value: object, *, key: str, base_dir: Path, environ: Mapping[str, str]) -> object:
@@ -424,11 +507,12 @@ def handle_url(value: object, *, key: str, base_dir: Path, environ: Mapping[str,
     url_key = key
     password_file: str | None = None
     if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in ("replicas", "max_replica_lag")}
         unknown = sorted(set(value) - set(HANDLE_TABLE_KEYS))
         if unknown:
             raise ConfigError(
                 f"{key}.{unknown[0]}: not a handle key (a handle table takes "
-                f"{' and '.join(HANDLE_TABLE_KEYS)})"
+                f"{', '.join(HANDLE_TABLE_KEYS[:-1])} and {HANDLE_TABLE_KEYS[-1]})"
             )
         url_key = f"{key}.url"
         if not isinstance(value.get("url"), str):

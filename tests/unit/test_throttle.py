@@ -56,6 +56,20 @@ def test_too_many_busy_connections_pause_with_the_engines_metric_named() -> None
     assert reasons == ["primary has 9 active backends (limit 4)", None]
 
 
+def test_the_daemons_hold_keeps_batches_waiting_until_it_clears() -> None:
+    # A replica lags: the daemon says so in data/load's optional "hold", and the worker
+    # waits with that reason, even with no load limits of its own.
+    throttle = Throttle(ThrottleSettings(max_latency_ms=None, max_active=None, load_interval=0.01))
+    readings = LoadReadings(
+        {"latencyMs": 1.0, "hold": "replica1 lags 12 s"},
+        {"latencyMs": 1.0, "hold": "replica1 lags 13 s"},
+        {"latencyMs": 1.0},
+    )
+    reasons = wait(throttle, readings)
+    assert reasons == ["replica1 lags 12 s", "replica1 lags 13 s", None]
+    assert readings.calls == 3
+
+
 def test_a_daemon_without_data_load_is_not_asked_again() -> None:
     class DesignOnly:
         calls = 0
@@ -81,7 +95,8 @@ def test_the_pause_file_holds_batches_while_it_exists(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         loop.call_later(0.5, pause.unlink)
         started = loop.time()
-        await throttle.wait_turn("primary", LoadReadings(), reasons.append, lambda: False)
+        quiet = LoadReadings({"latencyMs": 0.3})
+        await throttle.wait_turn("primary", quiet, reasons.append, lambda: False)
         return loop.time() - started
 
     waited = asyncio.run(scenario())

@@ -37,6 +37,7 @@ from archivist.data.relations import (
     review,
 )
 from archivist.data.relay import relay
+from archivist.data.replicas import REPLICA_DIALECTS, ReplicaWatch
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.storable import column_warnings
 from archivist.data.transfer.commands import Transfers
@@ -104,6 +105,11 @@ class DataDaemon:
         self.catalog = Catalog(self.registry, self.handles)
         self.lakes = LakeRouter(self.catalog, config, lake_urls)
         """The Iceberg handles (`archivist.data.iceberg`): archives, never sources."""
+        watched = config.replica_checks.items()
+        self.replicas = ReplicaWatch(
+            {name: (check.replicas, check.max_lag) for name, check in watched}, self.handles
+        )
+        self._check_replica_engines()
         self.transfers = Transfers(self.catalog)
         self.commands = DataCommands(self.catalog, self.transfers)
         self.bus = bus or CommandBus()
@@ -123,7 +129,7 @@ class DataDaemon:
             replace=True,
             raw_rows=True,
         )
-        self.bus.register("data/load", self.commands.load, replace=True)
+        self.bus.register("data/load", self.load, replace=True)
         self.bus.register(
             "data/copy", routed(self.transfers.copy, "copy", key="destHandle"), replace=True
         )
@@ -131,7 +137,6 @@ class DataDaemon:
         self._started = False
         self._refuse = True
         self._distinct: set[tuple[str, str]] = set()
-        self._reclaim = {e.collection: e.reclaim for e in config.archive if e.reclaim}
         self._trees: dict[str, tuple[ChildTable, ...]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -160,6 +165,7 @@ class DataDaemon:
     async def close(self) -> None:
         """Dispose every engine and stop the database threads."""
         await self.lakes.close()
+        await self.replicas.close()
         await self.transfers.close()
         for handle in self.handles.values():
             await handle.close()
@@ -176,6 +182,30 @@ class DataDaemon:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def _check_replica_engines(self) -> None:
+        for name, check in self.config.replica_checks.items():
+            for replica in check.replicas:
+                handle = self.handles.get(replica)
+                dialect = handle.dialect_name if handle is not None else "Iceberg"
+                if dialect not in REPLICA_DIALECTS:
+                    self._dispose_now()
+                    raise ConfigError(
+                        self.config.where(
+                            f"handles.{name}.replicas: '{replica}' is a {dialect} database; a "
+                            "replica is a PostgreSQL standby or a MariaDB/MySQL replica"
+                        )
+                    )
+
+    async def load(self, params: JSONObject) -> JSONObject:
+        """``data/load``: how busy the database is (`DataCommands.load`), and ``hold``, why
+        no batch may start on it now, while one of its replicas lags (an optional field)."""
+        answer = await self.commands.load(params)
+        source = params.get("dbHandle")
+        hold = await self.replicas.hold(source) if isinstance(source, str) else None
+        if hold is not None:
+            answer["hold"] = hold
+        return answer
 
     def _dispose_now(self) -> None:
         for handle in self.handles.values():
@@ -367,16 +397,15 @@ class DataDaemon:
             await self.catalog.ensure_archive_table(entity)
 
     async def reclaim(self, collection: str) -> Reclaimed | None:
-        """The policy's space reclaim of ``collection``'s source table (its ``reclaim`` key;
-        None when it has none)."""
+        """The policy's space reclaim of ``collection``'s source table (its ``reclaim``, in
+        the config file or the decorator; None when it has none)."""
         if collection in self.registry and self.lakes.is_lake(self.entity(collection).dest_handle):
             # The task has ended: what it staged for its archive is committed now.
             await self.lakes.settle(collection)
-        mode = self._reclaim.get(collection)
-        if not mode:
-            return None
         entity = self.catalog.entity(collection)
-        return await reclaim(self.catalog.handle(entity.source_handle), collection, mode)
+        if not entity.reclaim:
+            return None
+        return await reclaim(self.catalog.handle(entity.source_handle), collection, entity.reclaim)
 
     async def take_mover(self, collection: str) -> MoverLock:
         """Take ``collection``'s mover lock in its source database (`archivist.data.locks`);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Final
 
@@ -60,7 +61,7 @@ class Pacer:
     def report(self) -> None:
         """Show (and log, when it changes) why the task is slowed, in `archivist status`."""
         reason = self.held_by or self.yielding
-        if reason != self.task.throttled:
+        if _shape(reason) != _shape(self.task.throttled):
             if reason is None:
                 log.info("task %s: resumed", self.task.task_id)
             else:
@@ -130,6 +131,15 @@ class Pacer:
             "task %s: batch failed (%s); retrying in %.1f s", self.task.task_id, exc.message, delay
         )
         await self.sleep(delay)
+
+
+def _shape(reason: str | None) -> str | None:
+    """A reason without its figures: "replica1 lags 12 s" and "... 13 s" are one state,
+    logged once (status shows the figure of the moment)."""
+    return _FIGURES.sub("#", reason) if reason is not None else None
+
+
+_FIGURES: Final = re.compile(r"\d+(?:\.\d+)?")
 
 
 def retry_delay(streak: int, failing_for: float, retry_for: float) -> float | None:

@@ -113,7 +113,7 @@ def reason_kind(reason: str) -> str:
 class _Reading:
     at: float
     reason: str | None
-    """Why the database is over its load limits, or None."""
+    """Why the database is over its load limits or held by the daemon, or None."""
     others: int
     """Sessions besides archivist's using the database (0 where the daemon does not say)."""
 
@@ -143,7 +143,8 @@ class Throttle:
         report: Callable[[str | None], None],
         stopped: Callable[[], bool],
     ) -> None:
-        """Wait while the pause file exists or ``database`` is over its load limits.
+        """Wait while the pause file exists, ``database`` is over its load limits, or the
+        daemon holds its batches (``hold`` in ``data/load``: a replica lags).
 
         ``report`` receives the reason while throttled and None once it clears.
         """
@@ -178,9 +179,7 @@ class Throttle:
         return f"{YIELDING} {reading.others} other {sessions} using {database}"
 
     async def _overloaded(self, database: str, execute: Execute) -> str | None:
-        settings = self.settings
-        if settings.max_latency_ms is None and settings.max_active is None:
-            return None
+        # Read even without load limits: the daemon may hold batches (a replica lags).
         reading = await self._reading(database, execute)
         return reading.reason if reading is not None else None
 
@@ -214,6 +213,9 @@ class Throttle:
         return reading
 
     def _judge(self, database: str, load: JSONObject) -> str | None:
+        hold = load.get("hold")
+        if isinstance(hold, str) and hold:
+            return hold  # the daemon's reason, e.g. "replica1 lags 12 s"
         latency = load.get("latencyMs")
         active = load.get("active")
         limit_ms = self.settings.max_latency_ms
