@@ -1,5 +1,6 @@
 """Logging set-up for the long-running commands: text or JSON lines on stderr, with the
-task's fields (`TASK_FIELDS`, passed as ``extra=`` by the log calls about a task) in JSON,
+task's fields (`TASK_FIELDS`, passed as ``extra=`` by the log calls about a task, or set
+for a task's whole work by `task_context`) in JSON,
 and never a password of a database URL, in either format.
 
 The worker a daemon starts logs as its parent does: the parent passes `child_arguments`
@@ -8,11 +9,14 @@ on the worker's command line.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from typing import Final
 
 LOG_FORMATS: Final = ("text", "json")
@@ -28,6 +32,24 @@ TASK_FIELDS: Final = (
     "code",
 )
 """The ``extra=`` fields a JSON line carries when its log call gives them."""
+
+_TASK: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "archivist_task", default=None
+)
+"""The fields of the task the current asyncio task works for (`task_context`)."""
+
+
+@contextlib.contextmanager
+def task_context(**fields: object) -> Iterator[None]:
+    """Within the block (and the asyncio tasks it starts), JSON lines carry ``fields``
+    (`TASK_FIELDS`) unless the log call gives its own: every line a task's work logs, a
+    retry or a throttle as much as its end, says which task it is about."""
+    token = _TASK.set({k: v for k, v in fields.items() if v is not None})
+    try:
+        yield
+    finally:
+        _TASK.reset(token)
+
 
 _URL_PASSWORD: Final = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)[^@\s]+@")
 """The password part of a URL (``scheme://user:password@``), wherever a message has one:
@@ -64,8 +86,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        context = _TASK.get() or {}
         for field in TASK_FIELDS:
             value = record.__dict__.get(field)
+            if value is None:
+                value = context.get(field)
             if value is not None:
                 line[field] = value
         if record.exc_info:

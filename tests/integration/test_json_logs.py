@@ -84,6 +84,12 @@ def test_json_logs_carry_the_tasks_fields_and_never_the_password(
         if line["logger"] == "archivist.worker.server" and line.get("status") == "success"
     ]
     assert len(daemon_done) == 1 and len(worker_done) == 1, lines
+    # Every line about the task carries its id, a throttle or a retry as much as its end.
+    task_id = daemon_done[0]["task_id"]
+    about = [line for line in lines if task_id in line["message"]]
+    assert len(about) >= 4
+    missing = [line["message"] for line in about if line.get("task_id") != task_id]
+    assert not missing, missing
     for line in (daemon_done[0], worker_done[0]):
         assert line["collection"] == "chat_messages"
         assert line["rows"] == 220

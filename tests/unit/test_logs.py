@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from archivist.logs import JsonFormatter, TextFormatter, choose_level, redact
+from archivist.logs import JsonFormatter, TextFormatter, choose_level, redact, task_context
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -70,3 +70,19 @@ def test_the_level_the_command_line_chooses() -> None:
     assert choose_level(None, verbose=2) == "debug"
     assert choose_level("error", verbose=2) == "error"
     assert choose_level(None, default="warning") == "warning"
+
+
+def test_lines_logged_within_a_tasks_context_carry_its_fields_unless_they_give_their_own() -> None:
+    formatter = JsonFormatter()
+    outside = json.loads(formatter.format(record("resumed")))
+    assert "task_id" not in outside
+    with task_context(task_id="t-7", collection="chat", source_handle="primary"):
+        inside = json.loads(formatter.format(record("task t-7: throttled: pause file")))
+        own = json.loads(formatter.format(record("done", task_id="t-8", rows=5)))
+    assert (inside["task_id"], inside["collection"], inside["source_handle"]) == (
+        "t-7",
+        "chat",
+        "primary",
+    )
+    assert (own["task_id"], own["collection"], own["rows"]) == ("t-8", "chat", 5)
+    assert "task_id" not in json.loads(formatter.format(record("after")))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from archivist import protocol
+from archivist import logs, protocol
 from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.expiry import Expirer
 from archivist.daemon.keepup import KeepUp, write_state
@@ -315,14 +315,16 @@ class ArchiveDaemon:
         self, target: str, params: JSONObject, task_id: str | None
     ) -> JSONObject:
         params = within_frame(target, params, self.options.frame_limit)
-        started = time.monotonic()
-        answer = await self.movers.guard(
-            target, params, lambda: self.data.execute(target, params, caller="worker")
-        )
         record = self.tracker.get(task_id) if task_id is not None else None
         collection = params.get("collection")
         if record is None and isinstance(collection, str):  # a design-only worker's
             record = self.tracker.unfinished(collection)
+        started = time.monotonic()
+        # What the data layer logs while serving it is about the task (JSON lines say so).
+        with logs.task_context(**(_task_fields(record) if record is not None else {})):
+            answer = await self.movers.guard(
+                target, params, lambda: self.data.execute(target, params, caller="worker")
+            )
         self.observer.executed(record, target, params, answer, time.monotonic() - started)
         return answer
 

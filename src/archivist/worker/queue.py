@@ -47,6 +47,16 @@ class Task:
         if self.min_rate is None:
             self.min_rate = self.spec.min_rate
 
+    def log_fields(self) -> dict[str, object]:
+        """The task's fields on a JSON log line (`archivist.logs.TASK_FIELDS`)."""
+        spec = self.spec
+        return {
+            "task_id": spec.task_id,
+            "collection": spec.collection,
+            "source_handle": spec.source_handle,
+            "dest_handle": spec.dest_handle,
+        }
+
     def waited(self, reason: str, seconds: float) -> None:
         """Count ``seconds`` the task waited for ``reason`` (`reason_kind`'s names)."""
         if seconds > 0:

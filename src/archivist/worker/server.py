@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import archivist
-from archivist import protocol
+from archivist import logs, protocol
 from archivist.errors import ArchivistError, Forbidden, RemoteError, ShuttingDown, UnknownTask
 from archivist.protocol import (
     Answer,
@@ -243,18 +243,19 @@ class Worker:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            log.info(
-                "runner %d: task %s started (%s: %s -> %s, up to %d rows, batches of %d)",
-                number,
-                task.task_id,
-                task.spec.collection,
-                task.spec.source_handle,
-                task.spec.dest_handle,
-                task.spec.max_rows,
-                task.spec.batch_size,
-            )
-            assert isinstance(task.owner, Peer)
-            outcome = await self.executor.run(task, _TaskCalls(task.owner, task))
+            with logs.task_context(**task.log_fields()):
+                log.info(
+                    "runner %d: task %s started (%s: %s -> %s, up to %d rows, batches of %d)",
+                    number,
+                    task.task_id,
+                    task.spec.collection,
+                    task.spec.source_handle,
+                    task.spec.dest_handle,
+                    task.spec.max_rows,
+                    task.spec.batch_size,
+                )
+                assert isinstance(task.owner, Peer)
+                outcome = await self.executor.run(task, _TaskCalls(task.owner, task))
             self.queue.finish(task, outcome.status, outcome.error)
             log.info(
                 "runner %d: task %s finished: %s, %d rows in %d ms%s",
@@ -265,10 +266,7 @@ class Worker:
                 task.duration_ms,
                 f" ({outcome.error})" if outcome.error else "",
                 extra={
-                    "task_id": task.task_id,
-                    "collection": task.spec.collection,
-                    "source_handle": task.spec.source_handle,
-                    "dest_handle": task.spec.dest_handle,
+                    **task.log_fields(),
                     "rows": outcome.archived,
                     "status": outcome.status,
                     "duration_ms": task.duration_ms,
@@ -391,6 +389,7 @@ class Worker:
             spec.dest_handle,
             position,
             f", yielding down to {spec.min_rate:,.0f} rows/s at least" if spec.min_rate else "",
+            extra={**task.log_fields(), "rows": spec.max_rows, "status": "queued"},
         )
         self._changed.set()
         return Queued(
