@@ -117,6 +117,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: str | None = None
     """``HOST:PORT`` where ``run`` and ``daemon`` serve Prometheus metrics (`parse_address`;
     ``--metrics`` beats it); None: no metrics."""
+    control_socket: str | None = None
+    """The daemon's control socket (``archivist pause``, ``resume``, ``cancel``, ``status``);
+    None: beside the worker's socket, ``<worker socket>.control``."""
 
 
 METRICS_PORT: Final = 9464

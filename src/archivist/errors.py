@@ -233,6 +233,21 @@ class MoverLost(DataError):
     code = "mover_lost"
 
 
+# --- the daemon's control socket -------------------------------------------------------------
+
+
+class NoDaemon(ArchivistError):
+    """No daemon listens on the control socket (``archivist pause``, ``resume``, ``cancel``)."""
+
+    code = "no_daemon"
+
+
+class StillPaused(ArchivistError):
+    """``resume COLLECTION`` while every policy is paused: that collection stays paused."""
+
+    code = "still_paused"
+
+
 # --- codes back to classes ------------------------------------------------------------------
 
 

@@ -3,11 +3,12 @@
 Each command is a thin layer over the library: it builds options, runs one coroutine,
 and turns an `ArchivistError` into one clear line and a non-zero exit code. The group is
 here; each family of commands has its module (`worker`, `daemon` for run/daemon,
-`archive`, `status`, `check`, `demo`), and what they share is in `common`. Importing it
-loads neither SQLAlchemy nor the data layer: each command imports those when it runs. A
-command's module is imported only when that command runs (or ``--help`` lists them all):
-the worker a daemon starts, or a one-shot ``archivist archive``, does not pay for the
-others' imports (rich's console, the status and check code).
+`archive`, `status`, `control` for pause/resume/cancel, `check`, `demo`), and what they
+share is in `common`. Importing it loads neither SQLAlchemy nor the data layer: each
+command imports those when it runs. A command's module is imported only when that command
+runs (or ``--help`` lists them all): the worker a daemon starts, or a one-shot ``archivist
+archive``, does not pay for the others' imports (rich's console, the status and check
+code).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "daemon": ("archivist.cli.daemon", "daemon"),
     "archive": ("archivist.cli.archive", "archive"),
     "status": ("archivist.cli.status", "status"),
+    "pause": ("archivist.cli.control", "pause"),
+    "resume": ("archivist.cli.control", "resume"),
+    "cancel": ("archivist.cli.control", "cancel"),
     "check": ("archivist.cli.check", "check"),
     "demo": ("archivist.cli.demo", "demo"),
     "restore": ("archivist.cli.cold", "restore"),
@@ -37,11 +41,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 __all__ = [  # noqa: RUF022 (the commands, then what they share)
     "archive",
+    "cancel",
     "check",
     "daemon",
     "demo",
     "expire",
+    "pause",
     "restore",
+    "resume",
     "run",
     "status",
     "worker",

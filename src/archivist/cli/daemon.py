@@ -153,7 +153,7 @@ async def _run(
     try:
         async with running(
             config,
-            Launch(socket=socket_path, watch=watch),
+            Launch(socket=socket_path, watch=watch, control=True),
             on_update=_status_to(systemd),
             observer=observer,
         ) as daemon:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,7 @@ import click
 from rich.console import Console
 
 from archivist import protocol
-from archivist.cli.common import CONTEXT, fail, load, run_async
+from archivist.cli.common import CONTEXT, fail, run_async
 from archivist.errors import ArchivistError
 
 if TYPE_CHECKING:
@@ -33,34 +35,28 @@ if TYPE_CHECKING:
     type=click.Path(path_type=Path),
     help="The worker's socket (default: the config's, else the default path).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the worker's answer as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def status(config_path: Path | None, socket_path: Path | None, as_json: bool) -> None:
-    """Show queued, running (with progress) and recently finished tasks, and per policy
-    the table's size, growth and the rate archivist moves it at (from the daemon's last
-    check).
+    """Show what a running daemon does: one line per policy (collection, rows against its
+    limit, growth, last run, next run, and its state: running, paused and by whom, or why
+    it waits), then its queued, running and recently finished tasks.
 
-    With --config, also each policy with a window ("waiting for window 01:00-05:00" or
-    "in its window"), and each policy's foreign keys and ON DELETE triggers, read from its
-    source database.
+    It asks the daemon's control socket (beside the worker's); with only a worker running
+    (`archivist worker`), the worker's tasks and the daemon's last check. With --config
+    named, also who moves each table (on any host) and each policy's foreign keys and ON
+    DELETE triggers, read from its source database.
 
     Examples:
 
-        archivist status --config archivist.toml
-        archivist status --socket /tmp/arch/worker.sock --json
+        archivist status
+        archivist status --config archivist.toml --json
+        archivist status --socket /tmp/arch/worker.sock
     """
-    from archivist.config import find_config
-    from archivist.worker.paths import default_socket_path
+    from archivist.cli.control import locate
 
-    if config_path is None and socket_path is None:
-        config_path = find_config(None, required=False)
-    config = load(config_path) if config_path is not None else None
-    if socket_path is None and config is not None:
-        configured = config.worker.socket
-        socket_path = Path(configured) if configured else None
-    run_async(_status(socket_path or default_socket_path(), as_json, config))
-    if config is not None and not as_json:
-        for line in _window_lines(config):
-            click.echo(line)
+    named = config_path is not None
+    worker, control, config = locate(config_path, socket_path)
+    run_async(_status(worker, as_json, config, control=control, named=named))
 
 
 def _window_lines(config: Config) -> list[str]:
@@ -79,11 +75,27 @@ def _window_lines(config: Config) -> list[str]:
     return lines
 
 
-async def _status(socket_path: Path, as_json: bool, config: Config | None = None) -> None:
+async def _status(
+    socket_path: Path,
+    as_json: bool,
+    config: Config | None = None,
+    *,
+    control: Path,
+    named: bool,
+) -> None:
     from archivist.daemon.connection import WorkerConnection
+    from archivist.daemon.control import request
     from archivist.daemon.keepup import read_state
+    from archivist.errors import NoDaemon
     from archivist.ui import print_keepup, print_movers, print_status
 
+    try:
+        document = await request(control, {"command": "status"})
+    except NoDaemon:
+        document = None
+    if document is not None:
+        await _daemon_status(document, as_json, config if named else None)
+        return
     movers = await _movers(config) if config is not None else None
     try:
         connection = await WorkerConnection.open(socket_path)
@@ -114,6 +126,28 @@ async def _status(socket_path: Path, as_json: bool, config: Config | None = None
             print_movers(Console(), [(name, text) for name, _, text in movers])
         if config is not None:
             await _print_relations(config, Console())
+            for line in _window_lines(config):
+                click.echo(line)
+
+
+async def _daemon_status(document: dict[str, object], as_json: bool, config: Config | None) -> None:
+    """A daemon's answer: printed as JSON, or rendered (`render_status`); with a named
+    config, who moves each table and the policies' foreign keys too."""
+    from archivist.ui import print_movers, render_status
+
+    movers = await _movers(config) if config is not None else None
+    if as_json:
+        if movers is not None:
+            document["movers"] = {name: holder for name, holder, _ in movers}
+        click.echo(json.dumps(document))
+        return
+    width = min(Console().width, 80) if sys.stdout.isatty() else 80
+    for line in render_status(document, width=width, now=time.time()):
+        click.echo(line)
+    if movers is not None:
+        print_movers(Console(), [(name, text) for name, _, text in movers])
+    if config is not None:
+        await _print_relations(config, Console())
 
 
 async def _movers(config: Config) -> list[tuple[str, object, str]]:

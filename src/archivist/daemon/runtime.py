@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING
 
 from archivist import logs
 from archivist.config import Config
+from archivist.daemon.control import ControlServer, control_path, pauses_path
 from archivist.daemon.metrics import Observer
+from archivist.daemon.operator import Operator
+from archivist.daemon.pauses import Pauses
 from archivist.daemon.service import ArchiveDaemon, DaemonOptions
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord
@@ -62,6 +65,10 @@ class Launch:
     quiet_worker: bool = False
     watch: bool = True
     """Check the policies every ``check_interval``; off for one-shot commands."""
+    control: bool = False
+    """Serve the control socket (``[daemon] control_socket``, else beside the worker's
+    socket) and keep pauses across restarts: for the long-running daemons (``run``,
+    ``daemon``, an embedding application)."""
 
 
 @contextlib.asynccontextmanager
@@ -112,16 +119,33 @@ async def running(
         health_timeout=config.daemon.health_timeout,
         frame_limit=config.worker.frame_limit,
     )
+    policies = data.policies()
+    control: ControlServer | None = None
+    pauses = Pauses()
+    if launch.control:
+        path = control_path(socket, config.daemon.control_socket)
+        pauses = Pauses(pauses_path(path))
+        pauses.load({policy.collection for policy in policies})
     daemon = ArchiveDaemon(
         data,
-        data.policies(),
+        policies,
         options,
         supervisor=supervisor,
         on_update=on_update,
         reclaim=data.reclaim,
         expire=lambda collection: expire(data, collection),
         observer=observer,
+        pauses=pauses,
     )
+    if launch.control:
+        control = ControlServer(path, Operator(daemon))
+        try:
+            await control.start()
+        except BaseException:
+            await data.close()
+            if supervisor is not None:
+                await supervisor.stop()
+            raise
     stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as group:
@@ -133,6 +157,8 @@ async def running(
     except BaseExceptionGroup as group:
         raise _sole_error(group) from None
     finally:
+        if control is not None:
+            await control.close()
         await data.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

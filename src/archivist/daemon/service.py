@@ -10,6 +10,7 @@ protocols it sees policies and the DataDaemon through, are in `archivist.daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -24,6 +25,7 @@ from archivist.daemon.expiry import Expirer
 from archivist.daemon.keepup import KeepUp, write_state
 from archivist.daemon.metrics import Observer
 from archivist.daemon.movers import Movers
+from archivist.daemon.pauses import Pauses
 from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
@@ -72,12 +74,21 @@ class ArchiveDaemon:
         expire: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         observer: Observer | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         self.data = data
         self.expiry = Expirer(expire, [p.collection for p in policies if p.rules.retention])
         """Each policy's retention, started by the checks (`archivist.daemon.expiry`)."""
         self.observer = observer if observer is not None else Observer()
         """Told of each event the metrics count (`archivist.daemon.metrics`)."""
+        self.pauses = pauses if pauses is not None else Pauses()
+        """What is paused (`archivist pause`), asked before each task and batch."""
+        self.started_at = time.time()
+        self.last_check: float | None = None
+        """When the policy loop last checked every policy (seconds since the epoch)."""
+        self.watching = False
+        self.wake = asyncio.Event()
+        """Set to check the policies now rather than at the end of ``check_interval``."""
         self._reclaim = reclaim
         """Run after a task that moved rows: the policy's space reclaim (`DataDaemon.reclaim`)."""
         self._reclaims: set[asyncio.Task[None]] = set()
@@ -114,6 +125,7 @@ class ArchiveDaemon:
                     group.create_task(self.supervisor.run(), name="worker-process")
                 group.create_task(self._connect_loop(), name="worker-connection")
                 if watch:
+                    self.watching = True
                     group.create_task(self._watch_loop(), name="policy-checks")
                 await stop.wait()
                 # From here on a worker that goes away (it may be stopping on the same
@@ -162,6 +174,11 @@ class ArchiveDaemon:
         unfinished = [r for r in self.tracker.records() if r.state in ("queued", "running")]
         await asyncio.gather(*(self.cancel(record) for record in unfinished))
         await connection.close()
+
+    def live_connection(self) -> WorkerConnection | None:
+        """The current connection to the worker, if there is one now."""
+        connection = self._connection
+        return connection if connection is not None and not connection.peer.closed else None
 
     async def connection(self) -> WorkerConnection:
         """The current connection to the worker, waiting for one if needed."""
@@ -370,7 +387,16 @@ class ArchiveDaemon:
         reason = self._hold(policy, self.runs.get(record))
         if reason is None:
             return False
-        if not record.finished and record not in self._stopping:
+        self.stop_after_batch(record, reason)
+        return True
+
+    def stop_after_batch(self, record: TaskRecord, reason: str) -> asyncio.Task[None] | None:
+        """Ask ``record``'s task to stop after its current batch (once); the task that waits
+        for it to end, or None if it has ended."""
+        if record.finished:
+            return None
+        stopping = self._stopping.get(record)
+        if stopping is None:
             log.info(
                 "%s: %s; stopping task %s after its batch",
                 record.collection,
@@ -380,11 +406,14 @@ class ArchiveDaemon:
             stopping = asyncio.get_running_loop().create_task(self.cancel(record))
             self._stopping[record] = stopping
             stopping.add_done_callback(lambda _: self._stopping.pop(record, None))
-        return True
+        return stopping
 
     def _hold(self, policy: Policy, started: dt.datetime | None = None) -> str | None:
         """Why the policy may not start a batch now (`hold_reason`), remembering the window
         whose run used up ``max_runtime``; None when it may."""
+        paused = self.pauses.reason(policy.collection)
+        if paused is not None:
+            return paused
         rules = policy.rules
         if rules.window is None and rules.max_runtime is None:
             return None
@@ -417,9 +446,13 @@ class ArchiveDaemon:
 
     async def _watch_loop(self) -> None:
         while True:
+            self.wake.clear()
             await self.check_once()
+            self.last_check = time.time()
             self._write_keepup()
-            await asyncio.sleep(self.options.check_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.options.check_interval):
+                    await self.wake.wait()
 
     async def check_once(self) -> list[TaskRecord]:
         """Count every policy's source and queue a task where it is over its limit."""

@@ -94,6 +94,17 @@ class Tracker:
             None,
         )
 
+    def find(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id``: unfinished, or among the recently finished."""
+        record = self._by_task.get(task_id)
+        if record is not None:
+            return record
+        return next((r for r in reversed(self._history) if r.task_id == task_id), None)
+
+    def last_finished(self, collection: str) -> TaskRecord | None:
+        """The latest record of ``collection`` that has ended (its last run)."""
+        return next((r for r in reversed(self._history) if r.collection == collection), None)
+
     def records(self) -> list[TaskRecord]:
         live = [r for r in self._by_task.values() if not r.finished]
         return live + list(reversed(self._history))

@@ -33,7 +33,7 @@ def default_socket_path() -> Path:
     return Path(f"/tmp/archivist-{os.getuid()}") / "worker.sock"
 
 
-def prepare(path: Path, *, shared: bool = False) -> None:
+def prepare(path: Path, *, shared: bool = False, owner: str = "worker") -> None:
     """Make the socket's directory private (0700, ours) and clear a stale socket file.
 
     With ``shared`` (the worker admits other users, ``--allow-uid``) the directory is
@@ -41,7 +41,8 @@ def prepare(path: Path, *, shared: bool = False) -> None:
     worker's credential check (SO_PEERCRED) decides who is served.
 
     Raises `SocketPathError` if the directory is open to other users beyond that, the
-    path is too long for a Unix socket, or a live worker already listens there.
+    path is too long for a Unix socket, or a live ``owner`` (a worker, or the daemon's
+    control socket) already listens there.
     """
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise SocketPathError(f"socket path is longer than {MAX_SOCKET_PATH} bytes: {path}")
@@ -62,10 +63,10 @@ def prepare(path: Path, *, shared: bool = False) -> None:
         )
     if shared and current != mode:
         directory.chmod(mode)
-    _clear_stale(path)
+    _clear_stale(path, owner)
 
 
-def _clear_stale(path: Path) -> None:
+def _clear_stale(path: Path, owner: str) -> None:
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -85,4 +86,4 @@ def _clear_stale(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise SocketPathError(f"another worker is already listening on {path}")
+    raise SocketPathError(f"another {owner} is already listening on {path}")
