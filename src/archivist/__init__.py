@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from archivist.config import ArchiveConfig, Config, load_config, make_config
     from archivist.data import DataDaemon, archive
+    from archivist.embed import Daemon
     from archivist.errors import ArchivistError
 
 _EXPORTS = {
@@ -22,6 +23,7 @@ _EXPORTS = {
     "load_config": "archivist.config",
     "make_config": "archivist.config",
     "DataDaemon": "archivist.data",
+    "Daemon": "archivist.embed",
     "archive": "archivist.data",
     "ArchivistError": "archivist.errors",
 }
@@ -30,6 +32,7 @@ __all__ = [
     "ArchiveConfig",
     "ArchivistError",
     "Config",
+    "Daemon",
     "DataDaemon",
     "__version__",
     "archive",
