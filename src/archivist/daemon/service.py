@@ -485,7 +485,13 @@ class ArchiveDaemon:
                 if not record.finished:
                     self.runs[record] = self.clock()
                 queued.append(record)
-        self.expiry.start(busy=lambda collection: self.tracker.unfinished(collection) is not None)
+        # A paused collection's retention waits too: a pause stops all that its policy does.
+        self.expiry.start(
+            busy=lambda collection: (
+                self.tracker.unfinished(collection) is not None
+                or self.pauses.reason(collection) is not None
+            )
+        )
         return queued
 
     async def _measure_only(self, policy: Policy) -> None:
