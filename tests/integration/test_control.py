@@ -7,6 +7,7 @@ import getpass
 import json
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -233,4 +234,24 @@ def test_pause_of_a_collection_without_a_policy_names_the_policies(
     done = archivist("pause", "chat_mesages", "--config", str(config), timeout=60)
     assert done.returncode == 1
     assert "no policy for 'chat_mesages'; the policies: chat_messages, events" in done.stderr
+    stop(process)
+
+
+def test_the_control_socket_stays_private_beside_a_worker_that_admits_other_users(
+    tmp_path: Path,
+    socket_dir: Path,
+    sqlite_url: str,
+    fresh_db: Callable[[str], str],
+    run_process: Callable[..., subprocess.Popen[str]],
+) -> None:
+    config, _ = make_setup(tmp_path, socket_dir, sqlite_url, fresh_db("sqlite"))
+    config.write_text(config.read_text().replace("[worker]\n", "[worker]\nallow_uid = [65534]\n"))
+    process = run_process("run", "--config", str(config))
+    control = socket_dir / "worker.sock.control"
+    wait_for(control.exists, 60, "the control socket", process)
+
+    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o711
+    assert stat.S_IMODE(control.stat().st_mode) == 0o600
+    paused = archivist("pause", "--config", str(config), timeout=90)
+    assert paused.returncode == 0, paused.stderr
     stop(process)

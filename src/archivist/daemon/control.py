@@ -25,11 +25,12 @@ import errno
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Final, Protocol
 
 from archivist.errors import ArchivistError, InvalidParams, NoDaemon, RemoteError, UnknownCommand
-from archivist.worker.paths import SOCKET_MODE, prepare
+from archivist.worker.paths import DIRECTORY_MODE_SHARED, SOCKET_MODE, prepare
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,13 @@ class ControlServer:
 
     async def start(self) -> None:
         """Listen; `SocketPathError` if another daemon listens there already."""
-        prepare(self.path, owner="daemon")
+        # Beside a worker that admits other users (``allow_uid``) the directory is 0711 on
+        # purpose; the control socket itself stays 0600, so only our user reaches it.
+        try:
+            shared = stat.S_IMODE(self.path.parent.stat().st_mode) == DIRECTORY_MODE_SHARED
+        except FileNotFoundError:
+            shared = False
+        prepare(self.path, shared=shared, owner="daemon")
         self._server = await asyncio.start_unix_server(
             self._serve, path=os.fspath(self.path), limit=LINE_LIMIT
         )
