@@ -17,25 +17,33 @@ from archivist.data.listing import cursor_position, position_params
 from archivist.data.params import CopyParams, parse_params
 from archivist.data.relations import ForeignKey, guarded, with_kept
 from archivist.data.schema import TableInfo
-from archivist.data.transfer import attached, piped_pg
+from archivist.data.transfer import attached, piped_pg, streamed
 from archivist.data.transfer.attached import MOVES, Attached, transactional
 from archivist.data.transfer.link import Link, compatible, find_link
 from archivist.data.transfer.pages import Pages, pages_for
 from archivist.data.transfer.piped_pg import Piped
+from archivist.data.transfer.streamed import Streamed
 from archivist.data.values import JSONObject, decode_values, decoder_for
 from archivist.errors import InvalidParams, Unsupported
 
 log = logging.getLogger(__name__)
 
-Statements: TypeAlias = Attached | Piped
+Statements: TypeAlias = Attached | Piped | Streamed
 """A collection's statements on one link, of the link's kind."""
 
 
 def statements_for(
-    link: Link, source: TableInfo, *, moves: bool = False, refs: tuple[ForeignKey, ...] = ()
+    link: Link,
+    source: TableInfo,
+    dest: TableInfo,
+    *,
+    moves: bool = False,
+    refs: tuple[ForeignKey, ...] = (),
 ) -> Statements:
     """The statements a collection's batches run on ``link``; their deletes keep every row
     still referenced through ``refs``."""
+    if link.streamed:
+        return streamed.statements(link, source, dest, refs)
     if link.dest_schema is None:
         return piped_pg.statements(link, source, refs)
     return attached.statements(link, source, moves=moves, refs=refs)
@@ -76,10 +84,16 @@ class Transfers:
             link = self.link(source, dest)
         except Unsupported:
             return f"through the worker ({self._links[(source.name, dest.name)]})"
-        problem = None if copy is None else compatible(info, copy, link.runner.engine.dialect)
+        problem = (
+            None
+            if copy is None
+            else compatible(info, copy, link.runner.engine.dialect, streamed=link.streamed)
+        )
         if problem is not None:
             return f"through the worker (the archive table differs: {problem})"
         how = "inside the database" if link.dest_schema else "by binary COPY between the databases"
+        if link.streamed:
+            how = "streaming them from one connection to the other (bulk writes, digests)"
         return f"copied by the daemon {how}, each row deleted where its copy is identical"
 
     async def close(self) -> None:
@@ -101,8 +115,11 @@ class Transfers:
         _, dest, dest_info = await self.catalog.table(collection, dest_name)
         key = (collection, source.name, dest.name)
         statements = self._statements.get(key)
-        if statements is None or statements.source is not info:
-            problem = compatible(info, dest_info, link.runner.engine.dialect)
+        stale = isinstance(statements, Streamed) and statements.dest is not dest_info
+        if statements is None or statements.source is not info or stale:
+            problem = compatible(
+                info, dest_info, link.runner.engine.dialect, streamed=link.streamed
+            )
             if problem is not None:
                 raise Unsupported(
                     f"unsupported: {collection} on handle '{dest.name}' cannot take the rows "
@@ -117,7 +134,9 @@ class Transfers:
                         "where its copy is identical",
                         collection,
                     )
-            statements = self._statements[key] = statements_for(link, info, moves=moves, refs=refs)
+            statements = self._statements[key] = statements_for(
+                link, info, dest_info, moves=moves, refs=refs
+            )
         return _Prepared(entity.order_by, link, statements)
 
     # --- data/copy ------------------------------------------------------------------------
@@ -153,6 +172,10 @@ class Transfers:
         if isinstance(statements, Piped):
             keys, last = await link.runner.transaction(
                 piped_pg.copy_rows, pages, link.dest.engine, statements
+            )
+        elif isinstance(statements, Streamed):
+            keys, last = await link.runner.transaction(
+                streamed.copy_rows, pages, link.dest.engine, statements
             )
         elif p.move and statements.take is not None and statements.remove is not None:
             keys, last, moved = await link.runner.transaction(
@@ -207,6 +230,18 @@ class Transfers:
             digests = await prepared.link.dest.transaction(piped_pg.digests, statements, keys, same)
             deleted, left, referenced = await runner.transaction(
                 piped_pg.delete_rows, statements, keys, digests, same, write=True
+            )
+        elif isinstance(statements, Streamed):
+            theirs = await prepared.link.dest.transaction(
+                streamed.dest_digest, statements, statements.dest_keys(keys)
+            )
+            deleted, left, referenced = await runner.transaction(
+                streamed.delete_rows,
+                statements,
+                keys,
+                theirs,
+                prepared.link.dest.engine,
+                write=True,
             )
         elif runner.dialect_name == "sqlite":
             deleter = prepared.link.deleter

@@ -14,10 +14,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 
 from archivist.data.handles import Handle
-from archivist.data.schema import TableInfo
+from archivist.data.schema import TableInfo, incompatibility
 from archivist.errors import Conflict
 
 DEST_SCHEMA: Final = "archivist_dest"
+STREAMS: Final = frozenset({"sqlite", "postgresql", "mysql", "mariadb"})
+"""Engines the daemon reads rows from and writes rows into itself."""
 """The schema name under which a SQLite source's connections attach the destination file."""
 
 
@@ -35,6 +37,9 @@ class Link:
     """Where SQLite's deletes run: one thread, so always the same connection, which then
     sees no commit of this daemon's own deletes as another writer's (`slicing`); on the
     servers, the runner."""
+    streamed: bool = False
+    """Two servers or two engines: the daemon reads the rows from one connection and writes
+    them into the other with the destination's bulk path (`streamed`)."""
 
 
 def _sqlite_file(url: URL) -> str | None:
@@ -53,18 +58,22 @@ def _server(url: URL) -> tuple[object, ...]:
 
 def find_link(source: Handle, dest: Handle) -> Link | str:
     """The link between two handles, or why there can be none."""
-    if source.dialect_name != dest.dialect_name:
-        return f"{source.dialect_name} and {dest.dialect_name} are different engines"
+    for handle in (source, dest):
+        if handle.dialect_name == "sqlite" and _sqlite_file(handle.url) is None:
+            return "only a SQLite file named by its path can be reached by another connection"
+        if handle.dialect_name not in STREAMS:
+            return f"the daemon does not stream rows to or from {handle.dialect_name}"
     attach: dict[str, str] = {}
+    if source.dialect_name != dest.dialect_name:
+        return _streamed(source, dest, f"{source.dialect_name} to {dest.dialect_name}")
     if source.dialect_name == "sqlite":
         path = _sqlite_file(dest.url)
-        if path is None or _sqlite_file(source.url) is None:
-            return "only a SQLite file named by its path can be attached"
+        assert path is not None
         attach[DEST_SCHEMA] = path
         schema = DEST_SCHEMA
     elif source.dialect_name in ("mysql", "mariadb"):
         if not dest.url.database or _server(source.url) != _server(dest.url):
-            return "they are not one server reached with the same credentials"
+            return _streamed(source, dest, "between two servers")
         schema = dest.url.database
     elif source.dialect_name == "postgresql":
         schema = None
@@ -80,10 +89,28 @@ def find_link(source: Handle, dest: Handle) -> Link | str:
     return Link(runner, dest, schema, deleter)
 
 
-def compatible(source: TableInfo, dest: TableInfo, dialect: sa.Dialect) -> str | None:
-    """Why the destination table cannot take the source's rows as they are stored, if so."""
+def _streamed(source: Handle, dest: Handle, how: str) -> Link:
+    label = f"handles '{source.name}' and '{dest.name}' (streaming {how})"
+    runner = Handle(f"{source.name}+{dest.name}", source.url, threads=2, label=label)
+    return Link(runner, dest, None, runner, streamed=True)
+
+
+def compatible(
+    source: TableInfo, dest: TableInfo, dialect: sa.Dialect, *, streamed: bool = False
+) -> str | None:
+    """Why the destination table cannot take the source's rows as they are stored, if so.
+    ``streamed``: the tables are on two engines or servers, and their columns are compared
+    by kind (each value is written again, and must fit exactly: `incompatibility`)."""
     if dest.pk != source.pk:
         return f"its primary key is {dest.pk}, the source's {source.pk}"
+    if streamed:
+        for spec in source.columns:
+            found = next((c for c in dest.columns if c.name == spec.name), None)
+            if found is None:
+                return f"it has no column {spec.name}"
+            if (why := incompatibility(spec, found)) is not None:
+                return why
+        return None
     for column in source.table.c:
         other = dest.table.c.get(column.name)
         if other is None:
