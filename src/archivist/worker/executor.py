@@ -5,9 +5,10 @@ connection. A batch is deleted from the source only after its copy read back ide
 from the destination, so a failure at any step leaves every row in the source, the
 destination, or both, and a rerun converges (creates are idempotent by primary key).
 
-Where the daemon can copy rows inside the database (``data/copy``), a batch is listed and
-copied in one call that answers only the rows' keys, and deleted with ``matching``: the
-database itself deletes only rows whose copy is identical, which is the verification.
+Where the daemon can copy rows itself (``data/copy``: inside one database server, or
+streamed between two servers or engines), a batch is listed and copied in one call that
+answers only the rows' keys, and deleted with ``matching``: the daemon deletes only rows
+whose copy is identical, which is the verification.
 Where it can also delete them in the copy's transaction (``move``: two databases of one
 MariaDB/MySQL server), that one call moves the batch: the source rows are locked from
 their copy to the commit, so the rows deleted are the rows copied, as copied.

@@ -119,8 +119,8 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
     in_database: Annotated[
         bool,
         _help(
-            "Let the daemon copy rows inside the database where it can (two SQLite files, or "
-            "two MariaDB/MySQL databases on one server reached as one user). "
+            "Let the daemon copy rows itself where it can: inside the database (two SQLite "
+            "files, two databases of one server), or streamed between two servers or engines. "
             "--rows-through-worker always moves rows through this worker (list, create, "
             "verify, delete): slower; for comparing, or for a daemon whose data/copy should "
             "not be used.",
