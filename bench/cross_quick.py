@@ -27,10 +27,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers import PrivateMariaDB, PrivatePostgres, short_directory  # noqa: E402
-
-from archivist import sample  # noqa: E402
-from archivist.data.handles import create_engine  # noqa: E402
+from archivist import sample
+from archivist.data.handles import create_engine
+from servers import PrivateMariaDB, PrivatePostgres, short_directory
 
 ENGINES = {"pg": "postgresql", "my": "mysql", "sqlite": "sqlite"}
 SHARED = {
@@ -119,7 +118,7 @@ def run_archivist(primary: str, archive: str, moved: int, in_database: bool, wor
     command = [sys.executable, "-m", "archivist", "archive", "chat_messages", "--config"]
     command += [str(config), "--max-rows", str(moved), "--batch-size", "1000"]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
@@ -153,14 +152,17 @@ def psycopg_loop(primary: str, archive: str, moved: int) -> float:
                 )
                 rows = cursor.fetchall()
             src.commit()
-            with dst.cursor() as cursor, cursor.copy(
-                f"COPY chat_messages ({columns}) FROM STDIN"
-            ) as copy:
+            with (
+                dst.cursor() as cursor,
+                cursor.copy(f"COPY chat_messages ({columns}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     copy.write_row(row)
             dst.commit()
             with src.cursor() as cursor:
-                cursor.execute("DELETE FROM chat_messages WHERE id = ANY(%s)", ([r[0] for r in rows],))
+                cursor.execute(
+                    "DELETE FROM chat_messages WHERE id = ANY(%s)", ([r[0] for r in rows],)
+                )
             src.commit()
             left -= len(rows)
         return moved / (time.perf_counter() - started)
@@ -202,7 +204,9 @@ def main() -> None:
                             figures[method].append(psycopg_loop(primary, archive, args.move))
                         else:
                             figures[method].append(
-                                run_archivist(primary, archive, args.move, method == "copy", scratch)
+                                run_archivist(
+                                    primary, archive, args.move, method == "copy", scratch
+                                )
                             )
                 shown = ", ".join(
                     f"{m} {statistics.median(v):,.0f} rows/s [{min(v):,.0f}-{max(v):,.0f}]"
