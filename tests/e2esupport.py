@@ -95,12 +95,16 @@ def _toml_value(value: object) -> str:
         return f'"{value}"'
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return str(value)
 
 
 def write_config(
     path: Path,
-    handles: dict[str, str],
+    handles: Mapping[str, str | Mapping[str, object]],
     policies: list[dict[str, object]],
     socket: Path | None = None,
     *,
@@ -113,7 +117,7 @@ def write_config(
     if socket is not None:
         worker_keys["socket"] = str(socket)
     lines = ["[handles]"]
-    lines += [f'{name} = "{url}"' for name, url in handles.items()]
+    lines += [f"{name} = {_toml_value(url)}" for name, url in handles.items()]
     lines += ["", "[daemon]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in daemon_keys.items()]
     lines.append("")

@@ -145,6 +145,77 @@ class PrivatePostgres:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+PRIMARY_OPTIONS = ("wal_level=replica", "max_wal_senders=4", "wal_keep_size=64MB")
+"""A private PostgreSQL that standbys can stream from (``pg_basebackup -R``)."""
+
+
+def start_standby(primary: PrivatePostgres, directory: Path) -> PrivatePostgres:
+    """A streaming standby of ``primary`` (started with `PRIMARY_OPTIONS`) on a port of
+    its own: ``pg_basebackup -R`` (which writes ``standby.signal`` and the primary's
+    conninfo), then start, hot standby (read-only sessions) on."""
+    standby = PrivatePostgres(directory, ["hot_standby=on", "wal_receiver_status_interval=1s"])
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+    standby.run(
+        str(standby.bin_dir / "pg_basebackup"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(primary.port),
+        "-U",
+        "postgres",
+        "-D",
+        str(standby.data),
+        "-R",
+        "-X",
+        "stream",
+        "--no-sync",
+    )
+    standby.start()
+    return standby
+
+
+def replication_options(server_id: int) -> list[str]:
+    """``mariadbd`` options of one server of a replication pair (binary log for a primary,
+    relay log for a replica; both written, so either can be either)."""
+    return [
+        f"--server-id={server_id}",
+        "--log-bin=mariadb-bin",
+        "--binlog-format=ROW",
+        "--relay-log=relay-bin",
+    ]
+
+
+def start_replication(primary: PrivateMariaDB, replica: PrivateMariaDB) -> None:
+    """Make ``replica`` replicate ``primary`` from its current binary log position (both
+    started with `replication_options`), and wait until both threads run."""
+    engine = sa.create_engine(primary.url)
+    try:
+        with engine.connect() as connection:
+            row = connection.exec_driver_sql("SHOW MASTER STATUS").one()
+            log_file, position = str(row[0]), int(row[1])
+    finally:
+        engine.dispose()
+    engine = sa.create_engine(replica.url)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(
+                f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, "
+                f"MASTER_USER='root', MASTER_PASSWORD='', MASTER_LOG_FILE='{log_file}', "
+                f"MASTER_LOG_POS={position}, MASTER_CONNECT_RETRY=1"
+            )
+            connection.exec_driver_sql("START REPLICA")
+
+        def running() -> bool:
+            with engine.connect() as connection:
+                status = connection.exec_driver_sql("SHOW REPLICA STATUS").mappings().one()
+            return status["Slave_IO_Running"] == "Yes" and status["Slave_SQL_Running"] == "Yes"
+
+        wait_until(running, 60, "the private MariaDB replica to replicate")
+    finally:
+        engine.dispose()
+
+
 class PrivateMariaDB:
     """A ``mariadbd`` of its own (own datadir, socket and port on 127.0.0.1, root without a
     password)."""
