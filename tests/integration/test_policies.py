@@ -712,3 +712,65 @@ def test_archive_all_does_every_policy_now(
     assert ids_of(primary, "events") == set(range(1, 31))
     assert ids_of(primary, "tickets") == set(range(46, ROWS + 1))
     assert neither.returncode == 2 and "give one COLLECTION, or --all" in neither.stderr
+
+
+DECORATED = """
+import sqlalchemy as sa
+
+from archivist import archive
+
+
+@archive(order_by="id", older_than="90d", age_field="ts_tz", where={"status": "closed"},
+         batch_size=7)
+def events() -> sa.Table:
+    return sa.Table("events", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+
+
+@archive(order_by="id", older_than="90d", age_field="epoch_ms", time_unit="ms",
+         mode="purge", where={"tenant_id": {"$in": [0, 1]}}, batch_size=7)
+def sessions() -> sa.Table:
+    return sa.Table("sessions", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_policies_declared_with_the_decorator_run_as_the_config_files_do(
+    engine: str, fresh_db: Callable[[str], str], tmp_path: Path
+) -> None:
+    """``@archive(...)`` in the application's module (``[daemon] entities``) with an age,
+    a where and a mode, run by ``archivist run --once``: the closed rows older than 90 days
+    move, and the purge deletes the old rows of tenants 0 and 1, as the same keys in the
+    config file do."""
+    import os
+    import subprocess
+    import sys
+
+    primary, archive = fresh_db(engine), fresh_db(engine)
+    now = dt.datetime.now(dt.UTC)
+    for name in ("events", "sessions"):
+        make_age_table(primary, name, [age_row(i, now) for i in range(1, ROWS + 1)])
+    (tmp_path / "decorated_policies.py").write_text(DECORATED)
+    config = write_config(tmp_path / "archivist.toml", {"primary": primary, "archive": archive}, [])
+    config.write_text(
+        config.read_text().replace("[daemon]\n", '[daemon]\nentities = ["decorated_policies"]\n')
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "archivist", "run", "--config", str(config), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    closed_old = {i for i in OLD if i % 2 == 0}
+    assert ids_of(archive, "events") == closed_old
+    assert ids_of(primary, "events") == set(range(1, ROWS + 1)) - closed_old
+    purged = {i for i in OLD if i % 3 in (0, 1)}
+    assert ids_of(primary, "sessions") == set(range(1, ROWS + 1)) - purged
+    assert ids_of(archive, "sessions") == set()
+    assert f"events: success, {len(closed_old)} rows" in done.stdout
+    assert f"sessions: success, {len(purged)} rows" in done.stdout
