@@ -86,9 +86,20 @@ class Daemon:
         ready: asyncio.Future[ArchiveDaemon] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._main(ready), name="archivist-daemon")
         first: list[asyncio.Future[Any]] = [ready, self._task]
-        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The caller gave up on starting (a timeout, say): nothing may go on running.
+            starting, self._task = self._task, None
+            self._stop.set()
+            if not ready.done():
+                starting.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await starting
+            raise
         if not ready.done():
-            self._task.result()  # the start-up error
+            failed, self._task = self._task, None  # start() may be tried again
+            failed.result()  # the start-up error
             raise RuntimeError("the archivist daemon ended while starting")  # pragma: no cover
         self._daemon = ready.result()
 
