@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("archivist.cli.demo", "demo"),
     "restore": ("archivist.cli.cold", "restore"),
     "expire": ("archivist.cli.cold", "expire"),
+    "query": ("archivist.cli.cold", "query"),
 }
 """Each command's name -> (module, attribute), imported when first asked for."""
 
@@ -47,6 +48,7 @@ __all__ = [  # noqa: RUF022 (the commands, then what they share)
     "demo",
     "expire",
     "pause",
+    "query",
     "restore",
     "resume",
     "run",

@@ -240,3 +240,89 @@ async def _expire(config: Config, collection: str | None, dry_run: bool) -> None
             click.echo(result.line())
         if dry_run:
             click.echo("dry run: nothing was deleted")
+
+
+FORMATS = ("table", "csv", "json")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("sql", required=False)
+@config_option
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Also COLLECTION_live (the live table) and COLLECTION_all (the live table and the "
+    "archive together, a row in both counted once).",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(FORMATS),
+    help="table (rich), csv (with a header line) or json (an array of objects). "
+    "Default: table on a terminal, else csv.",
+)
+@click.option("--list", "list_views", is_flag=True, help="List the views and their columns.")
+@click.option("-v", "--verbose", count=True, help="Log debug details.")
+@log_options(quiet=False)
+def query(
+    sql: str | None,
+    config_path: Path | None,
+    live: bool,
+    output: str | None,
+    list_views: bool,
+    verbose: int,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Run SQL over the archives with DuckDB, read-only.
+
+    Each policy's archive is a view named after its collection (SQL archives through
+    DuckDB's postgres, mysql and sqlite scanners, Iceberg tables through its iceberg
+    extension), every column typed by its kind (timestamps with time zone are
+    TIMESTAMPTZ, in UTC). Nothing is written anywhere. Values print as docs/values.md
+    spells them (instants in UTC, decimals exact, bytes in base64).
+
+    Examples:
+
+        archivist query --config archivist.toml "SELECT count(*) FROM chat_messages"
+        archivist query --live "SELECT room_id, count(*) FROM chat_messages_all GROUP BY 1"
+        archivist query --format json "SELECT * FROM chat_messages WHERE id = 42"
+    """
+    config = load(config_path)
+    setup_logs(config, log_format, log_level, verbose=verbose, quiet=False, default_level="warning")
+    if sql is None and not list_views:
+        fail('give a query, e.g. "SELECT count(*) FROM COLLECTION", or --list', 2)
+    fmt = output or ("table" if sys.stdout.isatty() else "csv")
+    run_async(_query(config, sql, live, fmt, list_views))
+
+
+async def _query(config: Config, sql: str | None, live: bool, fmt: str, list_views: bool) -> None:
+    from archivist.cold.query import build_views, connect, execute
+
+    async with _data(config) as data:
+        views = await build_views(data, live=live)
+    connection = connect(views)
+    try:
+        if list_views:
+            sql = (
+                "SELECT table_name AS view, string_agg(column_name || ' ' || data_type, ', ' "
+                "ORDER BY ordinal_position) AS columns FROM information_schema.columns "
+                "WHERE table_catalog = current_database() GROUP BY 1 ORDER BY 1"
+            )
+        assert sql is not None
+        reader = execute(connection, sql, views)
+        _render(reader, fmt)
+    finally:
+        connection.close()
+
+
+def _render(reader: object, fmt: str) -> None:
+    import duckdb
+
+    from archivist.cold.output import write_csv, write_json, write_table
+
+    writers = {"csv": write_csv, "json": write_json, "table": write_table}
+    try:
+        writers[fmt](reader, sys.stdout)
+    except duckdb.Error as exc:
+        fail(f"query failed: {str(exc).strip().splitlines()[0]}")
