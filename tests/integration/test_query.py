@@ -195,5 +195,5 @@ def test_cli_lists_the_views(archived: str) -> None:
     listed = archivist("query", "--config", archived, "--live", "--list")
     assert listed.returncode == 0, listed.stderr
     names = [line.split(",")[0] for line in listed.stdout.splitlines()[1:]]
-    assert names == ["chat_messages", "chat_messages_all", "chat_messages_live"]
+    assert names == ["chat_messages", "chat_messages_live", "chat_messages_all"]
     assert "created_at TIMESTAMP WITH TIME ZONE" in listed.stdout

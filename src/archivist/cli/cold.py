@@ -297,18 +297,15 @@ def query(
 
 
 async def _query(config: Config, sql: str | None, live: bool, fmt: str, list_views: bool) -> None:
-    from archivist.cold.query import build_views, connect, execute
+    from archivist.cold.query import build_views, connect, describe, execute
 
     async with _data(config) as data:
         views = await build_views(data, live=live)
     connection = connect(views)
     try:
         if list_views:
-            sql = (
-                "SELECT table_name AS view, string_agg(column_name || ' ' || data_type, ', ' "
-                "ORDER BY ordinal_position) AS columns FROM information_schema.columns "
-                "WHERE table_catalog = current_database() GROUP BY 1 ORDER BY 1"
-            )
+            _render(describe(connection, views), fmt)
+            return
         assert sql is not None
         reader = execute(connection, sql, views)
         _render(reader, fmt)

@@ -336,6 +336,24 @@ def execute(connection: duckdb.DuckDBPyConnection, sql: str, views: Views) -> An
         raise QueryError(f"query failed: {_first_lines(exc)}{hint}") from None
 
 
+def describe(connection: duckdb.DuckDBPyConnection, views: Views) -> Any:
+    """The views and their columns (``--list``), as a record batch reader. Each view is
+    described alone: DuckDB's information_schema would list every schema of every
+    attached server."""
+    import duckdb
+    import pyarrow as pa
+
+    columns = []
+    try:
+        for name in views.names:
+            described = connection.execute(f"DESCRIBE {quote(name)}").fetchall()
+            columns.append(", ".join(f"{row[0]} {row[1]}" for row in described))
+    except duckdb.Error as exc:
+        raise QueryError(f"cannot describe the views: {_first_lines(exc)}") from None
+    table = pa.table({"view": list(views.names), "columns": columns})
+    return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+
 def _first_lines(exc: BaseException) -> str:
     """DuckDB's message: its first line, and the statement's line with the caret under
     the fault where it shows one."""
