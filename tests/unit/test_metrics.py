@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from archivist.config import parse_address
+from archivist.daemon.keepup import KeepUp
 from archivist.daemon.metrics import Attempts, path_of, phase_of, skipped_rows
 from archivist.daemon.prometheus import PrometheusObserver
 from archivist.daemon.tracker import TaskRecord
@@ -242,3 +244,34 @@ def test_the_worker_counts_seconds_held_by_each_reason_and_sends_them() -> None:
     assert totals is not None and set(totals) == {"latency", "yielding"}
     assert totals["latency"] >= 0.04
     assert totals["yielding"] > 0
+
+
+def test_a_scrape_reads_the_daemons_state_sizes_limits_rates_and_restarts() -> None:
+    behind = KeepUp(max_rows=100)
+    behind.observe(150, at=0.0, moved=0)
+    behind.observe(190, at=10.0, moved=60)  # grew 100 rows in 10 s while 60 moved
+    age_policy = KeepUp(max_rows=None, min_rate=25.0)
+    daemon = SimpleNamespace(
+        policies={"chat": None, "events": None},
+        keeping={"chat": behind, "events": age_policy},
+        supervisor=SimpleNamespace(restarts=2),
+        worker_connected=True,
+    )
+    observer = PrometheusObserver(CollectorRegistry())
+    observer.watch(daemon)  # type: ignore[arg-type]
+    chat = {"collection": "chat"}
+    assert _sample(observer, "archivist_table_rows", **chat) == 190
+    assert _sample(observer, "archivist_policy_max_rows", **chat) == 100
+    assert _sample(observer, "archivist_table_growth_rows_per_second", **chat) == 10.0
+    assert _sample(observer, "archivist_moved_rows_per_second", **chat) == 6.0
+    assert _sample(observer, "archivist_min_rate_rows_per_second", **chat) == behind.rate == 15.0
+    assert _sample(observer, "archivist_behind", **chat) == 1
+    events = {"collection": "events"}
+    assert _sample(observer, "archivist_table_rows", **events) is None  # not counted yet
+    assert _sample(observer, "archivist_policy_max_rows", **events) is None  # no limit
+    assert _sample(observer, "archivist_min_rate_rows_per_second", **events) == 25.0
+    assert _sample(observer, "archivist_worker_restarts_total") == 2
+    assert _sample(observer, "archivist_worker_connected") == 1
+    # Every collection's counters exist from the start, at 0.
+    assert _sample(observer, "archivist_rows_skipped_total", **events) == 0
+    assert _sample(observer, "archivist_throttled_seconds_total", **events, reason="window") == 0
