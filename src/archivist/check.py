@@ -20,6 +20,7 @@ from archivist.data.handles import Handle
 from archivist.data.indexes import missing_index_warning, order_index
 from archivist.data.registry import Entity
 from archivist.data.relations import reflect_relations, refusal
+from archivist.data.replicas import describe, lag_hold, seconds_text
 from archivist.data.schema import TableInfo, plan_archive_table, require_single_pk
 from archivist.data.service import DataDaemon
 from archivist.data.values import encode_value
@@ -38,6 +39,11 @@ class HandleCheck:
     missing_file: str | None = None
     """A SQLite handle's file that does not exist yet: check does not connect (that would
     create it); archiving creates an archive handle's file on first use."""
+    replicas: list[str] | None = None
+    """A source handle's replicas as they are now (``"replica1 0.4 s behind"``)."""
+    max_replica_lag: float | None = None
+    held: str | None = None
+    """Why its batches would wait now (a replica lags more than max_replica_lag)."""
 
 
 @dataclass
@@ -108,6 +114,13 @@ async def check_config(config: Config) -> CheckReport:
                 handles.append(HandleCheck(name, handle.dialect_name, False, exc.message))
             else:
                 handles.append(HandleCheck(name, handle.dialect_name, True))
+        for handle_check in handles:
+            watched = config.replica_checks.get(handle_check.name)
+            if watched is not None:
+                lags = [await data.replicas.lag(name) for name in watched.replicas]
+                handle_check.replicas = [describe(lag) for lag in lags]
+                handle_check.max_replica_lag = watched.max_lag
+                handle_check.held = lag_hold(lags, watched.max_lag)
         reachable = {h.name for h in handles if h.reachable and h.missing_file is None}
         missing_files = {h.name: h.missing_file for h in handles if h.missing_file is not None}
         policies = [
@@ -268,6 +281,11 @@ def render(report: CheckReport, width: int = WIDTH) -> list[str]:
         if handle.missing_file is not None:
             state = f"no file yet at {handle.missing_file} (check creates none)"
         say(f"{handle.name} ({handle.dialect}): {state}", 2)
+        if handle.replicas is not None and handle.max_replica_lag is not None:
+            limit = seconds_text(handle.max_replica_lag)
+            say(f"replicas (max_replica_lag {limit}): {', '.join(handle.replicas)}", 4)
+            if handle.held is not None:
+                say(f"batches would wait now: {handle.held}", 4)
     for policy in report.policies:
         say("")
         say(f"{policy.collection} ({policy.source_handle} -> {policy.dest_handle}):")

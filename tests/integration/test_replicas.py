@@ -129,6 +129,26 @@ def throttled_reasons(socket: Path) -> set[str]:
     return {str(task.get("throttled")) for task in answer.get("running", [])}
 
 
+def replica_config(tmp_path: Path, url: str, replica_url: str) -> Path:
+    return write_config(
+        tmp_path / "archivist.toml",
+        {
+            "primary": {"url": url, "replicas": ["replica1"], "max_replica_lag": "1s"},
+            "replica1": replica_url,
+            "archive": f"sqlite:///{tmp_path / 'archive.db'}",
+        },
+        [POLICY],
+        tmp_path / "worker.sock",
+    )
+
+
+def checked(tmp_path: Path, url: str, replica_url: str) -> str:
+    """What ``archivist check`` says (it exits 0: a lag is no problem of the config)."""
+    result = archivist("check", "--config", str(replica_config(tmp_path, url, replica_url)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def hold_then_resume(
     tmp_path: Path,
     url: str,
@@ -140,16 +160,7 @@ def hold_then_resume(
     ``expected``; after ``resume`` the table comes back to its limit."""
     socket = tmp_path / "worker.sock"
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
-    config = write_config(
-        tmp_path / "archivist.toml",
-        {
-            "primary": {"url": url, "replicas": ["replica1"], "max_replica_lag": "1s"},
-            "replica1": replica_url,
-            "archive": archive,
-        },
-        [POLICY],
-        socket,
-    )
+    config = replica_config(tmp_path, url, replica_url)
     log = tmp_path / "run.log"
     with processes() as started:
         run = started.start("run", "--config", str(config), "-v", output=log)
@@ -178,6 +189,9 @@ def test_no_batch_runs_while_the_postgresql_standby_lags(
     primary, standby = postgres_pair
     url, standby_url = source_on(primary, lambda name: standby.url.rsplit("/", 1)[0] + f"/{name}")
     assert lag_of(standby_url) == Lag("replica1", seconds=0.0)  # caught up: no lag
+    shown = checked(tmp_path, url, standby_url)
+    assert "replicas (max_replica_lag 1.0 s): replica1 0.0 s behind" in shown
+    assert "batches would wait now" not in shown
     execute(standby_url, "SELECT pg_wal_replay_pause()")
     try:
         # WAL the standby receives and does not replay: it lags from now on.
@@ -185,6 +199,9 @@ def test_no_batch_runs_while_the_postgresql_standby_lags(
         wait_until(
             lambda: (lag_of(standby_url).seconds or 0) > 1.0, 60, "the standby to lag over 1 s"
         )
+        shown = checked(tmp_path, url, standby_url)
+        assert "batches would wait now: replica1 lags " in shown
+        assert "(its replay is paused)" in shown
         hold_then_resume(
             tmp_path,
             url,

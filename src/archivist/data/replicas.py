@@ -69,6 +69,16 @@ def lag_hold(lags: Iterable[Lag], max_lag: float) -> str | None:
     return "; ".join(reasons) or None
 
 
+def describe(lag: Lag) -> str:
+    """One replica's reading for people: ``"replica1: 0.4 s behind"`` or its problem."""
+    if lag.problem is not None:
+        return f"{lag.replica} {lag.problem}"
+    if lag.seconds is None:
+        return f"{lag.replica} lags (by an unknown time)"
+    note = f" ({lag.note})" if lag.note else ""
+    return f"{lag.replica} {seconds_text(lag.seconds)} behind{note}"
+
+
 def seconds_text(seconds: float) -> str:
     """``12 s``, or ``1.4 s`` under 10 s (limits below a few seconds are common)."""
     return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
