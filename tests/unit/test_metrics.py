@@ -96,6 +96,9 @@ def test_the_throttles_reasons_have_their_kinds(tmp_path: Path) -> None:
     assert paused is not None and slow is not None and busy is not None
     assert [reason_kind(r) for r in (paused, slow, busy)] == ["pause_file", "latency", "load"]
     assert reason_kind("yielding to 2 other sessions using primary") == "yielding"
+    held = throttle._judge("primary", {"latencyMs": 1.0, "hold": "replica1 lags 12 s"})
+    assert held == "replica1 lags 12 s" and throttle.kind(held) == "replica_lag"
+    assert throttle.kind(slow) == "latency"
 
 
 def test_a_metrics_address_is_host_and_port() -> None:

@@ -23,7 +23,7 @@ RowsPath = Literal["database", "worker", "purge"]
 """How a task's rows move: copied inside the database by the daemon (``data/copy``),
 through the worker (``data/create`` of rows it listed), or deleted without a copy."""
 
-THROTTLE_REASONS: Final = ("load", "latency", "yielding", "pause_file", "window")
+THROTTLE_REASONS: Final = ("load", "latency", "yielding", "pause_file", "replica_lag", "window")
 """The ``reason`` label of throttled seconds: the worker's (its ``throttledSeconds``) and
 the daemon's own (``window``: a policy held outside its window or over ``max_runtime``)."""
 

@@ -102,8 +102,8 @@ class PrometheusObserver(Observer):
         self.throttled = Counter(
             "archivist_throttled_seconds",
             "Seconds tasks waited, by reason: load (busy connections), latency (slow probe), "
-            "yielding (to the application), pause_file, window (outside the policy's window "
-            "or over max_runtime).",
+            "yielding (to the application), pause_file, replica_lag, window (outside the "
+            "policy's window or over max_runtime).",
             ["collection", "reason"],
             registry=r,
         )

@@ -11,7 +11,7 @@ from typing import Final
 
 from archivist.errors import TRANSIENT_CODES, RemoteError, RequestTimeout
 from archivist.worker.queue import Task
-from archivist.worker.throttle import Execute, Throttle, ThrottleSettings, reason_kind
+from archivist.worker.throttle import Execute, Throttle, ThrottleSettings
 
 # Logged as the executor, as before this module was split from it.
 log = logging.getLogger("archivist.worker.executor")
@@ -53,7 +53,7 @@ class Pacer:
         last look counts as waited for the reason it gave then."""
         now = time.monotonic()
         if self.held_by is not None and self._held_at is not None:
-            self.task.waited(reason_kind(self.held_by), now - self._held_at)
+            self.task.waited(self.throttle.kind(self.held_by), now - self._held_at)
         self._held_at = now if reason is not None else None
         self.held_by = reason
         self.report()

@@ -126,6 +126,14 @@ class Throttle:
         self._budgets: dict[str, asyncio.Semaphore] = {}
         self._readings: dict[str, _Reading] = {}
         self._no_signal: set[str] = set()
+        self._holds: dict[str, str] = {}
+        """Per database, the daemon's last ``hold`` (its own words, so `kind` knows it)."""
+
+    def kind(self, reason: str) -> str:
+        """`reason_kind`, and ``replica_lag`` for a hold the daemon gave (a replica lags)."""
+        if reason in self._holds.values():
+            return "replica_lag"
+        return reason_kind(reason)
 
     @contextlib.asynccontextmanager
     async def budget(self, database: str) -> AsyncIterator[None]:
@@ -215,6 +223,7 @@ class Throttle:
     def _judge(self, database: str, load: JSONObject) -> str | None:
         hold = load.get("hold")
         if isinstance(hold, str) and hold:
+            self._holds[database] = hold
             return hold  # the daemon's reason, e.g. "replica1 lags 12 s"
         latency = load.get("latencyMs")
         active = load.get("active")
