@@ -53,7 +53,7 @@ def test_each_step_of_a_batch_has_its_phase() -> None:
 
 def test_the_path_is_the_tasks_own_tables_and_a_purge_is_a_purge() -> None:
     record = _record()
-    assert path_of("data/copy", "chat", record) == "database"
+    assert path_of("data/copy", "chat", record) == "daemon"
     assert path_of("data/create", "chat", record) == "worker"
     assert path_of("data/create", "chat_children", record) is None  # a child's copy
     assert path_of("data/delete", "chat", record) is None
@@ -190,7 +190,7 @@ def test_throttled_seconds_and_errors_count_by_reason_and_code() -> None:
     record.state, record.code = "error", "verify_mismatch"
     observer.finished(record)
     c = {"collection": "chat"}
-    assert _sample(observer, "archivist_rows_archived_total", **c, path="database") == 50
+    assert _sample(observer, "archivist_rows_archived_total", **c, path="daemon") == 50
     assert _sample(observer, "archivist_throttled_seconds_total", **c, reason="pause_file") == 3.0
     assert _sample(observer, "archivist_throttled_seconds_total", **c, reason="yielding") == 4.0
     assert (

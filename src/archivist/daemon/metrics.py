@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from archivist.protocol import Complete, JSONObject, Progress
 
 Phase = Literal["list", "copy", "verify", "delete"]
-RowsPath = Literal["database", "worker", "purge"]
-"""How a task's rows move: copied inside the database by the daemon (``data/copy``),
-through the worker (``data/create`` of rows it listed), or deleted without a copy."""
+RowsPath = Literal["daemon", "worker", "purge"]
+"""How a task's rows move: copied by the daemon (``data/copy``: inside a database, or
+streamed between servers and engines), through the worker (``data/create`` of rows it
+listed), or deleted without a copy."""
 
 THROTTLE_REASONS: Final = ("load", "latency", "yielding", "pause_file", "replica_lag", "window")
 """The ``reason`` label of throttled seconds: the worker's (its ``throttledSeconds``) and
@@ -83,7 +84,7 @@ def path_of(target: str, collection: object, record: TaskRecord) -> RowsPath | N
     if collection != record.collection:
         return None
     if target == "data/copy":
-        return "database"
+        return "daemon"
     if target == "data/create":
         return "worker"
     return None

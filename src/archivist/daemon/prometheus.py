@@ -68,7 +68,8 @@ class PrometheusObserver(Observer):
         self.rows = Counter(
             "archivist_rows_archived",
             "Rows moved from the source (copied, in mode copy; deleted, in a purge), by the "
-            "path they took: database (copied inside the database), worker, purge.",
+            "path they took: daemon (copied by the daemon, inside a database or streamed), "
+            "worker (through the worker), purge.",
             ["collection", "path"],
             registry=r,
         )
@@ -81,7 +82,7 @@ class PrometheusObserver(Observer):
         self.phases = Histogram(
             "archivist_batch_phase_seconds",
             "Seconds each step of a batch took in the daemon, by phase: list, copy (a listing "
-            "and its copy in one call on the database path), verify, delete.",
+            "and its copy in one call on the daemon path), verify, delete.",
             ["collection", "phase"],
             buckets=PHASE_BUCKETS,
             registry=r,
@@ -159,7 +160,7 @@ class PrometheusObserver(Observer):
             if path is None:
                 # No copy of the attempt seen: a row wider than a frame, which the daemon
                 # moved itself (data/relay).
-                path = "purge" if record.mode == "purge" else "database"
+                path = "purge" if record.mode == "purge" else "daemon"
             self.rows.labels(record.collection, path).inc(rows)
             if not isinstance(message, Complete):
                 self.batches.labels(record.collection, path).inc()
