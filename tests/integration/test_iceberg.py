@@ -23,7 +23,7 @@ from archivist.config import ArchiveConfig, make_config
 from archivist.data import DataDaemon
 from archivist.data.columns import ColumnSpec, Kind
 from datasupport import create_table, sql
-from e2esupport import archivist, count, make_chat_table, write_config
+from e2esupport import archivist, count, ids, make_chat_table, write_config
 from icebergsupport import (
     data_files,
     duckdb_rows,
@@ -361,3 +361,60 @@ def test_files_no_snapshot_references_are_removed_and_referenced_ones_kept(
         9000,
         9001,
     ]
+
+
+@pytest.mark.timeout(120)
+def test_a_row_changed_after_staging_stays_in_the_source_and_its_copy_is_replaced_later(
+    tmp_path: Path,
+) -> None:
+    """The delete after a commit checks each source row is still what was listed: a row
+    updated meanwhile stays; the next task moves it, and the table's older copy is replaced
+    in that commit, not kept beside it."""
+    source = f"sqlite:///{tmp_path}/primary.db"
+    make_chat_table(source, 300)
+    policy = ArchiveConfig(
+        collection="chat_messages",
+        order_by="created_at",
+        max_rows=1,
+        rows_per_archive=1,
+        rows_per_file=10_000,
+        partition="none",
+    )
+    config = make_config({"primary": source, "archive": lake_url(tmp_path)}, [policy])
+
+    async def scenario() -> None:
+        daemon = DataDaemon(config)
+        await daemon.start()
+        try:
+            await daemon.ensure_archive_table("chat_messages")
+            params = {
+                "collection": "chat_messages",
+                "dbHandle": "primary",
+                "destHandle": "archive",
+                "limit": 100,
+                "move": True,
+            }
+            first = await daemon.execute("data/copy", params)
+            assert first["deleted"] == 100 and first["count"] == 100
+            assert count(source) == 300  # staged, not committed: nothing deleted yet
+            sql(source, "UPDATE chat_messages SET body = 'changed' WHERE id = 7")
+            await daemon.lakes.settle("chat_messages")
+            assert ids(source) == {7, *range(101, 301)}
+            assert [
+                r[0]
+                for r in duckdb_rows(load_table(tmp_path, "chat_messages"), "body")
+                if r[0] == "changed"
+            ] == []
+            # The next task lists from the start: row 7 first, as it is now.
+            again = await daemon.execute("data/copy", {**params, "limit": 1})
+            assert again["items"] == [{"id": 7}]
+            await daemon.lakes.settle("chat_messages")
+        finally:
+            await daemon.close()
+
+    asyncio.run(scenario())
+    assert ids(source) == set(range(101, 301))
+    table = load_table(tmp_path, "chat_messages")
+    rows = dict(duckdb_rows(table, "id, body"))
+    assert len(duckdb_rows(table, "id")) == 100  # row 7 once
+    assert rows[7] == "changed"

@@ -234,7 +234,7 @@ class LakeCommands:
                 found.arrow_schema,
                 found.specs,
                 found.names,
-                ([row.get(name) for name in found.names] for row in decoded),
+                [[row.get(name) for name in found.names] for row in decoded],
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise UnstorableValue(

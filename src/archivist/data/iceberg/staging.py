@@ -10,32 +10,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
-from archivist.data.delete import delete_expected
+from archivist.data.delete import delete_expected, delete_ids
+from archivist.data.filters import chunks, one_of
 from archivist.data.iceberg.expr import is_in
 from archivist.data.iceberg.lake import Committed, Lake, LakeTable
-from archivist.data.iceberg.types import arrow_table, python_rows
+from archivist.data.iceberg.types import arrow_table, from_arrow_values
 from archivist.data.listing import ListQuery
 from archivist.data.params import CopyParams
 from archivist.data.registry import Entity
-from archivist.data.relations import guarded, with_kept
+from archivist.data.relations import (
+    ForeignKey,
+    guarded,
+    set_read_committed,
+    with_kept,
+)
 from archivist.data.schema import TableInfo
+from archivist.data.stored import PASSTHROUGH_DIALECTS
 from archivist.data.values import JSONObject, decode_value, decode_values
 from archivist.errors import InvalidParams, UnstorableValue
 
 log = logging.getLogger(__name__)
 
+DIGEST = "__archivist_digest"
+"""The staging file's column of each row's digest (`digest`)."""
 DELETE_CHUNK = 5_000
 """Rows the source deletes in one transaction after a commit (each checked against its
 committed copy under row locks)."""
@@ -128,13 +141,17 @@ class Stager:
             # No more than the commit has room for: a file holds rows_per_file rows; the
             # answer is then "truncated", so the worker knows rows may follow.
             limit = max(1, min(p.limit, self.rows_per_file - self.rows))
-            query = ListQuery.build(info, msgspec.structs.replace(p, limit=limit), entity.order_by)
-            names, rows, _ = await source.transaction(query.run)
+            query = ListQuery.build(
+                info,
+                msgspec.structs.replace(p, limit=limit),
+                entity.order_by,
+                stored=source.dialect_name in PASSTHROUGH_DIALECTS,
+            )
+            names, rows, stored = await source.transaction(query.run)
             if rows:
                 try:
-                    table = await self.lake.run(
-                        arrow_table, found.arrow_schema, found.specs, names, rows
-                    )
+                    listed = rows if stored is None else stored
+                    table = await self.lake.run(_staged, found, names, rows, listed)
                 except pa.ArrowException as exc:
                     raise UnstorableValue(
                         f"{p.collection}: a row holds a value the Iceberg table cannot store "
@@ -232,6 +249,8 @@ class Stager:
         try:
             staged = await self.lake.run(self._read)
             _, lake, found = await self.owner.table(self.collection, self.lake.name)
+            guards = staged.select([found.pk, DIGEST])
+            staged = staged.drop_columns([DIGEST])
             summary = self.owner.summary(self.collection, staged, found.pk, "archive")
             committed: Committed = await lake.run(lake.commit, found, staged, summary)
             del staged
@@ -246,7 +265,7 @@ class Stager:
             if self.move and self.source_name is not None:
                 entity = self.owner.catalog.entity(self.collection)
                 deleted, skipped, kept = await self._delete_source(
-                    entity, found, self.source_name, committed.rows
+                    entity, found, self.source_name, guards
                 )
                 log.info(
                     "%s: %d committed row(s) deleted from the source", self.collection, deleted
@@ -263,19 +282,27 @@ class Stager:
             self._discard()
 
     async def _delete_source(
-        self, entity: Entity, found: LakeTable, source_name: str, committed: pa.Table
+        self, entity: Entity, found: LakeTable, source_name: str, guards: pa.Table
     ) -> tuple[int, int, int]:
-        """Delete the source rows equal to their committed copies, a chunk per transaction."""
+        """Delete the committed rows from the source, a chunk per transaction, each only if
+        it still holds what was listed (its stored form's digest): what was listed is what
+        the commit holds, compared value by value when it was read back."""
         _, source, info = await self.owner.catalog.table(self.collection, source_name)
         refs = guarded(info.referenced_by, entity.on_children)
+        pk_spec = found.spec(found.pk)
         deleted = skipped = kept = 0
-        for offset in range(0, committed.num_rows, DELETE_CHUNK):
-            chunk = committed.slice(offset, DELETE_CHUNK)
-            pairs = _expected(info, found, python_rows(chunk, found.specs))
-            gone, left, held = await source.transaction(
-                delete_expected, info, pairs, refs, write=True
+        for offset in range(0, guards.num_rows, DELETE_CHUNK):
+            chunk = guards.slice(offset, DELETE_CHUNK)
+            keys = [
+                decode_value(info.spec(info.pk), found.codec.encode_field(found.pk, key))
+                for key in from_arrow_values(pk_spec, chunk.column(found.pk))
+            ]
+            digests = chunk.column(DIGEST).to_pylist()
+            gone, held, matched = await source.transaction(
+                delete_unchanged, info, keys, digests, refs, write=True
             )
-            deleted, skipped, kept = deleted + gone, skipped + len(left), kept + held
+            deleted, kept = deleted + gone, kept + held
+            skipped += len(keys) - matched
         return deleted, skipped, kept
 
     async def delete_matching(
@@ -299,6 +326,68 @@ class Stager:
             "skipped": [info.codec.encode_field(info.pk, key) for key in skipped],
         }
         return with_kept(answer, kept, refs)
+
+
+def digest(stored: Sequence[object]) -> bytes:
+    """A row's values in column order (as stored on SQLite, as typed elsewhere) as 16
+    bytes: equal while the row is unchanged (within one process: reprs of the same
+    driver's values)."""
+    return hashlib.blake2b(repr(tuple(stored)).encode(), digest_size=16).digest()
+
+
+def _staged(
+    found: LakeTable,
+    names: Sequence[str],
+    rows: Sequence[Any],
+    stored: Sequence[Sequence[object]],
+) -> pa.Table:
+    """Listed rows as the staging file holds them: the table's columns, and each row's
+    digest (`DIGEST`), which its delete checks."""
+    table = arrow_table(found.arrow_schema, found.specs, names, rows)
+    return table.append_column(
+        DIGEST, pa.array([digest(values) for values in stored], type=pa.binary(16))
+    )
+
+
+def delete_unchanged(
+    connection: Connection,
+    info: TableInfo,
+    keys: list[object],
+    digests: list[bytes],
+    refs: tuple[ForeignKey, ...],
+) -> tuple[int, int, int]:
+    """Delete the rows of ``keys`` whose stored form still has the digest it was listed
+    with, reading them under row locks first (`delete_expected`'s discipline); the rows
+    deleted, those kept for ``refs``, and those that matched."""
+    table = info.table
+    pk_column = table.c[info.pk]
+    # The form the listing digested: as stored where reading it costs nothing (SQLite),
+    # else as typed.
+    raw = (
+        [sa.type_coerce(column, NullType()) for column in table.c]
+        if connection.dialect.name in PASSTHROUGH_DIALECTS
+        else list(table.c)
+    )
+
+    def text(key: object) -> str:
+        return repr(info.codec.encode_field(info.pk, key))
+
+    wanted = {text(key): (key, value) for key, value in zip(keys, digests, strict=True)}
+    if refs:
+        # The rows are locked by the read below, so the guard sees every child committed
+        # before them (`archivist.data.relations.lock_for_delete`).
+        set_read_committed(connection)
+    matched: list[object] = []
+    for chunk in chunks(keys):
+        query = sa.select(pk_column, *raw).where(one_of(info, pk_column, chunk)).with_for_update()
+        for row in connection.execute(query):
+            key, expected = wanted.get(text(row[0]), (None, None))
+            if expected is not None and expected == digest(row[1:]):
+                matched.append(key)
+    if not matched:
+        return 0, 0, 0
+    deleted = delete_ids(connection, info, matched, refs)
+    return deleted, len(matched) - deleted, len(matched)
 
 
 def _expected(

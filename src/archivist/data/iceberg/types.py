@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -170,24 +170,44 @@ def to_arrow_value(spec: ColumnSpec, value: object) -> object:
     return value
 
 
+def _converter(spec: ColumnSpec) -> Callable[[object], object] | None:
+    """How a column's database values become Arrow's, or None where pyarrow takes them as
+    they are (integers, floats, booleans, text, dates; datetimes, which pyarrow converts to
+    UTC itself for a column with a time zone)."""
+    kind = spec.kind
+    if kind is Kind.JSON:
+        return _json_text
+    if kind is Kind.UUID:
+        return _uuid_text
+    if kind is Kind.DECIMAL:
+        return _decimal_text if decimal_as_text(spec) else None
+    if kind is Kind.TIME:
+        return _time
+    if kind is Kind.BINARY:
+        return _bytes
+    if kind is Kind.DATETIME and not spec.timezone:
+        return _naive
+    return None
+
+
 def arrow_table(
-    schema: pa.Schema, specs: Sequence[ColumnSpec], names: Sequence[str], rows: Iterable[Any]
+    schema: pa.Schema, specs: Sequence[ColumnSpec], names: Sequence[str], rows: Sequence[Any]
 ) -> pa.Table:
     """Rows (tuples in ``names`` order) as an Arrow table of ``schema``; a value that does not
     fit its column exactly (a decimal with more digits than its scale) raises."""
-    columns: list[list[object]] = [[] for _ in names]
-    for row in rows:
-        for index, value in enumerate(row):
-            columns[index].append(value)
-    by_name = dict(zip(names, columns, strict=True))
+    position = {name: index for index, name in enumerate(names)}
     arrays = []
     for spec in specs:
-        values = by_name.get(spec.name)
         field = schema.field(spec.name)
-        if values is None:
-            arrays.append(pa.nulls(len(columns[0]) if columns else 0, field.type))
+        index = position.get(spec.name)
+        if index is None:
+            arrays.append(pa.nulls(len(rows), field.type))
             continue
-        arrays.append(pa.array([to_arrow_value(spec, v) for v in values], type=field.type))
+        values = [row[index] for row in rows]
+        convert = _converter(spec)
+        if convert is not None:
+            values = [None if v is None else convert(v) for v in values]
+        arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
