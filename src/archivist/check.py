@@ -121,6 +121,13 @@ async def check_config(config: Config) -> CheckReport:
                 handle_check.replicas = [describe(lag) for lag in lags]
                 handle_check.max_replica_lag = watched.max_lag
                 handle_check.held = lag_hold(lags, watched.max_lag)
+        for name in sorted(data.lakes.names):
+            try:
+                await data.lakes.reach(name)
+            except ArchivistError as exc:
+                handles.append(HandleCheck(name, "iceberg", False, exc.message))
+            else:
+                handles.append(HandleCheck(name, "iceberg", True))
         reachable = {h.name for h in handles if h.reachable and h.missing_file is None}
         missing_files = {h.name: h.missing_file for h in handles if h.missing_file is not None}
         policies = [
@@ -226,6 +233,9 @@ async def _inspect(
     if refused is not None:
         found.problems.append(refused)
     if entity.dest_handle not in reachable:
+        return
+    if data.lakes.is_lake(entity.dest_handle):
+        found.archive_table = await data.lakes.plan(entity)
         return
     if await source_handle.identity() == await data.handle(entity.dest_handle).identity():
         found.problems.append(

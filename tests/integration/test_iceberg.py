@@ -418,3 +418,39 @@ def test_a_row_changed_after_staging_stays_in_the_source_and_its_copy_is_replace
     rows = dict(duckdb_rows(table, "id, body"))
     assert len(duckdb_rows(table, "id")) == 100  # row 7 once
     assert rows[7] == "changed"
+
+
+@pytest.mark.timeout(120)
+def test_a_catalog_in_postgresql_holds_the_table_that_other_readers_find(
+    fresh_db: Callable[[str], str], tmp_path: Path
+) -> None:
+    """``iceberg+postgresql://``: pyiceberg's SQL catalog in a PostgreSQL database (psycopg
+    3), the data files in the warehouse; read back through that catalog by pyiceberg and
+    DuckDB."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog_db = fresh_db("postgresql")
+    location = catalog_db.split("://", 1)[1]
+    source = f"sqlite:///{tmp_path}/primary.db"
+    make_chat_table(source, 500)
+    config = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": source, "archive": f"iceberg+postgresql://{location}?warehouse={tmp_path}/wh"},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "max_rows": 100,
+                "rows_per_archive": 1,
+            }
+        ],
+    )
+    done = archivist("archive", "chat_messages", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    catalog = SqlCatalog(
+        "archivist", uri=f"postgresql+psycopg://{location}", warehouse=f"file://{tmp_path}/wh"
+    )
+    table = catalog.load_table(("archivist", "chat_messages"))
+    assert table.scan().count() == 401
+    assert sorted(r[0] for r in duckdb_rows(table, "id")) == list(range(1, 402))
+    assert ids(source) == set(range(402, 501))

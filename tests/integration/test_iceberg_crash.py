@@ -35,8 +35,8 @@ KEEP = MAX_ROWS - ROWS_PER_ARCHIVE
 """The newest 4,000 rows stay in the source."""
 BATCH = 100
 ROWS_PER_FILE = 300
-KILLS = {"worker": 13, "daemon": 8}
-"""21 kills in all; fewer of the daemon, whose restart (imports, catalog, checks) costs
+KILLS = {"worker": 14, "daemon": 6}
+"""20 kills in all; fewer of the daemon, whose restart (imports, catalog, checks) costs
 seconds on a loaded machine."""
 KILL_AFTER_ROWS = (1, 300)
 """A kill comes once this many more rows (uniform) left the source since the victim

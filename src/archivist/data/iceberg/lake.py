@@ -100,6 +100,9 @@ class LakeTable:
         selected = tuple(fields) if fields is not None else ("*",)
         return self.table.scan(row_filter=row_filter, selected_fields=selected).to_arrow()
 
+    def schema_empty(self) -> pa.Table:
+        return self.arrow_schema.empty_table()
+
     def rows(self, row_filter: BooleanExpression) -> list[dict[str, object]]:
         """Matching rows as dicts of Python values in the source's forms."""
         return python_rows(self.scan(row_filter), self.specs)
@@ -341,8 +344,15 @@ class Lake:
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
         spec = lake.spec(pk)
         span = And(ge(pk, literal(spec, low)), le(pk, literal(spec, high)))
-        existing = lake.scan(span)
-        existing = existing.filter(pc.is_in(existing.column(pk), value_set=keys.combine_chunks()))
+        # The key column alone first (files pruned by their key statistics): usually none
+        # of the keys is there yet, and nothing else is read.
+        present = lake.scan(span, [pk]).column(pk)
+        present = present.filter(pc.is_in(present, value_set=keys.combine_chunks()))
+        existing = (
+            lake.schema_empty()
+            if len(present) == 0
+            else lake.scan(is_in(pk, lake.key_literals(from_arrow_values(spec, present))))
+        )
         already: list[object] = []
         replaced: list[object] = []
         if existing.num_rows:

@@ -66,6 +66,8 @@ class LakeRouter:
             return sql
 
         async def routed(params: JSONObject) -> JSONObject:
+            if method == "count" and not self.is_lake(params.get(key)):
+                await self._settle_before_count(params)
             if self.is_lake(params.get(key)):
                 result: JSONObject = await getattr(self.lake_commands, method)(params)
                 return result
@@ -74,6 +76,18 @@ class LakeRouter:
             return await sql(params)
 
         return routed
+
+    async def _settle_before_count(self, params: JSONObject) -> None:
+        """Before a source table is counted, its rows staged for an Iceberg archive are
+        committed and deleted: else a policy check, or the next task, would count rows
+        already on their way, and move others in their place."""
+        collection = params.get("collection")
+        registry = self.lake_commands.catalog.registry
+        if not isinstance(collection, str) or collection not in registry:
+            return
+        entity = registry.get(collection)
+        if self.is_lake(entity.dest_handle) and params.get("dbHandle") == entity.source_handle:
+            await self.lake_commands.settle(collection)
 
     async def _delete_matching(self, params: JSONObject) -> JSONObject:
         raw_ids = params.get("ids")
@@ -92,6 +106,11 @@ class LakeRouter:
 
     async def ensure(self, entity: Entity) -> str:
         return await self.lake_commands.ensure(entity)
+
+    async def reach(self, name: str) -> None:
+        """Open the catalog of Iceberg handle ``name`` (DatabaseError if it cannot be)."""
+        lake = self.lake_commands.lake(name)
+        await lake.run(lambda: lake.catalog)
 
     async def plan(self, entity: Entity) -> str:
         return await self.lake_commands.plan(entity)
