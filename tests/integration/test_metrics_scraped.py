@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2esupport import children_of, count, make_chat_table, wait_for, write_config
+from e2esupport import archivist, children_of, count, make_chat_table, wait_for, write_config
 
 ROWS = 300
 POLICY = {
@@ -151,6 +151,15 @@ def test_scraped_series_match_what_the_run_archived(
             and value(s, "archivist_worker_connected") == 1
         ),
         "the restart counted",
+        process,
+    )
+    # Paused by `archivist pause`: the checks that find it paused count the time.
+    paused = archivist("pause", "chat_messages", "--config", str(tmp_path / "archivist.toml"))
+    assert paused.returncode == 0, paused.stderr
+    _scrape_when(
+        port,
+        lambda s: value(s, "archivist_throttled_seconds_total", **c, reason="paused") > 0,
+        "paused seconds",
         process,
     )
     process.send_signal(signal.SIGTERM)

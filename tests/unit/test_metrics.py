@@ -6,6 +6,7 @@ listen address; and the observer's series fed events by hand, as a design-only w
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -201,14 +202,21 @@ def test_throttled_seconds_and_errors_count_by_reason_and_code() -> None:
 
 def test_a_policy_held_counts_the_seconds_between_checks_that_found_it_held() -> None:
     observer = PrometheusObserver(CollectorRegistry())
-    observer.held("chat", "waiting for window 01:00-05:00")
-    observer.held("chat", "waiting for window 01:00-05:00")
+    observer.held("chat", "window")
+    time.sleep(0.01)
+    observer.held("chat", "window")  # held since the check before
     observer.held("chat", None)
+    observer.held("chat", "paused")  # held from here on, not since the check before
     observer.held("chat", None)
-    held = _sample(
-        observer, "archivist_throttled_seconds_total", collection="chat", reason="window"
-    )
-    assert held is not None and held >= 0
+
+    def held(reason: str) -> float:
+        value = _sample(
+            observer, "archivist_throttled_seconds_total", collection="chat", reason=reason
+        )
+        return value or 0.0
+
+    assert held("window") >= 0.01
+    assert held("paused") < held("window")
 
 
 def _task() -> Task:

@@ -24,9 +24,18 @@ RowsPath = Literal["daemon", "worker", "purge"]
 streamed between servers and engines), through the worker (``data/create`` of rows it
 listed), or deleted without a copy."""
 
-THROTTLE_REASONS: Final = ("load", "latency", "yielding", "pause_file", "replica_lag", "window")
+THROTTLE_REASONS: Final = (
+    "load",
+    "latency",
+    "yielding",
+    "pause_file",
+    "replica_lag",
+    "window",
+    "paused",
+)
 """The ``reason`` label of throttled seconds: the worker's (its ``throttledSeconds``) and
-the daemon's own (``window``: a policy held outside its window or over ``max_runtime``)."""
+the daemon's own: ``window`` (a policy held outside its window or over ``max_runtime``)
+and ``paused`` (``archivist pause``)."""
 
 
 class Observer:
@@ -52,8 +61,9 @@ class Observer:
     def checked(self, collection: str, *, within: bool) -> None:
         """A policy check counted ``collection``; ``within``: it found nothing due."""
 
-    def held(self, collection: str, reason: str | None) -> None:
-        """A policy check found ``collection`` held (its window, ``max_runtime``), or not."""
+    def held(self, collection: str, reason: Literal["window", "paused"] | None) -> None:
+        """A policy check found ``collection`` held, and why: its window or ``max_runtime``
+        (``window``), ``archivist pause`` (``paused``); None: not held."""
 
     def pinged(self, seconds: float) -> None:
         """A health ping of the worker was answered in ``seconds``."""

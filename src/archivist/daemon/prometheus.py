@@ -13,7 +13,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -104,7 +104,7 @@ class PrometheusObserver(Observer):
             "archivist_throttled_seconds",
             "Seconds tasks waited, by reason: load (busy connections), latency (slow probe), "
             "yielding (to the application), pause_file, replica_lag, window (outside the "
-            "policy's window or over max_runtime).",
+            "policy's window or over max_runtime), paused (archivist pause).",
             ["collection", "reason"],
             registry=r,
         )
@@ -183,13 +183,13 @@ class PrometheusObserver(Observer):
         if within:
             self.last_success.labels(collection).set(time.time())
 
-    def held(self, collection: str, reason: str | None) -> None:
+    def held(self, collection: str, reason: Literal["window", "paused"] | None) -> None:
         now = time.monotonic()
         since = self._held_at.pop(collection, None)
         if reason is None:
             return
         if since is not None:
-            self.throttled.labels(collection, "window").inc(now - since)
+            self.throttled.labels(collection, reason).inc(now - since)
         self._held_at[collection] = now
 
     def pinged(self, seconds: float) -> None:

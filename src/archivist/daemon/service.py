@@ -462,7 +462,10 @@ class ArchiveDaemon:
             if unfinished is not None and unfinished in self.runs:
                 self._stop_if_held(unfinished)
             reason = self._hold(policy) if unfinished is None else None
-            self.observer.held(policy.collection, reason)
+            paused = reason is not None and self.pauses.reason(policy.collection) is not None
+            self.observer.held(
+                policy.collection, None if reason is None else "paused" if paused else "window"
+            )
             if reason is not None:
                 if self.holding.get(policy.collection) != reason:
                     log.info("%s: %s", policy.collection, reason)
