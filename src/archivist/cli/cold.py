@@ -144,6 +144,7 @@ async def _restore(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from archivist.cold.archives import archive_of
     from archivist.cold.restore import Restore, bound_value, restore_filter
 
     since, until = span
@@ -151,7 +152,7 @@ async def _restore(
         entity = data.entity(collection)
         filter_ = where
         if since is not None or until is not None:
-            info = await data.table_info(collection, entity.dest_handle)
+            info = await archive_of(data, collection).info()
             if info is None:
                 fail(f"{collection} has no archive table on handle '{entity.dest_handle}'")
             spec = info.spec(entity.order_by)

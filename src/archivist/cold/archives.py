@@ -9,12 +9,15 @@ An SQL-table archive is reached through the data commands (``data/list``, ``data
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from archivist.data import DataDaemon
+from archivist.data.age import cutoff_value
+from archivist.data.columns import ColumnSpec
 from archivist.data.registry import Entity
 from archivist.data.schema import TableInfo
 from archivist.data.values import JSONObject
@@ -25,6 +28,24 @@ log = logging.getLogger(__name__)
 EXPIRE_BATCH: Final = 5_000
 """Archived rows one expiry statement deletes at most: short transactions, so that the
 archive's own readers and the archiving task's inserts wait little."""
+
+
+@dataclass(frozen=True)
+class ArchiveTable:
+    """An archive's table as the cold operations need it: its columns (kinds) and key."""
+
+    columns: tuple[ColumnSpec, ...]
+    pk: str
+
+    @property
+    def column_names(self) -> list[str]:
+        return [spec.name for spec in self.columns]
+
+    def spec(self, name: str) -> ColumnSpec:
+        for spec in self.columns:
+            if spec.name == name:
+                return spec
+        raise SchemaError(f"the archive table has no column {name}")
 
 
 @dataclass(frozen=True)
@@ -43,8 +64,12 @@ class ColdArchive(Protocol):
     kind: str
     """``"sql"`` or ``"iceberg"``: how the archive stores rows."""
 
-    async def info(self) -> TableInfo | None:
+    async def info(self) -> ArchiveTable | None:
         """The archive table as archivist reads it (None: there is none yet)."""
+        ...
+
+    async def cutoff(self, column: str, time_unit: str | None, before: dt.datetime) -> object:
+        """``before`` in ``column``'s JSON form: a row is past retention when below it."""
         ...
 
     async def rows(self, params: JSONObject) -> list[JSONObject]:
@@ -82,18 +107,23 @@ class SQLArchive:
     def __repr__(self) -> str:
         return f"SQLArchive({self.entity.collection!r} on {self.handle!r})"
 
-    async def info(self) -> TableInfo | None:
+    async def _table(self) -> TableInfo | None:
         # Read without data/list, which would create a missing archive table.
         return await self.data.table_info(self.entity.collection, self.handle)
 
+    async def info(self) -> ArchiveTable | None:
+        table = await self._table()
+        return None if table is None else ArchiveTable(tuple(table.columns), table.pk)
+
+    async def cutoff(self, column: str, time_unit: str | None, before: dt.datetime) -> object:
+        table = await self._table()
+        if table is None:
+            raise SchemaError(f"{self.entity.collection} has no archive table yet")
+        handle = self.data.handle(self.handle)
+        return await handle.transaction(cutoff_value, table, column, time_unit, before)
+
     async def rows(self, params: JSONObject) -> list[JSONObject]:
-        answer = await self.data.execute(
-            "data/list", {"collection": self.entity.collection, "dbHandle": self.handle, **params}
-        )
-        items = answer.get("items")
-        if not isinstance(items, list):
-            raise BadAnswer(f"data/list of {self.entity.collection} answered without items")
-        return items
+        return await list_rows(self.data, self.entity.collection, self.handle, params)
 
     async def count(self, filter_: dict[str, object] | None) -> int:
         return await self.data.count(self.entity.collection, self.handle, filter_)
@@ -149,6 +179,19 @@ class SQLArchive:
         return Expired(deleted)
 
 
+async def list_rows(
+    data: DataDaemon, collection: str, handle: str, params: JSONObject
+) -> list[JSONObject]:
+    """``data/list`` on ``handle``: its items."""
+    answer = await data.execute(
+        "data/list", {"collection": collection, "dbHandle": handle, **params}
+    )
+    items = answer.get("items")
+    if not isinstance(items, list):
+        raise BadAnswer(f"data/list of {collection} answered without items")
+    return items
+
+
 ICEBERG_SCHEME: Final = "iceberg+"
 """How a handle's URL names an Iceberg catalog (``iceberg+sqlite:///catalog.db?...``)."""
 
@@ -165,8 +208,7 @@ def archive_of(data: DataDaemon, collection: str) -> ColdArchive:
         raise SchemaError(f"{collection}: its policy purges rows; it has no archive")
     url = data.config.handles.get(entity.dest_handle, "")
     if kind_of(url) == "iceberg":
-        raise SchemaError(
-            f"{collection}: archive handle '{entity.dest_handle}' is an Iceberg catalog, "
-            "which this version cannot restore from or expire yet"
-        )
+        from archivist.cold.lake import IcebergArchive
+
+        return IcebergArchive(data, entity)
     return SQLArchive(data, entity)

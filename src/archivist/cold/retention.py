@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from archivist.cold.archives import Expired, archive_of
 from archivist.data import DataDaemon
-from archivist.data.age import cutoff_value
 from archivist.errors import ConfigError
 from archivist.policy import cutoff, utc_now
 
@@ -68,9 +67,7 @@ async def expire(
         return Expiry(
             collection, entity.dest_handle, str(rules.retention), before, expired, dry_run
         )
-    value = await data.handle(entity.dest_handle).transaction(
-        cutoff_value, info, column, rules.time_unit, before
-    )
+    value = await archive.cutoff(column, rules.time_unit, before)
     filter_: dict[str, object] = {column: {"$lt": value}}
     lock = None if dry_run else await data.take_mover(collection)
     try:
