@@ -70,6 +70,25 @@ def test_the_daemons_hold_keeps_batches_waiting_until_it_clears() -> None:
     assert readings.calls == 3
 
 
+def test_a_failed_load_reading_is_not_the_end_of_the_daemons_holds() -> None:
+    # data/load fails once with a database error (the source restarting): the worker asks
+    # again, and still sees the daemon's hold (a lagging replica) after it.
+    class Flaky(LoadReadings):
+        failed = False
+
+        async def __call__(self, target: str, params: JSONObject) -> JSONObject:
+            if not self.failed:
+                self.failed = True
+                raise RemoteError("database error on handle 'primary': gone", "db_error")
+            return await super().__call__(target, params)
+
+    throttle = Throttle(ThrottleSettings(load_interval=0.01))
+    readings = Flaky({"latencyMs": 1.0, "hold": "replica1 lags 12 s"}, {"latencyMs": 1.0})
+    first = wait(throttle, readings)
+    assert first == [None]  # no reading: nothing to wait for (the batch itself may fail)
+    assert wait(throttle, readings) == ["replica1 lags 12 s", None]
+
+
 def test_a_daemon_without_data_load_is_not_asked_again() -> None:
     class DesignOnly:
         calls = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from archivist.errors import ArchivistError
+from archivist.errors import TRANSIENT_CODES, ArchivistError
 from archivist.protocol import JSONObject
 from archivist.worker.settings import DEFAULTS
 
@@ -207,6 +207,11 @@ class Throttle:
         try:
             load = await execute("data/load", {"dbHandle": database})
         except ArchivistError as exc:
+            if exc.code in TRANSIENT_CODES:
+                # The database failed the probe (restarting, say): no reading this time, and
+                # the next asks again (the daemon's holds, a lagging replica, come with it).
+                log.debug("no load reading for %s this time: %s", database, exc.message)
+                return None
             # A daemon written from the design alone has no data/load: go without it.
             log.info("no load signal for %s (%s); not throttling on load", database, exc.message)
             self._no_signal.add(database)
