@@ -25,6 +25,7 @@ from archivist.data.schema import TableInfo, plan_archive_table, require_single_
 from archivist.data.service import DataDaemon
 from archivist.data.values import encode_value
 from archivist.errors import ArchivistError
+from archivist.sizing import Size
 
 WIDTH = 80
 """The terminal width the text report fits."""
@@ -58,6 +59,9 @@ class PolicyCheck:
     """None: no size limit (an age policy)."""
     rows_per_archive: int | None
     rows: int | None = None
+    rows_exact: bool = True
+    """False: ``rows`` is the engine's estimate (a table well within max_rows, or one
+    whose policy has none: `archivist.data.size`); shown with "~"."""
     eligible: int | None = None
     oldest: object = None
     newest: object = None
@@ -207,8 +211,11 @@ async def _inspect(
     if problem:
         found.problems.append(problem)
         return
-    found.rows = await data.count(entity.collection)
-    found.eligible = entity.rows_to_archive(found.rows)
+    size = await data.size(entity.collection)
+    if size.rows is None:
+        size = Size(await data.count(entity.collection), True, "count")
+    found.rows, found.rows_exact = size.rows, size.exact
+    found.eligible = entity.rows_to_archive(size.rows or 0) if size.exact else 0
     found.oldest, found.newest = await source_handle.transaction(
         _order_range, source, entity.order_by
     )
@@ -300,6 +307,8 @@ def render(report: CheckReport, width: int = WIDTH) -> list[str]:
         say("")
         say(f"{policy.collection} ({policy.source_handle} -> {policy.dest_handle}):")
         rows = "unknown" if policy.rows is None else f"{policy.rows:,}"
+        if policy.rows is not None and not policy.rows_exact:
+            rows = f"~{rows} (estimate)"
         limit = (
             f"max_rows {policy.max_rows:,}, rows_per_archive {policy.rows_per_archive or 0:,}"
             if policy.max_rows is not None

@@ -320,6 +320,9 @@ class Decision:
 
     rows: int
     basis: Basis
+    source: int | None = None
+    """How many rows the task's filter selects now, when the check counted them exactly (a
+    task started from this decision need not count them again)."""
 
 
 def decide(*, excess: int, aged: int | None) -> Decision:

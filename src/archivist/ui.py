@@ -224,6 +224,8 @@ def print_keepup(console: Console, document: dict[str, object]) -> None:
             continue
         rows, limit = state.get("rows"), state.get("maxRows")
         size = f"{rows:,}/{limit:,}" if isinstance(rows, int) and isinstance(limit, int) else "-"
+        if isinstance(rows, int) and state.get("exact") is False:
+            size = "~" + size  # an estimate: the statistics put it well within its limit
         table.add_row(
             str(name),
             size,
@@ -253,7 +255,8 @@ def print_plan(console: Printer, plan: ArchivePlan) -> None:
     if plan.mode != "move":
         limits.append(f"mode {plan.mode}")
     console.print(
-        f"{plan.collection} on {plan.source_handle}: {plan.rows:,} rows "
+        f"{plan.collection} on {plan.source_handle}: {'' if plan.rows_exact else '~'}"
+        f"{plan.rows:,} rows "
         f"(policy: {'; '.join(limits)})"
     )
     verb = {"move": "archive", "copy": "copy", "purge": "delete"}.get(plan.mode, "archive")

@@ -160,6 +160,7 @@ def test_the_state_file_beside_the_socket_is_what_status_reads(tmp_path: Path) -
     assert document["policies"] == {
         "t": {
             "rows": 15,
+            "exact": True,
             "maxRows": 10,
             "growth": 3.0,
             "moving": 0.0,

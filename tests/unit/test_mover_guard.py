@@ -157,7 +157,9 @@ class Source:
         self.ensured: list[str] = []
 
     async def execute(self, name: str, params: JSONObject, *, caller: str = "local") -> JSONObject:
-        assert name == "data/count"
+        assert name in ("data/count", "data/size")
+        if name == "data/size":
+            return {"rows": self.count, "exact": True, "method": "count"}
         return {"count": self.count}
 
     async def ensure_archive_table(self, collection: str) -> None:

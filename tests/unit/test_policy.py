@@ -40,17 +40,21 @@ def test_rows_to_archive_never_exceed_the_rows_there_are() -> None:
 
 class _Counts:
     """The DataDaemon as the ArchiveDaemon sees it, over a dict of row counts; a collection
-    missing from it answers ``data/count`` without a count."""
+    missing from it answers ``data/count`` without a count (``data/size`` without a size)."""
 
     def __init__(self, counts: dict[str, int]) -> None:
         self.counts = counts
         self.ensured: list[str] = []
 
     async def execute(self, name: str, params: JSONObject, *, caller: str = "local") -> JSONObject:
-        assert name == "data/count"
+        assert name in ("data/count", "data/size")
         collection = params["collection"]
         assert isinstance(collection, str)
-        return {"count": self.counts[collection]} if collection in self.counts else {}
+        if collection not in self.counts:
+            return {}
+        if name == "data/size":
+            return {"rows": self.counts[collection], "exact": True, "method": "count"}
+        return {"count": self.counts[collection]}
 
     async def ensure_archive_table(self, collection: str) -> None:
         self.ensured.append(collection)
@@ -80,6 +84,6 @@ def test_a_policy_whose_count_fails_is_logged_and_the_next_one_still_checked(
     assert [(r.collection, r.max_rows) for r in queued] == [("healthy", 70)]
     assert data.ensured == ["healthy"]
     assert any(
-        "broken: size check failed" in r.getMessage() and "without a count" in r.getMessage()
+        "broken: size check failed" in r.getMessage() and "without a size" in r.getMessage()
         for r in caplog.records
     )

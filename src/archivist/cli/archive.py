@@ -132,7 +132,11 @@ async def _archive_all(
                     continue
                 records.append(
                     await service.submit(
-                        policy.collection, decision.rows, batch_size=batch_size, filter_=filter_
+                        policy.collection,
+                        decision.rows,
+                        batch_size=batch_size,
+                        filter_=filter_,
+                        source_rows=decision.source,
                     )
                 )
             except ArchivistError as exc:
@@ -174,10 +178,10 @@ async def _archive(
                 )
             # The lock first: what is over the policy is counted once nobody else moves it.
             await take_mover(service, collection, wait=wait, say=bar.say)
-            rows, filter_ = max_rows, None
+            rows, filter_, source_rows = max_rows, None, None
             if rows is None:
                 decision, filter_ = await service.due(policy)
-                rows = decision.rows
+                rows, source_rows = decision.rows, decision.source
             if rows == 0:
                 console.print(f"{collection}: within its policy; nothing to archive.")
                 return
@@ -186,7 +190,13 @@ async def _archive(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, interrupt.set)
             record = await archive_now(
-                service, collection, rows, batch_size, interrupt=interrupt, filter_=filter_
+                service,
+                collection,
+                rows,
+                batch_size,
+                interrupt=interrupt,
+                filter_=filter_,
+                source_rows=source_rows,
             )
     print_summary(console, record)
     if record.state == "cancelled":

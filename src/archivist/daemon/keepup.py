@@ -49,6 +49,9 @@ class KeepUp:
 
     rows: int | None = None
     """The table's size at the last check."""
+    exact: bool = True
+    """Whether ``rows`` was counted, or estimated (a table the engine's statistics settled
+    as well within its limit: `archivist.data.size`)."""
     at: float | None = None
     """When the last check counted it (seconds, any monotonic clock)."""
     growth: float | None = None
@@ -63,11 +66,16 @@ class KeepUp:
     behind: bool = False
     """The last check found the table over its limit and larger than at the check before."""
 
-    def observe(self, rows: int, at: float, moved: int) -> None:
-        """A check counted ``rows`` at time ``at``; archivist moved ``moved`` rows of the
-        table since the previous check."""
+    def observe(self, rows: int, at: float, moved: int, *, exact: bool = True) -> None:
+        """A check measured ``rows`` at time ``at`` (``exact``: counted, not estimated);
+        archivist moved ``moved`` rows of the table since the previous check.
+
+        A check counts exactly whenever the table is over its limit, so being ``behind``
+        (over at two checks in a row) is always decided on counts; the growth between two
+        estimates is as good as the estimates (PostgreSQL's follow every commit, InnoDB's
+        every insert and delete)."""
         previous, since = self.rows, self.at
-        self.rows, self.at = rows, at
+        self.rows, self.at, self.exact = rows, at, exact
         if previous is None or since is None or at <= since:
             return
         seconds = at - since
@@ -109,6 +117,7 @@ class KeepUp:
         """For ``archivist status``."""
         return {
             "rows": self.rows,
+            "exact": self.exact,
             "maxRows": self.max_rows,
             "growth": self.growth,
             "moving": self.moving,

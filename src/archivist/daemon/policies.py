@@ -3,6 +3,7 @@ through, how many rows a check finds due (and the filter choosing them), and kee
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -13,6 +14,7 @@ from archivist.daemon.movers import HeldLock
 from archivist.errors import BadAnswer
 from archivist.policy import Decision, Rules, decide, task_filter, with_condition
 from archivist.protocol import Child, JSONObject
+from archivist.sizing import Size
 
 # Logged as the daemon, as before this module was split from it.
 log = logging.getLogger("archivist.daemon.service")
@@ -64,25 +66,53 @@ class DataService(Protocol):
 
 
 async def due(
-    data: DataService, policy: Policy, now: dt.datetime, table_rows: int | None = None
+    data: DataService, policy: Policy, now: dt.datetime, size: Size | None = None
 ) -> tuple[Decision, dict[str, object] | None]:
     """What the policy asks for now: how many rows, and the filter that chooses them
     (its ``where``, and its age cutoff computed now, once, for the whole task).
-    ``table_rows``: the table's count just taken, if any (used when there is no where)."""
+    ``size``: the policy's size just measured (`measure`), if any.
+
+    Nothing here reads the whole table where an index serves ``order_by``: ``max_rows``
+    is answered by ``data/size`` (statistics, then an index walk from the newest end,
+    then a count of the rows over the limit), and an age policy counts only the rows older
+    than its cutoff."""
     rules = policy.rules
     everything = task_filter(rules.where, None, None)
-    if everything is None and table_rows is not None:
-        count = table_rows
-    else:
-        count = await count_rows(data, policy.collection, policy.source_handle, everything)
-    aged, by_age = None, None
+    by_age = None
     if rules.older_than is not None:
         by_age = await data.task_filter(policy.collection, now)
-        aged = await count_rows(data, policy.collection, policy.source_handle, by_age)
     if rules.mode == "copy":
         return await _due_copy(data, policy, by_age if by_age is not None else everything)
-    decision = decide(excess=policy.rows_to_archive(count), aged=aged)
-    return decision, by_age if decision.basis == "age" else everything
+    aged = None
+    if by_age is not None:
+        aged = await count_rows(data, policy.collection, policy.source_handle, by_age)
+    excess = 0
+    if policy.max_rows is not None:
+        if size is None:
+            size = await measure(data, policy, everything)
+        # An inexact size is one the statistics settled as within max_rows.
+        if size.exact and size.rows is not None:
+            excess = policy.rows_to_archive(size.rows)
+    decision = decide(excess=excess, aged=aged)
+    if decision.basis == "age":
+        return dataclasses.replace(decision, source=aged), by_age
+    if decision.basis == "count" and size is not None:
+        decision = dataclasses.replace(decision, source=size.rows)
+    return decision, everything
+
+
+async def measure(
+    data: DataService, policy: Policy, filter_: dict[str, object] | None = None
+) -> Size:
+    """The policy's rows (``filter_``: its ``where``), exact wherever they are over its
+    ``max_rows`` (`archivist.data.size`; without max_rows, the cheap figures only)."""
+    params: JSONObject = {"collection": policy.collection, "dbHandle": policy.source_handle}
+    if filter_ is not None:
+        params["filter"] = filter_
+    if policy.max_rows is not None:
+        params["maxRows"] = policy.max_rows
+    result = await data.execute("data/size", params)
+    return Size.from_wire(result, policy.collection)
 
 
 async def _due_copy(
@@ -106,13 +136,13 @@ async def _due_copy(
     last = items[0].get(policy.order_by) if isinstance(items, list) and items else None
     if last is None:
         rows = await count_rows(data, policy.collection, policy.source_handle, filter_)
-        return Decision(rows, "copy" if rows else "none"), filter_
+        return Decision(rows, "copy" if rows else "none", source=rows), filter_
     beyond = with_condition(filter_, policy.order_by, "$gt", last)
     if not await count_rows(data, policy.collection, policy.source_handle, beyond):
         return Decision(0, "none"), filter_
     from_last = with_condition(filter_, policy.order_by, "$gte", last)
     rows = await count_rows(data, policy.collection, policy.source_handle, from_last)
-    return Decision(rows, "copy"), from_last
+    return Decision(rows, "copy", source=rows), from_last
 
 
 async def count_rows(
@@ -128,11 +158,12 @@ async def count_rows(
     return count
 
 
-def keep_up(policy: Policy, state: KeepUp, count: int, moved: int) -> None:
-    """Tell the collection's keep-up state what this check counted (and the rows its tasks
-    moved since); log when it asks archivist to yield less, or relaxes."""
+def keep_up(policy: Policy, state: KeepUp, count: int, moved: int, *, exact: bool = True) -> None:
+    """Tell the collection's keep-up state what this check measured (and the rows its tasks
+    moved since); log when it asks archivist to yield less, or relaxes. ``exact``: False
+    when ``count`` is an estimate (a table the statistics settled as within its limit)."""
     before = state.rate
-    state.observe(count, time.monotonic(), moved)
+    state.observe(count, time.monotonic(), moved, exact=exact)
     after = state.rate
     if after == before:
         return

@@ -248,13 +248,16 @@ async def archive_now(
     *,
     interrupt: asyncio.Event | None = None,
     filter_: dict[str, object] | None = None,
+    source_rows: int | None = None,
 ) -> TaskRecord:
     """Queue one task and wait until it has completed (through reconnects).
 
     When ``interrupt`` is set first, the task is asked to stop after its current batch and
     the record comes back ``cancelled`` with the rows moved so far.
     """
-    record = await daemon.submit(collection, rows, batch_size=batch_size, filter_=filter_)
+    record = await daemon.submit(
+        collection, rows, batch_size=batch_size, filter_=filter_, source_rows=source_rows
+    )
     await until_done(daemon, record, interrupt)
     if record.state == "error":
         raise ArchivistError(f"archiving {collection} failed: {record.error}")

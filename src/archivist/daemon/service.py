@@ -26,12 +26,13 @@ from archivist.daemon.keepup import KeepUp, write_state
 from archivist.daemon.metrics import Observer
 from archivist.daemon.movers import Movers
 from archivist.daemon.pauses import Pauses
-from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up
+from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up, measure
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
 from archivist.errors import ArchivistError, FrameLimitLost, MoverBusy, PeerError
 from archivist.policy import Decision, hold_reason, task_filter, utc_now
 from archivist.protocol import Archive, Child, Complete, JSONObject, Progress
+from archivist.sizing import Size
 
 log = logging.getLogger(__name__)
 
@@ -498,14 +499,14 @@ class ArchiveDaemon:
         return queued
 
     async def _measure_only(self, policy: Policy) -> None:
-        """Count a table whose task still runs, for its growth: a long task is when a table
+        """Measure a table whose task still runs, for its growth: a long task is when a table
         outgrows archivist."""
         try:
-            count = await self.count(policy.collection, policy.source_handle)
+            size = await self.measure(policy)
         except ArchivistError as exc:
-            log.debug("%s: count for keeping up failed: %s", policy.collection, exc.message)
+            log.debug("%s: size for keeping up failed: %s", policy.collection, exc.message)
             return
-        self._keep_up(policy, count)
+        self._keep_up(policy, size)
         record = self.tracker.unfinished(policy.collection)
         rate = self.keeping[policy.collection].rate
         if record is None or rate == record.min_rate:
@@ -528,9 +529,9 @@ class ArchiveDaemon:
             log.debug("cannot write the keep-up state: %s", exc.strerror or exc)
 
     async def _check(self, policy: Policy) -> TaskRecord | None:
-        count = await self.count(policy.collection, policy.source_handle)
-        self._keep_up(policy, count)
-        decision, filter_ = await self.due(policy, count)
+        size = await self.measure(policy)
+        self._keep_up(policy, size)
+        decision, filter_ = await self.due(policy, size)
         if decision.rows == 0:
             log.debug("%s: within its policy", policy.collection)
             self.observer.checked(policy.collection, within=True)
@@ -555,26 +556,36 @@ class ArchiveDaemon:
                 {"move": "archiving", "copy": "copying", "purge": "purging"}[policy.rules.mode],
                 decision.rows,
             )
-            return await self.submit(policy.collection, decision.rows, filter_=filter_)
+            return await self.submit(
+                policy.collection, decision.rows, filter_=filter_, source_rows=decision.source
+            )
         except BaseException:
             if self.tracker.unfinished(policy.collection) is None:
                 await self.movers.release(policy.collection)
             raise
 
     async def due(
-        self, policy: Policy, table_rows: int | None = None
+        self, policy: Policy, size: Size | None = None
     ) -> tuple[Decision, dict[str, object] | None]:
         """What the policy asks for now (`policies.due`), by this daemon's clock."""
-        return await due(self.data, policy, self.clock(), table_rows)
+        return await due(self.data, policy, self.clock(), size)
+
+    async def measure(self, policy: Policy) -> Size:
+        """The policy's rows (its ``where``), exact wherever over its ``max_rows``, without
+        reading the whole table where it can (`policies.measure`)."""
+        return await measure(self.data, policy, task_filter(policy.rules.where, None, None))
 
     async def count(
         self, collection: str, handle: str, filter_: dict[str, object] | None = None
     ) -> int:
         return await count_rows(self.data, collection, handle, filter_)
 
-    def _keep_up(self, policy: Policy, count: int) -> None:
+    def _keep_up(self, policy: Policy, size: Size) -> None:
+        if size.rows is None:
+            return  # no cheap figure to be had (SQLite, policy without max_rows)
         state = self.keeping[policy.collection]
-        keep_up(policy, state, count, self.tracker.take_moved(policy.collection))
+        moved = self.tracker.take_moved(policy.collection)
+        keep_up(policy, state, size.rows, moved, exact=size.exact)
 
     async def submit(
         self,
@@ -583,9 +594,12 @@ class ArchiveDaemon:
         *,
         batch_size: int | None = None,
         filter_: dict[str, object] | None = None,
+        source_rows: int | None = None,
     ) -> TaskRecord:
         """Ensure the archive table, then queue ``rows`` rows of ``collection`` for the worker:
-        the oldest of those ``filter_`` matches (default: the policy's ``where``)."""
+        the oldest of those ``filter_`` matches (default: the policy's ``where``).
+        ``source_rows``: how many rows ``filter_`` selects, when the caller just counted them
+        exactly (under the mover lock); else they are counted here."""
         policy = self.policies[collection]
         rules = policy.rules
         if filter_ is None:
@@ -596,7 +610,8 @@ class ArchiveDaemon:
         try:
             if rules.mode != "purge":  # purge with children is refused when policies load
                 children = await self.data.ensure_archive_table(collection)
-            source_rows = await self.count(collection, policy.source_handle, filter_)
+            if source_rows is None:
+                source_rows = await self.count(collection, policy.source_handle, filter_)
         except BaseException:
             if not held:
                 await self.movers.release(collection)

@@ -1,6 +1,7 @@
 """The commands the daemon executes for the worker (PROTOCOL.md): ``ping``, ``data/load``,
-``data/list``, ``data/count``, ``data/create`` and ``data/delete``, each one short
-transaction; `DataCommands` checks their params and hands the work to the module that owns it.
+``data/list``, ``data/count``, ``data/create`` and ``data/delete`` (and the daemon's own
+``data/size``), each one short transaction; `DataCommands` checks their params and hands
+the work to the module that owns it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from archivist.data.params import (
     DeleteParams,
     ListParams,
     LoadParams,
+    SizeParams,
     parse_params,
 )
 from archivist.data.relations import guarded, with_kept
 from archivist.data.schema import TableInfo
+from archivist.data.size import measure
 from archivist.data.stored import PASSTHROUGH_DIALECTS as PASSTHROUGH
 from archivist.data.stored import RecentRows
 from archivist.data.transfer.commands import Transfers
@@ -162,6 +165,17 @@ class DataCommands:
         count = await handle.transaction(_scalar, query)
         assert isinstance(count, int)
         return {"count": count}
+
+    # --- data/size (daemon-internal) -----------------------------------------------------
+
+    async def size(self, params: JSONObject) -> JSONObject:
+        """How many rows a policy's table holds, without reading all of it where it can
+        (`archivist.data.size.measure`): ``{"rows", "exact", "method"}``."""
+        p = parse_params(params, SizeParams)
+        entity, handle, info = await self.catalog.table(p.collection, p.db_handle)
+        where = compile_filter(info, p.filter)
+        size = await handle.transaction(measure, info, entity.order_by, where, p.max_rows)
+        return size.wire()
 
     # --- data/create ----------------------------------------------------------------------
 

@@ -54,6 +54,14 @@ class CountParams(_Params):
     filter: dict[str, Any] | None = None
 
 
+class SizeParams(_Params):
+    """``data/size`` (daemon-internal, `archivist.data.size`): the size of the rows
+    ``filter`` selects, exact wherever it is over ``maxRows`` (None: the cheap figures)."""
+
+    filter: dict[str, Any] | None = None
+    max_rows: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class CreateParams(_Params):
     data: dict[str, Any] | None = None
     # Items are checked one by one when decoded (a typed list would copy every item).
