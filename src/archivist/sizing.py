@@ -55,6 +55,21 @@ def closer_look(limit: int, *, bound: int | None, estimate: int | None) -> bool:
     return estimate >= limit * ESTIMATE_MARGIN
 
 
+def exact_way(limit: int, *, estimate: int | None, indexed: bool) -> Literal["walk", "count"]:
+    """How to count exactly once the cheap figures left it open: the index walk from the
+    newest end reads at most ``limit + 1`` entries when the table is within its limit (and
+    stops there when it is not); over it, it goes on to count the rows at or below the
+    limit, so it reads every row, as ``count(*)`` does, one entry at a time, where
+    PostgreSQL's ``count(*)`` reads in parallel (docs/performance.md). So: the walk unless
+    the estimate says the table is over its limit (or there is no index to walk, or a
+    limit of 0, which moves every row)."""
+    if limit == 0 or not indexed:
+        return "count"
+    if estimate is not None and estimate > limit:
+        return "count"
+    return "walk"
+
+
 def settled_size(bound: int | None, estimate: int | None) -> Size:
     """The inexact size a check reports when `closer_look` said no: the estimate, never
     above the bound."""

@@ -7,7 +7,14 @@ import pytest
 
 from archivist.data.bus import WORKER_ALLOWLIST
 from archivist.errors import BadAnswer
-from archivist.sizing import ESTIMATE_MARGIN, Size, closer_look, settled_size, total_from_walk
+from archivist.sizing import (
+    ESTIMATE_MARGIN,
+    Size,
+    closer_look,
+    exact_way,
+    settled_size,
+    total_from_walk,
+)
 
 LIMIT = 1_000_000
 
@@ -72,3 +79,12 @@ def test_a_size_answer_is_checked() -> None:
 
 def test_the_size_command_is_the_daemons_own_not_the_workers() -> None:
     assert "data/size" not in WORKER_ALLOWLIST
+
+
+def test_a_table_the_estimate_puts_over_its_limit_is_counted_not_walked() -> None:
+    # Over the limit the walk reads every row too (max_rows, then the rest), one at a time.
+    assert exact_way(100, estimate=150, indexed=True) == "count"
+    assert exact_way(100, estimate=100, indexed=True) == "walk"  # at it: the walk decides
+    assert exact_way(100, estimate=None, indexed=True) == "walk"  # SQLite: no estimate
+    assert exact_way(100, estimate=10, indexed=False) == "count"  # nothing to walk
+    assert exact_way(0, estimate=None, indexed=True) == "count"  # every row moves

@@ -207,7 +207,8 @@ class _StateCollector(Collector):
         daemon = self.daemon
         rows = GaugeMetricFamily(
             "archivist_table_rows",
-            "Rows of the table at the daemon's last check.",
+            "Rows of the table at the daemon's last check (an estimate while the engine's "
+            "statistics put it well within max_rows).",
             labels=["collection"],
         )
         limit = GaugeMetricFamily(

@@ -18,8 +18,9 @@ A size check asks "is the table over ``max_rows``, and by how much?". `measure` 
    table is within it. A row there: the rows at or below its value are counted through the
    index (the rows that will move, and a few the policy keeps), and the total is exact
    (`total_from_walk`).
-3. without an index that starts with ``order_by``, an exact ``count(*)`` (the missing-index
-   warning at start-up says how to add one).
+3. an exact ``count(*)`` instead where the estimate says the table is over its limit (it
+   reads the same rows as the walk would, faster: `archivist.sizing.exact_way`), or where
+   no index starts with ``order_by`` (the missing-index warning at start-up says so).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.data.columns import Kind
 from archivist.data.schema import TableInfo
-from archivist.sizing import Size, closer_look, settled_size, total_from_walk
+from archivist.sizing import Size, closer_look, exact_way, settled_size, total_from_walk
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,24 @@ def measure(
         return settled_size(bound, estimate)
     if not closer_look(limit, bound=bound, estimate=estimate):
         return settled_size(bound, estimate)
-    if limit == 0 or not walk_usable(info, column):
-        if limit:
+    indexed = walk_usable(info, column)
+    if exact_way(limit, estimate=estimate, indexed=indexed) == "count":
+        if limit and not indexed:
             log.debug("%s: no index starts with %s; counting every row", info.name, column)
         return Size(_count(connection, info, where), True, "count")
+    return walk_size(connection, info, column, where, limit, estimate)
+
+
+def walk_size(
+    connection: Connection,
+    info: TableInfo,
+    column: str,
+    where: ColumnElement[bool],
+    limit: int,
+    estimate: int | None,
+) -> Size:
+    """The walk from the newest end (the module's step 2), for ``limit`` >= 1 on an indexed
+    ``column``: exact wherever over ``limit``."""
     order = info.table.c[column]
     nulls = 0
     if info.spec(column).nullable:
