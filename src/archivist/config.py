@@ -120,6 +120,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     control_socket: str | None = None
     """The daemon's control socket (``archivist pause``, ``resume``, ``cancel``, ``status``);
     None: beside the worker's socket, ``<worker socket>.control``."""
+    pause_state: str | None = None
+    """The file where the daemon keeps its pauses across restarts; None: beside the control
+    socket, ``<control socket>.pauses.json`` (a runtime directory, emptied at reboot)."""
 
 
 METRICS_PORT: Final = 9464

@@ -159,15 +159,22 @@ def test_cancel_stops_a_running_task_after_its_batch_and_keeps_every_row(
         assert_every_row_kept(primary, archive, table, expected)
 
 
+@pytest.mark.parametrize("kept", ["beside the control socket", "in pause_state"])
 def test_a_pause_of_every_policy_survives_a_restart_until_resumed(
     tmp_path: Path,
     socket_dir: Path,
     sqlite_url: str,
     fresh_db: Callable[[str], str],
     run_process: Callable[..., subprocess.Popen[str]],
+    kept: str,
 ) -> None:
     archive = fresh_db("sqlite")
     config, expected = make_setup(tmp_path, socket_dir, sqlite_url, archive)
+    if kept == "in pause_state":
+        state = tmp_path / "state" / "pauses.json"
+        state.parent.mkdir()
+        text = config.read_text()
+        config.write_text(text.replace("[daemon]\n", f'[daemon]\npause_state = "{state}"\n'))
     process = run_process("run", "--config", str(config))
     wait_for(lambda: count(archive, "chat_messages") > 0, 60, "rows moving", process)
     paused = archivist("pause", "--config", str(config), timeout=90)
@@ -175,6 +182,11 @@ def test_a_pause_of_every_policy_survives_a_restart_until_resumed(
     assert f"every policy: paused by {author_prefix()}" in paused.stdout
     stop(process)
     moved = {table: count(archive, table) for table in TABLES}
+    if kept == "in pause_state":
+        assert state.exists()
+        # As systemd removes a service's RuntimeDirectory when it stops.
+        for leftover in socket_dir.iterdir():
+            leftover.unlink()
 
     process = run_process("run", "--config", str(config))
     checks: list[object] = []

@@ -124,7 +124,8 @@ async def running(
     pauses = Pauses()
     if launch.control:
         path = control_path(socket, config.daemon.control_socket)
-        pauses = Pauses(pauses_path(path))
+        state = config.daemon.pause_state
+        pauses = Pauses(Path(state) if state else pauses_path(path))
         pauses.load({policy.collection for policy in policies})
     daemon = ArchiveDaemon(
         data,
