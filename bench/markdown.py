@@ -2,6 +2,7 @@
 later files winning), for docs/performance.md and for comparing runs side by side.
 
     .venv/bin/python bench/markdown.py bench/results/sqlite.json bench/results/pg.json
+    .venv/bin/python bench/markdown.py --paths bench/results/run.json   # issue 27's table
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from archive_bench import ORDER
+from paths import BASELINES, PATHS
 from report import Figure, cell
 
 
@@ -50,10 +52,53 @@ def table(figures: dict[str, dict[str, Figure]], settings: dict[str, object]) ->
     return "\n".join(lines)
 
 
+def paths_table(path: Path) -> str:
+    """Issue 27's table from one run's ``paths``: archivist and its baseline in rows/s,
+    the ratio run by run, the target, and the peak memory (median [min-max])."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    found = {
+        key: {
+            name: Figure(name, f["unit"], [float(v) for v in f["runs"]])
+            for name, f in named.items()
+        }
+        for key, named in document.get("paths", {}).items()
+    }
+    lines = [
+        "| path | archivist, rows/s | baseline | baseline, rows/s | ratio | target | "
+        "peak RSS daemon / worker |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in PATHS:
+        figures = found.get(spec.key)
+        if figures is None:
+            continue
+        base = found.get(spec.baseline_of or spec.key, {}).get("baseline")
+        ratio = figures.get("ratio")
+        target = "-"
+        if spec.target is not None and ratio is not None:
+            held = "holds" if ratio.median >= spec.target else "**does not hold**"
+            target = f">= {spec.target:.1f}: {held}"
+        daemon, worker = figures.get("rss_daemon"), figures.get("rss_worker")
+        memory = (
+            f"{max(daemon.values):.0f} / {max(worker.values):.0f} MiB" if daemon and worker else "-"
+        )
+        ratio_cell = f"**{cell(ratio)}**" if ratio is not None else "-"
+        lines.append(
+            f"| {spec.label} | {cell(figures.get('archivist'))} | "
+            f"{BASELINES[spec.baseline].label} | {cell(base)} | {ratio_cell} | {target} | "
+            f"{memory} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+", type=Path, help="benchmark JSON files")
+    parser.add_argument("--paths", action="store_true", help="issue 27's table of paths")
     args = parser.parse_args()
+    if args.paths:
+        print(paths_table(args.json[0]))
+        return
     figures, settings = load(args.json)
     print(table(figures, settings))
 
