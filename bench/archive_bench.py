@@ -483,7 +483,8 @@ class Bench:
                 for run in range(1, s.runs + 1):
                     self.say(f"paths: run {run}/{s.runs}")
                     for spec, target in prepared:
-                        self._path_run(spec, target)
+                        if spec.most_runs is None or run <= spec.most_runs:
+                            self._path_run(spec, target)
             finally:
                 for _, target in prepared:
                     target.dispose()

@@ -77,6 +77,9 @@ class PathSpec:
     """Extra ``[worker]`` settings for archivist on this path."""
     baseline_of: str | None = None
     """Take the baseline's figures from that path's runs (same data, same servers)."""
+    most_runs: int | None = None
+    """Run this path at most so many times (issue 27: 2 for the rows through the worker,
+    the slowest rows)."""
 
 
 # --- the baselines --------------------------------------------------------------------
@@ -323,6 +326,7 @@ PATHS: Final = (
         None,
         ROWS_THROUGH_WORKER,
         baseline_of="pg",
+        most_runs=2,
     ),
     PathSpec(
         "mariadb_rows",
@@ -333,6 +337,7 @@ PATHS: Final = (
         None,
         ROWS_THROUGH_WORKER,
         baseline_of="mariadb",
+        most_runs=2,
     ),
     PathSpec("pg_pg2", "PG -> PG2 (2 servers)", "postgresql", "pg2", "copy_loop", 1.0),
     PathSpec(
