@@ -5,7 +5,6 @@ Every error names the file and the key (``archivist.toml: archive[0].order_by: .
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -276,7 +275,9 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, obj
             continue
         table, _, key = variable[len(ENV_PREFIX) :].lower().partition("_")
         if table not in ENV_TABLES:
-            close = difflib.get_close_matches(table, ENV_TABLES, n=1, cutoff=0.75)
+            from difflib import get_close_matches  # only for a mistake's message
+
+            close = get_close_matches(table, ENV_TABLES, n=1, cutoff=0.75)
             if close and key:
                 raise ConfigError(
                     f"{variable}: no table {table!r}; did you mean "
@@ -304,7 +305,9 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, obj
 
 
 def _did_you_mean(key: str, valid: Iterable[str], table: str | None = None) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1)
+    from difflib import get_close_matches  # only for a mistake's message
+
+    close = get_close_matches(key, list(valid), n=1)
     if not close:
         return ""
     name = f"{table}.{close[0]}" if table else close[0]
