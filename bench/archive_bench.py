@@ -145,6 +145,7 @@ class Settings:
     keep_up_rows: int = 50_000
     keep_up_seconds: float = 300.0
     check_interval: float = 5.0
+    keep_up_rate: float = 120.0
     sections: tuple[str, ...] = SECTIONS
     startup_runs: int = 5
 
@@ -199,6 +200,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         "--keep-up-seconds", type=float, help="how long archivist run runs (300; quick 60)"
     )
     parser.add_argument(
+        "--keep-up-rate",
+        type=float,
+        default=120.0,
+        help="rows/s the application inserts in the keep-up scenario, idle and during: a "
+        "second process tops the foreground's own inserts up to it (120; 0: the foreground's "
+        "alone, which fall short of it on a loaded machine)",
+    )
+    parser.add_argument(
         "--check-interval",
         type=float,
         default=5.0,
@@ -243,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         keep_up_rows=args.keep_up_rows,
         keep_up_seconds=args.keep_up_seconds or (60.0 if args.quick else 300.0),
         check_interval=args.check_interval,
+        keep_up_rate=args.keep_up_rate,
         sections=tuple(args.only or SECTIONS),
         startup_runs=args.startup_runs,
     )
@@ -272,11 +282,12 @@ class Bench:
         for run_number in range(1, s.runs + 1):
             self.say(f"{name}: keep-up run {run_number}/{s.runs}")
             target.reset(s.keep_up_rows)
-            with Foreground(target, s.idle_seconds) as idle:
+            rate = s.keep_up_rate or None
+            with Foreground(target, s.idle_seconds, insert_rate=rate) as idle:
                 time.sleep(s.idle_seconds)
             self.latency(name, "idle", idle)
             target.reset(s.keep_up_rows)
-            with Foreground(target, s.keep_up_seconds + 600) as app:
+            with Foreground(target, s.keep_up_seconds + 600, insert_rate=rate) as app:
                 run = run_keep_up(
                     target,
                     s.keep_up_rows,

@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
+import multiprocessing.sharedctypes
 import multiprocessing.synchronize
 import os
 import random
@@ -441,12 +442,18 @@ def pt_archiver_version() -> str:
 
 @dataclass
 class Foreground:
-    """A second process doing application work on the primary while something else runs."""
+    """A second process doing application work on the primary while something else runs.
+
+    With ``insert_rate``, a third process tops the application's inserts up to that many
+    rows/s in all (the foreground's own, paced one operation per 4 ms, fall short of
+    ~120/s on a loaded machine), in small multi-row inserts every 50 ms."""
 
     target: Target
     max_seconds: float
+    insert_rate: float | None = None
     _stop: multiprocessing.synchronize.Event | None = None
     _process: multiprocessing.process.BaseProcess | None = None
+    _topup: multiprocessing.process.BaseProcess | None = None
     _results: multiprocessing.connection.Connection | None = None
     latencies: list[float] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)
@@ -456,11 +463,12 @@ class Foreground:
         context = multiprocessing.get_context("fork")
         self._stop = context.Event()
         ready = context.Event()
+        inserted = context.Value("q", 0)
         receiver, sender = context.Pipe(duplex=False)
         self.target.dispose()  # no pooled connection crosses the fork
         self._process = context.Process(
             target=_foreground_main,
-            args=(self.target.primary_url, self._stop, ready, sender, self.max_seconds),
+            args=(self.target.primary_url, self._stop, ready, sender, self.max_seconds, inserted),
             name="bench-foreground",
         )
         self._process.start()
@@ -468,6 +476,13 @@ class Foreground:
         self._results = receiver
         if not ready.wait(30):
             raise RuntimeError("the foreground process did not start")
+        if self.insert_rate:
+            self._topup = context.Process(
+                target=_topup_main,
+                args=(self.target.primary_url, self._stop, inserted, self.insert_rate),
+                name="bench-topup",
+            )
+            self._topup.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -475,7 +490,44 @@ class Foreground:
         self._stop.set()
         self.starts, self.latencies = self._results.recv() if self._results.poll(60) else ([], [])
         self._process.join(30)
+        if self._topup is not None:
+            self._topup.join(30)
         self._results.close()
+
+
+TOPUP_ID_BASE: Final = 9_000_000_000_000
+"""Ids of the rows the top-up process inserts (above every foreground id)."""
+
+
+def _topup_main(
+    url: str,
+    stop: multiprocessing.synchronize.Event,
+    inserted: multiprocessing.sharedctypes.Synchronized[int],
+    rate: float,
+) -> None:
+    """Every 50 ms, insert (in one statement) the rows that bring ``inserted`` (the
+    foreground's and ours) up to ``rate`` rows/s since we began, at most one second's."""
+    from archivist.data.handles import create_engine
+
+    engine = create_engine(url)
+    table = chat_table(sa.MetaData())
+    rng = random.Random(os.getpid())
+    next_id = TOPUP_ID_BASE + rng.randrange(1_000_000) * 1_000_000
+    with engine.connect() as connection:
+        origin = time.monotonic()
+        base = inserted.value
+        while not stop.wait(0.05):
+            due = int(rate * (time.monotonic() - origin)) - (inserted.value - base)
+            due = min(due, int(rate))
+            if due <= 0:
+                continue
+            rows = [_new_message(next_id + n, rng) for n in range(due)]
+            next_id += due
+            connection.execute(table.insert(), rows)
+            connection.commit()
+            with inserted.get_lock():
+                inserted.value += due
+    engine.dispose()
 
 
 def _foreground_main(
@@ -484,6 +536,7 @@ def _foreground_main(
     ready: multiprocessing.synchronize.Event,
     results: multiprocessing.connection.Connection,
     max_seconds: float,
+    inserted: multiprocessing.sharedctypes.Synchronized[int] | None = None,
 ) -> None:
     """Alternately insert a new message and read a random room's latest 50, paced, until
     told to stop or ``max_seconds`` pass; sends back when each operation began (seconds since
@@ -515,6 +568,9 @@ def _foreground_main(
                 connection.execute(table.insert(), [_new_message(next_id, rng)])
                 connection.commit()
                 next_id += 1
+                if inserted is not None:
+                    with inserted.get_lock():
+                        inserted.value += 1
             else:
                 connection.execute(latest, {"room": rng.randint(1, 200)}).all()
                 connection.commit()
