@@ -598,7 +598,10 @@ def _url_problem(url: str) -> str | None:
 
 
 def resolve_sqlite_path(url: str, base_dir: Path) -> str:
-    """Make a relative SQLite file path in ``url`` relative to ``base_dir``."""
+    """Make a relative SQLite file path in ``url`` relative to ``base_dir`` (and an Iceberg
+    handle's relative catalog file, warehouse and staging folders)."""
+    if url.lower().startswith("iceberg+"):
+        return _resolve_lake_paths(url, base_dir)
     match = DATABASE_URL.match(url)
     if match is None or not match["name"].startswith("sqlite") or not match["database"]:
         return url
@@ -607,6 +610,27 @@ def resolve_sqlite_path(url: str, base_dir: Path) -> str:
         return url
     resolved = quote(str((base_dir / database).resolve()), safe=" +/")
     return url[: match.start("database")] + resolved + url[match.end("database") :]
+
+
+def _resolve_lake_paths(url: str, base_dir: Path) -> str:
+    scheme, _, rest = url.partition("://")
+    location, question, query = rest.partition("?")
+    if scheme.lower() == "iceberg+sqlite" and location.startswith("/") and location[1:2] != "/":
+        # Three slashes and a relative path, as in SQLAlchemy's sqlite URLs.
+        location = "/" + quote(str((base_dir / unquote(location[1:])).resolve()), safe=" +/")
+    parts = []
+    for part in query.split("&") if query else []:
+        key, equals, value = part.partition("=")
+        path = unquote(value)
+        if (
+            key in ("warehouse", "staging")
+            and path
+            and "://" not in path
+            and not Path(path).is_absolute()
+        ):
+            value = quote(str((base_dir / path).resolve()), safe=" +/")
+        parts.append(key + equals + value)
+    return f"{scheme}://{location}{question}{'&'.join(parts)}"
 
 
 _PATH_RE: Final = re.compile(r"^(?P<msg>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)

@@ -85,9 +85,14 @@ def decimal_as_text(spec: ColumnSpec) -> bool:
 
 def specs_property(specs: Iterable[ColumnSpec]) -> str:
     """The ``archivist.columns`` property of a table of these columns."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ColumnSpec)}
     return json.dumps(
         [
-            {k: v for k, v in dataclasses.asdict(spec).items() if v not in (None, False, "")}
+            {
+                k: v
+                for k, v in dataclasses.asdict(spec).items()
+                if k in ("name", "kind") or v != defaults[k]
+            }
             for spec in specs
         ],
         separators=(",", ":"),
