@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -246,6 +247,7 @@ class Stager:
         if not self.rows:
             return
         rows = self.rows
+        started = time.monotonic()
         try:
             staged = await self.lake.run(self._read)
             _, lake, found = await self.owner.table(self.collection, self.lake.name)
@@ -254,13 +256,16 @@ class Stager:
             summary = self.owner.summary(self.collection, staged, found.pk, "archive")
             committed: Committed = await lake.run(lake.commit, found, staged, summary)
             del staged
+            took = time.monotonic() - started
             log.info(
-                "%s: Iceberg snapshot %s holds %d row(s) (%d already archived, %d replaced)",
+                "%s: Iceberg snapshot %s holds %d row(s) (%d already archived, %d replaced), "
+                "written and read back in %.2f s",
                 self.collection,
                 committed.snapshot,
                 rows,
                 committed.already,
                 committed.replaced,
+                took,
             )
             if self.move and self.source_name is not None:
                 entity = self.owner.catalog.entity(self.collection)
@@ -268,7 +273,10 @@ class Stager:
                     entity, found, self.source_name, guards
                 )
                 log.info(
-                    "%s: %d committed row(s) deleted from the source", self.collection, deleted
+                    "%s: %d committed row(s) deleted from the source in %.2f s",
+                    self.collection,
+                    deleted,
+                    time.monotonic() - started - took,
                 )
                 if skipped or kept:
                     log.info(
