@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import gc
 import importlib
+import inspect
 from typing import Any
 
 import click
@@ -66,10 +67,22 @@ __all__ = [  # noqa: RUF022 (the commands, then what they share)
 def _command(name: str) -> click.Command:
     module, attribute = COMMANDS[name]
     command: click.Command = getattr(importlib.import_module(module), attribute)
+    if command.help:
+        command.help = keep_examples(command.help)
     # Importing archivist.cli.worker binds the package's ``worker`` to that module: the
     # command, not the module, is what ``from archivist.cli import worker`` gives.
     globals()[name] = command
     return command
+
+
+def keep_examples(text: str) -> str:
+    """A help text whose indented paragraphs (the examples, one command a line) click prints
+    as written: it rewraps every other paragraph, and would run the examples together."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        f"\b\n{paragraph}" if paragraph.startswith("    ") else paragraph
+        for paragraph in paragraphs
+    )
 
 
 def __getattr__(name: str) -> Any:
