@@ -72,10 +72,9 @@ async def due(
     (its ``where``, and its age cutoff computed now, once, for the whole task).
     ``size``: the policy's size just measured (`measure`), if any.
 
-    Nothing here reads the whole table where an index serves ``order_by``: ``max_rows``
-    is answered by ``data/size`` (statistics, then an index walk from the newest end,
-    then a count of the rows over the limit), and an age policy counts only the rows older
-    than its cutoff."""
+    ``max_rows`` is answered by ``data/size``, which reads no row while the key range or
+    the engine's statistics put the table well within it (and counts it exactly near or
+    over it); an age policy counts only the rows older than its cutoff."""
     rules = policy.rules
     everything = task_filter(rules.where, None, None)
     by_age = None

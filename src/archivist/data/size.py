@@ -1,6 +1,6 @@
 """How many rows a policy's table holds, measured without reading the whole table
 (``data/size``, daemon-internal): the engine's statistics and the primary key's range first,
-then an index walk from the newest end, then an exact count only of the rows over the limit.
+an exact count only when they leave it open.
 
 A size check asks "is the table over ``max_rows``, and by how much?". `measure` answers it:
 
@@ -10,23 +10,18 @@ A size check asks "is the table over ``max_rows``, and by how much?". `measure` 
    MariaDB: ``information_schema.TABLES.TABLE_ROWS``, which InnoDB keeps up to date on each
    insert and delete; SQLite: none, since ``sqlite_stat1`` is only written by ``ANALYZE``,
    which applications rarely run). When the bound is within the limit, or the estimate is
-   below `archivist.sizing.ESTIMATE_MARGIN` of it, the table is within its limit and no row is read
-   (`closer_look`); the answer is then marked inexact.
-2. otherwise the walk: the ``order_by`` values at positions ``limit - 1`` and ``limit``
-   from the newest end (``ORDER BY order_by DESC LIMIT 2 OFFSET limit - 1``), read through
-   the index on ``order_by`` (at most ``limit + 1`` index entries). No row at ``limit``: the
-   table is within it. A row there: the rows at or below its value are counted through the
-   index (the rows that will move, and a few the policy keeps), and the total is exact
-   (`total_from_walk`).
-3. an exact ``count(*)`` instead where the estimate says the table is over its limit (it
-   reads the same rows as the walk would, faster: `archivist.sizing.exact_way`), or where
-   no index starts with ``order_by`` (the missing-index warning at start-up says so).
+   below `archivist.sizing.ESTIMATE_MARGIN` of it, the table is within its limit and no row
+   is read (`closer_look`); the answer is then marked inexact.
+2. otherwise an exact ``count(*)``, the planner's way (PostgreSQL in parallel, MariaDB and
+   SQLite through the smallest index). An index walk from the newest end (``ORDER BY
+   order_by DESC OFFSET max_rows``, then a count of the rows at or below the value found)
+   reads the same rows, since an exact answer near or over the limit needs every row
+   either way, and measured 1.8 to 2.7 times slower (docs/performance.md): not used.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -34,7 +29,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.data.columns import Kind
 from archivist.data.schema import TableInfo
-from archivist.sizing import Size, closer_look, exact_way, settled_size, total_from_walk
+from archivist.sizing import Size, closer_look, settled_size
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +88,6 @@ def pk_bound(connection: Connection, info: TableInfo) -> int | None:
     return int(row[0]) - int(row[1]) + 1
 
 
-def walk_usable(info: TableInfo, column: str) -> bool:
-    """Whether an index starts with ``column`` (the walk reads it, not the table)."""
-    return column == info.pk or column in info.indexed
-
-
 def _count(connection: Connection, info: TableInfo, where: ColumnElement[bool]) -> int:
     query = sa.select(sa.func.count()).select_from(info.table).where(where)
     return int(connection.execute(query).scalar_one())
@@ -110,57 +100,13 @@ def measure(
     where: ColumnElement[bool],
     limit: int | None,
 ) -> Size:
-    """The size of the rows ``where`` selects, exact wherever it is over ``limit`` (see the
-    module's docstring). ``limit`` None: the cheap figures only (the size of a table whose
-    policy has no ``max_rows``, for its growth); rows None when there are none."""
+    """The size of the rows ``where`` selects, exact unless the cheap figures settle that it
+    is within ``limit`` (see the module's docstring). ``limit`` None: the cheap figures only
+    (the size of a table whose policy has no ``max_rows``, for its growth); rows None when
+    there are none."""
     estimate = estimate_rows(connection, info)
     bound = pk_bound(connection, info)
-    if limit is None:
+    if limit is None or not closer_look(limit, bound=bound, estimate=estimate):
         return settled_size(bound, estimate)
-    if not closer_look(limit, bound=bound, estimate=estimate):
-        return settled_size(bound, estimate)
-    indexed = walk_usable(info, column)
-    if exact_way(limit, estimate=estimate, indexed=indexed) == "count":
-        if limit and not indexed:
-            log.debug("%s: no index starts with %s; counting every row", info.name, column)
-        return Size(_count(connection, info, where), True, "count")
-    return walk_size(connection, info, column, where, limit, estimate)
-
-
-def walk_size(
-    connection: Connection,
-    info: TableInfo,
-    column: str,
-    where: ColumnElement[bool],
-    limit: int,
-    estimate: int | None,
-) -> Size:
-    """The walk from the newest end (the module's step 2), for ``limit`` >= 1 on an indexed
-    ``column``: exact wherever over ``limit``."""
-    order = info.table.c[column]
-    nulls = 0
-    if info.spec(column).nullable:
-        # NULLs sort first descending on PostgreSQL, last elsewhere: walk the values only.
-        nulls = _count(connection, info, sa.and_(where, order.is_(None)))
-        where = sa.and_(where, order.isnot(None))
-        if nulls >= limit:
-            return Size(nulls + _count(connection, info, where), True, "count")
-    walk = limit - nulls
-    newest: list[Any] = list(
-        connection.execute(
-            sa.select(order).where(where).order_by(order.desc()).limit(2).offset(walk - 1)
-        ).scalars()
-    )
-    if len(newest) < 2:
-        # Within the limit: exactly ``limit`` rows when the last position is filled.
-        if len(newest) == 1:
-            return Size(limit, True, "index")
-        if estimate is not None:
-            return Size(min(estimate, limit - 1), False, "index")
-        # No estimate to report (SQLite): count, no more rows than the walk just read.
-        return Size(nulls + _count(connection, info, where), True, "index")
-    at_or_below = _count(connection, info, sa.and_(where, order <= newest[1]))
-    above = 0
-    if newest[0] == newest[1]:
-        above = _count(connection, info, sa.and_(where, order > newest[1]))
-    return Size(nulls + total_from_walk(walk, newest, at_or_below, above), True, "index")
+    log.debug("%s: near or over max_rows %d (estimate %s); counting", info.name, limit, estimate)
+    return Size(_count(connection, info, where), True, "count")
