@@ -78,6 +78,19 @@ class Unstorable:
         return {"key": self.key, "field": self.field, "value": self.value, "error": self.reason}
 
 
+def is_timestamp(dialect_name: str, spec: ColumnSpec) -> bool:
+    """Whether ``spec`` is a MariaDB/MySQL ``TIMESTAMP`` column (instants from 1970 only)."""
+    return _is_timestamp(dialect_name, spec)
+
+
+def before_timestamps(value: dt.datetime) -> bool:
+    """Whether ``value`` (naive: UTC, as archivist's sessions are) is an instant a MariaDB/MySQL
+    ``TIMESTAMP`` cannot hold."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value < TIMESTAMP_FIRST
+
+
 def _is_timestamp(dialect_name: str, spec: ColumnSpec) -> bool:
     return dialect_name in _MYSQL and spec.kind is Kind.DATETIME and spec.type_name == "TIMESTAMP"
 
@@ -102,9 +115,7 @@ def _before_timestamps(value: object) -> bool:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         return False  # not for this check to judge: decoding names it
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed < TIMESTAMP_FIRST
+    return before_timestamps(parsed)
 
 
 def unstorable(

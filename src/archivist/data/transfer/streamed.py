@@ -8,6 +8,7 @@ compares the rows one by one, by their values.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from archivist.data.filters import chunks
 from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_clause, lock_for_delete
 from archivist.data.schema import TableInfo
+from archivist.data.storable import before_timestamps, is_timestamp
 from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_ranges
 from archivist.data.transfer.link import Link, conflict
@@ -157,6 +159,14 @@ def _preparer(spec: ColumnSpec, dest: TableInfo, dialect: sa.Dialect) -> Prepare
 
         steps.append(finite)
     other = dest.spec(spec.name)
+    if is_timestamp(dialect.name, other):
+
+        def from_1970(value: object) -> object:
+            if isinstance(value, dt.datetime) and before_timestamps(value):
+                raise _unstorable(spec, dialect.name, f"{value.isoformat()} is before 1970")
+            return value
+
+        steps.append(from_1970)
     if spec.kind is Kind.UUID or other.kind is not spec.kind:
         # Through the JSON encoding, as the rows path would: a UUID as its canonical text,
         # an integer into a decimal column as a Decimal.
