@@ -254,6 +254,8 @@ def test_batches_are_gathered_into_commits_of_rows_per_file(tmp_path: Path) -> N
     assert [int(s["added-data-files"]) for s in appended] == [1, 1, 1]
     assert [s["archivist.key-min"] for s in appended] == ["1", "1001", "2001"]
     assert [s["archivist.key-max"] for s in appended] == ["1000", "2000", "2500"]
+    # Each commit names the task that wrote it.
+    assert all(s["archivist.task"].startswith("chat_messages-t") for s in appended)
     assert len(data_files(table)) == 3
     ids = sorted(row[0] for row in duckdb_rows(table, "id"))
     assert ids == list(range(1, 2_501))
@@ -454,3 +456,101 @@ def test_a_catalog_in_postgresql_holds_the_table_that_other_readers_find(
     assert table.scan().count() == 401
     assert sorted(r[0] for r in duckdb_rows(table, "id")) == list(range(1, 402))
     assert ids(source) == set(range(402, 501))
+
+
+@pytest.mark.timeout(120)
+def test_rows_through_the_worker_are_committed_per_batch_and_verified(tmp_path: Path) -> None:
+    """With ``in_database = false`` the worker copies each batch with ``data/create``, reads
+    it back with ``data/list`` (by keys, from the table's files) and deletes it with
+    ``expected``: one commit per batch, the same rows."""
+    source, config = chat_archive(tmp_path, 450, partition="none", batch_size=200)
+    text = config.read_text().replace("[daemon]", "[worker]\nin_database = false\n\n[daemon]")
+    config.write_text(text)
+    done = archivist("archive", "chat_messages", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert count(source) == 0
+    table = load_table(tmp_path, "chat_messages")
+    appended = [int(s.summary["added-records"]) for s in table.snapshots() if s.summary]
+    assert appended == [200, 200, 50]
+    assert sorted(r[0] for r in duckdb_rows(table, "id")) == list(range(1, 451))
+
+
+@pytest.mark.timeout(120)
+def test_a_copy_policy_copies_into_iceberg_and_deletes_nothing(tmp_path: Path) -> None:
+    """``mode = "copy"``: rows are committed, the source keeps them; the next run copies only
+    what is newer than the table's newest row (read from the Iceberg table)."""
+    source = f"sqlite:///{tmp_path}/primary.db"
+    make_chat_table(source, 300)
+    config = write_config(
+        tmp_path / "archivist.toml",
+        {"primary": source, "archive": lake_url(tmp_path)},
+        [
+            {
+                "collection": "chat_messages",
+                "order_by": "created_at",
+                "older_than": "1d",
+                "mode": "copy",
+                "partition": "none",
+            }
+        ],
+    )
+    assert archivist("archive", "chat_messages", "--config", str(config)).returncode == 0
+    assert count(source) == 300
+    table = load_table(tmp_path, "chat_messages")
+    assert sorted(r[0] for r in duckdb_rows(table, "id")) == list(range(1, 301))
+    sql(
+        source,
+        "INSERT INTO chat_messages (id, room_id, sender_id, created_at, body) "
+        "VALUES (301, 1, 1, '2025-01-01 00:00:00.000000', 'b')",
+    )
+    done = archivist("archive", "chat_messages", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert count(source) == 301
+    ids_archived = [r[0] for r in duckdb_rows(load_table(tmp_path, "chat_messages"), "id")]
+    assert sorted(ids_archived) == list(range(1, 302))  # none twice
+
+
+@pytest.mark.timeout(120)
+def test_rows_listed_twice_before_a_commit_are_committed_once(tmp_path: Path) -> None:
+    """A listing still running for a task whose worker died can stage the rows the next
+    task stages again: the commit holds each row once (the crash test found this)."""
+    source = f"sqlite:///{tmp_path}/primary.db"
+    make_chat_table(source, 300)
+    policy = ArchiveConfig(
+        collection="chat_messages",
+        order_by="created_at",
+        max_rows=1,
+        rows_per_archive=1,
+        rows_per_file=10_000,
+        partition="none",
+    )
+    config = make_config({"primary": source, "archive": lake_url(tmp_path)}, [policy])
+
+    async def scenario() -> None:
+        daemon = DataDaemon(config)
+        await daemon.start()
+        try:
+            params = {
+                "collection": "chat_messages",
+                "dbHandle": "primary",
+                "destHandle": "archive",
+                "limit": 100,
+                "move": True,
+            }
+            await daemon.execute("data/copy", params)
+            before_all = {
+                "field": "created_at",
+                "value": "2000-01-01T00:00:00+00:00",
+                "id": 0,
+                "direction": "after",
+            }
+            again = await daemon.execute("data/copy", {**params, "cursor": before_all})
+            assert again["count"] == 100  # the same rows, staged a second time
+            await daemon.lakes.settle("chat_messages")
+        finally:
+            await daemon.close()
+
+    asyncio.run(scenario())
+    table = load_table(tmp_path, "chat_messages")
+    assert sorted(r[0] for r in duckdb_rows(table, "id")) == list(range(1, 101))
+    assert ids(source) == set(range(101, 301))

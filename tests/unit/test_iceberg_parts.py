@@ -93,3 +93,20 @@ def test_the_source_kinds_travel_with_the_table() -> None:
         ColumnSpec("doc", Kind.JSON, jsonb=True),
     ]
     assert specs_of(specs_property(specs)) == specs
+
+
+def test_a_row_staged_twice_is_committed_once_as_listed_last() -> None:
+    import pyarrow as pa
+
+    from archivist.data.iceberg.staging import last_of_each_key
+
+    staged = pa.table({"id": [1, 2, 3, 2, 4, 3], "body": ["a", "b", "c", "b2", "d", "c2"]})
+    kept = last_of_each_key(staged, "id")
+    assert kept.to_pylist() == [
+        {"id": 1, "body": "a"},
+        {"id": 2, "body": "b2"},
+        {"id": 4, "body": "d"},
+        {"id": 3, "body": "c2"},
+    ]
+    unique = pa.table({"id": [1, 2], "body": ["a", "b"]})
+    assert last_of_each_key(unique, "id") is unique

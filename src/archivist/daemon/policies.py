@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from archivist.daemon.keepup import KeepUp
 from archivist.daemon.movers import HeldLock
@@ -63,6 +63,14 @@ class DataService(Protocol):
     async def task_filter(
         self, collection: str, now: dt.datetime | None = None
     ) -> dict[str, object] | None: ...
+
+
+@runtime_checkable
+class TaskAware(Protocol):
+    """A data service that wants to know which task moves a collection now (an Iceberg
+    archive names it in its commits' summaries)."""
+
+    def task_started(self, collection: str, task_id: str) -> None: ...
 
 
 async def due(

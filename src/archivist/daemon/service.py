@@ -26,7 +26,15 @@ from archivist.daemon.keepup import KeepUp, write_state
 from archivist.daemon.metrics import Observer
 from archivist.daemon.movers import Movers
 from archivist.daemon.pauses import Pauses
-from archivist.daemon.policies import DataService, Policy, count_rows, due, keep_up, measure
+from archivist.daemon.policies import (
+    DataService,
+    Policy,
+    TaskAware,
+    count_rows,
+    due,
+    keep_up,
+    measure,
+)
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
 from archivist.errors import ArchivistError, FrameLimitLost, MoverBusy, PeerError
@@ -307,6 +315,8 @@ class ArchiveDaemon:
             children=record.children or None,
         )
         record.state = "queued"  # before the await: nobody else may send it meanwhile
+        if isinstance(self.data, TaskAware):
+            self.data.task_started(record.collection, record.task_id)
         try:
             queued = await connection.archive(task)
         except PeerError as exc:

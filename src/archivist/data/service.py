@@ -120,7 +120,7 @@ class DataDaemon:
         self.bus.register("data/list", routed(self.commands.list, "list"), replace=True)
         self.bus.register("data/count", routed(self.commands.count, "count"), replace=True)
         # Daemon-internal (not on the worker's allowlist): the policy checks' size.
-        self.bus.register("data/size", self.commands.size, replace=True)
+        self.bus.register("data/size", routed(self.commands.size, "size"), replace=True)
         self.bus.register(
             "data/create",
             routed(self.commands.create, "create"),
@@ -399,6 +399,10 @@ class DataDaemon:
             await self.lakes.ensure(entity)
         else:
             await self.catalog.ensure_archive_table(entity)
+
+    def task_started(self, collection: str, task_id: str) -> None:
+        """The task now moving ``collection`` (an Iceberg archive's commits name it)."""
+        self.lakes.started(collection, task_id)
 
     async def reclaim(self, collection: str) -> Reclaimed | None:
         """The policy's space reclaim of ``collection``'s source table (its ``reclaim``, in

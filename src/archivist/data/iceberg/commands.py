@@ -20,7 +20,7 @@ from archivist.data.catalog import Catalog
 from archivist.data.iceberg.expr import And, BooleanExpression, Or, eq, gt, is_in, lt
 from archivist.data.iceberg.filters import literal, row_filter
 from archivist.data.iceberg.lake import DEFAULT_PARTITION, Lake, LakeTable
-from archivist.data.iceberg.staging import Stager
+from archivist.data.iceberg.staging import Stager, last_of_each_key
 from archivist.data.iceberg.types import arrow_table, python_rows
 from archivist.data.listing import ascending_field
 from archivist.data.params import (
@@ -241,6 +241,7 @@ class LakeCommands:
                 f"{p.collection}: a row holds a value the Iceberg table cannot store exactly "
                 f"({exc}); nothing was written"
             ) from None
+        table = last_of_each_key(table, found.pk)
         summary = self.summary(p.collection, table, found.pk, "create")
         committed = await lake.run(
             lake.commit, found, table, summary, replace=p.on_conflict == "replace"

@@ -336,7 +336,11 @@ class Lake:
         from archivist.errors import Conflict
 
         pk = lake.pk
-        rows = rows.select(lake.names)
+        rows = _with_columns(rows, lake.arrow_schema)
+        if len(pc.unique(rows.column(pk))) != rows.num_rows:
+            raise VerifyMismatch(
+                f"{lake.table.name()[-1]}: a commit must hold each {pk} once; nothing was written"
+            )
         if rows.num_rows == 0:
             return Committed(None, 0, 0, 0, rows)
         keys = rows.column(pk)
@@ -475,6 +479,21 @@ class Lake:
                 "%s: removed %d data file(s) no snapshot references", table.name()[-1], removed
             )
         return removed
+
+
+def _with_columns(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` with the table's columns in its order: a column the table gained since the
+    rows were staged is null in them."""
+    present = set(rows.column_names)
+    return pa.Table.from_arrays(
+        [
+            rows.column(field.name)
+            if field.name in present
+            else pa.nulls(rows.num_rows, field.type)
+            for field in schema
+        ],
+        schema=schema,
+    )
 
 
 def _plain(path: str) -> str:

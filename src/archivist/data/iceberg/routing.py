@@ -66,8 +66,10 @@ class LakeRouter:
             return sql
 
         async def routed(params: JSONObject) -> JSONObject:
-            if method == "count" and not self.is_lake(params.get(key)):
+            if method in ("count", "size") and not self.is_lake(params.get(key)):
                 await self._settle_before_count(params)
+            if method == "size":
+                return await sql(params)
             if self.is_lake(params.get(key)):
                 result: JSONObject = await getattr(self.lake_commands, method)(params)
                 return result

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -251,6 +252,9 @@ class Stager:
         try:
             staged = await self.lake.run(self._read)
             _, lake, found = await self.owner.table(self.collection, self.lake.name)
+            # A row listed twice (a listing still running for a task that is gone, beside
+            # the next task's) is committed once, as listed last.
+            staged = await self.lake.run(last_of_each_key, staged, found.pk)
             guards = staged.select([found.pk, DIGEST])
             staged = staged.drop_columns([DIGEST])
             summary = self.owner.summary(self.collection, staged, found.pk, "archive")
@@ -334,6 +338,17 @@ class Stager:
             "skipped": [info.codec.encode_field(info.pk, key) for key in skipped],
         }
         return with_kept(answer, kept, refs)
+
+
+def last_of_each_key(table: pa.Table, pk: str) -> pa.Table:
+    """``table`` with one row per key: the last one (in order otherwise)."""
+    keys = table.column(pk)
+    if len(pc.unique(keys)) == table.num_rows:
+        return table
+    numbered = table.append_column("__archivist_row", pa.array(range(table.num_rows)))
+    last = numbered.group_by(pk).aggregate([("__archivist_row", "max")])
+    rows = pc.sort_indices(last.column("__archivist_row_max"))
+    return table.take(pc.take(last.column("__archivist_row_max"), rows))
 
 
 def digest(stored: Sequence[object]) -> bytes:
