@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 import pymysql
@@ -544,6 +544,16 @@ def _foreground_main(
     from archivist.data.handles import create_engine
 
     engine = create_engine(url)
+    if engine.dialect.name == "postgresql":
+        # archivist's engine names its sessions "archivist data <pid>", and archivist
+        # yields only to sessions that are not its own: the application must not wear
+        # that name, or archivist would never yield to it.
+        @sa.event.listens_for(engine, "connect")
+        def _name(dbapi_connection: Any, _record: object) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET application_name = 'bench foreground'")
+            dbapi_connection.commit()
+
     table = chat_table(sa.MetaData())
     rng = random.Random(os.getpid())
     latest = (
