@@ -307,13 +307,13 @@ def render(report: CheckReport, width: int = WIDTH) -> list[str]:
         say("")
         say(f"{policy.collection} ({policy.source_handle} -> {policy.dest_handle}):")
         rows = "unknown" if policy.rows is None else f"{policy.rows:,}"
-        if policy.rows is not None and not policy.rows_exact:
-            rows = f"~{rows} (estimate)"
         limit = (
             f"max_rows {policy.max_rows:,}, rows_per_archive {policy.rows_per_archive or 0:,}"
             if policy.max_rows is not None
             else "no max_rows"
         )
+        if policy.rows is not None and not policy.rows_exact:
+            rows, limit = f"~{rows}", f"estimated; {limit}"
         say(f"rows: {rows} ({limit})", 2)
         if policy.eligible is not None:
             say(f"eligible now: {policy.eligible:,}", 2)

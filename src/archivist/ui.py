@@ -223,7 +223,9 @@ def print_keepup(console: Console, document: dict[str, object]) -> None:
         if not isinstance(state, dict):
             continue
         rows, limit = state.get("rows"), state.get("maxRows")
-        size = f"{rows:,}/{limit:,}" if isinstance(rows, int) and isinstance(limit, int) else "-"
+        size = "-"
+        if isinstance(rows, int):
+            size = f"{rows:,}/{limit:,}" if isinstance(limit, int) else f"{rows:,}"
         if isinstance(rows, int) and state.get("exact") is False:
             size = "~" + size  # an estimate: the statistics put it well within its limit
         table.add_row(

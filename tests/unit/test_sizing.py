@@ -3,11 +3,18 @@ is within ``max_rows``."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import io
 
+import pytest
+from rich.console import Console
+
+from archivist.check import CheckReport, HandleCheck, PolicyCheck, render
+from archivist.data import ArchivePlan
 from archivist.data.bus import WORKER_ALLOWLIST
 from archivist.errors import BadAnswer
 from archivist.sizing import ESTIMATE_MARGIN, Size, closer_look, settled_size
+from archivist.ui import print_keepup, print_plan
 
 LIMIT = 1_000_000
 
@@ -57,3 +64,34 @@ def test_a_size_answer_is_checked() -> None:
 
 def test_the_size_command_is_the_daemons_own_not_the_workers() -> None:
     assert "data/size" not in WORKER_ALLOWLIST
+
+
+def _keepup_text(rows: int, exact: bool, limit: int | None) -> str:
+    console = Console(file=io.StringIO(), width=100)
+    state = {"rows": rows, "exact": exact, "maxRows": limit, "state": "within"}
+    print_keepup(console, {"policies": {"events": state}})
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(output, str)
+    return output
+
+
+def test_status_marks_an_estimated_size() -> None:
+    assert "~1,000/5,000" in _keepup_text(1000, False, 5000)
+    assert " 1,000/5,000" in _keepup_text(1000, True, 5000)
+    assert "~1,000 " in _keepup_text(1000, False, None)  # an age policy: its estimate
+
+
+def test_check_marks_an_estimated_size() -> None:
+    policy = PolicyCheck("events", "primary", "archive", "created_at", 5000, 500, rows=1000)
+    report = CheckReport("archivist.toml", [HandleCheck("primary", "sqlite", True)], [policy])
+    assert any("rows: 1,000 (max_rows" in line for line in render(report))
+    policy.rows_exact = False
+    assert any("rows: ~1,000 (estimated; max_rows 5,000" in line for line in render(report))
+
+
+def test_a_dry_run_marks_an_estimated_size() -> None:
+    plan = ArchivePlan("events", "primary", "archive", 1000, 5000, 500, 100, 0, "exists")
+    for exact, shown in ((True, "events on primary: 1,000 rows"), (False, "primary: ~1,000 rows")):
+        console = Console(file=io.StringIO(), width=120)
+        print_plan(console, dataclasses.replace(plan, rows_exact=exact))
+        assert shown in console.file.getvalue()  # type: ignore[attr-defined]
