@@ -180,3 +180,42 @@ def test_a_url_from_the_environment_keeps_the_handles_replicas(tmp_path: object)
     config = load_config(path, environ={"ARCHIVIST_HANDLES_PRIMARY": "postgresql://app@new/app"})
     assert config.handles["primary"] == "postgresql://app@new/app"
     assert config.replica_checks["primary"] == ReplicaCheck(replicas=("replica1",), max_lag=3.0)
+
+
+def test_the_daemon_logs_a_hold_once_while_only_its_figures_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+
+    from archivist.data.replicas import ReplicaWatch
+
+    class Readings(ReplicaWatch):
+        """Replica readings from a list instead of a database."""
+
+        def __init__(self, *seconds: float) -> None:
+            super().__init__({"primary": (("replica1",), 1.0)}, {})
+            self.seconds = list(seconds)
+
+        async def lag(self, name: str) -> Lag:
+            return Lag(name, seconds=self.seconds.pop(0))
+
+    watch = Readings(3.2, 3.4, 4.9, 0.0, 0.0)
+
+    async def holds() -> list[str | None]:
+        return [await watch.hold("primary") for _ in range(5)]
+
+    with caplog.at_level(logging.INFO, logger="archivist.data.replicas"):
+        reasons = asyncio.run(holds())
+    assert reasons == [
+        "replica1 lags 3.2 s",
+        "replica1 lags 3.4 s",
+        "replica1 lags 4.9 s",
+        None,
+        None,
+    ]
+    assert [record.getMessage() for record in caplog.records] == [
+        "holding batches on 'primary': replica1 lags 3.2 s",
+        "replicas of 'primary' are within 1.0 s again",
+    ]
+    assert asyncio.run(Readings().hold("replica1")) is None  # a handle without replicas

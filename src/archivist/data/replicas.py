@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,15 @@ def read_lag(connection: Connection, replica: str) -> Lag:
     return _mariadb_reading(connection, replica)
 
 
+def _shape(reason: str | None) -> str | None:
+    """A hold without its figures: "replica1 lags 3.2 s" and "... 3.4 s" are one state,
+    logged once."""
+    return _FIGURES.sub("#", reason) if reason is not None else None
+
+
+_FIGURES: Final = re.compile(r"\d+(?:\.\d+)?")
+
+
 class ReplicaWatch:
     """The replicas of every source handle that names some, read at most every
     `REUSE_FOR` seconds each, and the reason they hold that source's batches."""
@@ -177,12 +187,12 @@ class ReplicaWatch:
         names, max_lag = watched
         lags = await asyncio.gather(*(self.lag(name) for name in names))
         reason = lag_hold(lags, max_lag)
-        if reason != self._held.get(source):
+        if _shape(reason) != _shape(self._held.get(source)):
             if reason is None:
                 log.info("replicas of '%s' are within %s again", source, seconds_text(max_lag))
             else:
                 log.info("holding batches on '%s': %s", source, reason)
-            self._held[source] = reason
+        self._held[source] = reason
         return reason
 
     async def lag(self, name: str) -> Lag:
