@@ -242,3 +242,70 @@ def test_digests_that_differ_where_values_do_not_fall_back_to_rows_and_judge_the
     assert {key: row["ratio"] for key, row in copies.items()} == {
         row["id"]: row["ratio"] for row in items
     }
+
+
+MOVERS = [
+    ("postgresql", "postgresql"),
+    ("mysql", "mysql"),
+    ("postgresql", "mysql"),
+    ("mysql", "postgresql"),
+]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("source", "dest"), MOVERS, ids=[f"{s}-{d}" for s, d in MOVERS])
+def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
+    fresh_db: Callable[[str], str], second_db: Callable[[str], str], source: str, dest: str
+) -> None:
+    """``data/copy`` with ``move``: the rows are deleted from the source (``DELETE ...
+    RETURNING``), written into the archive, and the delete stands because the archive's
+    digest of its copies equals the digest of the rows deleted. Then a trigger in the
+    archive alters every row it takes: the digests differ, the delete is taken back (no
+    ``deleted`` in the answer), and the copy stays for the row-by-row compare."""
+    primary, archive = fresh_db(source), second_db(dest)
+    create_table(primary, "kinds", KINDS)
+    items = [item(i) for i in range(1, 21)]
+
+    async def go() -> tuple[Any, ...]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        try:
+            await call(daemon, "data/create", items=items)
+            before = await listed(daemon, "primary")
+            moved = await call(daemon, "data/copy", destHandle="archive", limit=10, move=True)
+            after_move = await listed(daemon, "primary")
+            copies = await listed(daemon, "archive")
+            for statement in ALTERING[dest]:
+                sql(archive, statement)
+            altered = await call(
+                daemon,
+                "data/copy",
+                destHandle="archive",
+                limit=10,
+                move=True,
+                cursor=moved["cursor"],
+            )
+            return before, moved, after_move, copies, altered, await listed(daemon, "primary")
+        finally:
+            await daemon.close()
+
+    before, moved, after_move, copies, altered, after = run(go())
+    assert moved["deleted"] == 10
+    assert [row["id"] for row in moved["items"]] == list(range(1, 11))
+    assert sorted(after_move) == list(range(11, 21))
+    assert copies == {key: before[key] for key in range(1, 11)}
+    assert "deleted" not in altered
+    assert [row["id"] for row in altered["items"]] == list(range(11, 21))
+    assert sorted(after) == list(range(11, 21))
+
+
+ALTERING = {
+    "mysql": ["CREATE TRIGGER alter_name BEFORE INSERT ON kinds FOR EACH ROW SET NEW.name = 'x'"],
+    "postgresql": [
+        "CREATE FUNCTION alter_name() RETURNS trigger AS $$ BEGIN NEW.name := 'x'; RETURN NEW;"
+        " END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER alter_name BEFORE INSERT ON kinds FOR EACH ROW EXECUTE FUNCTION"
+        " alter_name()",
+    ],
+}
+"""A trigger that changes every row the archive table takes."""

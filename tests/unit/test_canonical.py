@@ -95,6 +95,8 @@ def test_a_rows_text_tells_null_from_empty_and_cannot_be_read_two_ways() -> None
     }
     assert len(texts) == 7
     assert canonical.row_text(specs, ("a,1:b", None)) == "5:a,1:b,~"
+    mixed = [spec(Kind.INTEGER), spec(Kind.DATE), spec(Kind.BOOLEAN), spec(Kind.JSON)]
+    assert canonical.row_text(mixed, (7, None, False, "{}")) == "7,~,f,2:{}"
     # Characters, not bytes: every engine counts them alike.
     assert canonical.row_text(specs, ("😀", "é")) == "1:😀,1:é"
 

@@ -8,9 +8,10 @@ exact, without trailing zeros; floats in their shortest round-trip form, written
 PostgreSQL writes them (``1e+20``, ``NaN``); booleans ``t``/``f``; dates ``YYYY-MM-DD``;
 times ``HH:MM:SS.ffffff``; timestamps ``YYYY-MM-DD HH:MM:SS.ffffff``, instants in UTC; bytes
 in lower-case hex; UUIDs in lower case; text and JSON as stored. A row's text is its values
-in the source's column order, each as ``<length>:<text>`` or ``~`` for NULL, joined by
-commas: the lengths make it unambiguous (NULL is not the empty string, and no value's
-text can pass for two). A batch's digest is the MD5 of its rows' MD5s, sorted, so it does
+in the source's column order joined by commas, NULL as ``~``, text, JSON and UUIDs as
+``<length>:<text>``: the lengths make it unambiguous (NULL is not the empty string, and no
+text can pass for two values), and the other kinds' texts never hold a comma or a ``~``.
+A batch's digest is the MD5 of its rows' MD5s, sorted, so it does
 not depend on how each engine orders the keys.
 
 Equal digests mean identical rows. Different ones mean "compare row by row" (the values,
@@ -30,7 +31,11 @@ from typing import Final
 from archivist.data.columns import ColumnSpec, Kind, decimal_text
 
 NULL_TEXT: Final = "~"
-"""A NULL's place in a row's text: never ``<length>:...``, so never a value's."""
+"""A NULL's place in a row's text: never a value's text."""
+
+PREFIXED: Final = frozenset({Kind.STRING, Kind.TEXT, Kind.OTHER, Kind.JSON, Kind.UUID})
+"""Kinds whose text may hold any character, written after its length; and UUIDs, which
+an archive may hold as text (both sides must write a value alike)."""
 
 FLOAT_FIXED: Final = range(-4, 15)
 """Decimal exponents a float is written without an exponent for (PostgreSQL's ``float8out``
@@ -120,11 +125,17 @@ def value_text(spec: ColumnSpec, value: object) -> str | None:
 
 
 def row_text(specs: Sequence[ColumnSpec], row: Sequence[object]) -> str:
-    """A row's canonical text: each value as ``<length>:<text>``, NULL as ``~``."""
+    """A row's canonical text: its values' texts joined by commas, NULL as ``~``, text and
+    JSON as ``<length>:<text>``."""
     parts = []
     for spec, value in zip(specs, row, strict=True):
         text = value_text(spec, value)
-        parts.append(NULL_TEXT if text is None else f"{len(text)}:{text}")
+        if text is None:
+            parts.append(NULL_TEXT)
+        elif spec.kind in PREFIXED:
+            parts.append(f"{len(text)}:{text}")
+        else:
+            parts.append(text)
     return ",".join(parts)
 
 
@@ -159,7 +170,9 @@ def _pg_value(spec: ColumnSpec, column: str) -> str:
         return f"encode({column}, 'hex')"
     if kind is Kind.UUID:
         return f"lower({column}::text)"
-    return f"{column}::text"  # integer, float (extra_float_digits = 3), text, JSON
+    if kind in (Kind.TEXT, Kind.STRING):
+        return column
+    return f"{column}::text"  # integer, float (extra_float_digits = 3), JSON
 
 
 def _mysql_value(spec: ColumnSpec, column: str) -> str:
@@ -195,10 +208,13 @@ def row_text_sql(
         column = quote(spec.name)
         if dialect_name == "postgresql":
             text = _pg_value(spec, column)
-            parts.append(f"COALESCE(length({text})::text || ':' || {text}, '{NULL_TEXT}')")
+            if spec.kind in PREFIXED:
+                text = f"length({text})::text || ':' || {text}"
         else:
             text = _mysql_value(spec, column)
-            parts.append(f"COALESCE(CONCAT(CHAR_LENGTH({text}), ':', {text}), '{NULL_TEXT}')")
+            if spec.kind in PREFIXED:
+                text = f"CONCAT(CHAR_LENGTH({text}), ':', {text})"
+        parts.append(f"COALESCE({text}, '{NULL_TEXT}')")
     if dialect_name == "postgresql":
         return " || ',' || ".join(parts)  # no CONCAT_WS: a function takes at most 100 arguments
     return f"CONCAT_WS(',', {', '.join(parts)})"
@@ -211,10 +227,12 @@ def digest_sql(
     ``source`` (a FROM clause with its WHERE) names."""
     text = row_text_sql(dialect_name, specs, quote)
     if dialect_name == "postgresql":
+        # string_agg is never cut. OFFSET 0 keeps the subquery from being merged into the
+        # aggregate, which evaluated each row's text once per aggregate.
         return (
-            "SELECT md5(string_agg(h, '' ORDER BY h)), count(*),"
-            " coalesce(sum(length(h)), 0)"
-            f' FROM (SELECT md5({text}) COLLATE "C" AS h FROM {source}) AS archivist_rows'
+            "SELECT md5(string_agg(h, '' ORDER BY h)), count(*), 32 * count(*)"
+            f' FROM (SELECT md5({text}) COLLATE "C" AS h FROM {source} OFFSET 0)'
+            " AS archivist_rows"
         )
     # The joined hashes are bounded by the session's group_concat_max_len: its length is
     # read too, so a cut value is never taken for the batch's digest.

@@ -19,7 +19,7 @@ from archivist.data.relations import ForeignKey, guarded, with_kept
 from archivist.data.schema import TableInfo
 from archivist.data.transfer import attached, piped_pg, streamed
 from archivist.data.transfer.attached import MOVES, Attached, transactional
-from archivist.data.transfer.link import Link, compatible, find_link
+from archivist.data.transfer.link import Link, TakenBack, compatible, find_link
 from archivist.data.transfer.pages import Pages, pages_for
 from archivist.data.transfer.piped_pg import Piped
 from archivist.data.transfer.streamed import Streamed
@@ -169,7 +169,15 @@ class Transfers:
             cached = self._pages[shape] = (statements, pages_for(info, p, prepared.order_by, link))
         pages = dataclasses.replace(cached[1], params=position_params(position, p.limit))
         moved: int | None = None
-        if isinstance(statements, Piped):
+        if p.move and _moves(statements):
+            mover = piped_pg.move_rows if isinstance(statements, Piped) else streamed.move_rows
+            try:
+                keys, last, moved = await link.runner.transaction(
+                    mover, pages, link.dest.engine, statements, write=True
+                )
+            except TakenBack as back:  # copied, not deleted: data/delete compares the rows
+                keys, last, moved = back.keys, back.last, None
+        elif isinstance(statements, Piped):
             keys, last = await link.runner.transaction(
                 piped_pg.copy_rows, pages, link.dest.engine, statements
             )
@@ -256,6 +264,14 @@ class Transfers:
         skipped = [info.codec.encode_field(info.pk, key) for key in keys if key in held]
         answer: JSONObject = {"deleted": deleted, "skipped": skipped}
         return with_kept(answer, len(set(referenced) & set(left)), statements.refs)
+
+
+def _moves(statements: Statements) -> bool:
+    """Whether a copy on these statements can delete its rows in the same call (a move
+    between two servers or engines, or two PostgreSQL databases: `move_rows`)."""
+    if isinstance(statements, Piped):
+        return bool(statements.take_out)
+    return isinstance(statements, Streamed) and statements.take is not None
 
 
 @dataclass(frozen=True)

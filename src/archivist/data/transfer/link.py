@@ -6,6 +6,7 @@ and the conflict a copy over a link raises when the destination refuses a row.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -120,6 +121,17 @@ def compatible(
         if mine != theirs:
             return f"its column {column.name} is {theirs}, the source's {mine}"
     return None
+
+
+class TakenBack(Exception):
+    """A move whose digests differ: raised out of the source's transaction, which takes its
+    delete back; the copy stays, and the command answers the page without ``deleted``.
+    Not an `ArchivistError`: the handle lets it through as it is."""
+
+    def __init__(self, keys: list[object], last: Sequence[object] | None) -> None:
+        super().__init__("a moved batch's digests differ")
+        self.keys = keys
+        self.last = last
 
 
 def conflict(exc: IntegrityError) -> Conflict:

@@ -16,6 +16,7 @@ from archivist.data.columns import Kind
 from archivist.data.listing import ListQuery
 from archivist.data.params import CopyParams
 from archivist.data.schema import TableInfo
+from archivist.data.transfer import canonical
 from archivist.data.transfer.link import Link
 from archivist.errors import DatabaseError
 
@@ -39,11 +40,26 @@ class Pages:
     snapshot: str | None
     """Sent first on a server, so both reads see one snapshot whatever the server's default
     isolation: a row changed in between must not move the cursor past rows not copied."""
-    joined: sa.Select[str, Any, int, int] | None = None
+    joined: sa.Select[Any, Any, Any, Any] | None = None
     """Instead of both (`_joined_page`): the keys joined in one value, the last row's order
     value and the page's size, in one statement (so in one snapshot)."""
     params: Mapping[str, object] = dataclasses.field(default_factory=dict)
     """Which page: the parameters of `keys` and `joined` (`position_params`)."""
+    digested: sa.Select[Any, Any, Any, Any, Any] | None = None
+    """PostgreSQL, with `joined`: the same and the digest of the page's rows
+    (`canonical`), in one statement (`read_digested`)."""
+
+    def read_digested(
+        self, connection: Connection
+    ) -> tuple[list[object], Sequence[object] | None, tuple[str, int]] | None:
+        """The page's keys, its last row and the digest of its rows, read in one statement;
+        None where there is no such statement (then `read`, and a digest by key)."""
+        if self.digested is None:
+            return None
+        row = connection.execute(self.digested, self.params).one()
+        keys, last = _split_page(row[:4], by_key=self.last is None)
+        digest = row[4]
+        return keys, last, (canonical.EMPTY_DIGEST if not keys else str(digest), len(keys))
 
     def read(self, connection: Connection) -> tuple[list[object], Sequence[object] | None]:
         """The page's keys and its last row (None on an empty page)."""
@@ -66,8 +82,10 @@ def pages_for(info: TableInfo, p: CopyParams, default_order: str, link: Link) ->
     order = p.order_by[0].field if p.order_by else default_order
     pk = info.table.c[info.pk]
     by_key = order == info.pk
-    joined = _joined_page(listing, info, order, link.runner.engine.dialect)
+    dialect = link.runner.engine.dialect
+    joined = _joined_page(listing, info, order, dialect)
     return Pages(
+        digested=_digested_page(listing, info, order, dialect) if joined is not None else None,
         keys=listing.with_only_columns(pk),
         last=None
         if by_key
@@ -79,16 +97,21 @@ def pages_for(info: TableInfo, p: CopyParams, default_order: str, link: Link) ->
 
 def _joined_page(
     listing: sa.Select[Any], info: TableInfo, order: str, dialect: sa.Dialect
-) -> sa.Select[str, Any, int, int] | None:
-    """MariaDB/MySQL, integer keys, and an order column with no NULLs whose largest value on
-    a page is the last row's (`EXACT_MAX`): the page's keys in one text value
-    (``GROUP_CONCAT``, in the listing's order), its largest order value, its size and the
-    length its keys' text must have; None elsewhere. PyMySQL parses each row of a result in
-    Python, and the last row costs a round trip more: one row of one value is much less of
-    the daemon's CPU than a page of one-key rows.
+) -> sa.Select[Any, Any, Any, Any] | None:
+    """An order column with no NULLs whose largest value on a page is the last row's
+    (`EXACT_MAX`), or the key itself: the page's keys in one value, in the listing's order
+    (MariaDB/MySQL, integer keys: ``GROUP_CONCAT``; PostgreSQL: an array), its largest
+    order value and its size (and, on MariaDB/MySQL, the length its keys' text must have),
+    in one statement, so in one snapshot; None elsewhere. One row of one value is much less
+    of the daemon's work than a page of one-key rows (PyMySQL parses each row in Python),
+    and the last row costs no second round trip.
 
-    The sessions allow ``GROUP_CONCAT`` values of `handles.GROUP_CONCAT_MAX_LEN` bytes."""
-    if dialect.name not in ("mysql", "mariadb") or info.spec(info.pk).kind is not Kind.INTEGER:
+    MariaDB/MySQL sessions allow ``GROUP_CONCAT`` values of `handles.GROUP_CONCAT_MAX_LEN`
+    bytes."""
+    postgres = dialect.name == "postgresql"
+    if not postgres and (
+        dialect.name not in ("mysql", "mariadb") or info.spec(info.pk).kind is not Kind.INTEGER
+    ):
         return None
     by_key = order == info.pk
     spec = info.spec(order)
@@ -97,19 +120,68 @@ def _joined_page(
     table = info.table
     page = listing.with_only_columns(*dict.fromkeys([table.c[info.pk], table.c[order]]))
     page_alias = page.subquery(PAGE_ALIAS)
+    key_column = page_alias.c[info.pk]
+    if postgres:
+        from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+        ordering = [key_column] if by_key else [page_alias.c[order], key_column]
+        return sa.select(
+            sa.func.array_agg(aggregate_order_by(key_column, *ordering)),
+            sa.func.max(page_alias.c[order]),
+            sa.func.count(),
+            sa.null(),
+        ).select_from(page_alias)
     quote = dialect.identifier_preparer.quote
     key = f"{PAGE_ALIAS}.{quote(info.pk)}"
-    ordering = key if by_key else f"{PAGE_ALIAS}.{quote(order)}, {key}"
+    joined_order = key if by_key else f"{PAGE_ALIAS}.{quote(order)}, {key}"
     joined: sa.ColumnClause[str] = sa.literal_column(
-        f"GROUP_CONCAT({key} ORDER BY {ordering} SEPARATOR ',')"
+        f"GROUP_CONCAT({key} ORDER BY {joined_order} SEPARATOR ',')"
     )
-    key_column = page_alias.c[info.pk]
     return sa.select(
         joined,
         sa.func.max(page_alias.c[order]),
         sa.func.count(),
         sa.func.sum(sa.func.char_length(key_column)),
     ).select_from(page_alias)
+
+
+def _digested_page(
+    listing: sa.Select[Any], info: TableInfo, order: str, dialect: sa.Dialect
+) -> sa.Select[Any, Any, Any, Any, Any] | None:
+    """PostgreSQL: `_joined_page` with a fifth column, the digest of the page's rows
+    (`canonical.digest_sql`), all from one reading of the page."""
+    if dialect.name != "postgresql":
+        return None
+    from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+    table = info.table
+    quote = dialect.identifier_preparer.quote
+    text = canonical.row_text_sql("postgresql", info.columns, quote)
+    rows = listing.with_only_columns(*table.c).subquery(PAGE_ALIAS)
+    # Each row's hash computed once (OFFSET 0 keeps the subquery from being merged into
+    # the aggregates, which would compute it once per aggregate).
+    hashed = (
+        sa.select(
+            rows.c[info.pk],
+            *([] if order == info.pk else [rows.c[order]]),
+            sa.literal_column(f'md5({text}) COLLATE "C"').label("archivist_hash"),
+        )
+        .offset(0)
+        .subquery("archivist_hashed")
+    )
+    key = hashed.c[info.pk]
+    ordering = [key] if order == info.pk else [hashed.c[order], key]
+    digest: sa.ColumnClause[str] = sa.literal_column(
+        "md5(string_agg(archivist_hashed.archivist_hash, '' ORDER BY"
+        " archivist_hashed.archivist_hash))"
+    )
+    return sa.select(
+        sa.func.array_agg(aggregate_order_by(key, *ordering)),
+        sa.func.max(hashed.c[order]),
+        sa.func.count(),
+        sa.null(),
+        digest,
+    ).select_from(hashed)
 
 
 def _split_page(
@@ -119,6 +191,9 @@ def _split_page(
     joined, last_order, size, digits = row
     if not size:
         return [], None
+    if isinstance(joined, list):  # PostgreSQL's array, of keys as the driver reads them
+        listed: list[object] = list(joined)
+        return listed, (listed[-1],) if by_key else (listed[-1], last_order)
     if isinstance(joined, bytes):  # a binary string on servers that type it so
         joined = joined.decode("ascii")
     # A value cut short (a server's GROUP_CONCAT or packet limit) may still split into the

@@ -6,6 +6,7 @@ computes a digest of its rows' text for the delete's compare.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -14,13 +15,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from archivist.data.columns import Kind
 from archivist.data.filters import chunks
 from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_sql, lock_for_delete
 from archivist.data.schema import TableInfo
+from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_span
-from archivist.data.transfer.link import Link, conflict
+from archivist.data.transfer.link import Link, TakenBack, conflict
 from archivist.data.transfer.pages import Pages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class Piped:
     ranged: bool = False
     """Integer keys: the statements name them as one range and a list (`key_span`), whose
     parameters `keyed` makes; otherwise as one list."""
+    take_out: str = ""
+    """The rows of the keys deleted, as binary COPY data (a move's copy, `move_rows`);
+    empty with references to respect."""
+    batch_digest: str = ""
+    """The digest of the rows of the keys (`canonical.digest_sql`), on either database."""
+    floats: bool = False
+    """The table has float columns, whose digest needs `FLOAT_SETTINGS`."""
 
     def keyed(self, keys: Sequence[object]) -> tuple[object, ...]:
         """The parameters that name ``keys`` in these statements."""
@@ -66,6 +78,10 @@ PG_SETTINGS: Final = (
 )
 """Every float printed exactly (its shortest round-trip form), dates, intervals and bytes
 in one fixed format, for this transaction only: two different values never print alike."""
+
+FLOAT_SETTINGS: Final = "SELECT set_config('extra_float_digits', '3', true)"
+"""Floats printed exactly, for a batch's digest (`canonical`); every other kind's canonical
+text is written by a function that takes no setting."""
 
 
 def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ()) -> Piped:
@@ -122,7 +138,112 @@ def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ())
         if references
         else "",
         ranged=ranged,
+        take_out=""
+        if refs
+        else f"COPY (DELETE FROM {target} WHERE {keyed(pk)} RETURNING {columns})"
+        " TO STDOUT (FORMAT BINARY)",
+        batch_digest=canonical.digest_sql(
+            "postgresql", source.columns, quote, f"{target} WHERE {keyed(pk)}"
+        ),
+        floats=any(spec.kind is Kind.FLOAT for spec in source.columns),
     )
+
+
+def move_rows(
+    connection: Connection, pages: Pages, dest: sa.Engine, piped: Piped
+) -> tuple[list[object], Sequence[object] | None, int]:
+    """PostgreSQL, a batch moved in one call: the next rows' keys and the digest of their
+    rows; then the rows deleted and piped as binary COPY data into the destination, which
+    computes its digest of them and commits. Equal digests: the delete stands, and the rows
+    deleted are answered third. Different ones (a row changed between the digest and the
+    delete, or the archive changed a value): `TakenBack` takes the delete back (the source's
+    transaction ends with it), the copy stays, and the worker's ``data/delete`` with
+    ``matching`` compares row by row. A crash before the destination commits leaves every
+    row in the source; after it, before the source commits, in both (the next run copies
+    them again and deletes them)."""
+    if piped.floats:
+        connection.exec_driver_sql(FLOAT_SETTINGS)
+    read = pages.read_digested(connection)
+    if read is None:
+        keys, last = pages.read(connection)
+        mine = canonical.EMPTY_DIGEST, 0
+        if keys:
+            named = piped.keyed(keys)
+            row = connection.exec_driver_sql(piped.batch_digest, named).one()
+            mine = canonical.read_digest(row)
+    else:
+        keys, last, mine = read
+    if not keys:
+        return keys, last, 0
+    named = piped.keyed(keys)
+    blocks: list[bytes] = []
+    deleted = _copy_out(connection, piped.take_out, named, blocks)
+    theirs = _write(dest, piped, blocks, named)
+    if theirs != mine or deleted != mine[1]:
+        log.info(
+            "%s: a moved batch's digests differ (%d rows read, %d deleted, %d in the "
+            "archive); its delete is taken back",
+            piped.source.name,
+            mine[1],
+            deleted,
+            theirs[1],
+        )
+        raise TakenBack(keys, last)
+    return keys, last, deleted
+
+
+def _write(
+    dest: sa.Engine, piped: Piped, blocks: list[bytes], named: Sequence[object]
+) -> tuple[str, int]:
+    """Binary COPY data into the destination table, committed, and the destination's
+    digest of the rows of the keys. Straight into the table first; a key already there (an
+    interrupted run's copy) takes that transaction back, and the rows go through a session
+    table and an upsert in a second one (no savepoint: a round trip less each batch)."""
+    with dest.connect() as target:
+        try:
+            with target.begin():
+                _copy_in(target, piped.copy_direct, blocks)
+                return _dest_digest(target, piped, named)
+        except IntegrityError:
+            pass
+        with target.begin():
+            target.exec_driver_sql(piped.stage)
+            _copy_in(target, piped.copy_in, blocks)
+            try:
+                target.exec_driver_sql(piped.upsert)
+            except IntegrityError as exc:
+                raise conflict(exc) from None
+            return _dest_digest(target, piped, named)
+
+
+def _dest_digest(target: Connection, piped: Piped, named: Sequence[object]) -> tuple[str, int]:
+    if piped.floats:
+        target.exec_driver_sql(FLOAT_SETTINGS)
+    return canonical.read_digest(target.exec_driver_sql(piped.batch_digest, named).one())
+
+
+def _copy_out(
+    connection: Connection, statement: str, params: Sequence[object], blocks: list[bytes]
+) -> int:
+    """The data ``statement`` (a ``COPY ... TO STDOUT``) writes, into ``blocks``; its rows."""
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with driver_errors(connection.dialect, statement), raw.cursor() as cursor:
+        with cursor.copy(statement, params) as out:
+            blocks.extend(bytes(block) for block in out)
+        return max(int(cursor.rowcount), 0)  # read before the cursor closes
+
+
+def _copy_in(connection: Connection, statement: str, blocks: list[bytes]) -> None:
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with (
+        driver_errors(connection.dialect, statement),
+        raw.cursor() as cursor,
+        cursor.copy(statement) as into,
+    ):
+        for block in blocks:
+            into.write(block)
 
 
 def copy_rows(

@@ -28,7 +28,7 @@ from archivist.data.schema import TableInfo
 from archivist.data.storable import before_timestamps, is_timestamp
 from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_ranges
-from archivist.data.transfer.link import Link, conflict
+from archivist.data.transfer.link import Link, TakenBack, conflict
 from archivist.data.transfer.pages import Pages
 from archivist.data.values import decoder_for, encoder_for
 from archivist.errors import Unsupported
@@ -69,6 +69,11 @@ class Streamed:
     """A source key as the destination's column holds it (None: the same value)."""
     refs: tuple[ForeignKey, ...] = ()
     referenced: sa.Select[Any] | None = None
+    take: sa.Executable | None = None
+    """The source rows of ``:keys`` deleted, answering them as `read` reads them: a move's
+    copy (`move_rows`, on a server that deletes with ``RETURNING``: PostgreSQL, MariaDB);
+    None on SQLite, whose write lock the move would hold while the other database writes,
+    and with references to respect."""
 
     def dest_keys(self, keys: Sequence[object]) -> list[object]:
         convert = self.to_dest_key
@@ -108,6 +113,9 @@ def statements(
         to_dest_key=to_dest_key,
         refs=refs,
         referenced=sa.select(pk).where(pk.in_(keys), ~sa.and_(*unreferenced)) if refs else None,
+        take=sa.delete(table).where(pk.in_(keys)).returning(*_columns(source, src_dialect, specs))
+        if src_dialect.name in SERVERS and not refs
+        else None,
     )
 
 
@@ -117,9 +125,17 @@ def reading(
     """The rows of ``:keys`` (an expanding list) of ``info``'s table, the columns of
     ``specs`` (by default its own) in their order, JSON as its stored text: what the digest
     hashes, and what is written into the other database."""
+    columns = _columns(info, dialect, specs if specs is not None else info.columns)
+    keys: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
+    return sa.select(*columns).where(info.table.c[info.pk].in_(keys))
+
+
+def _columns(
+    info: TableInfo, dialect: sa.Dialect, specs: Sequence[ColumnSpec]
+) -> list[sa.ColumnElement[Any]]:
     table = info.table
     columns: list[sa.ColumnElement[Any]] = []
-    for spec in specs if specs is not None else info.columns:
+    for spec in specs:
         column = table.c[spec.name]
         if spec.kind is Kind.JSON:
             # psycopg would parse it (json and jsonb alike) unless cast.
@@ -130,7 +146,7 @@ def reading(
             )
         else:
             columns.append(column)
-    return sa.select(*columns).where(table.c[info.pk].in_(sa.bindparam("keys", expanding=True)))
+    return columns
 
 
 # --- values on their way ------------------------------------------------------------------
@@ -389,16 +405,64 @@ def copy_rows(
     rows = prepare_rows(streamed, _rows(connection, streamed.read, keys))
     dest_keys = streamed.dest_keys(keys)
     with dest.connect() as target, target.begin():
-        try:
-            streamed.write(target, rows, dest_keys)
-        except IntegrityError as exc:
-            raise conflict(exc) from None
-        except sa.exc.DataError as exc:
-            raise Unsupported(
-                "unsupported: the archive refused a value as streamed "
-                f"({str(exc.orig).strip().splitlines()[0]}); rows go through the worker"
-            ) from None
+        _write(target, streamed, rows, dest_keys)
     return keys, last
+
+
+def move_rows(
+    connection: Connection, pages: Pages, dest: sa.Engine, streamed: Streamed
+) -> tuple[list[object], Sequence[object] | None, int | None]:
+    """A batch moved in one call: the next rows' keys, then the rows deleted from the
+    source (``DELETE ... RETURNING``) and written into the destination, which commits;
+    then, if the destination's digest of its copies equals the digest of the rows deleted
+    (computed here from the rows themselves), the delete stands and the rows deleted are
+    answered third. Otherwise (the archive changed a value, or wrote it in another form)
+    `TakenBack` takes the delete back with the source's transaction: the copy stays, and
+    the worker's ``data/delete`` with ``matching`` compares row by row.
+
+    A crash before the destination commits leaves every row in the source; after it and
+    before the source commits, the rows are in both, and the next run copies them again
+    (over their older copies) and deletes them."""
+    take = streamed.take
+    assert take is not None
+    if not connection.dialect.delete_returning:  # MySQL: copied only
+        keys, last = copy_rows(connection, pages, dest, streamed)
+        return keys, last, None
+    keys, last = pages.read(connection)
+    if not keys:
+        return keys, last, 0
+    dest_keys = streamed.dest_keys(keys)
+    rows: list[Sequence[object]] = []
+    for chunk in chunks(keys):
+        rows.extend(connection.execute(take, {"keys": list(chunk)}).all())
+    mine = canonical.digest_rows(streamed.specs, rows)
+    with dest.connect() as target, target.begin():
+        _write(target, streamed, prepare_rows(streamed, rows), dest_keys)
+        theirs = dest_digest(target, streamed, dest_keys)
+    if theirs != mine:
+        log.info(
+            "%s: a moved batch's digests differ (%d rows deleted, %d in the archive); its "
+            "delete is taken back",
+            streamed.source.name,
+            mine[1],
+            theirs[1],
+        )
+        raise TakenBack(keys, last)
+    return keys, last, len(rows)
+
+
+def _write(
+    target: Connection, streamed: Streamed, rows: list[tuple[object, ...]], keys: list[object]
+) -> None:
+    try:
+        streamed.write(target, rows, keys)
+    except IntegrityError as exc:
+        raise conflict(exc) from None
+    except sa.exc.DataError as exc:
+        raise Unsupported(
+            "unsupported: the archive refused a value as streamed "
+            f"({str(exc.orig).strip().splitlines()[0]}); rows go through the worker"
+        ) from None
 
 
 def delete_rows(
