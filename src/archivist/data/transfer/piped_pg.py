@@ -83,6 +83,15 @@ FLOAT_SETTINGS: Final = "SELECT set_config('extra_float_digits', '3', true)"
 """Floats printed exactly, for a batch's digest (`canonical`); every other kind's canonical
 text is written by a function that takes no setting."""
 
+MOVE_SETTINGS: Final = (
+    "SELECT set_config('extra_float_digits', '3', true),"
+    " set_config('synchronous_commit', 'off', true)"
+)
+"""A move's source transaction: `FLOAT_SETTINGS`, and a commit that does not wait for its
+WAL to reach the disk. The archive's commit, before it, does wait: should the source's
+server crash before its delete is on disk, the rows come back and the next run moves them
+again over their copies; nothing is lost or doubled, and a batch costs one wait less."""
+
 
 def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ()) -> Piped:
     dialect = link.runner.engine.dialect
@@ -161,8 +170,7 @@ def move_rows(
     ``matching`` compares row by row. A crash before the destination commits leaves every
     row in the source; after it, before the source commits, in both (the next run copies
     them again and deletes them)."""
-    if piped.floats:
-        connection.exec_driver_sql(FLOAT_SETTINGS)
+    connection.exec_driver_sql(MOVE_SETTINGS)
     read = pages.read_digested(connection)
     if read is None:
         keys, last = pages.read(connection)

@@ -30,6 +30,7 @@ from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_ranges
 from archivist.data.transfer.link import Link, TakenBack, conflict
 from archivist.data.transfer.pages import Pages
+from archivist.data.transfer.piped_pg import MOVE_SETTINGS
 from archivist.data.values import decoder_for, encoder_for
 from archivist.errors import Unsupported
 
@@ -428,6 +429,8 @@ def move_rows(
     if not connection.dialect.delete_returning:  # MySQL: copied only
         keys, last = copy_rows(connection, pages, dest, streamed)
         return keys, last, None
+    if connection.dialect.name == "postgresql":  # see piped_pg.MOVE_SETTINGS
+        connection.exec_driver_sql(MOVE_SETTINGS)
     keys, last = pages.read(connection)
     if not keys:
         return keys, last, 0
