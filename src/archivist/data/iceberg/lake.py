@@ -315,6 +315,9 @@ class Lake:
                 ORDER_PROPERTY: order_by,
                 "format-version": "2",
                 "write.parquet.compression-codec": "zstd",
+                # One manifest per commit would make every scan (a commit's look for its
+                # keys) read more manifests as the table grows: merge them.
+                "commit.manifest-merge.enabled": "true",
             },
         )
         log.info("%s: Iceberg table %s.%s created", collection, self.url.namespace, collection)
@@ -453,10 +456,14 @@ class Lake:
         that are older than ``older_than`` seconds (a crashed writer's); how many went."""
         table = lake.table
         referenced: set[str] = set()
-        for snapshot in table.snapshots():
-            for manifest in snapshot.manifests(table.io):
-                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
-                    referenced.add(_plain(entry.data_file.file_path))
+        manifests = {
+            manifest.manifest_path: manifest
+            for snapshot in table.snapshots()
+            for manifest in snapshot.manifests(table.io)
+        }  # each manifest once: snapshots share most of theirs
+        for manifest in manifests.values():
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                referenced.add(_plain(entry.data_file.file_path))
         filesystem, root = pafs.FileSystem.from_uri(table.location().rstrip("/") + "/data")
         try:
             infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
