@@ -365,11 +365,12 @@ def test_a_yielding_rest_lasts_while_the_application_works_and_ends_when_it_stop
     async def scenario() -> tuple[list[dict[str, object]], int]:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
             job = asyncio.create_task(archive_now(daemon, "chat_messages", 6000))
-            seen = await worker_task(daemon)
+            seen: dict[str, object] = {"throttled": None}
             while not str(seen["throttled"]).startswith("yielding"):
                 assert not job.done(), "the task finished without yielding to the application"
                 await asyncio.sleep(0.01)
-                seen = await worker_task(daemon)
+                with contextlib.suppress(AssertionError):  # not queued yet (a loaded machine)
+                    seen = await worker_task(daemon)
             resting = [seen]
             for _ in range(8):  # 4 s: twice the time an idle session still counts as active
                 await asyncio.sleep(0.5)
