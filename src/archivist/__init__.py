@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from archivist.config import ArchiveConfig, Config, load_config, make_config
+    from archivist.config import ArchiveConfig, Config, ReplicaCheck, load_config, make_config
     from archivist.data import DataDaemon, archive
     from archivist.embed import Daemon
     from archivist.errors import ArchivistError
@@ -22,6 +22,7 @@ _EXPORTS = {
     "Config": "archivist.config",
     "load_config": "archivist.config",
     "make_config": "archivist.config",
+    "ReplicaCheck": "archivist.config",
     "DataDaemon": "archivist.data",
     "Daemon": "archivist.embed",
     "archive": "archivist.data",
@@ -34,6 +35,7 @@ __all__ = [
     "Config",
     "Daemon",
     "DataDaemon",
+    "ReplicaCheck",
     "__version__",
     "archive",
     "load_config",

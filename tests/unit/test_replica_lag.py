@@ -219,3 +219,18 @@ def test_the_daemon_logs_a_hold_once_while_only_its_figures_change(
         "replicas of 'primary' are within 1.0 s again",
     ]
     assert asyncio.run(Readings().hold("replica1")) is None  # a handle without replicas
+
+
+def test_replicas_are_configured_in_python_with_the_public_api() -> None:
+    import archivist
+
+    config = archivist.make_config(
+        {"primary": "sqlite:///p.db", "replica1": "postgresql://app@standby/app"},
+        replica_checks={"primary": archivist.ReplicaCheck(replicas=("replica1",), max_lag=2)},
+    )
+    assert config.replica_checks["primary"].max_lag == 2
+    with pytest.raises(ConfigError, match=r"handles\.primary\.replicas: unknown handle 'nope'"):
+        archivist.make_config(
+            {"primary": "sqlite:///p.db"},
+            replica_checks={"primary": archivist.ReplicaCheck(replicas=("nope",))},
+        )
