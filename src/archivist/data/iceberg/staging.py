@@ -88,6 +88,8 @@ class Stager:
         self._generation = 0
         self._timer: asyncio.TimerHandle | None = None
         self._idle: set[asyncio.Task[None]] = set()
+        self._deleting: asyncio.Task[None] | None = None
+        """The deletes after the last commit, which run beside the next batches' staging."""
 
     # --- staging files ----------------------------------------------------------------------
 
@@ -135,10 +137,11 @@ class Stager:
         catalog = self.owner.catalog
         async with self.lock:
             self._generation += 1
-            if p.cursor is None and self.rows:
+            if p.cursor is None:
                 # A listing from the start would find the staged rows again (they are still
-                # in the source): commit them first.
+                # in the source): commit them first, and let their deletes end.
                 await self._settle()
+                await self._deleted()
             _, source, info = await catalog.table(p.collection, p.db_handle)
             # No more than the commit has room for: a file holds rows_per_file rows; the
             # answer is then "truncated", so the worker knows rows may follow.
@@ -224,8 +227,26 @@ class Stager:
                 )
 
     async def settle(self) -> None:
+        """Commit what is staged, and wait for the source's deletes."""
         async with self.lock:
             await self._settle()
+            await self._deleted()
+
+    async def _deleted(self) -> None:
+        """Wait for the deletes after the last commit (a failure is logged: those rows stay
+        in the source, committed, and the next task deletes them)."""
+        task, self._deleting = self._deleting, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception as exc:
+            log.warning(
+                "%s: deleting committed rows from the source failed (%s); they stay there, "
+                "and the next task deletes them",
+                self.collection,
+                exc,
+            )
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -237,6 +258,7 @@ class Stager:
                 await self._settle()
             finally:
                 self._discard()
+                await self._deleted()
 
     async def _settle(self) -> None:
         """Commit the staged rows, read the commit back, and delete the committed rows from
@@ -245,6 +267,7 @@ class Stager:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        await self._deleted()  # one commit's deletes at a time, in commit order
         if not self.rows:
             return
         rows = self.rows
@@ -272,26 +295,32 @@ class Stager:
                 took,
             )
             if self.move and self.source_name is not None:
-                entity = self.owner.catalog.entity(self.collection)
-                deleted, skipped, kept = await self._delete_source(
-                    entity, found, self.source_name, guards
+                # The deletes run beside the next batches' staging (the copy that committed
+                # answers now); the next commit, count or listing from the start waits.
+                self._deleting = asyncio.create_task(
+                    self._delete_and_log(found, self.source_name, guards)
                 )
-                log.info(
-                    "%s: %d committed row(s) deleted from the source in %.2f s",
-                    self.collection,
-                    deleted,
-                    time.monotonic() - started - took,
-                )
-                if skipped or kept:
-                    log.info(
-                        "%s: %d committed row(s) changed in the source since they were listed "
-                        "and %d are still referenced: they stay there",
-                        self.collection,
-                        skipped,
-                        kept,
-                    )
         finally:
             self._discard()
+
+    async def _delete_and_log(self, found: LakeTable, source_name: str, guards: pa.Table) -> None:
+        started = time.monotonic()
+        entity = self.owner.catalog.entity(self.collection)
+        deleted, skipped, kept = await self._delete_source(entity, found, source_name, guards)
+        log.info(
+            "%s: %d committed row(s) deleted from the source in %.2f s",
+            self.collection,
+            deleted,
+            time.monotonic() - started,
+        )
+        if skipped or kept:
+            log.info(
+                "%s: %d committed row(s) changed in the source since they were listed "
+                "and %d are still referenced: they stay there",
+                self.collection,
+                skipped,
+                kept,
+            )
 
     async def _delete_source(
         self, entity: Entity, found: LakeTable, source_name: str, guards: pa.Table
