@@ -45,6 +45,15 @@ def test_a_standby_with_nothing_to_replay_is_not_lagging_however_idle_the_primar
     assert lag.seconds == 0.0
 
 
+def test_wal_replayed_within_a_moment_is_no_lag() -> None:
+    # An idle primary logs WAL that is no transaction every 15 s: received and not yet
+    # replayed at the first look, the lag would read as the primary's idle time.
+    lag = standby_lag(
+        "standby", in_recovery=True, unreplayed_bytes=104, since_replay=900.0, replayed_soon=True
+    )
+    assert lag == Lag("standby", seconds=0.0)
+
+
 def test_a_standby_with_wal_to_replay_lags_by_the_age_of_its_last_replayed_transaction() -> None:
     lag = standby_lag("standby", in_recovery=True, unreplayed_bytes=16384, since_replay=12.5)
     assert lag == Lag("standby", seconds=12.5)

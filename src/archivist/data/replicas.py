@@ -41,6 +41,9 @@ REUSE_FOR: Final = 0.5
 """Seconds a replica's reading is reused: every task and every ``data/load`` on a source
 asks, and one probe per replica per half second is enough."""
 REPLICA_DIALECTS: Final = ("postgresql", "mysql", "mariadb")
+SETTLE: Final = 0.5
+"""Seconds a PostgreSQL standby with WAL to replay has to replay it before its reading
+counts as a lag (see `standby_lag`)."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,19 @@ def standby_lag(
     unreplayed_bytes: float | None,
     since_replay: float | None,
     paused: bool = False,
+    replayed_soon: bool = False,
 ) -> Lag:
     """A PostgreSQL standby's lag from what it says of itself: ``pg_is_in_recovery()``,
     the WAL received but not replayed yet (bytes; None when it does not stream, e.g. it
     restores from an archive), and the seconds since the last replayed transaction
-    committed on the primary (None when it has replayed none since it started)."""
+    committed on the primary (None when it has replayed none since it started).
+
+    ``replayed_soon``: the WAL received at the first look was replayed within a moment
+    (`SETTLE`). WAL that is no transaction (an idle primary logs some every 15 s) would
+    otherwise read, for that moment, as a lag as long as the primary has been idle."""
     if not in_recovery:
         return Lag(replica, problem="is not a standby (pg_is_in_recovery() is false)")
-    if unreplayed_bytes is not None and unreplayed_bytes <= 0:
+    if (unreplayed_bytes is not None and unreplayed_bytes <= 0) or replayed_soon:
         return Lag(replica, seconds=0.0)  # caught up: an idle primary leaves nothing to replay
     if since_replay is None:
         return Lag(replica, problem="has WAL to replay and has replayed nothing since it started")
@@ -132,14 +140,30 @@ def _postgres_reading(connection: Connection, replica: str) -> Lag:
         "CASE WHEN pg_is_in_recovery() THEN "
         "pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) END, "
         "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()), "
-        "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"
+        "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, "
+        "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text END"
     ).one()
+    unreplayed = float(row[1]) if row[1] is not None else None
+    paused = bool(row[3])
+    replayed_soon = False
+    if unreplayed is not None and unreplayed > 0 and not paused:
+        # Look again for a moment: WAL that replays at once is no lag.
+        deadline = time.monotonic() + SETTLE
+        while not replayed_soon and time.monotonic() < deadline:
+            time.sleep(SETTLE / 5)
+            replayed_soon = bool(
+                connection.exec_driver_sql(
+                    "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %(lsn)s::pg_lsn) >= 0",
+                    {"lsn": row[4]},
+                ).scalar()
+            )
     return standby_lag(
         replica,
         in_recovery=bool(row[0]),
-        unreplayed_bytes=float(row[1]) if row[1] is not None else None,
+        unreplayed_bytes=unreplayed,
         since_replay=float(row[2]) if row[2] is not None else None,
-        paused=bool(row[3]),
+        paused=paused,
+        replayed_soon=replayed_soon,
     )
 
 
