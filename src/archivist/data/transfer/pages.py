@@ -49,6 +49,14 @@ class Pages:
     """PostgreSQL, with `joined`: the same and the digest of the page's rows
     (`canonical`), in one statement (`read_digested`)."""
 
+    def begin(self, connection: Connection) -> Pages:
+        """Send the snapshot now, before anything else the transaction runs (a server
+        refuses it after a query), and answer the pages to read with (without it)."""
+        if self.snapshot is None:
+            return self
+        connection.exec_driver_sql(self.snapshot)
+        return dataclasses.replace(self, snapshot=None)
+
     def read_digested(
         self, connection: Connection
     ) -> tuple[list[object], Sequence[object] | None, tuple[str, int]] | None:

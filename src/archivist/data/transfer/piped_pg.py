@@ -170,6 +170,7 @@ def move_rows(
     ``matching`` compares row by row. A crash before the destination commits leaves every
     row in the source; after it, before the source commits, in both (the next run copies
     them again and deletes them)."""
+    pages = pages.begin(connection)
     connection.exec_driver_sql(MOVE_SETTINGS)
     read = pages.read_digested(connection)
     if read is None:

@@ -429,6 +429,7 @@ def move_rows(
     if not connection.dialect.delete_returning:  # MySQL: copied only
         keys, last = copy_rows(connection, pages, dest, streamed)
         return keys, last, None
+    pages = pages.begin(connection)
     if connection.dialect.name == "postgresql":  # see piped_pg.MOVE_SETTINGS
         connection.exec_driver_sql(MOVE_SETTINGS)
     keys, last = pages.read(connection)
