@@ -19,14 +19,16 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from archivist.daemon.runtime import Launch, archive_now, running
+from archivist.daemon.service import ArchiveDaemon
 from archivist.daemon.tracker import TaskRecord
 from archivist.data import DataDaemon, handles
 from archivist.data.bus import JSONObject
@@ -231,6 +233,20 @@ def postgres_down_for(seconds: float, server: PrivatePostgres) -> Iterator[threa
             server.start()
 
 
+def hook_moving_steps(
+    daemon: ArchiveDaemon, hook: Callable[[JSONObject, Any], Awaitable[Any]]
+) -> None:
+    """Run ``hook`` before each ``data/copy`` and ``data/delete`` (a move from a server is
+    one ``data/copy``; other paths delete with ``data/delete``)."""
+    for name in ("data/copy", "data/delete"):
+        real = daemon.data.bus.command(name)
+
+        async def hooked(params: JSONObject, real: Any = real) -> Any:
+            return await hook(params, real)
+
+        daemon.data.bus.register(name, hooked, replace=True)
+
+
 @pytest.mark.timeout(120)
 def test_postgresql_stopped_mid_task_fails_batches_that_retry_until_it_is_back(
     private_postgres: PrivatePostgres,
@@ -250,20 +266,18 @@ def test_postgresql_stopped_mid_task_fails_batches_that_retry_until_it_is_back(
 
     async def scenario() -> TaskRecord:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            delete = daemon.data.bus.command("data/delete")
             stack = contextlib.ExitStack()
 
-            async def stop_postgres_before_the_second_delete(params: JSONObject) -> JSONObject:
+            async def stop_postgres_once_400_rows_moved(params: JSONObject, real: Any) -> Any:
                 if not outage and count(archive) >= 400:
                     outage.append(time.monotonic())
                     await asyncio.to_thread(
                         stack.enter_context, postgres_down_for(3.0, private_postgres)
                     )
-                return await delete(params)
+                return await real(params)
 
-            daemon.data.bus.register(
-                "data/delete", stop_postgres_before_the_second_delete, replace=True
-            )
+            # Before the next step that moves rows: a delete, or a copy that moves its batch.
+            hook_moving_steps(daemon, stop_postgres_once_400_rows_moved)
             try:
                 return await archive_now(daemon, "chat_messages", 1200)
             finally:
@@ -303,19 +317,16 @@ def test_mariadb_restarted_mid_task_fails_batches_that_retry_until_it_is_back(
 
     async def scenario() -> TaskRecord:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
-            delete = daemon.data.bus.command("data/delete")
             restart = threading.Timer(3.0, private_mariadb.start)
 
-            async def stop_mariadb_before_the_second_delete(params: JSONObject) -> JSONObject:
+            async def stop_mariadb_once_400_rows_moved(params: JSONObject, real: Any) -> Any:
                 if not outage and count(archive) >= 400:
                     outage.append(time.monotonic())
                     await asyncio.to_thread(private_mariadb.stop)
                     restart.start()
-                return await delete(params)
+                return await real(params)
 
-            daemon.data.bus.register(
-                "data/delete", stop_mariadb_before_the_second_delete, replace=True
-            )
+            hook_moving_steps(daemon, stop_mariadb_once_400_rows_moved)
             try:
                 return await archive_now(daemon, "chat_messages", 1200)
             finally:
