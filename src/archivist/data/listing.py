@@ -150,6 +150,31 @@ class ListQuery:
         names = list(result.keys())[: form.width]
         return names, [typed for typed, _ in split], [values for _, values in split]
 
+    def run_columns(
+        self, connection: Connection
+    ) -> tuple[list[str], list[list[object]], list[Stored]]:
+        """The column names, the typed values column by column, and the rows' stored forms,
+        for a dialect whose driver returns the stored form (`PASSTHROUGH_DIALECTS`): the
+        rows are read once without type processing, straight from the driver's cursor, and
+        each column's result processor (the very one SQLAlchemy applies) then runs over
+        its column, not over each row's values in turn."""
+        raw = [sa.type_coerce(column, NullType()) for column in self.table.c]
+        result = connection.execute(self.query.with_only_columns(*raw), self.params)
+        try:
+            stored: list[Stored] = list(result.cursor.fetchall())
+        finally:
+            result.close()
+        if self.reverse:
+            stored.reverse()
+        dialect = connection.dialect
+        columns: list[list[object]] = []
+        for column, values in zip(self.table.c, zip(*stored, strict=True), strict=False):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            columns.append(list(values) if process is None else [process(v) for v in values])
+        if not stored:
+            columns = [[] for _ in self.table.c]
+        return [column.name for column in self.table.c], columns, stored
+
     def run_stored_only(self, connection: Connection) -> list[Stored]:
         """The listing's rows in their stored form only (no type processing)."""
         raw = [sa.type_coerce(column, NullType()) for column in self.table.c]

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 import pyarrow as pa
@@ -32,7 +32,7 @@ from archivist.data.delete import delete_expected, delete_ids
 from archivist.data.filters import chunks, one_of
 from archivist.data.iceberg.expr import is_in
 from archivist.data.iceberg.lake import Committed, Lake, LakeTable
-from archivist.data.iceberg.types import arrow_table, from_arrow_values
+from archivist.data.iceberg.types import arrow_columns, from_arrow_values
 from archivist.data.listing import ListQuery
 from archivist.data.params import CopyParams
 from archivist.data.registry import Entity
@@ -152,24 +152,33 @@ class Stager:
                 entity.order_by,
                 stored=source.dialect_name in PASSTHROUGH_DIALECTS,
             )
-            names, rows, stored = await source.transaction(query.run)
-            if rows:
+            if query.stored:
+                # Read straight from the driver's cursor, column by column (`run_columns`).
+                names, columns, stored = await source.transaction(query.run_columns)
+                count = len(stored)
+            else:
+                names, rows, listed = await source.transaction(query.run)
+                count = len(rows)
+                columns = [list(values) for values in zip(*rows, strict=True)]
+                stored = [tuple(row) for row in rows] if listed is None else listed
+                if not rows:
+                    columns = [[] for _ in names]
+            if count:
                 try:
-                    listed = rows if stored is None else stored
-                    table = await self.lake.run(_staged, found, names, rows, listed)
+                    table = await self.lake.run(_staged, found, names, columns, stored)
                 except pa.ArrowException as exc:
                     raise UnstorableValue(
                         f"{p.collection}: a row holds a value the Iceberg table cannot store "
                         f"exactly ({exc}); nothing was staged"
                     ) from None
                 await self.lake.run(self._write, table)
-                self.rows += len(rows)
+                self.rows += count
                 self.source_name, self.move = source.name, p.move
             pk_index, order = (
                 names.index(info.pk),
                 (p.order_by[0].field if p.order_by else entity.order_by),
             )
-            keys = info.codec.encode_column(info.pk, [row[pk_index] for row in rows])
+            keys = info.codec.encode_column(info.pk, columns[pk_index])
             answer: JSONObject = {
                 "items": keys,
                 "count": len(keys),
@@ -182,8 +191,8 @@ class Stager:
                 # Staged, and deleted after their commit is read back: moved, as far as the
                 # task is concerned (docs/coldtier.md says why the count comes first).
                 answer["deleted"] = len(keys)
-            if rows:
-                last = info.codec.encode_tuples(names, [rows[-1]])[0]
+            if count:
+                last = info.codec.encode_tuples(names, [tuple(c[-1] for c in columns)])[0]
                 if last.get(order) is not None:
                     answer["cursor"] = {
                         "field": order,
@@ -191,9 +200,9 @@ class Stager:
                         "id": last[info.pk],
                         "direction": "after",
                     }
-            if limit < p.limit and len(rows) == limit:
+            if limit < p.limit and count == limit:
                 answer["truncated"] = True
-            if self.rows >= self.rows_per_file or len(rows) < limit:
+            if self.rows >= self.rows_per_file or count < limit:
                 await self._settle()
             elif self.rows:
                 self._arm()
@@ -390,12 +399,12 @@ def digest(stored: Sequence[object]) -> bytes:
 def _staged(
     found: LakeTable,
     names: Sequence[str],
-    rows: Sequence[Any],
+    columns: Sequence[list[object]],
     stored: Sequence[Sequence[object]],
 ) -> pa.Table:
-    """Listed rows as the staging file holds them: the table's columns, and each row's
-    digest (`DIGEST`), which its delete checks."""
-    table = arrow_table(found.arrow_schema, found.specs, names, rows)
+    """Listed rows (typed, column by column) as the staging file holds them: the table's
+    columns, and each row's digest (`DIGEST`) of its stored form, which its delete checks."""
+    table = arrow_columns(found.arrow_schema, found.specs, names, columns, len(stored))
     return table.append_column(
         DIGEST, pa.array([digest(values) for values in stored], type=pa.binary(16))
     )
@@ -415,14 +424,23 @@ def delete_unchanged(
     pk_column = table.c[info.pk]
     # The form the listing digested: as stored where reading it costs nothing (SQLite),
     # else as typed.
+    passthrough = connection.dialect.name in PASSTHROUGH_DIALECTS
     raw = (
-        [sa.type_coerce(column, NullType()) for column in table.c]
-        if connection.dialect.name in PASSTHROUGH_DIALECTS
-        else list(table.c)
+        [sa.type_coerce(column, NullType()) for column in table.c] if passthrough else list(table.c)
     )
+    # Without type processing, the driver's rows are the stored form as they are: fetched
+    # from its cursor (not one SQLAlchemy row at a time), the key typed by the result
+    # processor SQLAlchemy would apply.
+    dialect = connection.dialect
+    at = list(table.c).index(pk_column)
+    typed = pk_column.type.dialect_impl(dialect).result_processor(dialect, None)
 
-    def text(key: object) -> str:
+    def encoded(key: object) -> object:
         return repr(info.codec.encode_field(info.pk, key))
+
+    # Integer keys (the common case) are their own text: no encoding per row. A current
+    # key of another type then matches nothing, and its row stays (never a wrong delete).
+    text = (lambda key: key) if all(type(key) is int for key in keys) else encoded
 
     wanted = {text(key): (key, value) for key, value in zip(keys, digests, strict=True)}
     if refs:
@@ -431,10 +449,20 @@ def delete_unchanged(
         set_read_committed(connection)
     matched: list[object] = []
     for chunk in chunks(keys):
-        query = sa.select(pk_column, *raw).where(one_of(info, pk_column, chunk)).with_for_update()
-        for row in connection.execute(query):
-            key, expected = wanted.get(text(row[0]), (None, None))
-            if expected is not None and expected == digest(row[1:]):
+        if passthrough:
+            query = sa.select(*raw).where(one_of(info, pk_column, chunk)).with_for_update()
+            result = connection.execute(query)
+            try:
+                found: list[Sequence[object]] = list(result.cursor.fetchall())
+            finally:
+                result.close()
+            pairs = [(row[at] if typed is None else typed(row[at]), row) for row in found]
+        else:
+            query = sa.select(pk_column, *raw).where(one_of(info, pk_column, chunk))
+            pairs = [(row[0], row[1:]) for row in connection.execute(query.with_for_update())]
+        for current, values in pairs:
+            key, expected = wanted.get(text(current), (None, None))
+            if expected is not None and expected == digest(values):
                 matched.append(key)
     if not matched:
         return 0, 0, 0

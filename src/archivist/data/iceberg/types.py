@@ -200,15 +200,29 @@ def arrow_table(
 ) -> pa.Table:
     """Rows (tuples in ``names`` order) as an Arrow table of ``schema``; a value that does not
     fit its column exactly (a decimal with more digits than its scale) raises."""
+    columns = [list(values) for values in zip(*rows, strict=True)] if rows else []
+    return arrow_columns(schema, specs, names, columns or [[] for _ in names], len(rows))
+
+
+def arrow_columns(
+    schema: pa.Schema,
+    specs: Sequence[ColumnSpec],
+    names: Sequence[str],
+    columns: Sequence[list[object]],
+    count: int,
+) -> pa.Table:
+    """Columns of ``count`` values (in ``names`` order) as an Arrow table of ``schema``; a
+    value that does not fit its column exactly (a decimal with more digits than its scale)
+    raises."""
     position = {name: index for index, name in enumerate(names)}
     arrays = []
     for spec in specs:
         field = schema.field(spec.name)
         index = position.get(spec.name)
         if index is None:
-            arrays.append(pa.nulls(len(rows), field.type))
+            arrays.append(pa.nulls(count, field.type))
             continue
-        values = [row[index] for row in rows]
+        values = columns[index]
         convert = _converter(spec)
         if convert is not None:
             values = [None if v is None else convert(v) for v in values]
