@@ -542,7 +542,7 @@ def test_a_window_starts_no_batch_outside_it_and_stops_a_task_when_it_closes(
     async def scenario() -> None:
         async with running(config, Launch(private_socket=True, watch=False)) as daemon:
             daemon.clock = clock
-            steps["midnight"] = (await daemon.check_once(), dict(daemon.holding))
+            steps["midnight"] = (await daemon.check_once(), dict(daemon.holds.holding))
             clock.now = base + dt.timedelta(hours=1, minutes=30)  # 01:30 Berlin
             bus = daemon.data.bus
             originals = {name: bus.command(name) for name in ("data/copy", "data/create")}
@@ -562,7 +562,7 @@ def test_a_window_starts_no_batch_outside_it_and_stops_a_task_when_it_closes(
             steps["moved in window"] = len(ids_of(archive, "events"))
             for name, command in originals.items():
                 bus.register(name, command, replace=True)
-            steps["after"] = (await daemon.check_once(), dict(daemon.holding))
+            steps["after"] = (await daemon.check_once(), dict(daemon.holds.holding))
             clock.now = base + dt.timedelta(days=1, hours=1, minutes=10)  # 01:10 next night
             steps["next night"] = await check_and_wait(daemon)
 
@@ -617,7 +617,7 @@ def test_max_runtime_stops_a_run_and_the_policy_waits_for_its_next_window(
             daemon.data.bus.register("data/copy", slow_clock, replace=True)
             steps["run"] = await check_and_wait(daemon)
             daemon.data.bus.register("data/copy", copy, replace=True)
-            steps["same window"] = (await daemon.check_once(), dict(daemon.holding))
+            steps["same window"] = (await daemon.check_once(), dict(daemon.holds.holding))
             clock.now = base + dt.timedelta(days=1, minutes=5)
             steps["next window"] = await check_and_wait(daemon)
 

@@ -98,7 +98,7 @@ async def _run_once(config: Config, socket_path: Path | None) -> None:
         records = await daemon.check_once()
         await asyncio.gather(*(until_done(daemon, record, interrupt) for record in records))
         await daemon.expiry.wait()  # retention, which the check started
-        holding = dict(daemon.holding)
+        holding = dict(daemon.holds.holding)
     report_records(records, holding)
 
 

@@ -49,7 +49,7 @@ class Operator:
         if fresh:
             log.info("%s: %s", collection or "every policy", reason)
         stopping = [
-            (record, daemon.stop_after_batch(record, reason))
+            (record, daemon.holds.stop_after_batch(record, reason))
             for record in daemon.tracker.records()
             if not record.finished and collection in (None, record.collection)
         ]
@@ -70,9 +70,9 @@ class Operator:
         resumed = daemon.pauses.resume(collection)
         for name in resumed:
             log.info("%s: resumed", "every policy" if name == "*" else name)
-        for name, reason in list(daemon.holding.items()):
+        for name, reason in list(daemon.holds.holding.items()):
             if daemon.pauses.reason(name) is None and reason.startswith("paused by"):
-                del daemon.holding[name]
+                del daemon.holds.holding[name]
         daemon.wake.set()
         return {"resumed": resumed, "pauses": daemon.pauses.as_json()}
 
@@ -83,7 +83,7 @@ class Operator:
             raise UnknownTask(f"no task {task_id} in this daemon; `archivist status` lists them")
         if record.finished:
             raise UnknownTask(f"task {task_id} has ended already ({record.state})")
-        stopping = self.daemon.stop_after_batch(record, "cancelled on request")
+        stopping = self.daemon.holds.stop_after_batch(record, "cancelled on request")
         if stopping is not None:
             await stopping
         return {"cancelled": record_json(record)}
@@ -139,7 +139,7 @@ def report(daemon: ArchiveDaemon) -> dict[str, object]:
         unfinished = daemon.tracker.unfinished(name)
         last = daemon.tracker.last_finished(name)
         paused = daemon.pauses.reason(name)
-        holding = daemon.holding.get(name)
+        holding = daemon.holds.holding.get(name)
         state, reason = "idle", None
         if paused is not None:
             state, reason = "paused", paused

@@ -22,6 +22,7 @@ from typing import Final
 from archivist import logs, protocol
 from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.expiry import Expirer
+from archivist.daemon.holds import Holds
 from archivist.daemon.keepup import KeepUp, write_state
 from archivist.daemon.metrics import Observer
 from archivist.daemon.movers import Movers
@@ -38,7 +39,7 @@ from archivist.daemon.policies import (
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
 from archivist.errors import ArchivistError, FrameLimitLost, MoverBusy, PeerError
-from archivist.policy import Decision, hold_reason, task_filter, utc_now
+from archivist.policy import Decision, task_filter, utc_now
 from archivist.protocol import Archive, Child, Complete, JSONObject, Progress
 from archivist.sizing import Size
 
@@ -103,15 +104,9 @@ class ArchiveDaemon:
         self._reclaims: set[asyncio.Task[None]] = set()
         self.clock = clock
         """The daemon's clock (aware, UTC): age cutoffs and windows read it."""
-        self.runs: dict[TaskRecord, dt.datetime] = {}
-        """Tasks queued by a policy check (not by `archivist archive`), and when: windows
-        and ``max_runtime`` govern these alone."""
-        self.spent: dict[str, dt.datetime] = {}
-        """Per collection, the opening of the window in which its run used up max_runtime."""
-        self.holding: dict[str, str] = {}
-        """Per collection, why its policy waits now ("waiting for window 01:00-05:00")."""
-        self._stopping: dict[TaskRecord, asyncio.Task[None]] = {}
         self.policies = {p.collection: p for p in policies}
+        self.holds = Holds(self.policies, self.pauses, self.cancel)
+        """Why each policy waits now, and its tasks stopped for it (`archivist.daemon.holds`)."""
         self.options = options
         self.supervisor = supervisor
         self.tracker = Tracker()
@@ -384,59 +379,10 @@ class ArchiveDaemon:
         if record is not None:
             self.observer.notified(record, message)
             self._updated(record)
-            if isinstance(message, Progress) and record in self.runs:
-                self._stop_if_held(record)
+            if isinstance(message, Progress) and record in self.holds.runs:
+                self.holds.stop_if_held(record, self.clock())
             elif record.finished:
-                self.runs.pop(record, None)
-
-    def _stop_if_held(self, record: TaskRecord) -> bool:
-        """Ask a policy's task to stop after its current batch if its window has closed or
-        its run is over ``max_runtime``; whether it is held."""
-        policy = self.policies.get(record.collection)
-        if policy is None:
-            return False
-        reason = self._hold(policy, self.runs.get(record))
-        if reason is None:
-            return False
-        self.stop_after_batch(record, reason)
-        return True
-
-    def stop_after_batch(self, record: TaskRecord, reason: str) -> asyncio.Task[None] | None:
-        """Ask ``record``'s task to stop after its current batch (once); the task that waits
-        for it to end, or None if it has ended."""
-        if record.finished:
-            return None
-        stopping = self._stopping.get(record)
-        if stopping is None:
-            log.info(
-                "%s: %s; stopping task %s after its batch",
-                record.collection,
-                reason,
-                record.task_id,
-            )
-            stopping = asyncio.get_running_loop().create_task(self.cancel(record))
-            self._stopping[record] = stopping
-            stopping.add_done_callback(lambda _: self._stopping.pop(record, None))
-        return stopping
-
-    def _hold(self, policy: Policy, started: dt.datetime | None = None) -> str | None:
-        """Why the policy may not start a batch now (`hold_reason`), remembering the window
-        whose run used up ``max_runtime``; None when it may."""
-        paused = self.pauses.reason(policy.collection)
-        if paused is not None:
-            return paused
-        rules = policy.rules
-        if rules.window is None and rules.max_runtime is None:
-            return None
-        now = self.clock()
-        spent_in = self.spent.get(policy.collection)
-        reason = hold_reason(rules, now, started=started, spent_in=spent_in)
-        if reason is not None and started is not None and rules.window is not None:
-            opened = rules.window.opened_at(now)
-            if opened is not None and reason.startswith("max_runtime"):
-                self.spent[policy.collection] = opened
-                reason = hold_reason(rules, now, spent_in=opened)
-        return reason
+                self.holds.runs.pop(record, None)
 
     async def _reclaim_after(self, collection: str) -> None:
         """The policy's space reclaim after a task that moved rows; a failure is logged (the
@@ -470,19 +416,19 @@ class ArchiveDaemon:
         queued: list[TaskRecord] = []
         for policy in self.policies.values():
             unfinished = self.tracker.unfinished(policy.collection)
-            if unfinished is not None and unfinished in self.runs:
-                self._stop_if_held(unfinished)
-            reason = self._hold(policy) if unfinished is None else None
+            if unfinished is not None and unfinished in self.holds.runs:
+                self.holds.stop_if_held(unfinished, self.clock())
+            reason = self.holds.reason(policy, self.clock()) if unfinished is None else None
             paused = reason is not None and self.pauses.reason(policy.collection) is not None
             self.observer.held(
                 policy.collection, None if reason is None else "paused" if paused else "window"
             )
             if reason is not None:
-                if self.holding.get(policy.collection) != reason:
+                if self.holds.holding.get(policy.collection) != reason:
                     log.info("%s: %s", policy.collection, reason)
-                self.holding[policy.collection] = reason
+                self.holds.holding[policy.collection] = reason
                 continue
-            self.holding.pop(policy.collection, None)
+            self.holds.holding.pop(policy.collection, None)
             if unfinished is not None:
                 log.debug("%s: a task is still unfinished; not checking", policy.collection)
                 await self._measure_only(policy)
@@ -497,7 +443,7 @@ class ArchiveDaemon:
                 continue
             if record is not None:
                 if not record.finished:
-                    self.runs[record] = self.clock()
+                    self.holds.runs[record] = self.clock()
                 queued.append(record)
         # A paused collection's retention waits too: a pause stops all that its policy does.
         self.expiry.start(
