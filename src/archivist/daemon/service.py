@@ -1,10 +1,11 @@
 """The ArchiveDaemon: watches archivable tables, queues archive tasks, keeps the worker reachable.
 
 It owns the policy loop (count, compare with ``max_rows``, ensure the archive table, queue
-a task), the connection to the worker (reconnect with backoff, health pings, tasks lost
-with a connection queued again), and it answers the worker's ``execute`` callbacks through
-the DataDaemon's command bus with the worker's allowlist. What a check finds due, and the
-protocols it sees policies and the DataDaemon through, are in `archivist.daemon.policies`.
+a task), the tasks sent to the worker (queued again when a connection is lost), and it
+answers the worker's ``execute`` callbacks through the DataDaemon's command bus with the
+worker's allowlist. What a check finds due, and the protocols it sees policies and the
+DataDaemon through, are in `archivist.daemon.policies`; why a policy waits, in
+`archivist.daemon.holds`; connecting to the worker, in `archivist.daemon.link`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from archivist.daemon.connection import WorkerConnection
 from archivist.daemon.expiry import Expirer
 from archivist.daemon.holds import Holds
 from archivist.daemon.keepup import KeepUp, write_state
+from archivist.daemon.link import WorkerLink
 from archivist.daemon.metrics import Observer
 from archivist.daemon.movers import Movers
 from archivist.daemon.pauses import Pauses
@@ -45,10 +47,6 @@ from archivist.sizing import Size
 
 log = logging.getLogger(__name__)
 
-RECONNECT_DELAYS: Final = (0.025,) * 10 + (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-"""Seconds between attempts to reach the worker. A worker just started listens after
-~0.15-0.2 s (its interpreter and imports), so the first quarter second is polled finely:
-every one-shot ``archivist archive`` waits for it."""
 STOP_TIMEOUT: Final = 30.0
 """Seconds tasks get to reach a safe point when the daemon stops."""
 
@@ -65,8 +63,8 @@ class DaemonOptions:
     worker are bounded by it (`within_frame`)."""
 
 
-class _ConnectionGone(Exception):
-    """Ends one connection's task group."""
+class _Stopped(Exception):
+    """Ends the daemon's task group."""
 
 
 class ArchiveDaemon:
@@ -114,10 +112,19 @@ class ArchiveDaemon:
         """Per collection: its size at each check, growth, and the rate asked of its tasks."""
         self.movers = Movers(data.take_mover, self.policies)
         self._on_update = on_update
-        self._connection: WorkerConnection | None = None
-        self._connected = asyncio.Event()
-        self._shutting_down = False
-        self.connections = 0
+        self.link = WorkerLink(
+            options.socket_path,
+            execute=self._serve_execute,
+            notify=self._notified,
+            opened=self._dispatch_pending,
+            lost=self._lost,
+            observer=self.observer,
+            request_timeout=options.request_timeout,
+            frame_limit=options.frame_limit,
+            health_interval=options.health_interval,
+            health_timeout=options.health_timeout,
+        )
+        """The connection to the worker, open again after each loss (`archivist.daemon.link`)."""
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -127,17 +134,17 @@ class ArchiveDaemon:
             async with asyncio.TaskGroup() as group:
                 if self.supervisor is not None:
                     group.create_task(self.supervisor.run(), name="worker-process")
-                group.create_task(self._connect_loop(), name="worker-connection")
+                group.create_task(self.link.run(), name="worker-connection")
                 if watch:
                     self.watching = True
                     group.create_task(self._watch_loop(), name="policy-checks")
                 await stop.wait()
                 # From here on a worker that goes away (it may be stopping on the same
                 # signal, sent to the process group) is not waited for or reconnected to.
-                self._shutting_down = True
+                self.link.stopping = True
                 await self._stop_tasks()
-                raise _ConnectionGone
-        except* _ConnectionGone:
+                raise _Stopped
+        except* _Stopped:
             pass
         finally:
             # A reclaim under way ends before the handles it uses are closed.
@@ -151,7 +158,7 @@ class ArchiveDaemon:
 
     async def cancel(self, record: TaskRecord) -> None:
         """Stop one record's task after its current batch and wait until it has ended."""
-        connection = self._connection
+        connection = self.link.current
         if connection is not None and record.state in ("queued", "running"):
             try:
                 await connection.cancel(record.task_id)
@@ -172,7 +179,7 @@ class ArchiveDaemon:
         Closing the connection first would also be safe (rows of an interrupted batch stay
         in both databases and the next run converges) but leaves more to redo.
         """
-        connection = self._connection
+        connection = self.link.current
         if connection is None:
             return
         unfinished = [r for r in self.tracker.records() if r.state in ("queued", "running")]
@@ -181,75 +188,35 @@ class ArchiveDaemon:
 
     def live_connection(self) -> WorkerConnection | None:
         """The current connection to the worker, if there is one now."""
-        connection = self._connection
-        return connection if connection is not None and not connection.peer.closed else None
+        return self.link.live()
 
     async def connection(self) -> WorkerConnection:
         """The current connection to the worker, waiting for one if needed."""
-        while True:
-            await self._connected.wait()
-            if self._connection is not None and not self._connection.peer.closed:
-                return self._connection
+        return await self.link.wait()
 
     @property
     def worker_connected(self) -> bool:
-        return self._connection is not None and not self._connection.peer.closed
+        return self.link.live() is not None
+
+    @property
+    def connections(self) -> int:
+        """How many connections to the worker have been opened."""
+        return self.link.connections
 
     # --- the worker connection ---------------------------------------------------------
 
-    async def _connect_loop(self) -> None:
-        failures = 0
-        while not self._shutting_down:
-            try:
-                connection = await WorkerConnection.open(
-                    self.options.socket_path,
-                    execute=self._serve_execute,
-                    notify=self._notified,
-                    request_timeout=self.options.request_timeout,
-                    frame_limit=self.options.frame_limit,
-                )
-            except OSError as exc:
-                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                if failures % 20 == 0:
-                    log.info(
-                        "worker not reachable at %s (%s); retrying",
-                        self.options.socket_path,
-                        exc.strerror or exc,
-                    )
-                failures += 1
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            await self._serve_connection(connection)
-            _raise_if_cancelled()
-
-    async def _serve_connection(self, connection: WorkerConnection) -> None:
-        self.connections += 1
-        log.info("connected to the worker at %s", self.options.socket_path)
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(connection.peer.run(), name="worker-peer")
-                self._connection = connection
-                self._connected.set()
-                group.create_task(self._health_loop(connection), name="health")
-                await self._dispatch_pending(connection)
-                await connection.peer.wait_closed()
-                raise _ConnectionGone
-        except* _ConnectionGone:
-            pass
-        finally:
-            self._connected.clear()
-            self._connection = None
-            if isinstance(connection.peer.lost_to, FrameLimitLost):
-                self._fail_running(connection.peer.lost_to)
-            lost = self.tracker.mark_lost()
-            if lost:
-                log.warning(
-                    "lost the connection to the worker; %d unfinished task(s) will be queued again",
-                    len(lost),
-                )
-            else:
-                log.info("disconnected from the worker")
+    def _lost(self, connection: WorkerConnection) -> None:
+        """A connection has gone: its tasks are queued again on the next one."""
+        if isinstance(connection.peer.lost_to, FrameLimitLost):
+            self._fail_running(connection.peer.lost_to)
+        lost = self.tracker.mark_lost()
+        if lost:
+            log.warning(
+                "lost the connection to the worker; %d unfinished task(s) will be queued again",
+                len(lost),
+            )
+        else:
+            log.info("disconnected from the worker")
 
     def _fail_running(self, cause: FrameLimitLost) -> None:
         """A connection lost to the frame limit is not a transient fault: queued again, the
@@ -261,18 +228,6 @@ class ArchiveDaemon:
                 log.error("task %s ended: %s", record.task_id, cause.message)
                 self.tracker.finish(record, "error", f"{cause.message} ({cause.code})")
                 self._updated(record)
-
-    async def _health_loop(self, connection: WorkerConnection) -> None:
-        while not connection.peer.closed:
-            await asyncio.sleep(self.options.health_interval)
-            try:
-                sent = time.monotonic()
-                await connection.ping(timeout=self.options.health_timeout)
-                self.observer.pinged(time.monotonic() - sent)
-            except PeerError as exc:
-                log.warning("worker health check failed (%s); reconnecting", exc.message)
-                await connection.close()
-                return
 
     async def _dispatch_pending(self, connection: WorkerConnection) -> None:
         """Queue every record not yet (or no longer) known to the worker."""
@@ -468,7 +423,7 @@ class ArchiveDaemon:
         if record is None or rate == record.min_rate:
             return
         record.min_rate = rate  # an attempt sent again (connection lost) carries it too
-        connection = self._connection
+        connection = self.link.current
         if record.state in ("queued", "running") and connection is not None:
             try:
                 await connection.rate(record.task_id, rate or 0.0)
@@ -589,7 +544,7 @@ class ArchiveDaemon:
         )
         self.tracker.add(record)
         self.movers.release_when(collection, record.done)
-        connection = self._connection
+        connection = self.link.current
         if connection is not None and not connection.peer.closed:
             await self._send(connection, record)
         return record
@@ -619,16 +574,3 @@ def _task_fields(record: TaskRecord, **fields: object) -> dict[str, object]:
         "dest_handle": record.dest_handle,
         **fields,
     }
-
-
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation a task group swallowed.
-
-    On Python 3.11 a task cancelled while its `asyncio.TaskGroup` is ending on an exception
-    of its own (the connection closing, here, as the worker stops on the SIGTERM systemd
-    sends to the whole process group) gets that exception instead of CancelledError, which
-    ``except*`` then swallows (CPython gh-116720, fixed in 3.13): the loop around it would
-    reconnect for ever and the daemon never exit."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
