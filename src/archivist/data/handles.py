@@ -227,6 +227,19 @@ def _enter_wal(cursor: sqlite3.Cursor) -> None:
         pause = min(pause * 2, 0.05)
 
 
+async def run_to_the_end(executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
+    """Run blocking ``call`` in ``executor``; a caller cancelled meanwhile is cancelled only
+    once ``call`` has ended (a thread cannot be stopped half way)."""
+    work = asyncio.get_running_loop().run_in_executor(executor, call)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])
+        raise
+
+
 class Handle:
     """One named database: its engine and the threads that run its blocking work."""
 
@@ -262,19 +275,12 @@ class Handle:
         """Run blocking ``fn`` in this handle's threads; driver errors become DatabaseError."""
         if self._closed:
             raise DatabaseError(f"{self.label} is closed")
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._guarded, fn, *args, **kwargs)
-        work = loop.run_in_executor(self._executor, call)
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            # A thread cannot be stopped: its transaction commits or rolls back on its own.
-            # The caller is gone (a closed connection), but whoever comes next (a recount
-            # before a task is queued again) must see what that transaction did.
-            while not work.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([work])
-            raise
+        # A thread cannot be stopped: its transaction commits or rolls back on its own.
+        # The caller is gone (a closed connection), but whoever comes next (a recount
+        # before a task is queued again) must see what that transaction did.
+        return await run_to_the_end(
+            self._executor, functools.partial(self._guarded, fn, *args, **kwargs)
+        )
 
     async def identity(self) -> tuple[str, ...]:
         """What tells this database apart from every other one, asked of the database itself

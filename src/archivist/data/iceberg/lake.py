@@ -6,7 +6,6 @@ work runs in the handle's own threads, as a database handle's does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -30,6 +29,7 @@ from pyiceberg.transforms import DayTransform, MonthTransform, Transform
 from pyiceberg.types import NestedField
 
 from archivist.data.columns import ColumnSpec, Kind
+from archivist.data.handles import run_to_the_end
 from archivist.data.iceberg.expr import AlwaysTrue, And, BooleanExpression, ge, is_in, le
 from archivist.data.iceberg.filters import literal
 from archivist.data.iceberg.types import (
@@ -147,29 +147,17 @@ class Lake:
         """Run blocking ``fn`` in this handle's threads; library errors become DatabaseError."""
         if self._closed:
             raise DatabaseError(f"{self.label} is closed")
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(
+        # A commit cannot be stopped half way: it ends before the caller goes on.
+        return await run_to_the_end(
             self._executor, functools.partial(self._guarded, fn, *args, **kwargs)
         )
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            # A commit cannot be stopped half way: let it end before the caller goes on.
-            while not work.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([work])
-            raise
 
     def _guarded(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
         except ArchivistError:
             raise
-        except (OSError, pa.ArrowException, ValueError, RuntimeError) as exc:
-            log.debug("Iceberg error on %s", self.label, exc_info=True)
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DatabaseError(f"Iceberg error on {self.label}: {text}") from None
-        except Exception as exc:  # pyiceberg and SQLAlchemy raise their own hierarchies
+        except Exception as exc:  # Arrow, OS, pyiceberg and SQLAlchemy errors alike
             log.debug("Iceberg error on %s", self.label, exc_info=True)
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseError(f"Iceberg error on {self.label}: {text}") from None
