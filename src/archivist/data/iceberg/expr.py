@@ -4,7 +4,6 @@ validation, which mypy cannot follow): a column name and a literal value."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from pyiceberg import expressions as _e
 from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, BooleanExpression, Not, Or
@@ -27,49 +26,44 @@ __all__ = [
     "not_null",
 ]
 
-_any: Any = _e
+
+def _made(kind: str, *args: object) -> BooleanExpression:
+    """pyiceberg's expression class ``kind`` over ``args``, typed."""
+    result: BooleanExpression = getattr(_e, kind)(*args)
+    return result
 
 
 def eq(name: str, value: object) -> BooleanExpression:
-    result: BooleanExpression = _any.EqualTo(name, value)
-    return result
+    return _made("EqualTo", name, value)
 
 
 def gt(name: str, value: object) -> BooleanExpression:
-    result: BooleanExpression = _any.GreaterThan(name, value)
-    return result
+    return _made("GreaterThan", name, value)
 
 
 def ge(name: str, value: object) -> BooleanExpression:
-    result: BooleanExpression = _any.GreaterThanOrEqual(name, value)
-    return result
+    return _made("GreaterThanOrEqual", name, value)
 
 
 def lt(name: str, value: object) -> BooleanExpression:
-    result: BooleanExpression = _any.LessThan(name, value)
-    return result
+    return _made("LessThan", name, value)
 
 
 def le(name: str, value: object) -> BooleanExpression:
-    result: BooleanExpression = _any.LessThanOrEqual(name, value)
-    return result
+    return _made("LessThanOrEqual", name, value)
 
 
 def is_in(name: str, values: Iterable[object]) -> BooleanExpression:
-    result: BooleanExpression = _any.In(name, set(values))
-    return result
+    return _made("In", name, set(values))
 
 
 def not_in(name: str, values: Iterable[object]) -> BooleanExpression:
-    result: BooleanExpression = _any.NotIn(name, set(values))
-    return result
+    return _made("NotIn", name, set(values))
 
 
 def is_null(name: str) -> BooleanExpression:
-    result: BooleanExpression = _any.IsNull(name)
-    return result
+    return _made("IsNull", name)
 
 
 def not_null(name: str) -> BooleanExpression:
-    result: BooleanExpression = _any.NotNull(name)
-    return result
+    return _made("NotNull", name)
