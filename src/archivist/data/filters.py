@@ -66,7 +66,14 @@ def compile_filter(info: TableInfo, spec: object) -> ColumnElement[bool]:
     if not isinstance(spec, Mapping):
         raise InvalidParams("filter: must be a JSON object")
     info.codec.check_fields(spec.keys())
-    conditions: list[ColumnElement[bool]] = []
+    conditions = [_operator(info, name, op, operand) for name, op, operand in terms(spec)]
+    return sa.and_(sa.true(), *conditions)
+
+
+def terms(spec: Mapping[str, object]) -> Iterator[tuple[str, str, object]]:
+    """Each condition of a filter as (field, operator, operand): ``{field: value}`` is
+    ``$eq``. The engines' compilers (SQL here, Iceberg in `archivist.data.iceberg.filters`)
+    share this reading of the language."""
     for name, condition in spec.items():
         if (
             isinstance(condition, Mapping)
@@ -74,14 +81,23 @@ def compile_filter(info: TableInfo, spec: object) -> ColumnElement[bool]:
             and all(isinstance(key, str) and key.startswith("$") for key in condition)
         ):
             for op, operand in condition.items():
-                conditions.append(_operator(info, name, op, operand))
+                yield name, op, operand
         elif isinstance(condition, Mapping | list):
             raise InvalidParams(
                 f"filter.{name}: expected a value or an object of operators ({' '.join(OPERATORS)})"
             )
         else:
-            conditions.append(_operator(info, name, "$eq", condition))
-    return sa.and_(sa.true(), *conditions)
+            yield name, "$eq", condition
+
+
+def check_comparison(name: str, op: str, operand: object) -> None:
+    """Refuse an unknown operator, or a list or an object where one value is due."""
+    if op not in OPERATORS:
+        raise InvalidParams(
+            f"filter.{name}: unknown operator {op[:32]!r}; use {' '.join(OPERATORS)}"
+        )
+    if isinstance(operand, Mapping | list):
+        raise InvalidParams(f"filter.{name}.{op}: expected a single value")
 
 
 def _operator(info: TableInfo, name: str, op: str, operand: object) -> ColumnElement[bool]:
@@ -108,12 +124,7 @@ def _operator(info: TableInfo, name: str, op: str, operand: object) -> ColumnEle
         if has_null:
             return sa.and_(missing, column.is_not(None))
         return sa.or_(missing, column.is_(None))
-    if op not in OPERATORS:
-        raise InvalidParams(
-            f"filter.{name}: unknown operator {op[:32]!r}; use {' '.join(OPERATORS)}"
-        )
-    if isinstance(operand, Mapping | list):
-        raise InvalidParams(f"filter.{name}.{op}: expected a single value")
+    check_comparison(name, op, operand)
     value = decode_value(spec, operand, where=where)
     if op == "$eq":
         return column.is_(None) if value is None else column == value

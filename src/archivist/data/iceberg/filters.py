@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.data.filters import OPERATORS
+from archivist.data.filters import check_comparison, terms
 from archivist.data.iceberg.expr import (
     AlwaysFalse,
     AlwaysTrue,
@@ -46,20 +46,8 @@ def row_filter(specs: Sequence[ColumnSpec], codec: RowCodec, spec: object) -> Bo
     codec.check_fields(spec.keys())
     by_name = {s.name: s for s in specs}
     result: BooleanExpression = AlwaysTrue()
-    for name, condition in spec.items():
-        if (
-            isinstance(condition, Mapping)
-            and condition
-            and all(isinstance(key, str) and key.startswith("$") for key in condition)
-        ):
-            for op, operand in condition.items():
-                result = And(result, _operator(by_name[name], op, operand))
-        elif isinstance(condition, Mapping | list):
-            raise InvalidParams(
-                f"filter.{name}: expected a value or an object of operators ({' '.join(OPERATORS)})"
-            )
-        else:
-            result = And(result, _operator(by_name[name], "$eq", condition))
+    for name, op, operand in terms(spec):
+        result = And(result, _operator(by_name[name], op, operand))
     return result
 
 
@@ -80,12 +68,7 @@ def _operator(spec: ColumnSpec, op: str, operand: object) -> BooleanExpression:
             return Or(found, is_null(name)) if has_null else found
         missing: BooleanExpression = not_in(name, present) if present else AlwaysTrue()
         return And(missing, not_null(name)) if has_null else Or(missing, is_null(name))
-    if op not in OPERATORS:
-        raise InvalidParams(
-            f"filter.{name}: unknown operator {op[:32]!r}; use {' '.join(OPERATORS)}"
-        )
-    if isinstance(operand, Mapping | list):
-        raise InvalidParams(f"filter.{name}.{op}: expected a single value")
+    check_comparison(name, op, operand)
     value = decode_value(spec, operand, where=where)
     if op == "$eq":
         return is_null(name) if value is None else eq(name, literal(spec, value))
