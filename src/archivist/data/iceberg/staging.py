@@ -389,11 +389,21 @@ def last_of_each_key(table: pa.Table, pk: str) -> pa.Table:
     return table.take(pc.take(last.column("__archivist_row_max"), rows))
 
 
+_packer = msgspec.msgpack.Encoder()
+
+
 def digest(stored: Sequence[object]) -> bytes:
     """A row's values in column order (as stored on SQLite, as typed elsewhere) as 16
-    bytes: equal while the row is unchanged (within one process: reprs of the same
-    driver's values)."""
-    return hashlib.blake2b(repr(tuple(stored)).encode(), digest_size=16).digest()
+    bytes: equal while the row is unchanged (within one process, the same driver's values).
+    Packed by msgspec (typed: an integer, a float, text and bytes differ even where their
+    text would not), twice as fast as their repr, which is the fallback for a value msgspec
+    cannot pack (an integer beyond 64 bits, a driver's own type)."""
+    values = tuple(stored)
+    try:
+        packed = b"p" + _packer.encode(values)
+    except (TypeError, OverflowError, msgspec.EncodeError):
+        packed = b"r" + repr(values).encode()
+    return hashlib.blake2b(packed, digest_size=16).digest()
 
 
 def _staged(
