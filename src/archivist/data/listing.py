@@ -158,14 +158,7 @@ class ListQuery:
         rows are read once without type processing, straight from the driver's cursor, and
         each column's result processor (the very one SQLAlchemy applies) then runs over
         its column, not over each row's values in turn."""
-        raw = [sa.type_coerce(column, NullType()) for column in self.table.c]
-        result = connection.execute(self.query.with_only_columns(*raw), self.params)
-        try:
-            stored: list[Stored] = list(result.cursor.fetchall())
-        finally:
-            result.close()
-        if self.reverse:
-            stored.reverse()
+        stored = self.run_raw(connection)
         dialect = connection.dialect
         columns: list[list[object]] = []
         for column, values in zip(self.table.c, zip(*stored, strict=True), strict=False):
@@ -174,6 +167,19 @@ class ListQuery:
         if not stored:
             columns = [[] for _ in self.table.c]
         return [column.name for column in self.table.c], columns, stored
+
+    def run_raw(self, connection: Connection) -> list[Stored]:
+        """The listing's rows as the driver's cursor returns them (no type processing), in
+        the table's column order: for a dialect whose driver returns the stored form."""
+        raw = [sa.type_coerce(column, NullType()) for column in self.table.c]
+        result = connection.execute(self.query.with_only_columns(*raw), self.params)
+        try:
+            stored: list[Stored] = list(result.cursor.fetchall())
+        finally:
+            result.close()
+        if self.reverse:
+            stored.reverse()
+        return stored
 
     def run_stored_only(self, connection: Connection) -> list[Stored]:
         """The listing's rows in their stored form only (no type processing)."""

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 import pyarrow as pa
@@ -28,11 +27,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType
 
 from archivist.data.catalog import Catalog
+from archivist.data.columns import Kind
 from archivist.data.delete import delete_expected, delete_ids
 from archivist.data.filters import chunks, one_of
 from archivist.data.iceberg.expr import is_in
 from archivist.data.iceberg.lake import Committed, Lake, LakeTable
-from archivist.data.iceberg.types import arrow_columns, from_arrow_values
+from archivist.data.iceberg.types import arrow_columns, from_arrow_values, stored_array
 from archivist.data.listing import ListQuery
 from archivist.data.params import CopyParams
 from archivist.data.registry import Entity
@@ -43,7 +43,8 @@ from archivist.data.relations import (
     with_kept,
 )
 from archivist.data.schema import TableInfo
-from archivist.data.stored import PASSTHROUGH_DIALECTS
+from archivist.data.slicing import execute
+from archivist.data.stored import PASSTHROUGH_DIALECTS, Stored
 from archivist.data.values import JSONObject, decode_value, decode_values
 from archivist.errors import InvalidParams, UnstorableValue
 
@@ -152,33 +153,38 @@ class Stager:
                 entity.order_by,
                 stored=source.dialect_name in PASSTHROUGH_DIALECTS,
             )
-            if query.stored:
-                # Read straight from the driver's cursor, column by column (`run_columns`).
-                names, columns, stored = await source.transaction(query.run_columns)
-                count = len(stored)
-            else:
-                names, rows, listed = await source.transaction(query.run)
-                count = len(rows)
-                columns = [list(values) for values in zip(*rows, strict=True)]
-                stored = [tuple(row) for row in rows] if listed is None else listed
-                if not rows:
-                    columns = [[] for _ in names]
+            names = [column.name for column in query.table.c]
+            try:
+                if query.stored:
+                    # Read straight from the driver's cursor, and typed column by column
+                    # (`_staged_stored`).
+                    stored, processors = await source.transaction(_list_stored, query)
+                    count = len(stored)
+                    table, pk_values, last = await self.lake.run(
+                        _staged_stored, found, names, stored, processors, source.dialect_name
+                    )
+                else:
+                    names, rows, listed = await source.transaction(query.run)
+                    count = len(rows)
+                    columns = [list(values) for values in zip(*rows, strict=True)]
+                    stored = [tuple(row) for row in rows] if listed is None else listed
+                    if not rows:
+                        columns = [[] for _ in names]
+                    if count:
+                        table = await self.lake.run(_staged, found, names, columns, stored)
+                    pk_values = columns[names.index(info.pk)]
+                    last = tuple(c[-1] for c in columns) if count else None
+            except pa.ArrowException as exc:
+                raise UnstorableValue(
+                    f"{p.collection}: a row holds a value the Iceberg table cannot store "
+                    f"exactly ({exc}); nothing was staged"
+                ) from None
             if count:
-                try:
-                    table = await self.lake.run(_staged, found, names, columns, stored)
-                except pa.ArrowException as exc:
-                    raise UnstorableValue(
-                        f"{p.collection}: a row holds a value the Iceberg table cannot store "
-                        f"exactly ({exc}); nothing was staged"
-                    ) from None
                 await self.lake.run(self._write, table)
                 self.rows += count
                 self.source_name, self.move = source.name, p.move
-            pk_index, order = (
-                names.index(info.pk),
-                (p.order_by[0].field if p.order_by else entity.order_by),
-            )
-            keys = info.codec.encode_column(info.pk, columns[pk_index])
+            order = p.order_by[0].field if p.order_by else entity.order_by
+            keys = info.codec.encode_column(info.pk, pk_values)
             answer: JSONObject = {
                 "items": keys,
                 "count": len(keys),
@@ -191,13 +197,13 @@ class Stager:
                 # Staged, and deleted after their commit is read back: moved, as far as the
                 # task is concerned (docs/coldtier.md says why the count comes first).
                 answer["deleted"] = len(keys)
-            if count:
-                last = info.codec.encode_tuples(names, [tuple(c[-1] for c in columns)])[0]
-                if last.get(order) is not None:
+            if last is not None:
+                end = info.codec.encode_tuples(names, [last])[0]
+                if end.get(order) is not None:
                     answer["cursor"] = {
                         "field": order,
-                        "value": last[order],
-                        "id": last[info.pk],
+                        "value": end[order],
+                        "id": end[info.pk],
                         "direction": "after",
                     }
             if limit < p.limit and count == limit:
@@ -340,13 +346,19 @@ class Stager:
         _, source, info = await self.owner.catalog.table(self.collection, source_name)
         refs = guarded(info.referenced_by, entity.on_children)
         pk_spec = found.spec(found.pk)
+        # Integer keys are the same numbers on both sides: no round trip through the codec.
+        same_integers = pk_spec.kind is Kind.INTEGER and info.spec(info.pk).kind is Kind.INTEGER
         deleted = skipped = kept = 0
         for offset in range(0, guards.num_rows, DELETE_CHUNK):
             chunk = guards.slice(offset, DELETE_CHUNK)
-            keys = [
-                decode_value(info.spec(info.pk), found.codec.encode_field(found.pk, key))
-                for key in from_arrow_values(pk_spec, chunk.column(found.pk))
-            ]
+            keys: list[object] = (
+                chunk.column(found.pk).to_pylist()
+                if same_integers
+                else [
+                    decode_value(info.spec(info.pk), found.codec.encode_field(found.pk, key))
+                    for key in from_arrow_values(pk_spec, chunk.column(found.pk))
+                ]
+            )
             digests = chunk.column(DIGEST).to_pylist()
             gone, held, matched = await source.transaction(
                 delete_unchanged, info, keys, digests, refs, write=True
@@ -392,18 +404,30 @@ def last_of_each_key(table: pa.Table, pk: str) -> pa.Table:
 _packer = msgspec.msgpack.Encoder()
 
 
-def digest(stored: Sequence[object]) -> bytes:
-    """A row's values in column order (as stored on SQLite, as typed elsewhere) as 16
-    bytes: equal while the row is unchanged (within one process, the same driver's values).
+def digest(stored: Sequence[object]) -> int:
+    """A row's values in column order (as stored on SQLite, as typed elsewhere) as a 64-bit
+    number: equal while the row is unchanged, within one process (the staged rows are
+    deleted by the process that listed them; a stopped daemon's staging files are removed).
     Packed by msgspec (typed: an integer, a float, text and bytes differ even where their
-    text would not), twice as fast as their repr, which is the fallback for a value msgspec
-    cannot pack (an integer beyond 64 bits, a driver's own type)."""
+    text would not), or as their repr where msgspec cannot pack a value (an integer beyond
+    64 bits, a driver's own type); then Python's keyed hash of those bytes (SipHash, its key
+    drawn per process), four times as fast as a blake2b of them: a row changed between its
+    listing and its delete is taken for unchanged with a chance of 2**-64."""
     values = tuple(stored)
     try:
         packed = b"p" + _packer.encode(values)
     except (TypeError, OverflowError, msgspec.EncodeError):
         packed = b"r" + repr(values).encode()
-    return hashlib.blake2b(packed, digest_size=16).digest()
+    return hash(packed)
+
+
+def row_digests(rows: Sequence[Stored]) -> list[int]:
+    """`digest` of each row (tuples, as a cursor returns them), in one pass."""
+    encode = _packer.encode
+    try:
+        return [hash(b"p" + encode(row)) for row in rows]
+    except (TypeError, OverflowError, msgspec.EncodeError):
+        return [digest(row) for row in rows]
 
 
 def _staged(
@@ -416,20 +440,77 @@ def _staged(
     columns, and each row's digest (`DIGEST`) of its stored form, which its delete checks."""
     table = arrow_columns(found.arrow_schema, found.specs, names, columns, len(stored))
     return table.append_column(
-        DIGEST, pa.array([digest(values) for values in stored], type=pa.binary(16))
+        DIGEST, pa.array([digest(values) for values in stored], type=pa.int64())
     )
+
+
+Processor = Callable[[object], object] | None
+
+
+def _list_stored(connection: Connection, query: ListQuery) -> tuple[list[Stored], list[Processor]]:
+    """The listing's rows as stored (`ListQuery.run_raw`) and each column's result processor
+    (the one SQLAlchemy would apply), to be typed column by column."""
+    stored = query.run_raw(connection)
+    dialect = connection.dialect
+    processors: list[Processor] = [
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in query.table.c
+    ]
+    return stored, processors
+
+
+def _staged_stored(
+    found: LakeTable,
+    names: Sequence[str],
+    stored: Sequence[Stored],
+    processors: Sequence[Processor],
+    dialect_name: str,
+) -> tuple[pa.Table, list[object], tuple[object, ...] | None]:
+    """Rows as stored (tuples in ``names`` order) as the staging file holds them (`_staged`),
+    typed column by column (`stored_array`); with the primary key's values and the last row,
+    typed as the listing types them, for the answer."""
+    count = len(stored)
+    raw = list(zip(*stored, strict=True)) if count else [() for _ in names]
+    position = {name: index for index, name in enumerate(names)}
+    sqlite = dialect_name == "sqlite"
+    arrays = []
+    for spec in found.specs:
+        type_ = found.arrow_schema.field(spec.name).type
+        index = position.get(spec.name)
+        if index is None:
+            arrays.append(pa.nulls(count, type_))
+            continue
+        arrays.append(stored_array(spec, type_, raw[index], processors[index], sqlite=sqlite))
+    table = pa.Table.from_arrays(arrays, schema=found.arrow_schema)
+    table = table.append_column(DIGEST, pa.array(row_digests(stored), type=pa.int64()))
+    at = position[found.pk]
+    process = processors[at]
+    keys = list(raw[at]) if process is None else [process(v) for v in raw[at]]
+    last = (
+        tuple(v if p is None else p(v) for v, p in zip(stored[-1], processors, strict=True))
+        if count
+        else None
+    )
+    return table, keys, last
 
 
 def delete_unchanged(
     connection: Connection,
     info: TableInfo,
     keys: list[object],
-    digests: list[bytes],
+    digests: list[int],
     refs: tuple[ForeignKey, ...],
 ) -> tuple[int, int, int]:
     """Delete the rows of ``keys`` whose stored form still has the digest it was listed
     with, reading them under row locks first (`delete_expected`'s discipline); the rows
     deleted, those kept for ``refs``, and those that matched."""
+    if (
+        connection.dialect.name == "sqlite"
+        and not refs
+        and all(type(key) is int for key in keys)
+        and info.spec(info.pk).kind is Kind.INTEGER
+    ):
+        return _delete_unchanged_sqlite(connection, info, keys, digests)
     table = info.table
     pk_column = table.c[info.pk]
     # The form the listing digested: as stored where reading it costs nothing (SQLite),
@@ -478,6 +559,48 @@ def delete_unchanged(
         return 0, 0, 0
     deleted = delete_ids(connection, info, matched, refs)
     return deleted, len(matched) - deleted, len(matched)
+
+
+SQLITE_KEYS: Final = 500
+"""Keys per statement of `_delete_unchanged_sqlite` (a short last one padded with NULL keys,
+which match nothing, so the statement's text is prepared once)."""
+
+
+def _delete_unchanged_sqlite(
+    connection: Connection, info: TableInfo, keys: list[object], digests: list[int]
+) -> tuple[int, int, int]:
+    """`delete_unchanged` on SQLite for integer keys and no references to guard: in the
+    write transaction (BEGIN IMMEDIATE: no other writer until it commits), the rows are read
+    as stored through the driver's own cursor, each compared with its digest, and those that
+    match are deleted, both by statements of fixed text on the raw connection (SQLAlchemy
+    renders an IN list of a thousand keys anew on every call)."""
+    preparer = connection.dialect.identifier_preparer
+    table = preparer.format_table(info.table)
+    pk = preparer.quote(info.pk)
+    names = ", ".join(preparer.quote(column.name) for column in info.table.c)
+    at = [column.name for column in info.table.c].index(info.pk)
+    marks = ", ".join("?" * SQLITE_KEYS)
+    select = f"SELECT {names} FROM {table} WHERE {pk} IN ({marks})"
+    delete = f"DELETE FROM {table} WHERE {pk} IN ({marks})"
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    wanted = dict(zip(keys, digests, strict=True))
+    matched: list[object] = []
+    deleted = 0
+    for start in range(0, len(keys), SQLITE_KEYS):
+        part: list[object] = list(keys[start : start + SQLITE_KEYS])
+        part += [None] * (SQLITE_KEYS - len(part))
+        rows = execute(raw, select, part).fetchall()
+        ours: list[object] = [
+            row[at]
+            for row, now in zip(rows, row_digests(rows), strict=True)
+            if type(row[at]) is int and wanted.get(row[at]) == now
+        ]
+        if ours:
+            bound = ours + [None] * (SQLITE_KEYS - len(ours))
+            deleted += int(execute(raw, delete, bound).rowcount)
+            matched += ours
+    return deleted, 0, len(matched)
 
 
 def _expected(

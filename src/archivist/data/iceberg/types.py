@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.types import (
     BinaryType,
     BooleanType,
@@ -228,6 +229,81 @@ def arrow_columns(
             values = [None if v is None else convert(v) for v in values]
         arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def stored_array(
+    spec: ColumnSpec,
+    type_: pa.DataType,
+    values: Sequence[object],
+    process: Callable[[object], object] | None,
+    *,
+    sqlite: bool,
+) -> pa.Array:
+    """A column as the driver returned it (``values``, before ``process``: the result
+    processor SQLAlchemy applies) as an Arrow array of ``type_``: the same values that
+    `arrow_columns` makes of the processed ones. From SQLite, timestamps are parsed column
+    at a time (`_sqlite_timestamps`) and JSON documents go from their stored text to their
+    compact text in one step (`_sqlite_json`)."""
+    if sqlite and process is not None:
+        if spec.kind is Kind.DATETIME:
+            parsed = _sqlite_timestamps(values, type_)
+            if parsed is not None:
+                return parsed
+        elif spec.kind is Kind.JSON:
+            return pa.array(_sqlite_json(values, process), type=type_)
+    typed = list(values) if process is None else [process(v) for v in values]
+    convert = _converter(spec)
+    if convert is not None:
+        typed = [None if v is None else convert(v) for v in typed]
+    return pa.array(typed, type=type_)
+
+
+SQLITE_TIMESTAMP: Final = "%Y-%m-%d %H:%M:%S"
+"""SQLAlchemy's SQLite DATETIME storage (``2024-01-01 00:00:05.357000``), as Arrow's
+``strftime`` writes a microsecond timestamp (its ``%S`` has the fraction)."""
+
+
+def _sqlite_timestamps(values: Sequence[object], type_: pa.DataType) -> pa.Array | None:
+    """SQLite DATETIME text as Arrow timestamps, parsed by Arrow; None unless every value is
+    text in SQLAlchemy's storage form exactly (each parsed value written back is its text),
+    so that the result is what SQLAlchemy's processor reads, a stored naive value being
+    UTC for a column with a time zone (`archivist.data.columns.UTCDateTime`)."""
+    if not pa.types.is_timestamp(type_) or type_.unit != "us":
+        return None
+    if not all(type(v) is str or v is None for v in values):
+        return None
+    text = pa.array(values, type=pa.string())
+    try:
+        parsed = pc.cast(text, pa.timestamp("us"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    written = pc.strftime(parsed, format=SQLITE_TIMESTAMP)
+    same = pc.equal(written, text)
+    if same.null_count != text.null_count or not pc.all(same).as_py():
+        return None
+    return parsed.cast(type_)
+
+
+def _sqlite_json(values: Sequence[object], process: Callable[[object], object]) -> list[str | None]:
+    """SQLite JSON text as each document's compact text: decoded and encoded again by
+    msgspec (a float's shortest exact form, ``1e16`` where json writes ``1e+16``); what
+    msgspec refuses (NaN, a number beyond a double) goes through ``process`` and
+    `_json_text`, as `arrow_columns` takes it."""
+    decode, encode = msgspec.json.decode, msgspec.json.encode
+    out: list[str | None] = []
+    append = out.append
+    for value in values:
+        if value is None:
+            append(None)
+            continue
+        try:
+            document = decode(value)  # type: ignore[call-overload]
+        except (msgspec.DecodeError, TypeError):
+            document = process(value)
+            append(None if document is None else _json_text(document))
+            continue
+        append(None if document is None else encode(document).decode())
+    return out
 
 
 # --- values: Arrow -> database (Python) ------------------------------------------------------
