@@ -147,6 +147,8 @@ class Settings:
     check_interval: float = 5.0
     keep_up_rate: float = 120.0
     sections: tuple[str, ...] = SECTIONS
+    paths: tuple[str, ...] = ()
+    """Only these paths of the paths section (their keys; empty: every path)."""
     startup_runs: int = 5
 
 
@@ -224,6 +226,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         "archive of 1,000 rows), pings; default: all",
     )
     parser.add_argument(
+        "--path",
+        action="append",
+        choices=[spec.key for spec in PATHS],
+        help="with --only paths: run only this path (repeatable; default: every path)",
+    )
+    parser.add_argument(
         "--startup-runs", type=int, default=5, help="one-shot archives timed for start-up (5)"
     )
     args = parser.parse_args(argv)
@@ -254,6 +262,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         check_interval=args.check_interval,
         keep_up_rate=args.keep_up_rate,
         sections=tuple(args.only or SECTIONS),
+        paths=tuple(args.path or ()),
         startup_runs=args.startup_runs,
     )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -474,6 +483,8 @@ class Bench:
         with second_servers(self.results.notes, shared_pg) as archives:
             prepared: list[tuple[PathSpec, Target]] = []
             for spec in PATHS:
+                if s.paths and spec.key not in s.paths:
+                    continue
                 source = sources.get(spec.source)
                 if source is None:
                     self.results.notes.append(f"path {spec.key}: skipped, no {spec.source}")

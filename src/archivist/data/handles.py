@@ -165,11 +165,13 @@ def _connect_pymysql(
 
 @functools.cache
 def _pymysql_class() -> type[Any]:
-    from pymysql.connections import Connection as PyMySQLConnection
+    # Guarded: a server's request for a local file gets only the buffer archivist offered
+    # for that statement (`LOAD DATA LOCAL INFILE` into an archive), never a file.
+    from archivist.data.transfer.mysql_load import GuardedConnection
 
     preferred: list[object] = []
 
-    class SharedPreferredTLS(PyMySQLConnection):
+    class SharedPreferredTLS(GuardedConnection):
         # _create_ssl_ctx is PyMySQL's private method, which types-PyMySQL does not declare.
         def _create_ssl_ctx(self, sslp: object) -> object:
             create: Callable[[object], object] = super()._create_ssl_ctx  # type: ignore[misc]

@@ -1,9 +1,9 @@
 """How a batch moves between two servers or two engines: the daemon reads the rows from the
 source connection and writes them into the destination with that engine's bulk path
-(PostgreSQL ``COPY``, multi-row inserts on MariaDB/MySQL, ``executemany`` on SQLite); the
-worker's socket never carries them. The delete compares a digest of the batch computed on
-each side over the rows' canonical text (`canonical`), and only when the digests differ
-compares the rows one by one, by their values.
+(PostgreSQL ``COPY``, ``LOAD DATA LOCAL INFILE`` from memory on MariaDB/MySQL (`mysql_load`),
+``executemany`` on SQLite); the worker's socket never carries them. The delete compares a
+digest of the batch computed on each side over the rows' canonical text (`canonical`), and
+only when the digests differ compares the rows one by one, by their values.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_clause, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.storable import before_timestamps, is_timestamp
-from archivist.data.transfer import canonical
+from archivist.data.transfer import canonical, mysql_load
 from archivist.data.transfer.keys import key_ranges
 from archivist.data.transfer.link import Link, TakenBack, conflict
 from archivist.data.transfer.pages import Pages
@@ -279,27 +279,56 @@ def _writer(
         return write_sqlite
     insert = f"INSERT INTO {target} ({columns}) VALUES ({marks})"
     integer_keys = dest.spec(dest.pk).kind is Kind.INTEGER
+    binary = [dest.spec(name).kind is Kind.BINARY for name in names]
+    load = mysql_load.LoadData(target, names, binary, quote)
+    loading = [True]  # until the server refuses LOCAL (local_infile = OFF)
 
     def write_mysql(
         connection: Connection, rows: list[tuple[object, ...]], keys: list[object]
     ) -> None:
-        # A plain insert (PyMySQL makes it multi-row); after a clash with older copies,
-        # those go and the rows are inserted again. Not ON DUPLICATE KEY UPDATE, which would
-        # also overwrite another archived row that shares a unique value (`attached`).
+        # LOAD DATA LOCAL INFILE from a buffer (`mysql_load`); else, or when it skipped a
+        # row (an older copy: LOCAL ignores duplicates) or warned (a value changed), a
+        # plain insert (PyMySQL makes it multi-row), after a clash with older copies
+        # deleting those and inserting again. Not ON DUPLICATE KEY UPDATE (nor REPLACE),
+        # which would also overwrite another archived row sharing a unique value.
         raw = connection.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cursor, driver_errors(connection.dialect, insert):
+            if loading[0] and isinstance(raw, mysql_load.GuardedConnection):
+                try:
+                    taken, warnings = load.load(raw, load.buffer(rows))
+                except mysql_load.Unwritable:
+                    pass
+                except raw.OperationalError as exc:
+                    if exc.args[0] not in mysql_load.REFUSED_CODES:
+                        raise
+                    loading[0] = False
+                    log.warning(
+                        "%s: the archive's server refuses LOAD DATA LOCAL INFILE (%s); rows "
+                        "go by multi-row inserts",
+                        dest.name,
+                        exc.args[1],
+                    )
+                else:
+                    if taken == len(rows) and not warnings:
+                        return
+                    remove(cursor, keys)
+                    cursor.executemany(insert, rows)
+                    return
             try:
                 cursor.executemany(insert, rows)
             except raw.IntegrityError:
-                for chunk in chunks(keys):
-                    if integer_keys:
-                        where = key_ranges(pk, [int(k) for k in chunk])  # type: ignore[call-overload]
-                        cursor.execute(f"DELETE FROM {target} WHERE {where}")
-                    else:
-                        marks_k = ", ".join(["%s"] * len(chunk))
-                        cursor.execute(f"DELETE FROM {target} WHERE {pk} IN ({marks_k})", chunk)
+                remove(cursor, keys)
                 cursor.executemany(insert, rows)
+
+    def remove(cursor: Any, keys: list[object]) -> None:
+        for chunk in chunks(keys):
+            if integer_keys:
+                where = key_ranges(pk, [int(k) for k in chunk])  # type: ignore[call-overload]
+                cursor.execute(f"DELETE FROM {target} WHERE {where}")
+            else:
+                marks_k = ", ".join(["%s"] * len(chunk))
+                cursor.execute(f"DELETE FROM {target} WHERE {pk} IN ({marks_k})", chunk)
 
     return write_mysql
 
