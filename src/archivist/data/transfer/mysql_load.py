@@ -143,6 +143,8 @@ def _float(value: float) -> str:
 
 def _datetime(value: dt.datetime) -> str:
     # As PyMySQL writes it: the wall time, microseconds only when not zero.
+    if value.tzinfo is None:
+        return value.isoformat(" ")
     return value.replace(tzinfo=None).isoformat(" ")
 
 
@@ -164,6 +166,7 @@ class _Hexed(str):
 
 
 FIELDS: Final[dict[type, Field]] = {
+    type(None): lambda value: "\\N",
     str: _text,
     int: int.__repr__,
     bool: lambda value: "1" if value else "0",
@@ -220,15 +223,10 @@ class LoadData:
                         _Hexed(value) if i in binary and value is not None else value
                         for i, value in enumerate(given)
                     ]
-                lines.append(
-                    "\t".join(
-                        ["\\N" if value is None else fields[type(value)](value) for value in row]
-                    )
-                )
+                lines.append("\t".join([fields[type(value)](value) for value in row]) + "\n")
         except KeyError as exc:
             raise Unwritable(str(exc)) from None
-        lines.append("")
-        return "\n".join(lines).encode("utf-8")
+        return "".join(lines).encode("utf-8")
 
     def load(self, connection: GuardedConnection, data: bytes) -> tuple[int, int]:
         """Run the statement over ``data``: (rows the server took, its warnings)."""
