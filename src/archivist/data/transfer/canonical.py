@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Final
@@ -69,7 +70,14 @@ def float_text(value: float) -> str:
     return f"{prefix}{text[: power + 1]}.{text[power + 1 :]}"
 
 
+TIMESTAMP_TEXT: Final = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
+"""A timestamp's canonical text (UTC wall time for instants): how SQLite stores
+SQLAlchemy's timestamps, so a value read as stored in this form is its own text."""
+
+
 def _datetime_text(value: object) -> str:
+    if type(value) is str:  # read as stored and found in this very form (`streamed`)
+        return value
     assert isinstance(value, dt.datetime)
     if value.tzinfo is not None:
         if value.tzinfo is not dt.UTC:  # archivist reads instants in UTC already

@@ -19,6 +19,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import NullType
 
 from archivist.data.columns import ColumnSpec, Kind
 from archivist.data.filters import chunks
@@ -75,6 +76,11 @@ class Streamed:
     copy (`move_rows`, on a server that deletes with ``RETURNING``: PostgreSQL, MariaDB);
     None on SQLite, whose write lock the move would hold while the other database writes,
     and with references to respect."""
+    stored: StoredRows | None = None
+    """SQLite: how the source's rows are read as stored (`StoredRows`), for the copy and
+    the digest; None on a server."""
+    dest_stored: StoredRows | None = None
+    """The same for a SQLite destination's copies (its digest)."""
 
     def dest_keys(self, keys: Sequence[object]) -> list[object]:
         convert = self.to_dest_key
@@ -117,7 +123,140 @@ def statements(
         take=sa.delete(table).where(pk.in_(keys)).returning(*_columns(source, src_dialect, specs))
         if src_dialect.name in SERVERS and not refs
         else None,
+        stored=StoredRows.of(source, src_dialect, specs, into=dest, into_dialect=dest_dialect)
+        if src_dialect.name == "sqlite"
+        else None,
+        dest_stored=StoredRows.of(dest, dest_dialect, dest_specs)
+        if dest_dialect.name == "sqlite"
+        else None,
     )
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A SQLite table's rows read straight from the driver's cursor, as stored, with no
+    per-row type processing: a column's result processor (the one SQLAlchemy would apply)
+    runs only where a stored value is not already what the digest and the writer take. A
+    timestamp stored in its canonical text (`canonical.TIMESTAMP_TEXT`, SQLAlchemy's own
+    storage form) is its own canonical text, and PostgreSQL's ``COPY`` reads it as it is
+    (sessions in UTC, where instants are stored as their UTC wall time); parsing it into a
+    datetime and writing it back out was most of a SQLite batch's time in the daemon."""
+
+    by_keys: str
+    """The rows of ``{marks}`` keys (the columns in `Streamed.specs` order)."""
+    columns: tuple[sa.ColumnElement[Any], ...]
+    """The same columns, untyped: a page's rows read with the page's own listing."""
+    names: tuple[str, ...]
+    key_index: int
+    bind_key: Prepare | None
+    """A key as the table stores it (None: as given)."""
+    read_key: Prepare | None
+    """A stored key as archivist reads it (None: as stored)."""
+    steps: tuple[tuple[int, Prepare], ...]
+    """Per column that needs it: a stored value -> the value the digest takes."""
+    write_steps: tuple[tuple[int, Prepare], ...]
+    """Per column that needs it: a stored value -> the value the destination's writer takes
+    (timestamps as their text only into PostgreSQL)."""
+    processors: dict[str, Prepare]
+    """Each column's result processor, by name (a page's last order value)."""
+
+    @classmethod
+    def of(
+        cls,
+        info: TableInfo,
+        dialect: sa.Dialect,
+        specs: Sequence[ColumnSpec],
+        *,
+        into: TableInfo | None = None,
+        into_dialect: sa.Dialect | None = None,
+    ) -> StoredRows:
+        quote = dialect.identifier_preparer.quote
+        target = dialect.identifier_preparer.format_table(info.table)
+        names = ", ".join(quote(spec.name) for spec in specs)
+        typed = _columns(info, dialect, specs)
+        processors: dict[str, Prepare] = {}
+        steps: list[tuple[int, Prepare]] = []
+        write_steps: list[tuple[int, Prepare]] = []
+        for index, (spec, column) in enumerate(zip(specs, typed, strict=True)):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is None:
+                continue
+            processors[spec.name] = process
+            step: Prepare = process
+            if spec.kind is Kind.DATETIME:
+                step = _as_text_or(process)
+            steps.append((index, step))
+            as_text = (
+                into_dialect is not None
+                and into_dialect.name == "postgresql"
+                and into is not None
+                and into.spec(spec.name).kind is Kind.DATETIME
+            )
+            write_steps.append((index, step if as_text else process))
+        pk = info.table.c[info.pk]
+        return cls(
+            by_keys=f"SELECT {names} FROM {target} WHERE {quote(info.pk)} IN ({{marks}})",
+            columns=tuple(sa.type_coerce(info.table.c[spec.name], NullType()) for spec in specs),
+            names=tuple(spec.name for spec in specs),
+            key_index=[spec.name for spec in specs].index(info.pk),
+            bind_key=pk.type.dialect_impl(dialect).bind_processor(dialect),
+            read_key=processors.get(info.pk),
+            steps=tuple(steps),
+            write_steps=tuple(write_steps),
+            processors=processors,
+        )
+
+    def read(self, connection: Connection, keys: Sequence[object]) -> list[Sequence[object]]:
+        """The stored rows of ``keys``, in no particular order."""
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        bind = self.bind_key
+        found: list[Sequence[object]] = []
+        for chunk in chunks(keys):
+            bound = list(chunk) if bind is None else [bind(key) for key in chunk]
+            statement = self.by_keys.format(marks=", ".join(["?"] * len(bound)))
+            with driver_errors(connection.dialect, statement):
+                found.extend(cursor.execute(statement, bound).fetchall())
+        return found
+
+    def for_digest(self, rows: list[Sequence[object]]) -> list[Sequence[object]]:
+        return _converted(rows, self.steps)
+
+    def for_writer(self, rows: list[Sequence[object]]) -> list[Sequence[object]]:
+        return _converted(rows, self.write_steps)
+
+    def keys_of(self, rows: Sequence[Sequence[object]]) -> list[object]:
+        index, process = self.key_index, self.read_key
+        if process is None:
+            return [row[index] for row in rows]
+        return [process(row[index]) for row in rows]
+
+
+def _as_text_or(process: Prepare) -> Prepare:
+    """A stored timestamp kept as its text when it is canonical, else processed."""
+    match = canonical.TIMESTAMP_TEXT.fullmatch
+
+    def step(value: object) -> object:
+        if type(value) is str and match(value):
+            return value
+        return process(value)
+
+    return step
+
+
+def _converted(
+    rows: list[Sequence[object]], steps: tuple[tuple[int, Prepare], ...]
+) -> list[Sequence[object]]:
+    if not steps:
+        return rows
+    converted: list[Sequence[object]] = []
+    for row in rows:
+        values = list(row)
+        for index, step in steps:
+            value = values[index]
+            if value is not None:
+                values[index] = step(value)
+        converted.append(values)
+    return converted
 
 
 def reading(
@@ -397,11 +536,15 @@ def digest(
     statement: str | None,
     select: sa.Select[Any],
     keys: Sequence[object],
+    stored: StoredRows | None = None,
 ) -> tuple[str, int]:
-    """The digest and count of the rows of ``keys`` in the database of ``connection``."""
+    """The digest and count of the rows of ``keys`` in the database of ``connection``
+    (SQLite's read as stored where ``stored`` says how)."""
     if not keys:
         return canonical.EMPTY_DIGEST, 0
     if statement is None:
+        if stored is not None:
+            return canonical.digest_rows(specs, stored.for_digest(stored.read(connection, keys)))
         return canonical.digest_rows(specs, _rows(connection, select, keys))
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("SELECT set_config('extra_float_digits', '3', true)")
@@ -418,6 +561,7 @@ def dest_digest(connection: Connection, streamed: Streamed, keys: list[object]) 
         streamed.dest_digest,
         streamed.dest_read,
         keys,
+        streamed.dest_stored,
     )
 
 
@@ -429,14 +573,41 @@ def copy_rows(
 ) -> tuple[list[object], Sequence[object] | None]:
     """The next rows' keys, then their rows read from the source and written into the
     destination, which commits before this returns."""
-    keys, last = pages.read(connection)
-    if not keys:
-        return keys, last
-    rows = prepare_rows(streamed, _rows(connection, streamed.read, keys))
+    if streamed.stored is not None:
+        keys, last, stored = _stored_page(connection, pages, streamed.stored)
+        if not keys:
+            return keys, last
+        rows = prepare_rows(streamed, streamed.stored.for_writer(stored))
+    else:
+        keys, last = pages.read(connection)
+        if not keys:
+            return keys, last
+        rows = prepare_rows(streamed, _rows(connection, streamed.read, keys))
     dest_keys = streamed.dest_keys(keys)
     with dest.connect() as target, target.begin():
         _write(target, streamed, rows, dest_keys)
     return keys, last
+
+
+def _stored_page(
+    connection: Connection, pages: Pages, stored: StoredRows
+) -> tuple[list[object], Sequence[object] | None, list[Sequence[object]]]:
+    """SQLite: the next page's keys, its last row (key, order value) and its rows as
+    stored, read in one statement (the page's listing with every column)."""
+    result = connection.execute(pages.keys.with_only_columns(*stored.columns), pages.params)
+    try:
+        rows: list[Sequence[object]] = list(result.cursor.fetchall())
+    finally:
+        result.close()
+    keys = stored.keys_of(rows)
+    if not keys:
+        return keys, None, rows
+    if pages.last is None:
+        return keys, (keys[-1],), rows
+    order = pages.last.selected_columns[1].name
+    value = rows[-1][stored.names.index(order)]
+    process = stored.processors.get(order)
+    return keys, (keys[-1], value if value is None or process is None else process(value)), rows
 
 
 def move_rows(
@@ -513,7 +684,15 @@ def delete_rows(
     info = streamed.source
     if connection.dialect.name in SERVERS:
         lock_for_delete(connection, info.table, info.pk, keys)
-    mine = digest(connection, info, streamed.specs, streamed.source_digest, streamed.read, keys)
+    mine = digest(
+        connection,
+        info,
+        streamed.specs,
+        streamed.source_digest,
+        streamed.read,
+        keys,
+        streamed.stored,
+    )
     if mine == theirs:
         going: Sequence[object] = keys
     else:
