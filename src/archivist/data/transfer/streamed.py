@@ -76,6 +76,8 @@ class Streamed:
     copy (`move_rows`, on a server that deletes with ``RETURNING``: PostgreSQL, MariaDB);
     None on SQLite, whose write lock the move would hold while the other database writes,
     and with references to respect."""
+    hashed_take: HashedTake | None = None
+    """Instead of `take`, where the source's server can hash each row as it deletes it."""
     stored: StoredRows | None = None
     """SQLite: how the source's rows are read as stored (`StoredRows`), for the copy and
     the digest; None on a server."""
@@ -123,6 +125,9 @@ def statements(
         take=sa.delete(table).where(pk.in_(keys)).returning(*_columns(source, src_dialect, specs))
         if src_dialect.name in SERVERS and not refs
         else None,
+        hashed_take=HashedTake.of(source, src_dialect, specs, dest, dest_dialect)
+        if src_dialect.name in SERVERS and not refs
+        else None,
         stored=StoredRows.of(source, src_dialect, specs, into=dest, into_dialect=dest_dialect)
         if src_dialect.name == "sqlite"
         else None,
@@ -130,6 +135,94 @@ def statements(
         if dest_dialect.name == "sqlite"
         else None,
     )
+
+
+@dataclass(frozen=True)
+class HashedTake:
+    """A move's delete on a server that answers each row deleted with the MD5 of its
+    canonical text (`canonical.row_text_sql`), computed by the server from the very row it
+    deletes: the batch's digest is then the digest of those hashes, and Python writes no
+    row's text. Timestamps going into PostgreSQL come as their canonical text, which
+    ``COPY`` reads as it is (sessions in UTC), not parsed into datetimes by PyMySQL and
+    written back out.
+
+    Not from MariaDB/MySQL with a float column: it writes floats in another form than
+    PostgreSQL (`canonical`), and every such batch would fall back to the row-by-row
+    compare; Python's digest of the rows is used there, as before."""
+
+    statement: str
+    """``{keys}`` where the keys go; the columns in `Streamed.specs` order, then the hash."""
+    types: tuple[tuple[int, sa.types.TypeEngine[Any]], ...]
+    """Per column but those read as text: its type, whose result processor (the one
+    SQLAlchemy would apply, for the type the driver reports) reads it as `Streamed.read`."""
+
+    @classmethod
+    def of(
+        cls,
+        info: TableInfo,
+        dialect: sa.Dialect,
+        specs: Sequence[ColumnSpec],
+        dest: TableInfo,
+        dest_dialect: sa.Dialect,
+    ) -> HashedTake | None:
+        name = dialect.name
+        if name not in SERVERS or not dialect.delete_returning:
+            return None
+        if name != "postgresql" and any(spec.kind is Kind.FLOAT for spec in specs):
+            return None
+        quote = dialect.identifier_preparer.quote
+        target = dialect.identifier_preparer.format_table(info.table)
+        columns: list[str] = []
+        types: list[tuple[int, sa.types.TypeEngine[Any]]] = []
+        for index, (spec, column) in enumerate(
+            zip(specs, _columns(info, dialect, specs), strict=True)
+        ):
+            quoted = quote(spec.name)
+            if spec.kind is Kind.JSON:
+                columns.append(f"{quoted}::text" if name == "postgresql" else quoted)
+                continue
+            if (
+                spec.kind is Kind.DATETIME
+                and name != "postgresql"
+                and dest_dialect.name == "postgresql"
+                and dest.spec(spec.name).kind is Kind.DATETIME
+            ):
+                columns.append(f"DATE_FORMAT({quoted}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')")
+                continue
+            columns.append(quoted)
+            types.append((index, column.type.dialect_impl(dialect)))
+        text = canonical.row_text_sql(name, specs, quote)
+        hashed = f"md5({text})" if name == "postgresql" else f"MD5(CONVERT({text} USING utf8mb4))"
+        statement = (
+            f"DELETE FROM {target} WHERE {quote(info.pk)} {{keys}}"
+            f" RETURNING {', '.join(columns)}, {hashed}"
+        )
+        return cls(statement, tuple(types))
+
+    def run(
+        self, connection: Connection, info: TableInfo, keys: Sequence[object]
+    ) -> tuple[list[Sequence[object]], tuple[str, int]]:
+        """Delete the rows of ``keys``; answer them (as `Streamed.read` reads them, but
+        timestamps bound for PostgreSQL as text) and their digest."""
+        rows: list[Sequence[object]] = []
+        hashes: list[str] = []
+        steps: list[tuple[int, Prepare]] = []
+        dialect = connection.dialect
+        for chunk in chunks(keys):
+            statement, params = _keyed(connection, info, self.statement, chunk)
+            result = connection.exec_driver_sql(statement, params)
+            if not steps and result.cursor is not None and result.cursor.description:
+                described = result.cursor.description
+                for index, type_ in self.types:
+                    process = type_.result_processor(dialect, described[index][1])
+                    if process is not None:
+                        steps.append((index, process))
+            for row in result:
+                *values, hashed = row
+                hashes.append(hashed.decode("ascii") if isinstance(hashed, bytes) else hashed)
+                rows.append(values)
+        rows = _converted(rows, tuple(steps))
+        return rows, (canonical.digest_of_hashes(hashes), len(hashes))
 
 
 @dataclass(frozen=True)
@@ -637,9 +730,12 @@ def move_rows(
         return keys, last, 0
     dest_keys = streamed.dest_keys(keys)
     rows: list[Sequence[object]] = []
-    for chunk in chunks(keys):
-        rows.extend(connection.execute(take, {"keys": list(chunk)}).all())
-    mine = canonical.digest_rows(streamed.specs, rows)
+    if streamed.hashed_take is not None:  # floats as a digest writes them: MOVE_SETTINGS
+        rows, mine = streamed.hashed_take.run(connection, streamed.source, keys)
+    else:
+        for chunk in chunks(keys):
+            rows.extend(connection.execute(take, {"keys": list(chunk)}).all())
+        mine = canonical.digest_rows(streamed.specs, rows)
     with dest.connect() as target, target.begin():
         _write(target, streamed, prepare_rows(streamed, rows), dest_keys)
         theirs = dest_digest(target, streamed, dest_keys)
