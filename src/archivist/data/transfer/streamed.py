@@ -166,7 +166,7 @@ class HashedTake:
         dest_dialect: sa.Dialect,
     ) -> HashedTake | None:
         name = dialect.name
-        if name not in SERVERS or not dialect.delete_returning:
+        if name not in SERVERS:  # whether it deletes with RETURNING: `move_rows` asks
             return None
         if name != "postgresql" and any(spec.kind is Kind.FLOAT for spec in specs):
             return None
