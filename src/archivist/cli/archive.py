@@ -128,7 +128,12 @@ async def _archive_all(
                 await service.movers.take(policy.collection)
                 decision, filter_ = await service.due(policy)
                 if not decision.rows:
-                    await service.movers.release(policy.collection)
+                    # Rows an interrupted run left in both databases are settled still.
+                    settling = await service.settle(policy)
+                    if settling is not None:
+                        records.append(settling)
+                    else:
+                        await service.movers.release(policy.collection)
                     continue
                 records.append(
                     await service.submit(
@@ -159,7 +164,7 @@ async def _archive(
     wait: bool = False,
     json_logs: bool = False,
 ) -> None:
-    from archivist.daemon.runtime import Launch, archive_now, running, take_mover
+    from archivist.daemon.runtime import Launch, archive_now, running, take_mover, until_done
     from archivist.ui import ArchiveProgress, make_console, print_summary
 
     # rich only on a terminal: a script's or a timer's one-shot does not import it.
@@ -179,25 +184,33 @@ async def _archive(
             # The lock first: what is over the policy is counted once nobody else moves it.
             await take_mover(service, collection, wait=wait, say=bar.say)
             rows, filter_, source_rows = max_rows, None, None
+            settling = None
             if rows is None:
                 decision, filter_ = await service.due(policy)
                 rows, source_rows = decision.rows, decision.source
-            if rows == 0:
+                if rows == 0:
+                    # Rows an interrupted run left in both databases are settled still.
+                    settling = await service.settle(policy)
+            if rows == 0 and settling is None:
                 console.print(f"{collection}: within its policy; nothing to archive.")
                 return
             interrupt = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, interrupt.set)
-            record = await archive_now(
-                service,
-                collection,
-                rows,
-                batch_size,
-                interrupt=interrupt,
-                filter_=filter_,
-                source_rows=source_rows,
-            )
+            if settling is not None:
+                record = settling
+                await until_done(service, record, interrupt)
+            else:
+                record = await archive_now(
+                    service,
+                    collection,
+                    rows,
+                    batch_size,
+                    interrupt=interrupt,
+                    filter_=filter_,
+                    source_rows=source_rows,
+                )
     print_summary(console, record)
     if record.state == "cancelled":
         fail(f"interrupted after {record.archived:,} rows; run it again to move the rest", 130)

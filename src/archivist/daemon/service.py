@@ -38,6 +38,7 @@ from archivist.daemon.policies import (
     keep_up,
     measure,
 )
+from archivist.daemon.settling import Looks, find_in_both, look_depth
 from archivist.daemon.supervisor import WorkerProcess
 from archivist.daemon.tracker import TaskRecord, Tracker
 from archivist.errors import ArchivistError, FrameLimitLost, MoverBusy, PeerError
@@ -111,6 +112,9 @@ class ArchiveDaemon:
         self.keeping = {p.collection: KeepUp(p.max_rows, p.min_rate) for p in policies}
         """Per collection: its size at each check, growth, and the rate asked of its tasks."""
         self.movers = Movers(data.take_mover, self.policies)
+        self.looks = Looks(p.collection for p in policies if p.rules.mode == "move")
+        """Which policies are due a look for rows an interrupted task left in both databases
+        (`archivist.daemon.settling`): each at start, and after a task that did not succeed."""
         self._on_update = on_update
         self.link = WorkerLink(
             options.socket_path,
@@ -351,6 +355,16 @@ class ArchiveDaemon:
     def _updated(self, record: TaskRecord) -> None:
         if record.finished:
             self.observer.finished(record)
+            self.looks.ended(record.collection, record.state, settled=record.settles)
+            if record.settles and record.state == "success" and record.archived:
+                log.info(
+                    "%s: settled %d row(s) left in both %s and %s by an interrupted task",
+                    record.collection,
+                    record.archived,
+                    record.source_handle,
+                    record.dest_handle,
+                    extra=_task_fields(record, rows=record.archived, status="settled"),
+                )
         if self._on_update is not None:
             self._on_update(record)
 
@@ -446,7 +460,7 @@ class ArchiveDaemon:
         if decision.rows == 0:
             log.debug("%s: within its policy", policy.collection)
             self.observer.checked(policy.collection, within=True)
-            return None
+            return await self.settle(policy)
         # The lock, then the count again: another mover may have been moving rows meanwhile,
         # and a count from before would move rows the policy keeps.
         await self.movers.take(policy.collection)
@@ -473,6 +487,68 @@ class ArchiveDaemon:
         except BaseException:
             if self.tracker.unfinished(policy.collection) is None:
                 await self.movers.release(policy.collection)
+            raise
+
+    async def settle(self, policy: Policy) -> TaskRecord | None:
+        """Where a look is due, find the rows an interrupted task left in both databases
+        and queue a task that settles those identical to their archived copy; report the
+        others (`archivist.daemon.settling`). Under the mover lock: another process's
+        batch in flight is not one left behind."""
+        collection = policy.collection
+        if not self.looks.due(collection):
+            return None
+        try:
+            await self.movers.take(collection)
+        except MoverBusy:
+            return None  # another process moves it now; look on a later check
+        try:
+            found = await find_in_both(
+                self.data.execute,
+                collection=collection,
+                source=policy.source_handle,
+                dest=policy.dest_handle,
+                order_by=policy.order_by,
+                filter_=task_filter(policy.rules.where, None, None),
+                depth=look_depth(policy.batch_size),
+                max_bytes=protocol.row_budget(self.options.frame_limit),
+            )
+            if found.differing:
+                log.warning(
+                    "%s: %d row(s) in both %s and %s differ from their archived copy (changed "
+                    "since copied); kept in %s, not settled: %s",
+                    collection,
+                    len(found.differing),
+                    policy.source_handle,
+                    policy.dest_handle,
+                    policy.source_handle,
+                    found.named(found.differing),
+                )
+            if not found.identical:
+                self.looks.done(collection)
+                await self.movers.release(collection)
+                return None
+            log.info(
+                "%s: %d row(s) left in both %s and %s by an interrupted task (%s); settling them",
+                collection,
+                len(found.identical),
+                policy.source_handle,
+                policy.dest_handle,
+                found.named(found.identical),
+            )
+            # Done before the task is queued: a task cut short, even at once, is looked
+            # into again.
+            self.looks.done(collection)
+            return await self.submit(
+                collection,
+                len(found.identical),
+                filter_=found.settle_filter,
+                source_rows=len(found.identical),
+                settles=True,
+            )
+        except BaseException:
+            self.looks.ended(collection, "error")  # not queued: look again next time
+            if self.tracker.unfinished(collection) is None:
+                await self.movers.release(collection)
             raise
 
     async def due(
@@ -506,11 +582,13 @@ class ArchiveDaemon:
         batch_size: int | None = None,
         filter_: dict[str, object] | None = None,
         source_rows: int | None = None,
+        settles: bool = False,
     ) -> TaskRecord:
         """Ensure the archive table, then queue ``rows`` rows of ``collection`` for the worker:
         the oldest of those ``filter_`` matches (default: the policy's ``where``).
         ``source_rows``: how many rows ``filter_`` selects, when the caller just counted them
-        exactly (under the mover lock); else they are counted here."""
+        exactly (under the mover lock); else they are counted here. ``settles``: the task
+        finishes rows an interrupted task left in both databases."""
         policy = self.policies[collection]
         rules = policy.rules
         if filter_ is None:
@@ -541,6 +619,7 @@ class ArchiveDaemon:
             filter=filter_,
             mode=rules.mode if rules.mode != "move" else None,
             children=children or [],
+            settles=settles,
         )
         self.tracker.add(record)
         self.movers.release_when(collection, record.done)

@@ -52,6 +52,9 @@ class TaskRecord:
     """The policy's named children, moved with its rows (the ``archive`` extension)."""
     code: str | None = None
     """The wire code of the worker's ``complete`` (why it ended in error or was cancelled)."""
+    settles: bool = False
+    """The job finishes rows an interrupted task left in both databases (`archivist.daemon.
+    settling`), not rows its policy's limits ask for."""
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
