@@ -91,3 +91,43 @@ def test_a_task_stops_once_it_has_kept_too_many_rows(monkeypatch: pytest.MonkeyP
     assert set(daemon.table("primary", COLLECTION)) | set(daemon.table("archive", COLLECTION)) == {
         row["id"] for row in rows
     }
+
+
+def test_rows_left_out_for_an_unstorable_value_keep_the_tasks_filter() -> None:
+    """A task's ``filter`` (its ``where``, its age cutoff) still chooses its rows once an
+    unstorable row is left out of its listings: before, the left-out keys replaced the
+    filter, and the task moved rows its policy keeps."""
+    rows = [{**row, "room": 1 if row["id"] % 2 == 0 else 2} for row in _rows(30, {0})]
+    daemon = InMemoryDaemon(copy="unsupported", unstorable=frozenset({"NaN"}))
+    daemon.add_rows("primary", COLLECTION, rows)
+    spec = Archive(
+        task_id="t-1",
+        collection=COLLECTION,
+        source_handle="primary",
+        dest_handle="archive",
+        max_rows=15,
+        batch_size=4,
+        filter={"room": {"$in": [1]}},
+    )
+    settings = Settings(retry_for=30, batch_time=0, min_batch=1, throttle=QUIET)
+    outcome = asyncio.run(Executor(settings).run(Task(spec=spec, owner=None), daemon))
+
+    assert (outcome.status, outcome.archived) == ("error", 14)
+    assert sorted(daemon.table("archive", COLLECTION)) == list(range(2, 30, 2))
+
+
+def test_the_left_out_keys_join_a_filter_on_the_key_itself() -> None:
+    """A task limited to keys (one that settles rows left in both) keeps its ``$in``."""
+    spec = Archive(
+        task_id="t-1",
+        collection=COLLECTION,
+        source_handle="primary",
+        dest_handle="archive",
+        max_rows=3,
+        batch_size=3,
+        filter={"id": {"$in": [1, 2, 3]}, "room": 1},
+    )
+    rows = kept.KeptRows(Task(spec=spec, owner=None))
+    assert rows.listing_filter() is None
+    rows.unstorable[2] = "id=2: value = NaN"
+    assert rows.listing_filter() == {"id": {"$in": [1, 2, 3], "$nin": [2]}, "room": 1}

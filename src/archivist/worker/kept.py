@@ -69,12 +69,24 @@ class KeptRows:
         return None
 
     def listing_filter(self) -> JSONObject | None:
-        """A listing's filter that leaves out the unstorable rows, or None."""
+        """A listing's filter: the task's own (its ``where``, its age cutoff), and leaving
+        out the unstorable rows; None when the task's own is all it needs."""
         if not self.unstorable:
             return None
         # Rows kept in the source are its oldest: a listing from the start would find
         # them again, batch after batch.
-        return {self.primary_key: {"$nin": list(self.unstorable)}}
+        merged: JSONObject = dict(self.task.spec.filter or {})
+        left_out = list(self.unstorable)
+        condition = merged.get(self.primary_key)
+        if condition is None:
+            merged[self.primary_key] = {"$nin": left_out}
+        elif isinstance(condition, dict) and all(str(op).startswith("$") for op in condition):
+            before = condition.get("$nin")
+            others = list(before) if isinstance(before, list) else []
+            merged[self.primary_key] = {**condition, "$nin": others + left_out}
+        else:  # a plain value: the key equals it
+            merged[self.primary_key] = {"$eq": condition, "$nin": left_out}
+        return merged
 
     def keep_unstorable(self, batch: Batch, created: JSONObject) -> None:
         refused = created.get("unstorable")
