@@ -27,7 +27,7 @@ from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_clause, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.storable import before_timestamps, is_timestamp
-from archivist.data.transfer import canonical, mysql_load
+from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_ranges
 from archivist.data.transfer.link import Link, TakenBack, conflict
 from archivist.data.transfer.pages import Pages
@@ -509,6 +509,9 @@ def _writer(
                 cursor.executemany(upsert_sqlite, rows)
 
         return write_sqlite
+    # Imported here: it needs PyMySQL, which a run without MariaDB never loads.
+    from archivist.data.transfer import mysql_load
+
     insert = f"INSERT INTO {target} ({columns}) VALUES ({marks})"
     integer_keys = dest.spec(dest.pk).kind is Kind.INTEGER
     binary = [dest.spec(name).kind is Kind.BINARY for name in names]
