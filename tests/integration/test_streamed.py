@@ -261,6 +261,7 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
     source: str,
     dest: str,
     floats: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``data/copy`` with ``move``: the rows are deleted from the source (``DELETE ...
     RETURNING``), written into the archive, and the delete stands because the archive's
@@ -269,7 +270,10 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
     ``deleted`` in the answer), and the copy stays for the row-by-row compare.
 
     Between engines the source's server hashes each row as it deletes it (`HashedTake`),
-    timestamps bound for PostgreSQL come as text; not from MariaDB with a float column."""
+    timestamps bound for PostgreSQL come as text; not from MariaDB with a float column.
+    Between two PostgreSQL servers of one version no digest is computed: the rows deleted
+    and their copies read back are compared as binary COPY data, byte for byte."""
+    caplog.set_level(logging.INFO, logger="archivist.data.transfer")
     primary, archive = fresh_db(source), second_db(dest)
     columns = KINDS if floats else tuple(c for c in KINDS if c.kind is not Kind.FLOAT)
     create_table(primary, "kinds", columns)
@@ -315,6 +319,9 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
     assert "deleted" not in altered
     assert [row["id"] for row in altered["items"]] == list(range(11, 21))
     assert sorted(after) == list(range(11, 21))
+    compared = "differ from their copies read back" in caplog.text
+    assert compared == (source == dest == "postgresql"), caplog.text
+    assert (DIFFER in caplog.text) != compared
 
 
 ALTERING = {

@@ -9,7 +9,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -26,6 +26,7 @@ from archivist.data.transfer.link import Link, TakenBack, conflict
 from archivist.data.transfer.pages import Pages
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ class Piped:
     """The digest of the rows of the keys (`canonical.digest_sql`), on either database."""
     floats: bool = False
     """The table has float columns, whose digest needs `FLOAT_SETTINGS`."""
+    take_sorted: str = ""
+    """The rows of the keys deleted, as binary COPY data in key order (`move_rows` between
+    servers of one version); empty with references to respect."""
+    read_back: str = ""
+    """The rows of the keys, as binary COPY data in key order: what `take_sorted` wrote,
+    read back from the destination."""
 
     def keyed(self, keys: Sequence[object]) -> tuple[object, ...]:
         """The parameters that name ``keys`` in these statements."""
@@ -70,6 +77,8 @@ class Piped:
             return (keys,)
         return key_span([int(key) for key in keys])  # type: ignore[call-overload]
 
+
+TEXTS: Final = frozenset({Kind.TEXT, Kind.STRING})
 
 PG_SETTINGS: Final = (
     "SELECT set_config('extra_float_digits', '3', true), set_config('DateStyle', 'ISO, MDY', "
@@ -112,6 +121,8 @@ def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ())
         return f"{column} = ANY({keys})"
 
     digest = "sha256(convert_to(ROW({})::text, 'UTF8'))"
+    # Key order that is the same on every server whatever the database's collation.
+    in_order = f'{pk} COLLATE "C"' if source.spec(source.pk).kind in TEXTS else pk
     # A session table per table and column list: one made before the table gained a
     # column is never reused for the new list.
     shape = f"{target} ({columns})".encode()
@@ -155,6 +166,13 @@ def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ())
             "postgresql", source.columns, quote, f"{target} WHERE {keyed(pk)}"
         ),
         floats=any(spec.kind is Kind.FLOAT for spec in source.columns),
+        take_sorted=""
+        if refs
+        else f"COPY (WITH archivist_taken AS (DELETE FROM {target} WHERE {keyed(pk)}"
+        f" RETURNING {columns}) SELECT * FROM archivist_taken ORDER BY {in_order})"
+        " TO STDOUT (FORMAT BINARY)",
+        read_back=f"COPY (SELECT {columns} FROM {target} WHERE {keyed(pk)} ORDER BY {in_order})"
+        " TO STDOUT (FORMAT BINARY)",
     )
 
 
@@ -172,6 +190,8 @@ def move_rows(
     them again and deletes them)."""
     pages = pages.begin(connection)
     connection.exec_driver_sql(MOVE_SETTINGS)
+    if piped.take_sorted and _one_version(connection, dest):
+        return _move_compared(connection, pages, dest, piped)
     read = pages.read_digested(connection)
     if read is None:
         keys, last = pages.read(connection)
@@ -187,7 +207,7 @@ def move_rows(
     named = piped.keyed(keys)
     blocks: list[bytes] = []
     deleted = _copy_out(connection, piped.take_out, named, blocks)
-    theirs = _write(dest, piped, blocks, named)
+    theirs = _write(dest, piped, blocks, _dest_digest(piped, named))
     if theirs != mine or deleted != mine[1]:
         log.info(
             "%s: a moved batch's digests differ (%d rows read, %d deleted, %d in the "
@@ -201,18 +221,58 @@ def move_rows(
     return keys, last, deleted
 
 
+def _one_version(connection: Connection, dest: sa.Engine) -> bool:
+    """Whether both servers are known to run one version, whose binary COPY data of a value
+    of one type is the same bytes on both (the destination's is known once it has been
+    connected to: the first batch compares digests)."""
+    theirs = dest.dialect.server_version_info
+    return theirs is not None and theirs == connection.dialect.server_version_info
+
+
+def _move_compared(
+    connection: Connection, pages: Pages, dest: sa.Engine, piped: Piped
+) -> tuple[list[object], Sequence[object] | None, int]:
+    """`move_rows` between two servers of one version: the rows deleted, in key order, as
+    binary COPY data, written into the destination and read back from it in the same order
+    before it commits; the delete stands only if both are the same bytes (the same values,
+    every one of them: the tables' columns have the same types), and as many rows went as
+    were read. No digest is computed on either side."""
+    keys, last = pages.read(connection)
+    if not keys:
+        return keys, last, 0
+    named = piped.keyed(keys)
+    blocks: list[bytes] = []
+    deleted = _copy_out(connection, piped.take_sorted, named, blocks)
+
+    def read_back(target: Connection) -> bytes:
+        back: list[bytes] = []
+        _copy_out(target, piped.read_back, named, back)
+        return b"".join(back)
+
+    if deleted != len(keys) or _write(dest, piped, blocks, read_back) != b"".join(blocks):
+        log.info(
+            "%s: a moved batch's rows differ from their copies read back (%d rows read, "
+            "%d deleted); its delete is taken back",
+            piped.source.name,
+            len(keys),
+            deleted,
+        )
+        raise TakenBack(keys, last)
+    return keys, last, deleted
+
+
 def _write(
-    dest: sa.Engine, piped: Piped, blocks: list[bytes], named: Sequence[object]
-) -> tuple[str, int]:
-    """Binary COPY data into the destination table, committed, and the destination's
-    digest of the rows of the keys. Straight into the table first; a key already there (an
+    dest: sa.Engine, piped: Piped, blocks: list[bytes], check: Callable[[Connection], _T]
+) -> _T:
+    """Binary COPY data into the destination table, committed, and what ``check`` reads of
+    the copies before the commit. Straight into the table first; a key already there (an
     interrupted run's copy) takes that transaction back, and the rows go through a session
     table and an upsert in a second one (no savepoint: a round trip less each batch)."""
     with dest.connect() as target:
         try:
             with target.begin():
                 _copy_in(target, piped.copy_direct, blocks)
-                return _dest_digest(target, piped, named)
+                return check(target)
         except IntegrityError:
             pass
         with target.begin():
@@ -222,13 +282,16 @@ def _write(
                 target.exec_driver_sql(piped.upsert)
             except IntegrityError as exc:
                 raise conflict(exc) from None
-            return _dest_digest(target, piped, named)
+            return check(target)
 
 
-def _dest_digest(target: Connection, piped: Piped, named: Sequence[object]) -> tuple[str, int]:
-    if piped.floats:
-        target.exec_driver_sql(FLOAT_SETTINGS)
-    return canonical.read_digest(target.exec_driver_sql(piped.batch_digest, named).one())
+def _dest_digest(piped: Piped, named: Sequence[object]) -> Callable[[Connection], tuple[str, int]]:
+    def digest(target: Connection) -> tuple[str, int]:
+        if piped.floats:
+            target.exec_driver_sql(FLOAT_SETTINGS)
+        return canonical.read_digest(target.exec_driver_sql(piped.batch_digest, named).one())
+
+    return digest
 
 
 def _copy_out(
