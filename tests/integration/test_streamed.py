@@ -272,7 +272,9 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
     Between engines the source's server hashes each row as it deletes it (`HashedTake`),
     timestamps bound for PostgreSQL come as text; not from MariaDB with a float column.
     Between two PostgreSQL servers of one version no digest is computed: the rows deleted
-    and their copies read back are compared as binary COPY data, byte for byte."""
+    and their copies read back are compared as binary COPY data, byte for byte. Between two
+    MariaDB servers (no float column) the source's server formats the rows as LOAD DATA
+    reads them (`formatted`)."""
     caplog.set_level(logging.INFO, logger="archivist.data.transfer")
     primary, archive = fresh_db(source), second_db(dest)
     columns = KINDS if floats else tuple(c for c in KINDS if c.kind is not Kind.FLOAT)
@@ -290,6 +292,9 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
             hashed = streamed.HashedTake.of(
                 info, handle.engine.dialect, info.columns, copy, into.engine.dialect
             )
+            formatted = streamed._formatted(
+                info, handle.engine.dialect, info.columns, copy, into.engine.dialect
+            )
             before = await listed(daemon, "primary")
             moved = await call(daemon, "data/copy", destHandle="archive", limit=10, move=True)
             after_move = await listed(daemon, "primary")
@@ -305,13 +310,14 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
                 cursor=moved["cursor"],
             )
             after = await listed(daemon, "primary")
-            return before, moved, after_move, copies, altered, after, hashed
+            return before, moved, after_move, copies, altered, after, hashed, formatted
         finally:
             await daemon.close()
 
-    before, moved, after_move, copies, altered, after, hashed = run(go())
+    before, moved, after_move, copies, altered, after, hashed, formatted = run(go())
     if source != dest:
         assert (hashed is not None) == (source == "postgresql" or not floats)
+    assert (formatted is not None) == (source == dest == "mysql" and not floats)
     assert moved["deleted"] == 10
     assert [row["id"] for row in moved["items"]] == list(range(1, 11))
     assert sorted(after_move) == list(range(11, 21))
@@ -322,6 +328,7 @@ def test_a_move_deletes_what_it_copied_in_one_call_unless_the_digests_differ(
     compared = "differ from their copies read back" in caplog.text
     assert compared == (source == dest == "postgresql"), caplog.text
     assert (DIFFER in caplog.text) != compared
+    assert ("formatted by the source's server" in caplog.text) == (formatted is not None)
 
 
 ALTERING = {
@@ -334,3 +341,57 @@ ALTERING = {
     ],
 }
 """A trigger that changes every row the archive table takes."""
+
+
+TRICKY = ["", "NULL", "\\N", "tab\there", "new\nline\r\n", "back\\slash\\", "\\t", "é😀", "x" * 300]
+"""Texts LOAD DATA would misread unescaped: its separators, its escape, its NULL."""
+
+
+@pytest.mark.timeout(120)
+def test_rows_the_source_formats_for_load_data_arrive_exactly(
+    fresh_db: Callable[[str], str], second_db: Callable[[str], str]
+) -> None:
+    """Between two MariaDB servers the source's server writes each row as a LOAD DATA line:
+    separators, backslashes and the text ``\\N`` in a text, bytes that are tabs and
+    newlines, NULL beside the empty string, arrive as they were, a page in one move; an
+    older copy in the archive is replaced; a page whose lines do not fit in one value
+    (``group_concat_max_len``: 10 rows of 500 kB) moves by the hashed take, as exactly."""
+    primary, archive = fresh_db("mysql"), second_db("mysql")
+    columns = tuple(c for c in KINDS if c.kind is not Kind.FLOAT)
+    create_table(primary, "kinds", columns)
+    names = {c.name for c in columns}
+    items = []
+    for i in range(1, 41):
+        row = {k: v for k, v in item(i).items() if k in names}
+        row["name"] = TRICKY[i % len(TRICKY)][:40]
+        row["body"] = None if i % 10 == 0 else TRICKY[(i + 3) % len(TRICKY)]
+        if i > 30:
+            row["body"] = "é" * 250_000
+        row["blob"] = ["CQo=", "XA==", "", "AAkKXE4="][i % 4]  # tab newline; \; none; 0 tab nl \N
+        items.append(row)
+
+    async def go() -> tuple[Any, ...]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        try:
+            for start in range(0, 40, 10):
+                await call(daemon, "data/create", items=items[start : start + 10])
+            before = await listed(daemon, "primary")
+            await call(daemon, "data/copy", destHandle="archive", limit=10)
+            sql(archive, "UPDATE kinds SET name = 'older' WHERE id <= 10")  # older copies
+            moves, cursor = [], None
+            for _ in range(4):
+                params: dict[str, Any] = {"cursor": cursor} if cursor else {}
+                moved = await call(
+                    daemon, "data/copy", destHandle="archive", limit=10, move=True, **params
+                )
+                moves.append(moved.get("deleted"))
+                cursor = moved["cursor"]
+            return moves, before, await listed(daemon, "primary"), await listed(daemon, "archive")
+        finally:
+            await daemon.close()
+
+    moves, before, left, copies = run(go())
+    assert moves == [10, 10, 10, 10]
+    assert left == {}
+    assert copies == before

@@ -13,8 +13,9 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import NullType
 
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.data.filters import chunks
+from archivist.data.filters import KEY_CHUNK, chunks
 from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_clause, lock_for_delete
 from archivist.data.schema import TableInfo
@@ -35,7 +36,13 @@ from archivist.data.transfer.piped_pg import MOVE_SETTINGS
 from archivist.data.values import decoder_for, encoder_for
 from archivist.errors import Unsupported
 
+if TYPE_CHECKING:
+    from archivist.data.transfer.formatted import FormattedTake
+
 log = logging.getLogger(__name__)
+
+_BESIDE: Final = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archivist-beside")
+"""Threads for a source's statement run while the destination works (`_move_formatted`)."""
 
 Prepare = Callable[[object], object]
 """A value as read from the source -> as the destination's driver takes it."""
@@ -78,6 +85,9 @@ class Streamed:
     and with references to respect."""
     hashed_take: HashedTake | None = None
     """Instead of `take`, where the source's server can hash each row as it deletes it."""
+    formatted: FormattedTake | None = None
+    """Before `hashed_take`, between two MariaDB/MySQL servers: the rows formatted for
+    LOAD DATA by the source's server (`formatted`)."""
     stored: StoredRows | None = None
     """SQLite: how the source's rows are read as stored (`StoredRows`), for the copy and
     the digest; None on a server."""
@@ -128,6 +138,7 @@ def statements(
         hashed_take=HashedTake.of(source, src_dialect, specs, dest, dest_dialect)
         if src_dialect.name in SERVERS and not refs
         else None,
+        formatted=_formatted(source, src_dialect, specs, dest, dest_dialect) if not refs else None,
         stored=StoredRows.of(source, src_dialect, specs, into=dest, into_dialect=dest_dialect)
         if src_dialect.name == "sqlite"
         else None,
@@ -135,6 +146,21 @@ def statements(
         if dest_dialect.name == "sqlite"
         else None,
     )
+
+
+def _formatted(
+    info: TableInfo,
+    dialect: sa.Dialect,
+    specs: Sequence[ColumnSpec],
+    dest: TableInfo,
+    dest_dialect: sa.Dialect,
+) -> FormattedTake | None:
+    if {dialect.name, dest_dialect.name} - {"mysql", "mariadb"}:
+        return None
+    # Imported here: it needs PyMySQL, which a run without MariaDB never loads.
+    from archivist.data.transfer.formatted import FormattedTake
+
+    return FormattedTake.of(info, dialect, specs, dest, dest_dialect)
 
 
 @dataclass(frozen=True)
@@ -732,6 +758,19 @@ def move_rows(
     if not keys:
         return keys, last, 0
     dest_keys = streamed.dest_keys(keys)
+    if (moved := _move_formatted(connection, dest, streamed, keys, dest_keys)) is not None:
+        mine, theirs, deleted = moved
+        if theirs != mine or deleted != mine[1]:
+            log.info(
+                "%s: a moved batch's digests differ (%d rows read, %d deleted, %d in the "
+                "archive; formatted by the source's server); its delete is taken back",
+                streamed.source.name,
+                mine[1],
+                deleted,
+                theirs[1],
+            )
+            raise TakenBack(keys, last)
+        return keys, last, deleted
     rows: list[Sequence[object]] = []
     if streamed.hashed_take is not None:  # floats as a digest writes them: MOVE_SETTINGS
         rows, mine = streamed.hashed_take.run(connection, streamed.source, keys)
@@ -752,6 +791,43 @@ def move_rows(
         )
         raise TakenBack(keys, last)
     return keys, last, len(rows)
+
+
+def _move_formatted(
+    connection: Connection,
+    dest: sa.Engine,
+    streamed: Streamed,
+    keys: list[object],
+    dest_keys: list[object],
+) -> tuple[tuple[str, int], tuple[str, int], int] | None:
+    """`move_rows` by `FormattedTake`: the rows read locked, formatted by the source's
+    server, loaded into the archive, which commits, then deleted: (their digest, the
+    archive's digest, rows deleted). None where it does not apply (or a value was cut
+    short, or the archive's server refuses LOAD DATA LOCAL): nothing was deleted then."""
+    take = streamed.formatted
+    if take is None or take.refused[0] or len(keys) > KEY_CHUNK:
+        return None
+    from archivist.data.transfer import formatted
+
+    statement, params = _keyed(connection, streamed.source, take.read, keys)
+    read = formatted.lines_and_digest(connection.exec_driver_sql(statement, params).one())
+    if read is None:
+        return None
+    data, mine = read
+    statement, params = _keyed(connection, streamed.source, take.delete, keys)
+    with dest.connect() as target:
+        remove = _keyed(target, streamed.dest, take.remove, dest_keys)
+        with target.begin():
+            if not formatted.load(target, take, data, remove):
+                return None
+            # The source's delete meanwhile, on its own connection (the rows are locked
+            # since the read): it commits with the source's transaction, after this one.
+            deleting = _BESIDE.submit(connection.exec_driver_sql, statement, params)
+            try:
+                theirs = dest_digest(target, streamed, dest_keys)
+            finally:
+                deleted = deleting.result().rowcount
+    return mine, theirs, max(deleted, 0)
 
 
 def _write(

@@ -1,0 +1,150 @@
+"""A move between two MariaDB/MySQL servers with rows formatted by the source's server: it
+writes each row as the line ``LOAD DATA`` reads (`mysql_load.LoadData`) and the MD5 of its
+canonical text (`canonical`), all the batch's lines in one value and its hashes in another,
+so that the daemon parses two values instead of every column of every row (PyMySQL parses
+in Python) and writes no row's text itself.
+
+The rows are read ``FOR UPDATE``, written into the archive, the archive's digest compared
+with theirs, and only then deleted: the lock keeps them as read until the source's
+transaction ends, and that ends after the archive's commit (`streamed.move_rows`).
+Only between columns of the same types (an archive table archivist made), and not with
+float columns (a float's text is not always its exact value): `HashedTake` moves those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from archivist.data.columns import ColumnSpec, Kind
+from archivist.data.schema import TableInfo
+from archivist.data.transfer import canonical, mysql_load
+
+MYSQL: Final = frozenset({"mysql", "mariadb"})
+BACKSLASH: Final = "CHAR(92 USING utf8mb4)"
+NULL_FIELD: Final = f"CONCAT({BACKSLASH}, 'N')"
+"""``\\N``, LOAD DATA's NULL; spelled with CHAR so that no ``sql_mode`` changes it."""
+ESCAPES: Final = (("92", BACKSLASH), ("9", "'t'"), ("10", "'n'"))
+"""The characters LOAD DATA would read as an escape or a separator (backslash first, then
+tab and newline), and what follows the backslash that escapes each."""
+
+
+def _escaped(text: str) -> str:
+    for code, after in ESCAPES:
+        text = f"REPLACE({text}, CHAR({code} USING utf8mb4), CONCAT({BACKSLASH}, {after}))"
+    return text
+
+
+def _field(spec: ColumnSpec, column: str) -> str:
+    """SQL for a value's field in a LOAD DATA line (`mysql_load.LoadData`'s form)."""
+    kind = spec.kind
+    if kind is Kind.BINARY:
+        text = f"HEX({column})"  # LoadData sets binary columns from UNHEX
+    elif kind in (Kind.TEXT, Kind.STRING, Kind.JSON):
+        text = _escaped(f"CONVERT({column} USING utf8mb4)")
+    elif kind is Kind.DATETIME:  # sessions in UTC: a TIMESTAMP's UTC wall time
+        text = f"DATE_FORMAT({column}, '%%Y-%%m-%%d %%H:%%i:%%s.%%f')"
+    elif kind is Kind.DATE:
+        text = f"DATE_FORMAT({column}, '%%Y-%%m-%%d')"
+    else:  # integer, decimal (with its scale), boolean, time, uuid
+        text = f"CAST({column} AS CHAR)"
+    return f"IFNULL({text}, {NULL_FIELD})"
+
+
+@dataclass(frozen=True)
+class FormattedTake:
+    read: str
+    """The batch's lines (each ending with a newline) in one value, their
+    hashes in another, and the count; ``{keys}`` where the keys go; locks the rows."""
+    delete: str
+    remove: str
+    """The archive's copies of ``{keys}`` (older copies, replaced)."""
+    load: mysql_load.LoadData
+    """Into the archive's table, the columns in the lines' order."""
+    refused: list[bool] = dataclasses.field(default_factory=lambda: [False])
+    """Set once the archive's server refuses LOAD DATA LOCAL: `HashedTake` moves then."""
+
+    @classmethod
+    def of(
+        cls,
+        info: TableInfo,
+        dialect: sa.Dialect,
+        specs: Sequence[ColumnSpec],
+        dest: TableInfo,
+        dest_dialect: sa.Dialect,
+    ) -> FormattedTake | None:
+        if dialect.name not in MYSQL or dest_dialect.name not in MYSQL:
+            return None
+        if any(
+            spec.kind in (Kind.FLOAT, Kind.OTHER)
+            or info.table.c[spec.name].type.compile(dialect=dialect)
+            != dest.table.c[spec.name].type.compile(dialect=dest_dialect)
+            for spec in specs
+        ):
+            return None  # a value could change on the way: a type's range, length or scale
+        quote = dialect.identifier_preparer.quote
+        target = dialect.identifier_preparer.format_table(info.table)
+        fields = ", ".join(_field(spec, quote(spec.name)) for spec in specs)
+        line = f"CONCAT(CONCAT_WS(CHAR(9 USING utf8mb4), {fields}), CHAR(10 USING utf8mb4))"
+        hashed = f"MD5(CONVERT({canonical.row_text_sql('mysql', specs, quote)} USING utf8mb4))"
+        where = f"{target} WHERE {quote(info.pk)} {{keys}}"
+        into = dest_dialect.identifier_preparer
+        archive = into.format_table(dest.table)
+        return cls(
+            read=f"SELECT GROUP_CONCAT({line} SEPARATOR ''),"
+            f" GROUP_CONCAT({hashed} SEPARATOR ''), COUNT(*) FROM {where} FOR UPDATE",
+            delete=f"DELETE FROM {where}",
+            remove=f"DELETE FROM {archive} WHERE {into.quote(dest.pk)} {{keys}}",
+            load=mysql_load.LoadData(
+                archive,
+                [spec.name for spec in specs],
+                [spec.kind is Kind.BINARY for spec in specs],
+                into.quote,
+            ),
+        )
+
+
+def lines_and_digest(row: Sequence[object]) -> tuple[bytes, tuple[str, int]] | None:
+    """The batch's lines and (digest, rows) from a `FormattedTake.read` row; None when
+    either value was cut short (the session's ``group_concat_max_len``)."""
+    lines, hashes, counted = row
+    rows = int(counted or 0)  # type: ignore[call-overload]
+    if rows == 0:
+        return b"", (canonical.EMPTY_DIGEST, 0)
+    data = lines.encode("utf-8") if isinstance(lines, str) else lines
+    joined = hashes.decode("ascii") if isinstance(hashes, bytes) else str(hashes)
+    if not isinstance(data, bytes):
+        return None
+    if len(joined) != 32 * rows or data.count(b"\n") != rows or not data.endswith(b"\n"):
+        return None
+    digest = canonical.digest_of_hashes(joined[i : i + 32] for i in range(0, len(joined), 32))
+    return data, (digest, rows)
+
+
+def load(
+    target: Connection, take: FormattedTake, data: bytes, remove: tuple[str, tuple[object, ...]]
+) -> bool:
+    """The lines into the archive's table (older copies of their keys replaced, by the
+    statement and parameters ``remove``: `FormattedTake.remove` keyed); False when its
+    server refuses LOAD DATA LOCAL. A value the table changed on the way shows in its
+    digest, which the caller compares."""
+    raw = target.connection.driver_connection
+    if take.refused[0] or not isinstance(raw, mysql_load.GuardedConnection):
+        return False
+    try:
+        taken, _ = take.load.load(raw, data)
+    except raw.OperationalError as exc:
+        if exc.args[0] not in mysql_load.REFUSED_CODES:
+            raise
+        take.refused[0] = True
+        return False
+    if taken != data.count(b"\n"):  # older copies kept (LOCAL skips duplicates): replace
+        with raw.cursor() as cursor:
+            cursor.execute(*remove)
+        take.load.load(raw, data)
+    return True
