@@ -86,7 +86,7 @@ class Streamed:
     hashed_take: HashedTake | None = None
     """Instead of `take`, where the source's server can hash each row as it deletes it."""
     formatted: FormattedTake | None = None
-    """Before `hashed_take`, between two MariaDB/MySQL servers: the rows formatted for
+    """Before `hashed_take`, into MariaDB/MySQL on another server: the rows formatted for
     LOAD DATA by the source's server (`formatted`)."""
     stored: StoredRows | None = None
     """SQLite: how the source's rows are read as stored (`StoredRows`), for the copy and
@@ -155,7 +155,7 @@ def _formatted(
     dest: TableInfo,
     dest_dialect: sa.Dialect,
 ) -> FormattedTake | None:
-    if {dialect.name, dest_dialect.name} - {"mysql", "mariadb"}:
+    if dest_dialect.name not in ("mysql", "mariadb"):
         return None
     # Imported here: it needs PyMySQL, which a run without MariaDB never loads.
     from archivist.data.transfer.formatted import FormattedTake
