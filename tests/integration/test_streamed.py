@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from archivist.config import make_config
 from archivist.data import DataDaemon
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.data.transfer import canonical, streamed
+from archivist.data.transfer import canonical, formatted, streamed
 from datasupport import chat_policy, create_table, run, sql
 
 PAIRS = [
@@ -397,3 +397,47 @@ def test_rows_the_source_formats_for_load_data_arrive_exactly(
     assert moves == [10, 10, 10, 10]
     assert left == {}
     assert copies == before
+
+
+@pytest.mark.timeout(60)
+def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
+    fresh_db: Callable[[str], str], second_db: Callable[[str], str]
+) -> None:
+    """PostgreSQL holds dates before year 1000, past 9999 and infinite; MariaDB's columns do
+    not: the formatted read flags a page holding one (`lines_and_digest` answers None, and
+    the hashed take moves that page, its values judged one by one), and no other page."""
+    primary, archive = fresh_db("postgresql"), second_db("mysql")
+    columns = tuple(c for c in KINDS if c.kind is not Kind.FLOAT)
+    create_table(primary, "kinds", columns)
+    names = {c.name for c in columns}
+    items = [{k: v for k, v in item(i).items() if k in names} for i in range(1, 5)]
+
+    async def go() -> dict[int, object]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        try:
+            await call(daemon, "data/create", items=items)
+            sql(primary, "UPDATE kinds SET day = '0999-12-31' WHERE id = 2")
+            sql(primary, "UPDATE kinds SET naive = '10000-01-01 00:00:00' WHERE id = 3")
+            sql(primary, "UPDATE kinds SET created_at = 'infinity' WHERE id = 4")
+            await call(daemon, "data/copy", destHandle="archive", limit=1)  # the archive table
+            _, handle, info = await daemon.catalog.table("kinds", "primary")
+            _, into, copy = await daemon.catalog.table("kinds", "archive")
+            take = streamed._formatted(
+                info, handle.engine.dialect, info.columns, copy, into.engine.dialect
+            )
+            assert take is not None
+            found: dict[int, object] = {}
+            with handle.engine.connect() as connection:
+                for key in (1, 2, 3, 4):
+                    statement, params = streamed._keyed(connection, info, take.read, [key])
+                    row = connection.exec_driver_sql(statement, params).one()
+                    found[key] = formatted.lines_and_digest(row)
+                    connection.rollback()
+            return found
+        finally:
+            await daemon.close()
+
+    found = run(go())
+    assert found[1] is not None and found[1][1][1] == 1
+    assert [found[key] for key in (2, 3, 4)] == [None, None, None]
