@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from archivist.config import make_config
 from archivist.data import DataDaemon
 from archivist.data.columns import ColumnSpec, Kind
-from archivist.data.transfer import canonical, formatted, streamed
+from archivist.data.transfer import canonical, formatted, source_rows, streamed
 from datasupport import chat_policy, create_table, run, sql
 
 PAIRS = [
@@ -430,7 +430,7 @@ def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
             found: dict[int, object] = {}
             with handle.engine.connect() as connection:
                 for key in (1, 2, 3, 4):
-                    statement, params = streamed._keyed(connection, info, take.read, [key])
+                    statement, params = source_rows.keyed(connection, info, take.read, [key])
                     row = connection.exec_driver_sql(statement, params).one()
                     found[key] = formatted.lines_and_digest(row)
                     connection.rollback()

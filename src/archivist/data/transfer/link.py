@@ -5,6 +5,7 @@ and the conflict a copy over a link raises when the destination refuses a row.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,6 +133,32 @@ class TakenBack(Exception):
         super().__init__("a moved batch's digests differ")
         self.keys = keys
         self.last = last
+
+
+def take_back_unless_same(
+    log: logging.Logger,
+    name: str,
+    page: tuple[list[object], Sequence[object] | None],
+    mine: tuple[str, int],
+    theirs: tuple[str, int],
+    deleted: int,
+    how: str = "",
+) -> None:
+    """Raise `TakenBack` for ``page`` (its keys and last row), with a line in ``log``, unless
+    the archive's digest of a moved batch (``theirs``) equals the source's (``mine``) and
+    as many rows were deleted as the source's digest covers."""
+    if theirs == mine and deleted == mine[1]:
+        return
+    log.info(
+        "%s: a moved batch's digests differ (%d rows read, %d deleted, %d in the archive%s);"
+        " its delete is taken back",
+        name,
+        mine[1],
+        deleted,
+        theirs[1],
+        how,
+    )
+    raise TakenBack(*page)
 
 
 def conflict(exc: IntegrityError) -> Conflict:

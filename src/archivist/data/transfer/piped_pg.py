@@ -22,7 +22,7 @@ from archivist.data.relations import ForeignKey, guard_sql, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_span
-from archivist.data.transfer.link import Link, TakenBack, conflict
+from archivist.data.transfer.link import Link, TakenBack, conflict, take_back_unless_same
 from archivist.data.transfer.pages import Pages
 
 log = logging.getLogger(__name__)
@@ -208,16 +208,7 @@ def move_rows(
     blocks: list[bytes] = []
     deleted = _copy_out(connection, piped.take_out, named, blocks)
     theirs = _write(dest, piped, blocks, _dest_digest(piped, named))
-    if theirs != mine or deleted != mine[1]:
-        log.info(
-            "%s: a moved batch's digests differ (%d rows read, %d deleted, %d in the "
-            "archive); its delete is taken back",
-            piped.source.name,
-            mine[1],
-            deleted,
-            theirs[1],
-        )
-        raise TakenBack(keys, last)
+    take_back_unless_same(log, piped.source.name, (keys, last), mine, theirs, deleted)
     return keys, last, deleted
 
 
