@@ -403,14 +403,15 @@ def test_rows_the_source_formats_for_load_data_arrive_exactly(
 def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
     fresh_db: Callable[[str], str], second_db: Callable[[str], str]
 ) -> None:
-    """PostgreSQL holds dates before year 1000, past 9999 and infinite; MariaDB's columns do
-    not: the formatted read flags a page holding one (`lines_and_digest` answers None, and
-    the hashed take moves that page, its values judged one by one), and no other page."""
+    """PostgreSQL holds dates before year 1000, past 9999 and infinite, and a decimal's NaN;
+    MariaDB's columns do not: the formatted read flags a page holding one
+    (`lines_and_digest` answers None, and the hashed take moves that page, its values
+    judged one by one), and no other page."""
     primary, archive = fresh_db("postgresql"), second_db("mysql")
     columns = tuple(c for c in KINDS if c.kind is not Kind.FLOAT)
     create_table(primary, "kinds", columns)
     names = {c.name for c in columns}
-    items = [{k: v for k, v in item(i).items() if k in names} for i in range(1, 5)]
+    items = [{k: v for k, v in item(i).items() if k in names} for i in range(1, 6)]
 
     async def go() -> dict[int, object]:
         daemon = daemon_for(primary, archive)
@@ -420,6 +421,7 @@ def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
             sql(primary, "UPDATE kinds SET day = '0999-12-31' WHERE id = 2")
             sql(primary, "UPDATE kinds SET naive = '10000-01-01 00:00:00' WHERE id = 3")
             sql(primary, "UPDATE kinds SET created_at = 'infinity' WHERE id = 4")
+            sql(primary, "UPDATE kinds SET price = 'NaN' WHERE id = 5")
             await call(daemon, "data/copy", destHandle="archive", limit=1)  # the archive table
             _, handle, info = await daemon.catalog.table("kinds", "primary")
             _, into, copy = await daemon.catalog.table("kinds", "archive")
@@ -429,7 +431,7 @@ def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
             assert take is not None
             found: dict[int, object] = {}
             with handle.engine.connect() as connection:
-                for key in (1, 2, 3, 4):
+                for key in (1, 2, 3, 4, 5):
                     statement, params = source_rows.keyed(connection, info, take.read, [key])
                     row = connection.exec_driver_sql(statement, params).one()
                     found[key] = formatted.lines_and_digest(row)
@@ -440,4 +442,4 @@ def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
 
     found = run(go())
     assert found[1] is not None and found[1][1][1] == 1
-    assert [found[key] for key in (2, 3, 4)] == [None, None, None]
+    assert [found[key] for key in (2, 3, 4, 5)] == [None, None, None, None]

@@ -92,13 +92,15 @@ def _pg_field(spec: ColumnSpec, column: str) -> str | None:
 
 
 def _pg_beyond(spec: ColumnSpec, column: str) -> str | None:
-    """SQL true for a date or instant MariaDB's columns do not hold (before year 1000, past
-    9999, infinities)."""
+    """SQL true for a value MariaDB's columns do not hold: a date or instant before year
+    1000 or past 9999, an infinity, a decimal's NaN."""
     if spec.kind is Kind.DATETIME:
         at = f"{column} AT TIME ZONE 'UTC'" if spec.timezone else column
         return f"({at} < {PG_FIRST}::timestamp OR {at} >= {PG_PAST}::timestamp)"
     if spec.kind is Kind.DATE:
         return f"({column} < {PG_FIRST}::date OR {column} >= {PG_PAST}::date)"
+    if spec.kind is Kind.DECIMAL:  # numeric's NaN and infinities
+        return f"{column}::text IN ('NaN', 'Infinity', '-Infinity')"
     return None
 
 
