@@ -16,6 +16,7 @@ and a batch with a date MariaDB does not hold.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -130,6 +131,11 @@ class FormattedTake:
     """The archive's copies of ``{keys}`` (older copies, replaced)."""
     load: mysql_load.LoadData
     """Into the archive's table, the columns in the lines' order."""
+    read_lines: str = ""
+    """Between two MariaDB/MySQL servers: the batch's lines alone, in key order (`read`'s
+    other values empty or zero), for a comparison with `read_back`."""
+    read_back: str = ""
+    """The archive's copies of ``{keys}`` as the same lines in the same order."""
     refused: list[bool] = dataclasses.field(default_factory=lambda: [False])
     """Set once the archive's server refuses LOAD DATA LOCAL: `HashedTake` moves then."""
 
@@ -165,7 +171,17 @@ class FormattedTake:
             f"SELECT GROUP_CONCAT({line} SEPARATOR ''), GROUP_CONCAT({hashed} SEPARATOR ''),"
             f" COUNT(*), 0 FROM {where} FOR UPDATE"
         )
-        return cls._made(read, f"DELETE FROM {where}", specs, dest, dest_dialect)
+        made = cls._made(read, f"DELETE FROM {where}", specs, dest, dest_dialect)
+        # The same lines, in key order, from either server: compared byte for byte.
+        into = dest_dialect.identifier_preparer
+        ordered = f"GROUP_CONCAT({line} ORDER BY {quote(info.pk)} SEPARATOR '')"
+        back = f"GROUP_CONCAT({line} ORDER BY {into.quote(dest.pk)} SEPARATOR '')"
+        return dataclasses.replace(
+            made,
+            read_lines=f"SELECT {ordered}, '', COUNT(*), 0 FROM {where} FOR UPDATE",
+            read_back=f"SELECT {back} FROM {into.format_table(dest.table)}"
+            f" WHERE {into.quote(dest.pk)} {{keys}}",
+        )
 
     @classmethod
     def _from_postgresql(
@@ -227,24 +243,41 @@ class FormattedTake:
         )
 
 
-def lines_and_digest(row: Sequence[object]) -> tuple[bytes, tuple[str, int]] | None:
-    """The batch's lines and (digest, rows) from a `FormattedTake.read` row; None when
-    either value was cut short (the session's ``group_concat_max_len``) or a value is out
-    of the archive's range."""
+def lines_and_digest(
+    row: Sequence[object], *, hashed: bool = True
+) -> tuple[bytes, tuple[str, int]] | None:
+    """The batch's lines and (digest, rows) from a `FormattedTake.read` row (with
+    ``hashed`` false, a `FormattedTake.read_lines` row: the digest is `lines_digest`);
+    None when a value was cut short (the session's ``group_concat_max_len``) or is out of
+    the archive's range."""
     lines, hashes, counted, beyond = row
     rows = int(counted or 0)  # type: ignore[call-overload]
     if rows == 0:
         return b"", (canonical.EMPTY_DIGEST, 0)
     if beyond:
         return None
-    data = lines.encode("utf-8") if isinstance(lines, str) else lines
-    joined = hashes.decode("ascii") if isinstance(hashes, bytes) else str(hashes)
-    if not isinstance(data, bytes):
+    data = as_bytes(lines)
+    if data is None or data.count(b"\n") != rows or not data.endswith(b"\n"):
         return None
-    if len(joined) != 32 * rows or data.count(b"\n") != rows or not data.endswith(b"\n"):
+    if not hashed:
+        return data, lines_digest(data)
+    joined = hashes.decode("ascii") if isinstance(hashes, bytes) else str(hashes)
+    if len(joined) != 32 * rows:
         return None
     digest = canonical.digest_of_hashes(joined[i : i + 32] for i in range(0, len(joined), 32))
     return data, (digest, rows)
+
+
+def as_bytes(lines: object) -> bytes | None:
+    """A `GROUP_CONCAT` of lines as bytes (None: no lines)."""
+    if isinstance(lines, str):
+        return lines.encode("utf-8")
+    return lines if isinstance(lines, bytes) else None
+
+
+def lines_digest(data: bytes) -> tuple[str, int]:
+    """(digest, rows) of lines in key order: equal lines, equal values (`read_back`)."""
+    return hashlib.md5(data).hexdigest(), data.count(b"\n")
 
 
 def load(

@@ -135,6 +135,14 @@ class TakenBack(Exception):
         self.last = last
 
 
+def one_version(connection: sa.Connection, dest: sa.Engine) -> bool:
+    """Whether both servers are known to run one version, which writes a value of one type
+    the same way on both (the destination's is known once it has been connected to: the
+    first batch compares digests)."""
+    theirs = dest.dialect.server_version_info
+    return theirs is not None and theirs == connection.dialect.server_version_info
+
+
 def take_back_unless_same(
     log: logging.Logger,
     name: str,

@@ -22,7 +22,13 @@ from archivist.data.relations import ForeignKey, guard_sql, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_span
-from archivist.data.transfer.link import Link, TakenBack, conflict, take_back_unless_same
+from archivist.data.transfer.link import (
+    Link,
+    TakenBack,
+    conflict,
+    one_version,
+    take_back_unless_same,
+)
 from archivist.data.transfer.pages import Pages
 
 log = logging.getLogger(__name__)
@@ -190,7 +196,7 @@ def move_rows(
     them again and deletes them)."""
     pages = pages.begin(connection)
     connection.exec_driver_sql(MOVE_SETTINGS)
-    if piped.take_sorted and _one_version(connection, dest):
+    if piped.take_sorted and one_version(connection, dest):
         return _move_compared(connection, pages, dest, piped)
     read = pages.read_digested(connection)
     if read is None:
@@ -210,14 +216,6 @@ def move_rows(
     theirs = _write(dest, piped, blocks, _dest_digest(piped, named))
     take_back_unless_same(log, piped.source.name, (keys, last), mine, theirs, deleted)
     return keys, last, deleted
-
-
-def _one_version(connection: Connection, dest: sa.Engine) -> bool:
-    """Whether both servers are known to run one version, whose binary COPY data of a value
-    of one type is the same bytes on both (the destination's is known once it has been
-    connected to: the first batch compares digests)."""
-    theirs = dest.dialect.server_version_info
-    return theirs is not None and theirs == connection.dialect.server_version_info
 
 
 def _move_compared(

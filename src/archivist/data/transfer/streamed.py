@@ -29,7 +29,7 @@ from archivist.data.schema import TableInfo
 from archivist.data.storable import before_timestamps, is_timestamp
 from archivist.data.transfer import canonical
 from archivist.data.transfer.keys import key_ranges
-from archivist.data.transfer.link import Link, conflict, take_back_unless_same
+from archivist.data.transfer.link import Link, conflict, one_version, take_back_unless_same
 from archivist.data.transfer.pages import Pages
 from archivist.data.transfer.piped_pg import MOVE_SETTINGS
 from archivist.data.transfer.source_rows import (
@@ -498,8 +498,7 @@ def move_rows(
         return keys, last, 0
     dest_keys = streamed.dest_keys(keys)
     if (moved := _move_formatted(connection, dest, streamed, keys, dest_keys)) is not None:
-        mine, theirs, deleted = moved
-        how = "; formatted by the source's server"
+        mine, theirs, deleted, how = moved
         take_back_unless_same(log, streamed.source.name, (keys, last), mine, theirs, deleted, how)
         return keys, last, deleted
     rows: list[Sequence[object]] = []
@@ -522,18 +521,25 @@ def _move_formatted(
     streamed: Streamed,
     keys: list[object],
     dest_keys: list[object],
-) -> tuple[tuple[str, int], tuple[str, int], int] | None:
+) -> tuple[tuple[str, int], tuple[str, int], int, str] | None:
     """`move_rows` by `FormattedTake`: the rows read locked, formatted by the source's
     server, loaded into the archive, which commits, then deleted: (their digest, the
-    archive's digest, rows deleted). None where it does not apply (or a value was cut
-    short, or the archive's server refuses LOAD DATA LOCAL): nothing was deleted then."""
+    archive's digest, rows deleted, how they were compared). None where it does not apply
+    (or a value was cut short, or the archive's server refuses LOAD DATA LOCAL): nothing
+    was deleted then."""
     take = streamed.formatted
     if take is None or take.refused[0] or len(keys) > KEY_CHUNK:
         return None
     from archivist.data.transfer import formatted
 
-    statement, params = keyed(connection, streamed.source, take.read, keys)
-    read = formatted.lines_and_digest(connection.exec_driver_sql(statement, params).one())
+    # Two servers of one version write a value's line alike: the archive's copies are read
+    # back as lines and compared byte for byte, and neither side hashes a row.
+    by_lines = bool(take.read_back) and one_version(connection, dest)
+    statement, params = keyed(
+        connection, streamed.source, take.read_lines if by_lines else take.read, keys
+    )
+    row = connection.exec_driver_sql(statement, params).one()
+    read = formatted.lines_and_digest(row, hashed=not by_lines)
     if read is None:
         return None
     data, mine = read
@@ -547,10 +553,17 @@ def _move_formatted(
             # since the read): it commits with the source's transaction, after this one.
             deleting = _BESIDE.submit(connection.exec_driver_sql, statement, params)
             try:
-                theirs = dest_digest(target, streamed, dest_keys)
+                if by_lines:
+                    back = target.exec_driver_sql(
+                        *keyed(target, streamed.dest, take.read_back, dest_keys)
+                    )
+                    theirs = formatted.lines_digest(formatted.as_bytes(back.scalar()) or b"")
+                else:
+                    theirs = dest_digest(target, streamed, dest_keys)
             finally:
                 deleted = deleting.result().rowcount
-    return mine, theirs, max(deleted, 0)
+    how = "; formatted by the source's server" + (", lines read back" if by_lines else "")
+    return mine, theirs, max(deleted, 0), how
 
 
 def _write(
