@@ -28,6 +28,7 @@ from archivist.data.columns import ColumnSpec, Kind
 from archivist.data.schema import TableInfo
 from archivist.data.storable import is_timestamp
 from archivist.data.transfer import canonical, mysql_load
+from archivist.data.transfer.source_rows import keyed
 
 MYSQL: Final = frozenset({"mysql", "mariadb"})
 BACKSLASH: Final = "CHAR(92 USING utf8mb4)"
@@ -281,12 +282,16 @@ def lines_digest(data: bytes) -> tuple[str, int]:
 
 
 def load(
-    target: Connection, take: FormattedTake, data: bytes, remove: tuple[str, tuple[object, ...]]
+    target: Connection,
+    take: FormattedTake,
+    data: bytes,
+    rows: int,
+    dest: TableInfo,
+    dest_keys: Sequence[object],
 ) -> bool:
-    """The lines into the archive's table (older copies of their keys replaced, by the
-    statement and parameters ``remove``: `FormattedTake.remove` keyed); False when its
-    server refuses LOAD DATA LOCAL. A value the table changed on the way shows in its
-    digest, which the caller compares."""
+    """The ``rows`` lines into the archive's table ``dest`` (older copies of their keys,
+    ``dest_keys``, replaced); False when its server refuses LOAD DATA LOCAL. A value the
+    table changed on the way shows in its digest, which the caller compares."""
     raw = target.connection.driver_connection
     if take.refused[0] or not isinstance(raw, mysql_load.GuardedConnection):
         return False
@@ -297,8 +302,8 @@ def load(
             raise
         take.refused[0] = True
         return False
-    if taken != data.count(b"\n"):  # older copies kept (LOCAL skips duplicates): replace
+    if taken != rows:  # older copies kept (LOCAL skips duplicates): replace
         with raw.cursor() as cursor:
-            cursor.execute(*remove)
+            cursor.execute(*keyed(target, dest, take.remove, dest_keys))
         take.load.load(raw, data)
     return True

@@ -544,24 +544,22 @@ def _move_formatted(
         return None
     data, mine = read
     statement, params = keyed(connection, streamed.source, take.delete, keys)
-    with dest.connect() as target:
-        remove = keyed(target, streamed.dest, take.remove, dest_keys)
-        with target.begin():
-            if not formatted.load(target, take, data, remove):
-                return None
-            # The source's delete meanwhile, on its own connection (the rows are locked
-            # since the read): it commits with the source's transaction, after this one.
-            deleting = _BESIDE.submit(connection.exec_driver_sql, statement, params)
-            try:
-                if by_lines:
-                    back = target.exec_driver_sql(
-                        *keyed(target, streamed.dest, take.read_back, dest_keys)
-                    )
-                    theirs = formatted.lines_digest(formatted.as_bytes(back.scalar()) or b"")
-                else:
-                    theirs = dest_digest(target, streamed, dest_keys)
-            finally:
-                deleted = deleting.result().rowcount
+    with dest.connect() as target, target.begin():
+        if not formatted.load(target, take, data, mine[1], streamed.dest, dest_keys):
+            return None
+        # The source's delete meanwhile, on its own connection (the rows are locked
+        # since the read): it commits with the source's transaction, after this one.
+        deleting = _BESIDE.submit(connection.exec_driver_sql, statement, params)
+        try:
+            if by_lines:
+                back = target.exec_driver_sql(
+                    *keyed(target, streamed.dest, take.read_back, dest_keys)
+                )
+                theirs = formatted.lines_digest(formatted.as_bytes(back.scalar()) or b"")
+            else:
+                theirs = dest_digest(target, streamed, dest_keys)
+        finally:
+            deleted = deleting.result().rowcount
     how = "; formatted by the source's server" + (", lines read back" if by_lines else "")
     return mine, theirs, max(deleted, 0), how
 
