@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from archivist.data import handles
 from archivist.data.handles import create_engine
 
 
@@ -99,3 +100,38 @@ def test_mysql_urls_as_users_write_them_connect(mysql_url: str, scheme: str) -> 
         assert engine.dialect.driver == "pymysql"
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql", "mysql"])
+def test_a_pooled_connection_is_pinged_only_after_idling_and_a_lost_one_is_replaced(
+    pg_url: str, mysql_url: str, engine_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back in use within `PING_AFTER_IDLE_SECONDS`: no ping (no round trip). After idling
+    that long, the ping finds a connection the server ended, and the pool hands out a new
+    one before anyone uses the lost one."""
+    monkeypatch.setattr(handles, "PING_AFTER_IDLE_SECONDS", 0.3)
+    url = pg_url if engine_name == "postgresql" else mysql_url
+    who = "pg_backend_pid()" if engine_name == "postgresql" else "CONNECTION_ID()"
+    end = "SELECT pg_terminate_backend({})" if engine_name == "postgresql" else "KILL {}"
+    engine, other = create_engine(url), create_engine(url)
+    pings: list[object] = []
+    dialect = engine.dialect
+    real_ping = dialect.do_ping
+    monkeypatch.setattr(dialect, "do_ping", lambda c: pings.append(c) or real_ping(c))
+    try:
+        with engine.connect() as connection:
+            first = connection.exec_driver_sql(f"SELECT {who}").scalar()
+        assert len(pings) == 1  # a new connection
+        for _ in range(3):
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql(f"SELECT {who}").scalar() == first
+        assert len(pings) == 1  # used again at once: not pinged
+        with other.begin() as admin:
+            admin.exec_driver_sql(end.format(first))
+        time.sleep(0.5)
+        with engine.connect() as connection:
+            again = connection.exec_driver_sql(f"SELECT {who}").scalar()
+        assert len(pings) >= 2 and again != first
+    finally:
+        engine.dispose()
+        other.dispose()

@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 DEFAULT_THREADS: Final = 4
+PING_AFTER_IDLE_SECONDS: Final = 1.0
+"""A pooled server connection that has been idle this long is pinged (one round trip)
+before it is used; one back in use sooner is not, since a moving task takes its
+connections several times a batch. Should the server have gone in that second, the
+first statement fails, the pool is renewed, and the work is retried as after any lost
+connection."""
 GROUP_CONCAT_MAX_LEN: Final = 4 * 1024 * 1024
 """Bytes a MariaDB/MySQL session's ``GROUP_CONCAT`` may return (MySQL's default is 1,024):
 ``data/copy`` reads a page's keys joined in one value, and a page of 100,000 (the most
@@ -106,19 +112,48 @@ def create_engine(url: str | URL, *, attach: Mapping[str, str] | None = None) ->
         engine = sa.create_engine(
             parsed,
             connect_args=connect_args,
-            pool_pre_ping=True,
+            # SQLite opens a file: nothing to ping; servers are pinged after idling.
+            pool_pre_ping=False,
             json_deserializer=_json_loads,
         )
     except ImportError as exc:
         raise ConfigError(missing_driver_message(parsed, exc)) from None
     if backend == "sqlite":
         _configure_sqlite(engine, attach or {})
-    elif parsed.get_driver_name() == "pymysql":
-        event.listen(engine, "do_connect", _connect_pymysql)
+    else:
+        _ping_after_idle(engine)
+        if parsed.get_driver_name() == "pymysql":
+            event.listen(engine, "do_connect", _connect_pymysql)
     track_sessions(engine)
     if backend != "sqlite" and attach:
         raise ConfigError(f"only SQLite attaches databases, not {backend}")
     return engine
+
+
+_IDLE_SINCE: Final = "archivist_idle_since"
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a connection taken from the pool when it has idled `PING_AFTER_IDLE_SECONDS`
+    or more (or never been used); a lost one is replaced before anyone uses it
+    (SQLAlchemy's pessimistic disconnect handling, raising ``DisconnectionError``)."""
+
+    @event.listens_for(engine, "checkin")
+    def idle(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is not None and time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        dialect = engine.dialect
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise sa.exc.DisconnectionError(str(exc)) from exc
+            raise
 
 
 def _identity(connection: Connection) -> tuple[str, ...]:
