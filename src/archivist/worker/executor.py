@@ -410,6 +410,11 @@ class _TaskRun:
         # Not with children: they must go before their parents, which a move deletes at once.
         move = self.mode == "move" and not self.task.spec.children
         params = {**params, "destHandle": self.task.spec.dest_handle, "move": move}
+        limit = params.get("limit")
+        if move and self.settings.prefetch and isinstance(limit, int):
+            # The next page is asked for as soon as this one is answered (`_list_ahead`):
+            # the daemon may move it meanwhile, held until asked for.
+            params["ahead"] = self.remaining - self.unsettled - limit > 0
         try:
             if not self.moving:
                 return await self.calls.execute("data/copy", params)

@@ -5,6 +5,7 @@ with the runner of the link's kind (`attached` or `piped_pg`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -14,10 +15,11 @@ from typing import TypeAlias
 from archivist.data.catalog import Catalog
 from archivist.data.handles import Handle
 from archivist.data.listing import cursor_position, position_params
-from archivist.data.params import CopyParams, parse_params
+from archivist.data.params import CopyParams, CursorParam, parse_params
 from archivist.data.relations import ForeignKey, guarded, with_kept
 from archivist.data.schema import TableInfo
-from archivist.data.transfer import attached, piped_pg, streamed
+from archivist.data.transfer import ahead, attached, piped_pg, streamed
+from archivist.data.transfer.ahead import Ahead, Held, Page
 from archivist.data.transfer.attached import MOVES, Attached, transactional
 from archivist.data.transfer.link import Link, TakenBack, compatible, find_link
 from archivist.data.transfer.pages import Pages, pages_for
@@ -60,6 +62,9 @@ class Transfers:
         """How `copy` reads a page, by the page's shape (`ListQuery.build` with ``bound``),
         with the statements it was made for: building it anew is a noticeable part of a
         batch's time in the daemon."""
+        self._held: dict[tuple[str, str, str], Held] = {}
+        """The move made ahead (`ahead`) of each collection's next request, by the
+        collection and its two handles: one at a time."""
 
     def link(self, source: Handle, dest: Handle) -> Link:
         key = (source.name, dest.name)
@@ -97,6 +102,9 @@ class Transfers:
         return f"copied by the daemon {how}, each row deleted where its copy is identical"
 
     async def close(self) -> None:
+        held, self._held = list(self._held.values()), {}
+        for one in held:
+            await ahead.drop(one)
         for link in self._links.values():
             if isinstance(link, Link):
                 await link.runner.close()
@@ -170,11 +178,9 @@ class Transfers:
         pages = dataclasses.replace(cached[1], params=position_params(position, p.limit))
         moved: int | None = None
         if p.move and _moves(statements):
-            mover = piped_pg.move_rows if isinstance(statements, Piped) else streamed.move_rows
+            going = _Going(p, params, info, names, order, link, statements, pages)
             try:
-                keys, last, moved = await link.runner.transaction(
-                    mover, pages, link.dest.engine, statements, write=True
-                )
+                keys, last, moved = await self._move(going)
             except TakenBack as back:  # copied, not deleted: data/delete compares the rows
                 keys, last, moved = back.keys, back.last, None
         elif isinstance(statements, Piped):
@@ -207,15 +213,97 @@ class Transfers:
         }
         if moved is not None:
             result["deleted"] = moved
-        end = info.codec.encode_tuples(names, [last])[0] if last is not None else {}
-        if end.get(order) is not None:  # past a NULL, the worker lists from the start
-            result["cursor"] = {
-                "field": order,
-                "value": end[order],
-                "id": end[info.pk],
-                "direction": "after",
-            }
+        cursor = _cursor_after(info, names, order, last)
+        if cursor is not None:
+            result["cursor"] = cursor
         return result
+
+    async def _move(
+        self, going: _Going
+    ) -> tuple[list[object], Sequence[object] | None, int | None]:
+        """Move the page ``going`` names: claim the move made ahead for it if there is one,
+        else move it now; with ``ahead``, the page after it is moved ahead meanwhile."""
+        p, link = going.p, going.link
+        slot = (p.collection, p.db_handle, p.dest_handle)
+        held = self._held.pop(slot, None)
+        if held is not None:
+            if held.decide(held.expected == ahead.signature(going.params)):
+                if p.ahead:
+                    self._follow(slot, going, held)
+                done = await held.outcome()
+                if done is not None:
+                    log.debug("%s: a page moved ahead was claimed", p.collection)
+                    return done
+            else:
+                await ahead.drop(held)
+        if not isinstance(going.statements, Piped):
+            streamed_move: tuple[list[object], Sequence[object] | None, int | None]
+            streamed_move = await link.runner.transaction(
+                streamed.move_rows, going.pages, link.dest.engine, going.statements, write=True
+            )
+            return streamed_move
+        if not p.ahead:
+            piped_move: tuple[list[object], Sequence[object] | None, int]
+            piped_move = await link.runner.transaction(
+                piped_pg.move_rows, going.pages, link.dest.engine, going.statements, write=True
+            )
+            return piped_move
+        loop = asyncio.get_running_loop()
+
+        def on_page(page: Page) -> None:
+            loop.call_soon_threadsafe(self._start_ahead, slot, going, page)
+
+        return await link.runner.transaction(
+            piped_pg.move_rows,
+            going.pages,
+            link.dest.engine,
+            going.statements,
+            Ahead(on_page=on_page),
+            write=True,
+        )
+
+    def _follow(self, slot: tuple[str, str, str], going: _Going, held: Held) -> None:
+        """Move the page after ``held``'s ahead, once its page is known."""
+        if held.page is not None:
+            self._start_ahead(slot, going, held.page)
+        else:
+            held.follow = lambda page: self._start_ahead(slot, going, page)
+
+    def _start_ahead(self, slot: tuple[str, str, str], going: _Going, page: Page) -> None:
+        """Start moving the page after ``page`` (a full one) ahead of its request, unless a
+        move ahead is already under way for this collection."""
+        keys, last = page
+        p, info = going.p, going.info
+        if slot in self._held or len(keys) < p.limit or not isinstance(going.statements, Piped):
+            return
+        cursor = _cursor_after(info, going.names, going.order, last)
+        if cursor is None:
+            return
+        position = cursor_position(info, parse_params(cursor, CursorParam))
+        pages = dataclasses.replace(going.pages, params=position_params(position, p.limit))
+        held = Held(ahead.signature(going.params, cursor), p.limit)
+        loop = asyncio.get_running_loop()
+
+        def paged(page: Page) -> None:
+            held.page = page
+            if held.follow is not None:
+                held.follow(page)
+
+        def on_page(page: Page) -> None:
+            loop.call_soon_threadsafe(paged, page)
+
+        link = going.link
+        held.task = loop.create_task(
+            link.runner.transaction(
+                piped_pg.move_rows,
+                pages,
+                link.dest.engine,
+                going.statements,
+                Ahead(on_page=on_page, held=held),
+                write=True,
+            )
+        )
+        self._held[slot] = held
 
     # --- data/delete with matching ------------------------------------------------------
 
@@ -266,12 +354,37 @@ class Transfers:
         return with_kept(answer, len(set(referenced) & set(left)), statements.refs)
 
 
+def _cursor_after(
+    info: TableInfo, names: list[str], order: str, last: Sequence[object] | None
+) -> JSONObject | None:
+    """The cursor just past a page whose last row is ``last`` (its key and order value, in
+    ``names``' order); None past a NULL (the worker lists from the start)."""
+    end = info.codec.encode_tuples(names, [last])[0] if last is not None else {}
+    if end.get(order) is None:
+        return None
+    return {"field": order, "value": end[order], "id": end[info.pk], "direction": "after"}
+
+
 def _moves(statements: Statements) -> bool:
     """Whether a copy on these statements can delete its rows in the same call (a move
     between two servers or engines, or two PostgreSQL databases: `move_rows`)."""
     if isinstance(statements, Piped):
         return bool(statements.take_out)
     return isinstance(statements, Streamed) and statements.take is not None
+
+
+@dataclass(frozen=True)
+class _Going:
+    """A ``data/copy`` that moves its page: what moving it, or the page after it, takes."""
+
+    p: CopyParams
+    params: JSONObject
+    info: TableInfo
+    names: list[str]
+    order: str
+    link: Link
+    statements: Statements
+    pages: Pages
 
 
 @dataclass(frozen=True)

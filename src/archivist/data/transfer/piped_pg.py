@@ -21,6 +21,7 @@ from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_sql, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.transfer import canonical
+from archivist.data.transfer.ahead import Ahead, Dropped
 from archivist.data.transfer.keys import key_span
 from archivist.data.transfer.link import (
     Link,
@@ -183,7 +184,11 @@ def statements(link: Link, source: TableInfo, refs: tuple[ForeignKey, ...] = ())
 
 
 def move_rows(
-    connection: Connection, pages: Pages, dest: sa.Engine, piped: Piped
+    connection: Connection,
+    pages: Pages,
+    dest: sa.Engine,
+    piped: Piped,
+    ahead: Ahead | None = None,
 ) -> tuple[list[object], Sequence[object] | None, int]:
     """PostgreSQL, a batch moved in one call: the next rows' keys and the digest of their
     rows; then the rows deleted and piped as binary COPY data into the destination, which
@@ -193,11 +198,18 @@ def move_rows(
     transaction ends with it), the copy stays, and the worker's ``data/delete`` with
     ``matching`` compares row by row. A crash before the destination commits leaves every
     row in the source; after it, before the source commits, in both (the next run copies
-    them again and deletes them)."""
+    them again and deletes them).
+
+    ``ahead`` (`archivist.data.transfer.ahead`): between servers of one version, the page
+    is told as soon as it is read, and a move made ahead waits for its request before it
+    commits; elsewhere a move is not made ahead (`Dropped` at once)."""
+    compared = bool(piped.take_sorted) and one_version(connection, dest)
+    if ahead is not None and ahead.held is not None and not compared:
+        raise Dropped
     pages = pages.begin(connection)
     connection.exec_driver_sql(MOVE_SETTINGS)
-    if piped.take_sorted and one_version(connection, dest):
-        return _move_compared(connection, pages, dest, piped)
+    if compared:
+        return _move_compared(connection, pages, dest, piped, ahead)
     read = pages.read_digested(connection)
     if read is None:
         keys, last = pages.read(connection)
@@ -213,32 +225,40 @@ def move_rows(
     named = piped.keyed(keys)
     blocks: list[bytes] = []
     deleted = _copy_out(connection, piped.take_out, named, blocks)
-    theirs = _write(dest, piped, blocks, _dest_digest(piped, named))
+    theirs = _write(dest, piped, [b"".join(blocks)], _dest_digest(piped, named))
     take_back_unless_same(log, piped.source.name, (keys, last), mine, theirs, deleted)
     return keys, last, deleted
 
 
 def _move_compared(
-    connection: Connection, pages: Pages, dest: sa.Engine, piped: Piped
+    connection: Connection, pages: Pages, dest: sa.Engine, piped: Piped, ahead: Ahead | None
 ) -> tuple[list[object], Sequence[object] | None, int]:
     """`move_rows` between two servers of one version: the rows deleted, in key order, as
     binary COPY data, written into the destination and read back from it in the same order
     before it commits; the delete stands only if both are the same bytes (the same values,
     every one of them: the tables' columns have the same types), and as many rows went as
-    were read. No digest is computed on either side."""
+    were read. No digest is computed on either side. A move made ahead commits nothing
+    unless they are the same and it is claimed."""
     keys, last = pages.read(connection)
     if not keys:
         return keys, last, 0
+    if ahead is not None and ahead.on_page is not None:
+        ahead.on_page((keys, last))
+    held = ahead.held if ahead is not None else None
     named = piped.keyed(keys)
     blocks: list[bytes] = []
     deleted = _copy_out(connection, piped.take_sorted, named, blocks)
+    sent = b"".join(blocks)
 
-    def read_back(target: Connection) -> bytes:
+    def read_back(target: Connection) -> bool:
         back: list[bytes] = []
         _copy_out(target, piped.read_back, named, back)
-        return b"".join(back)
+        same = deleted == len(keys) and b"".join(back) == sent
+        if held is not None and not (same and held.wait()):
+            raise Dropped  # the archive's transaction and the source's roll back
+        return same
 
-    if deleted != len(keys) or _write(dest, piped, blocks, read_back) != b"".join(blocks):
+    if not _write(dest, piped, [sent], read_back):
         log.info(
             "%s: a moved batch's rows differ from their copies read back (%d rows read, "
             "%d deleted); its delete is taken back",

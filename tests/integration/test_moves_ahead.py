@@ -1,0 +1,159 @@
+"""Moves ahead (`archivist.data.transfer.ahead`): between two PostgreSQL databases, a
+``data/copy`` with ``move`` and ``ahead`` has the daemon move the next page beside it and
+hold it uncommitted; the request for exactly that page claims it, any other request or
+none in time rolls it back. Real servers: two databases of the shared one, and a database
+of a second server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from archivist.config import make_config
+from archivist.data import DataDaemon
+from archivist.data.transfer import ahead, commands
+from datasupport import chat_policy, run
+from e2esupport import make_chat_table
+
+ROWS = 60
+
+
+def daemon_for(primary: str, archive: str) -> DataDaemon:
+    policy = chat_policy(order_by="created_at")
+    return DataDaemon(make_config({"primary": primary, "archive": archive}, [policy]))
+
+
+async def move(daemon: DataDaemon, cursor: Any = None, **params: Any) -> Any:
+    named = {"collection": "chat_messages", "dbHandle": "primary", "destHandle": "archive"}
+    if cursor is not None:
+        named["cursor"] = cursor
+    return await daemon.execute("data/copy", {**named, "move": True, **params}, caller="worker")
+
+
+def ids_in(url: str) -> list[int]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            found = connection.exec_driver_sql("SELECT id FROM chat_messages ORDER BY id")
+            return [int(row[0]) for row in found]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["one server", "two servers"])
+def pg_pair(
+    request: pytest.FixtureRequest,
+    fresh_db: Callable[[str], str],
+    second_db: Callable[[str], str],
+) -> tuple[str, str]:
+    primary = fresh_db("postgresql")
+    archive = fresh_db("postgresql") if request.param == "one server" else second_db("postgresql")
+    make_chat_table(primary, ROWS)
+    return primary, archive
+
+
+def ids_of(answer: Any) -> list[int]:
+    return [int(item["id"]) for item in answer["items"]]
+
+
+@pytest.mark.timeout(120)
+def test_the_page_moved_ahead_is_claimed_by_the_request_for_it(
+    pg_pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    primary, archive = pg_pair
+    before = ids_in(primary)
+
+    async def go() -> list[Any]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        answers: list[Any] = []
+        try:
+            with caplog.at_level(logging.DEBUG, logger=commands.__name__):
+                cursor = None
+                for _ in range(5):  # the last one without `ahead`: it still claims
+                    answer = await move(daemon, cursor, limit=10, ahead=len(answers) < 4)
+                    answers.append(answer)
+                    cursor = answer["cursor"]
+        finally:
+            await daemon.close()
+        return answers
+
+    answers = run(go())
+    assert [ids_of(answer) for answer in answers] == [before[i : i + 10] for i in range(0, 50, 10)]
+    assert all(answer["deleted"] == 10 for answer in answers)
+    claimed = caplog.text.count("a page moved ahead was claimed")
+    # The daemon knows both servers' versions from its start: the first move moves the
+    # second page ahead, and each claim the next one.
+    assert claimed == 4, caplog.text
+    assert ids_in(primary) == before[50:]
+    assert ids_in(archive) == before[:50]
+
+
+@pytest.mark.timeout(120)
+def test_a_page_moved_ahead_and_not_asked_for_in_time_is_rolled_back(
+    pg_pair: tuple[str, str],
+) -> None:
+    primary, archive = pg_pair
+    before = ids_in(primary)
+
+    async def go() -> tuple[list[int], list[int], Any]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        try:
+            first = await move(daemon, limit=10, ahead=True)
+            second = await move(daemon, first["cursor"], limit=10, ahead=True)
+            await asyncio.sleep(ahead.HOLD_FOR + 0.3)
+            # Held, then rolled back: in neither database's committed state twice.
+            source, copies = ids_in(primary), ids_in(archive)
+            third = await move(daemon, second["cursor"], limit=10)
+        finally:
+            await daemon.close()
+        return source, copies, third
+
+    source, copies, third = run(go())
+    assert source == before[20:]
+    assert copies == before[:20]
+    assert ids_of(third) == before[20:30] and third["deleted"] == 10
+    assert ids_in(primary) == before[30:]
+    assert ids_in(archive) == before[:30]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("other", ["limit", "cursor", "filter"])
+def test_a_request_for_another_page_drops_the_page_moved_ahead_and_moves_its_own(
+    pg_pair: tuple[str, str], other: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary, archive = pg_pair
+    before = ids_in(primary)
+
+    async def go() -> Any:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        try:
+            first = await move(daemon, limit=10, ahead=True)
+            second = await move(daemon, first["cursor"], limit=10, ahead=True)
+            asked: dict[str, Any] = {"limit": 10, "cursor": second["cursor"]}
+            if other == "limit":
+                asked["limit"] = 7
+            elif other == "cursor":
+                asked["cursor"] = first["cursor"]  # a page already moved: from there on
+            else:
+                asked["filter"] = {"id": {"$gt": 0}}
+            with caplog.at_level(logging.DEBUG, logger=commands.__name__):
+                return await move(daemon, asked.pop("cursor"), **asked)
+        finally:
+            await daemon.close()
+
+    third = run(go())
+    want = before[20:27] if other == "limit" else before[20:30]
+    assert ids_of(third) == want and third["deleted"] == len(want)
+    assert "a page moved ahead was claimed" not in caplog.text
+    assert ids_in(primary) == before[20 + len(want) :]
+    assert ids_in(archive) == before[: 20 + len(want)]
