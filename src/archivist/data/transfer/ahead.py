@@ -36,6 +36,10 @@ HOLD_FOR: Final = 0.2
 request comes a few milliseconds after the answer before it; while it waits, the held
 rows stay locked in the source, as during any move."""
 
+DEPTH: Final = 2
+"""Moves held ahead of a collection's requests at most: the next page and the one after
+it, so that a page is being moved while the one before waits for its request."""
+
 Page = tuple[list[object], Sequence[object] | None]
 """A page's keys and its last row (the next cursor's row)."""
 

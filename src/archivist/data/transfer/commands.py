@@ -62,9 +62,9 @@ class Transfers:
         """How `copy` reads a page, by the page's shape (`ListQuery.build` with ``bound``),
         with the statements it was made for: building it anew is a noticeable part of a
         batch's time in the daemon."""
-        self._held: dict[tuple[str, str, str], Held] = {}
-        """The move made ahead (`ahead`) of each collection's next request, by the
-        collection and its two handles: one at a time."""
+        self._held: dict[tuple[str, str, str], list[Held]] = {}
+        """The moves made ahead (`ahead`) of each collection's next requests, in page
+        order, by the collection and its two handles."""
 
     def link(self, source: Handle, dest: Handle) -> Link:
         key = (source.name, dest.name)
@@ -102,7 +102,7 @@ class Transfers:
         return f"copied by the daemon {how}, each row deleted where its copy is identical"
 
     async def close(self) -> None:
-        held, self._held = list(self._held.values()), {}
+        held, self._held = [one for queue in self._held.values() for one in queue], {}
         for one in held:
             await ahead.drop(one)
         for link in self._links.values():
@@ -222,20 +222,23 @@ class Transfers:
         self, going: _Going
     ) -> tuple[list[object], Sequence[object] | None, int | None]:
         """Move the page ``going`` names: claim the move made ahead for it if there is one,
-        else move it now; with ``ahead``, the page after it is moved ahead meanwhile."""
+        else move it now; with ``ahead``, the pages after it are moved ahead meanwhile."""
         p, link = going.p, going.link
         slot = (p.collection, p.db_handle, p.dest_handle)
-        held = self._held.pop(slot, None)
-        if held is not None:
-            if held.decide(held.expected == ahead.signature(going.params)):
-                if p.ahead:
-                    self._follow(slot, going, held)
-                done = await held.outcome()
-                if done is not None:
-                    log.debug("%s: a page moved ahead was claimed", p.collection)
-                    return done
-            else:
-                await ahead.drop(held)
+        queue = self._held.get(slot, [])
+        if queue:
+            held = queue.pop(0)
+            claimed = held.decide(held.expected == ahead.signature(going.params))
+            if claimed and p.ahead:
+                self._extend(slot, going, queue[-1] if queue else held)
+            done = await held.outcome() if claimed else None
+            if done is not None:
+                log.debug("%s: a page moved ahead was claimed", p.collection)
+                return done
+            # Not this page, or it failed: the moves after it were made ahead of a page
+            # that did not move as foreseen, and none of them stands either.
+            for other in [held, *self._held.pop(slot, [])]:
+                await ahead.drop(other)
         if not isinstance(going.statements, Piped):
             streamed_move: tuple[list[object], Sequence[object] | None, int | None]
             streamed_move = await link.runner.transaction(
@@ -262,19 +265,24 @@ class Transfers:
             write=True,
         )
 
-    def _follow(self, slot: tuple[str, str, str], going: _Going, held: Held) -> None:
-        """Move the page after ``held``'s ahead, once its page is known."""
-        if held.page is not None:
-            self._start_ahead(slot, going, held.page)
+    def _extend(self, slot: tuple[str, str, str], going: _Going, tail: Held) -> None:
+        """Move the page after ``tail`` (the last move held ahead) ahead, once its page is
+        known."""
+        if tail.page is not None:
+            self._start_ahead(slot, going, tail.page)
         else:
-            held.follow = lambda page: self._start_ahead(slot, going, page)
+            tail.follow = lambda page: self._start_ahead(slot, going, page)
 
     def _start_ahead(self, slot: tuple[str, str, str], going: _Going, page: Page) -> None:
-        """Start moving the page after ``page`` (a full one) ahead of its request, unless a
-        move ahead is already under way for this collection."""
+        """Start moving the page after ``page`` (a full one) ahead of its request, unless
+        `ahead.DEPTH` moves are held ahead for this collection already; each, once it has
+        read its page, starts the next."""
         keys, last = page
         p, info = going.p, going.info
-        if slot in self._held or len(keys) < p.limit or not isinstance(going.statements, Piped):
+        queue = self._held.setdefault(slot, [])
+        if len(queue) >= ahead.DEPTH or len(keys) < p.limit:
+            return
+        if not isinstance(going.statements, Piped):
             return
         cursor = _cursor_after(info, going.names, going.order, last)
         if cursor is None:
@@ -288,6 +296,8 @@ class Transfers:
             held.page = page
             if held.follow is not None:
                 held.follow(page)
+            elif self._held.get(slot, [None])[-1] is held:
+                self._start_ahead(slot, going, page)
 
         def on_page(page: Page) -> None:
             loop.call_soon_threadsafe(paged, page)
@@ -303,7 +313,7 @@ class Transfers:
                 write=True,
             )
         )
-        self._held[slot] = held
+        queue.append(held)
 
     # --- data/delete with matching ------------------------------------------------------
 
