@@ -1,8 +1,9 @@
-"""Moves ahead (`archivist.data.transfer.ahead`): between two PostgreSQL databases, a
-``data/copy`` with ``move`` and ``ahead`` has the daemon move the next page beside it and
-hold it uncommitted; the request for exactly that page claims it, any other request or
-none in time rolls it back. Real servers: two databases of the shared one, and a database
-of a second server.
+"""Moves ahead (`archivist.data.transfer.ahead`): a ``data/copy`` with ``move`` and
+``ahead`` has the daemon move the next pages beside it and hold them uncommitted; the
+request for exactly that page claims it, any other request or none in time rolls it back.
+Real servers: two PostgreSQL databases of one server (binary COPY), a second server of
+each engine (COPY read back, LOAD DATA lines read back), and the two engines each way
+(digests).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from archivist.config import make_config
 from archivist.data import DataDaemon
-from archivist.data.transfer import ahead, commands
+from archivist.data.transfer import ahead
 from datasupport import chat_policy, run
 from e2esupport import make_chat_table
 
@@ -47,14 +48,24 @@ def ids_in(url: str) -> list[int]:
         engine.dispose()
 
 
-@pytest.fixture(params=["one server", "two servers"])
-def pg_pair(
+PAIRS = {
+    "pg one server": ("postgresql", "postgresql", False),
+    "pg two servers": ("postgresql", "postgresql", True),
+    "mariadb two servers": ("mysql", "mysql", True),
+    "pg to mariadb": ("postgresql", "mysql", True),
+    "mariadb to pg": ("mysql", "postgresql", True),
+}
+
+
+@pytest.fixture(params=list(PAIRS))
+def pair(
     request: pytest.FixtureRequest,
     fresh_db: Callable[[str], str],
     second_db: Callable[[str], str],
 ) -> tuple[str, str]:
-    primary = fresh_db("postgresql")
-    archive = fresh_db("postgresql") if request.param == "one server" else second_db("postgresql")
+    source, dest, second = PAIRS[request.param]
+    primary = fresh_db(source)
+    archive = second_db(dest) if second else fresh_db(dest)
     make_chat_table(primary, ROWS)
     return primary, archive
 
@@ -65,9 +76,9 @@ def ids_of(answer: Any) -> list[int]:
 
 @pytest.mark.timeout(120)
 def test_the_page_moved_ahead_is_claimed_by_the_request_for_it(
-    pg_pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+    pair: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    primary, archive = pg_pair
+    primary, archive = pair
     before = ids_in(primary)
 
     async def go() -> list[Any]:
@@ -75,7 +86,7 @@ def test_the_page_moved_ahead_is_claimed_by_the_request_for_it(
         await daemon.start()
         answers: list[Any] = []
         try:
-            with caplog.at_level(logging.DEBUG, logger=commands.__name__):
+            with caplog.at_level(logging.DEBUG, logger="archivist.data.transfer"):
                 cursor = None
                 for _ in range(5):  # the last one without `ahead`: it still claims
                     answer = await move(daemon, cursor, limit=10, ahead=len(answers) < 4)
@@ -98,9 +109,9 @@ def test_the_page_moved_ahead_is_claimed_by_the_request_for_it(
 
 @pytest.mark.timeout(120)
 def test_a_page_moved_ahead_and_not_asked_for_in_time_is_rolled_back(
-    pg_pair: tuple[str, str],
+    pair: tuple[str, str],
 ) -> None:
-    primary, archive = pg_pair
+    primary, archive = pair
     before = ids_in(primary)
 
     async def go() -> tuple[list[int], list[int], Any]:
@@ -128,9 +139,9 @@ def test_a_page_moved_ahead_and_not_asked_for_in_time_is_rolled_back(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("other", ["limit", "cursor", "filter"])
 def test_a_request_for_another_page_drops_the_page_moved_ahead_and_moves_its_own(
-    pg_pair: tuple[str, str], other: str, caplog: pytest.LogCaptureFixture
+    pair: tuple[str, str], other: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    primary, archive = pg_pair
+    primary, archive = pair
     before = ids_in(primary)
 
     async def go() -> Any:
@@ -146,7 +157,7 @@ def test_a_request_for_another_page_drops_the_page_moved_ahead_and_moves_its_own
                 asked["cursor"] = first["cursor"]  # a page already moved: from there on
             else:
                 asked["filter"] = {"id": {"$gt": 0}}
-            with caplog.at_level(logging.DEBUG, logger=commands.__name__):
+            with caplog.at_level(logging.DEBUG, logger="archivist.data.transfer"):
                 return await move(daemon, asked.pop("cursor"), **asked)
         finally:
             await daemon.close()

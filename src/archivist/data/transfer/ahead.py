@@ -103,8 +103,17 @@ class Held:
         try:
             return await self.task
         except Exception as exc:  # any failure: the request runs the move as usual
-            log.debug("a move ahead failed; the page is moved when asked for: %s", exc)
+            log.debug("a move ahead failed; the page is moved when asked for: %r", exc)
             return None
+
+
+def hold(ahead: Ahead | None, stands: bool) -> None:
+    """In a move, once the archive's copies are checked and before it commits: a move made
+    ahead waits for its request, and rolls both transactions back (`Dropped`) unless the
+    copies stand and it is claimed in time. Any other move goes on."""
+    held = ahead.held if ahead is not None else None
+    if held is not None and not (stands and held.wait()):
+        raise Dropped
 
 
 def signature(params: JSONObject, cursor: JSONObject | None = None) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
+
+import msgspec
 
 from archivist.data.catalog import Catalog
 from archivist.data.handles import Handle
@@ -166,19 +168,10 @@ class Transfers:
             raise InvalidParams("invalid params: the cursor must be after, on the orderBy field")
         names = list(dict.fromkeys([info.pk, order]))
         statements, link = prepared.statements, prepared.link
-        position = [] if p.cursor is None else cursor_position(info, p.cursor)
-        shape = (p.collection, link.runner.name, order, tuple(v is None for v in position))
-        cached = self._pages.get(shape)
-        if p.filter is not None:
-            # A task's filter (its cutoff) is bound into the query: built for each page,
-            # not kept, since every task has its own.
-            cached = (statements, pages_for(info, p, prepared.order_by, link))
-        elif cached is None or cached[0] is not statements:
-            cached = self._pages[shape] = (statements, pages_for(info, p, prepared.order_by, link))
-        pages = dataclasses.replace(cached[1], params=position_params(position, p.limit))
+        pages = self._pages_of(p, info, order, prepared)
         moved: int | None = None
         if p.move and _moves(statements):
-            going = _Going(p, params, info, names, order, link, statements, pages)
+            going = _Going(p, params, info, names, order, prepared, pages)
             try:
                 keys, last, moved = await self._move(going)
             except TakenBack as back:  # copied, not deleted: data/delete compares the rows
@@ -218,6 +211,20 @@ class Transfers:
             result["cursor"] = cursor
         return result
 
+    def _pages_of(self, p: CopyParams, info: TableInfo, order: str, prepared: _Prepared) -> Pages:
+        """How to read the page ``p`` names (built once per shape of page)."""
+        statements, link = prepared.statements, prepared.link
+        position = [] if p.cursor is None else cursor_position(info, p.cursor)
+        shape = (p.collection, link.runner.name, order, tuple(v is None for v in position))
+        cached = self._pages.get(shape)
+        if p.filter is not None:
+            # A task's filter (its cutoff) is bound into the query: built for each page,
+            # not kept, since every task has its own.
+            cached = (statements, pages_for(info, p, prepared.order_by, link))
+        elif cached is None or cached[0] is not statements:
+            cached = self._pages[shape] = (statements, pages_for(info, p, prepared.order_by, link))
+        return dataclasses.replace(cached[1], params=position_params(position, p.limit))
+
     async def _move(
         self, going: _Going
     ) -> tuple[list[object], Sequence[object] | None, int | None]:
@@ -239,31 +246,27 @@ class Transfers:
             # that did not move as foreseen, and none of them stands either.
             for other in [held, *self._held.pop(slot, [])]:
                 await ahead.drop(other)
-        if not isinstance(going.statements, Piped):
-            streamed_move: tuple[list[object], Sequence[object] | None, int | None]
-            streamed_move = await link.runner.transaction(
-                streamed.move_rows, going.pages, link.dest.engine, going.statements, write=True
-            )
-            return streamed_move
+        mover = _mover(going.statements)
         if not p.ahead:
-            piped_move: tuple[list[object], Sequence[object] | None, int]
-            piped_move = await link.runner.transaction(
-                piped_pg.move_rows, going.pages, link.dest.engine, going.statements, write=True
+            moved: tuple[list[object], Sequence[object] | None, int | None]
+            moved = await link.runner.transaction(
+                mover, going.pages, link.dest.engine, going.statements, write=True
             )
-            return piped_move
+            return moved
         loop = asyncio.get_running_loop()
 
         def on_page(page: Page) -> None:
             loop.call_soon_threadsafe(self._start_ahead, slot, going, page)
 
-        return await link.runner.transaction(
-            piped_pg.move_rows,
+        moved = await link.runner.transaction(
+            mover,
             going.pages,
             link.dest.engine,
             going.statements,
             Ahead(on_page=on_page),
             write=True,
         )
+        return moved
 
     def _extend(self, slot: tuple[str, str, str], going: _Going, tail: Held) -> None:
         """Move the page after ``tail`` (the last move held ahead) ahead, once its page is
@@ -282,13 +285,11 @@ class Transfers:
         queue = self._held.setdefault(slot, [])
         if len(queue) >= ahead.DEPTH or len(keys) < p.limit:
             return
-        if not isinstance(going.statements, Piped):
-            return
         cursor = _cursor_after(info, going.names, going.order, last)
         if cursor is None:
             return
-        position = cursor_position(info, parse_params(cursor, CursorParam))
-        pages = dataclasses.replace(going.pages, params=position_params(position, p.limit))
+        after = msgspec.structs.replace(p, cursor=parse_params(cursor, CursorParam))
+        pages = self._pages_of(after, info, going.order, going.prepared)
         held = Held(ahead.signature(going.params, cursor), p.limit)
         loop = asyncio.get_running_loop()
 
@@ -305,7 +306,7 @@ class Transfers:
         link = going.link
         held.task = loop.create_task(
             link.runner.transaction(
-                piped_pg.move_rows,
+                _mover(going.statements),
                 pages,
                 link.dest.engine,
                 going.statements,
@@ -375,6 +376,11 @@ def _cursor_after(
     return {"field": order, "value": end[order], "id": end[info.pk], "direction": "after"}
 
 
+def _mover(statements: Statements) -> Callable[..., Any]:
+    """What moves a batch on these statements (`_moves`)."""
+    return piped_pg.move_rows if isinstance(statements, Piped) else streamed.move_rows
+
+
 def _moves(statements: Statements) -> bool:
     """Whether a copy on these statements can delete its rows in the same call (a move
     between two servers or engines, or two PostgreSQL databases: `move_rows`)."""
@@ -392,9 +398,16 @@ class _Going:
     info: TableInfo
     names: list[str]
     order: str
-    link: Link
-    statements: Statements
+    prepared: _Prepared
     pages: Pages
+
+    @property
+    def link(self) -> Link:
+        return self.prepared.link
+
+    @property
+    def statements(self) -> Statements:
+        return self.prepared.statements
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,12 @@ def one_version(connection: sa.Connection, dest: sa.Engine) -> bool:
     return theirs is not None and theirs == connection.dialect.server_version_info
 
 
+def same_batch(mine: tuple[str, int], theirs: tuple[str, int], deleted: int) -> bool:
+    """Whether a moved batch's delete stands: the archive's digest of its copies
+    (``theirs``) equals the source's (``mine``), and as many rows were deleted as it covers."""
+    return theirs == mine and deleted == mine[1]
+
+
 def take_back_unless_same(
     log: logging.Logger,
     name: str,
@@ -155,7 +161,7 @@ def take_back_unless_same(
     """Raise `TakenBack` for ``page`` (its keys and last row), with a line in ``log``, unless
     the archive's digest of a moved batch (``theirs``) equals the source's (``mine``) and
     as many rows were deleted as the source's digest covers."""
-    if theirs == mine and deleted == mine[1]:
+    if same_batch(mine, theirs, deleted):
         return
     log.info(
         "%s: a moved batch's digests differ (%d rows read, %d deleted, %d in the archive%s);"

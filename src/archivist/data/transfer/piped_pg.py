@@ -21,13 +21,14 @@ from archivist.data.handles import driver_errors
 from archivist.data.relations import ForeignKey, guard_sql, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.transfer import canonical
-from archivist.data.transfer.ahead import Ahead, Dropped
+from archivist.data.transfer.ahead import Ahead, hold
 from archivist.data.transfer.keys import key_span
 from archivist.data.transfer.link import (
     Link,
     TakenBack,
     conflict,
     one_version,
+    same_batch,
     take_back_unless_same,
 )
 from archivist.data.transfer.pages import Pages
@@ -200,15 +201,11 @@ def move_rows(
     row in the source; after it, before the source commits, in both (the next run copies
     them again and deletes them).
 
-    ``ahead`` (`archivist.data.transfer.ahead`): between servers of one version, the page
-    is told as soon as it is read, and a move made ahead waits for its request before it
-    commits; elsewhere a move is not made ahead (`Dropped` at once)."""
-    compared = bool(piped.take_sorted) and one_version(connection, dest)
-    if ahead is not None and ahead.held is not None and not compared:
-        raise Dropped
+    ``ahead`` (`archivist.data.transfer.ahead`): the page is told as soon as it is read,
+    and a move made ahead waits for its request before the destination commits."""
     pages = pages.begin(connection)
     connection.exec_driver_sql(MOVE_SETTINGS)
-    if compared:
+    if piped.take_sorted and one_version(connection, dest):
         return _move_compared(connection, pages, dest, piped, ahead)
     read = pages.read_digested(connection)
     if read is None:
@@ -222,10 +219,19 @@ def move_rows(
         keys, last, mine = read
     if not keys:
         return keys, last, 0
+    if ahead is not None and ahead.on_page is not None:
+        ahead.on_page((keys, last))
     named = piped.keyed(keys)
     blocks: list[bytes] = []
     deleted = _copy_out(connection, piped.take_out, named, blocks)
-    theirs = _write(dest, piped, [b"".join(blocks)], _dest_digest(piped, named))
+    digest = _dest_digest(piped, named)
+
+    def check(target: Connection) -> tuple[str, int]:
+        theirs = digest(target)
+        hold(ahead, same_batch(mine, theirs, deleted))
+        return theirs
+
+    theirs = _write(dest, piped, [b"".join(blocks)], check)
     take_back_unless_same(log, piped.source.name, (keys, last), mine, theirs, deleted)
     return keys, last, deleted
 
@@ -244,7 +250,6 @@ def _move_compared(
         return keys, last, 0
     if ahead is not None and ahead.on_page is not None:
         ahead.on_page((keys, last))
-    held = ahead.held if ahead is not None else None
     named = piped.keyed(keys)
     blocks: list[bytes] = []
     deleted = _copy_out(connection, piped.take_sorted, named, blocks)
@@ -254,8 +259,7 @@ def _move_compared(
         back: list[bytes] = []
         _copy_out(target, piped.read_back, named, back)
         same = deleted == len(keys) and b"".join(back) == sent
-        if held is not None and not (same and held.wait()):
-            raise Dropped  # the archive's transaction and the source's roll back
+        hold(ahead, same)
         return same
 
     if not _write(dest, piped, [sent], read_back):

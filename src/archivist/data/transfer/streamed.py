@@ -28,8 +28,15 @@ from archivist.data.relations import ForeignKey, guard_clause, lock_for_delete
 from archivist.data.schema import TableInfo
 from archivist.data.storable import before_timestamps, is_timestamp
 from archivist.data.transfer import canonical
+from archivist.data.transfer.ahead import Ahead, Dropped, hold
 from archivist.data.transfer.keys import key_ranges
-from archivist.data.transfer.link import Link, conflict, one_version, take_back_unless_same
+from archivist.data.transfer.link import (
+    Link,
+    conflict,
+    one_version,
+    same_batch,
+    take_back_unless_same,
+)
 from archivist.data.transfer.pages import Pages
 from archivist.data.transfer.piped_pg import MOVE_SETTINGS
 from archivist.data.transfer.source_rows import (
@@ -472,7 +479,11 @@ def _stored_page(
 
 
 def move_rows(
-    connection: Connection, pages: Pages, dest: sa.Engine, streamed: Streamed
+    connection: Connection,
+    pages: Pages,
+    dest: sa.Engine,
+    streamed: Streamed,
+    ahead: Ahead | None = None,
 ) -> tuple[list[object], Sequence[object] | None, int | None]:
     """A batch moved in one call: the next rows' keys, then the rows deleted from the
     source (``DELETE ... RETURNING``) and written into the destination, which commits;
@@ -484,10 +495,15 @@ def move_rows(
 
     A crash before the destination commits leaves every row in the source; after it and
     before the source commits, the rows are in both, and the next run copies them again
-    (over their older copies) and deletes them."""
+    (over their older copies) and deletes them.
+
+    ``ahead`` (`archivist.data.transfer.ahead`): the page is told as soon as it is read,
+    and a move made ahead waits for its request before the destination commits."""
     take = streamed.take
     assert take is not None
     if not connection.dialect.delete_returning:  # MySQL: copied only
+        if ahead is not None and ahead.held is not None:
+            raise Dropped
         keys, last = copy_rows(connection, pages, dest, streamed)
         return keys, last, None
     pages = pages.begin(connection)
@@ -496,8 +512,11 @@ def move_rows(
     keys, last = pages.read(connection)
     if not keys:
         return keys, last, 0
+    if ahead is not None and ahead.on_page is not None:
+        ahead.on_page((keys, last))
     dest_keys = streamed.dest_keys(keys)
-    if (moved := _move_formatted(connection, dest, streamed, keys, dest_keys)) is not None:
+    moved = _move_formatted(connection, dest, streamed, keys, dest_keys, ahead)
+    if moved is not None:
         mine, theirs, deleted, how = moved
         take_back_unless_same(log, streamed.source.name, (keys, last), mine, theirs, deleted, how)
         return keys, last, deleted
@@ -511,6 +530,7 @@ def move_rows(
     with dest.connect() as target, target.begin():
         _write(target, streamed, prepare_rows(streamed, rows), dest_keys)
         theirs = dest_digest(target, streamed, dest_keys)
+        hold(ahead, same_batch(mine, theirs, len(rows)))
     take_back_unless_same(log, streamed.source.name, (keys, last), mine, theirs, len(rows))
     return keys, last, len(rows)
 
@@ -521,6 +541,7 @@ def _move_formatted(
     streamed: Streamed,
     keys: list[object],
     dest_keys: list[object],
+    ahead: Ahead | None,
 ) -> tuple[tuple[str, int], tuple[str, int], int, str] | None:
     """`move_rows` by `FormattedTake`: the rows read locked, formatted by the source's
     server, loaded into the archive, which commits, then deleted: (their digest, the
@@ -559,9 +580,10 @@ def _move_formatted(
             else:
                 theirs = dest_digest(target, streamed, dest_keys)
         finally:
-            deleted = deleting.result().rowcount
+            deleted = max(deleting.result().rowcount, 0)
+        hold(ahead, same_batch(mine, theirs, deleted))
     how = "; formatted by the source's server" + (", lines read back" if by_lines else "")
-    return mine, theirs, max(deleted, 0), how
+    return mine, theirs, deleted, how
 
 
 def _write(
