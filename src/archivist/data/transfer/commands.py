@@ -285,6 +285,8 @@ class Transfers:
         queue = self._held.setdefault(slot, [])
         if len(queue) >= ahead.DEPTH or len(keys) < p.limit:
             return
+        if going.link.runner.dialect_name not in ahead.SOURCES:
+            return
         cursor = _cursor_after(info, going.names, going.order, last)
         if cursor is None:
             return
