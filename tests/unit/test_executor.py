@@ -353,3 +353,27 @@ def test_progress_is_reported_as_rows_go() -> None:
     assert _run(daemon, _task(30, 10)) == Outcome("success", 30)
     assert [archived for archived, _ in daemon.progress_reports] == [10, 20, 30]
     assert {total for _, total in daemon.progress_reports} == {30}
+
+
+def test_the_next_page_is_moved_ahead_only_while_the_task_does_not_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ahead`` tells the daemon the next page will be asked for at once: true while no
+    rest comes between batches and more rows are to move; after a rest (a pause, or
+    yielding to the application) the daemon would hold pages nobody asks for in time."""
+    daemon = _daemon(_rows(50), copy="move")
+    assert _run(daemon, _task(50, 10)) == Outcome("success", 50)
+    aheads = [call.get("ahead") for call in daemon.called("data/copy")]
+    assert aheads == [True, True, True, True, False]  # nothing follows the last page
+
+    async def no_sleep(self: Pacer, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(Pacer, "sleep", no_sleep)
+    daemon = _daemon(_rows(50), copy="move")
+    throttle = ThrottleSettings(pause=0.05, max_latency_ms=None, max_active=None, yield_ratio=0)
+    assert _run(daemon, _task(50, 10), throttle=throttle) == Outcome("success", 50)
+    aheads = [call.get("ahead") for call in daemon.called("data/copy")]
+    # The first two are asked before the first rest (the second as soon as the first is
+    # answered); every one after it, no longer.
+    assert aheads == [True, True, False, False, False]

@@ -326,7 +326,9 @@ class _TaskRun:
         count against the task's remaining rows."""
         return max(1, min(self.sizer.size, self.remaining - in_flight))
 
-    async def _list(self, cursor: JSONObject | None, limit: int | None = None) -> Batch:
+    async def _list(
+        self, cursor: JSONObject | None, limit: int | None = None, following: bool | None = None
+    ) -> Batch:
         """The oldest rows still to move (``limit`` of them, by default `_limit`), or those
         just past ``cursor``."""
         limit = self._limit() if limit is None else limit
@@ -341,7 +343,12 @@ class _TaskRun:
         if (leave_out := self.kept.listing_filter()) is not None:
             params["filter"] = leave_out
         command = "data/list"
-        if self.in_database and (listed := await self._copy_in_database(params)) is not None:
+        if following is None:
+            following = self._following(self.unsettled, limit)
+        if (
+            self.in_database
+            and (listed := await self._copy_in_database(params, following)) is not None
+        ):
             command = "data/copy"
         else:
             listed = await self.calls.execute(command, {**params, "maxBytes": self.budget})
@@ -402,7 +409,7 @@ class _TaskRun:
         self._count_skips(1 - deleted, 1)
         await self._moved(deleted)
 
-    async def _copy_in_database(self, params: JSONObject) -> JSONObject | None:
+    async def _copy_in_database(self, params: JSONObject, following: bool) -> JSONObject | None:
         """List and copy the next rows in one call, inside the database, and delete them
         in the same transaction where the daemon can (``move``: the answer says how many
         went); None when the daemon cannot copy for this task's handles (then rows go
@@ -410,11 +417,10 @@ class _TaskRun:
         # Not with children: they must go before their parents, which a move deletes at once.
         move = self.mode == "move" and not self.task.spec.children
         params = {**params, "destHandle": self.task.spec.dest_handle, "move": move}
-        limit = params.get("limit")
-        if move and self.settings.prefetch and isinstance(limit, int):
+        if move and self.settings.prefetch:
             # The next page is asked for as soon as this one is answered (`_list_ahead`):
             # the daemon may move it meanwhile, held until asked for.
-            params["ahead"] = self.remaining - self.unsettled - limit > 0
+            params["ahead"] = following
         try:
             if not self.moving:
                 return await self.calls.execute("data/copy", params)
@@ -443,7 +449,14 @@ class _TaskRun:
         if cursor is None:
             return None
         # The size is fixed now: the rows in flight are counted as moved while it runs.
-        return asyncio.create_task(self._list(cursor, self._limit(in_flight)))
+        limit = self._limit(in_flight)
+        return asyncio.create_task(self._list(cursor, limit, self._following(in_flight, limit)))
+
+    def _following(self, in_flight: int, limit: int) -> bool:
+        """Whether more rows will follow a page of ``limit`` rows, asked for as soon as it
+        is answered (``in_flight`` rows are being moved meanwhile): unless the task rests
+        between its batches, the daemon may move them meanwhile (``ahead``)."""
+        return self.remaining - in_flight - limit > 0 and not self.pacer.rested
 
     async def _write(self, batch: Batch, *, defer: bool) -> bool:
         """Copy and verify one listed batch and delete the one copied before it, at once;

@@ -39,6 +39,9 @@ class Pacer:
         """Why batches wait for the database's load (pause file, load limits), or None."""
         self.yielding: str | None = None
         """Why the task rests longer after its batches (the application), or None."""
+        self.rested = False
+        """The last rest between batches slept (yielding, a pause, a nice ratio): the next
+        pages are not moved ahead then, since nobody would ask for them in time."""
         self._held_at: float | None = None
         """When `held_by` was last reported (its seconds count into the task's totals)."""
         self.deleted_at: float | None = None
@@ -83,6 +86,7 @@ class Pacer:
         ended = time.monotonic()
         self.yielding = await self.throttle.yielding(database, self.execute, since=self.deleted_at)
         self.report()
+        self.rested = self.yielding is not None
         if self.yielding is not None:
             resting = time.monotonic()
             try:
@@ -102,6 +106,7 @@ class Pacer:
             self.report()
         rest = ended + throttle.rest_after(took) - time.monotonic()
         if rest > 0:
+            self.rested = True
             await self.sleep(rest)
 
     async def sleep(self, seconds: float) -> None:
