@@ -114,7 +114,11 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
     min_batch: Annotated[int, _help("Smallest batch the adaptive sizing goes down to.", ge=1)] = 100
     prefetch: Annotated[
         bool,
-        _help("List a task's next batch while the current one is written."),
+        _help(
+            "List a task's next batch while the current one is written; where the daemon "
+            "moves batches from PostgreSQL, it moves the next pages meanwhile, held until "
+            "asked for."
+        ),
     ] = True
     in_database: Annotated[
         bool,
