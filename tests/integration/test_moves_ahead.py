@@ -67,6 +67,30 @@ def pair(
     return primary, archive
 
 
+def moves_in_a_row(
+    primary: str, archive: str, aheads: list[bool], caplog: pytest.LogCaptureFixture
+) -> list[Any]:
+    """One move of 10 rows per entry of ``aheads`` (its ``ahead``), each after the last;
+    the data layer's transfer logs captured meanwhile."""
+
+    async def go() -> list[Any]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        answers: list[Any] = []
+        try:
+            with caplog.at_level(logging.DEBUG, logger="archivist.data.transfer"):
+                cursor = None
+                for ahead_too in aheads:
+                    answer = await move(daemon, cursor, limit=10, ahead=ahead_too)
+                    answers.append(answer)
+                    cursor = answer["cursor"]
+        finally:
+            await daemon.close()
+        return answers
+
+    return run(go())
+
+
 def ids_of(answer: Any) -> list[int]:
     return [int(item["id"]) for item in answer["items"]]
 
@@ -78,22 +102,8 @@ def test_the_page_moved_ahead_is_claimed_by_the_request_for_it(
     primary, archive = pair
     before = ids_in(primary)
 
-    async def go() -> list[Any]:
-        daemon = daemon_for(primary, archive)
-        await daemon.start()
-        answers: list[Any] = []
-        try:
-            with caplog.at_level(logging.DEBUG, logger="archivist.data.transfer"):
-                cursor = None
-                for _ in range(5):  # the last one without `ahead`: it still claims
-                    answer = await move(daemon, cursor, limit=10, ahead=len(answers) < 4)
-                    answers.append(answer)
-                    cursor = answer["cursor"]
-        finally:
-            await daemon.close()
-        return answers
-
-    answers = run(go())
+    # The last one without `ahead`: it still claims.
+    answers = moves_in_a_row(primary, archive, [True, True, True, True, False], caplog)
     assert [ids_of(answer) for answer in answers] == [before[i : i + 10] for i in range(0, 50, 10)]
     assert all(answer["deleted"] == 10 for answer in answers)
     claimed = caplog.text.count("a page moved ahead was claimed")
@@ -179,22 +189,7 @@ def test_no_move_is_made_ahead_from_mariadb(
     make_chat_table(primary, ROWS)
     before = ids_in(primary)
 
-    async def go() -> list[Any]:
-        daemon = daemon_for(primary, archive)
-        await daemon.start()
-        answers: list[Any] = []
-        try:
-            with caplog.at_level(logging.DEBUG, logger="archivist.data.transfer"):
-                cursor = None
-                for _ in range(3):
-                    answer = await move(daemon, cursor, limit=10, ahead=True)
-                    answers.append(answer)
-                    cursor = answer["cursor"]
-        finally:
-            await daemon.close()
-        return answers
-
-    answers = run(go())
+    answers = moves_in_a_row(primary, archive, [True, True, True], caplog)
     assert [ids_of(answer) for answer in answers] == [before[i : i + 10] for i in range(0, 30, 10)]
     assert "moved ahead" not in caplog.text and "move ahead" not in caplog.text
     assert ids_in(primary) == before[30:]
