@@ -64,6 +64,8 @@ class Transfers:
         """How `copy` reads a page, by the page's shape (`ListQuery.build` with ``bound``),
         with the statements it was made for: building it anew is a noticeable part of a
         batch's time in the daemon."""
+        self._closing = False
+        """Closed: a page read by a move still running starts no move ahead."""
         self._held: dict[tuple[str, str, str], list[Held]] = {}
         """The moves made ahead (`ahead`) of each collection's next requests, in page
         order, by the collection and its two handles."""
@@ -104,6 +106,7 @@ class Transfers:
         return f"copied by the daemon {how}, each row deleted where its copy is identical"
 
     async def close(self) -> None:
+        self._closing = True
         held, self._held = [one for queue in self._held.values() for one in queue], {}
         for one in held:
             await ahead.drop(one)
@@ -246,24 +249,21 @@ class Transfers:
             # that did not move as foreseen, and none of them stands either.
             for other in [held, *self._held.pop(slot, [])]:
                 await ahead.drop(other)
-        mover = _mover(going.statements)
-        if not p.ahead:
-            moved: tuple[list[object], Sequence[object] | None, int | None]
-            moved = await link.runner.transaction(
-                mover, going.pages, link.dest.engine, going.statements, write=True
-            )
-            return moved
-        loop = asyncio.get_running_loop()
+        told: tuple[Ahead, ...] = ()
+        if p.ahead and link.runner.dialect_name in ahead.SOURCES:
+            loop = asyncio.get_running_loop()
 
-        def on_page(page: Page) -> None:
-            loop.call_soon_threadsafe(self._start_ahead, slot, going, page)
+            def on_page(page: Page) -> None:
+                loop.call_soon_threadsafe(self._start_ahead, slot, going, page)
 
+            told = (Ahead(on_page=on_page),)
+        moved: tuple[list[object], Sequence[object] | None, int | None]
         moved = await link.runner.transaction(
-            mover,
+            _mover(going.statements),
             going.pages,
             link.dest.engine,
             going.statements,
-            Ahead(on_page=on_page),
+            *told,
             write=True,
         )
         return moved
@@ -282,10 +282,10 @@ class Transfers:
         read its page, starts the next."""
         keys, last = page
         p, info = going.p, going.info
+        if self._closing:
+            return
         queue = self._held.setdefault(slot, [])
         if len(queue) >= ahead.DEPTH or len(keys) < p.limit:
-            return
-        if going.link.runner.dialect_name not in ahead.SOURCES:
             return
         cursor = _cursor_after(info, going.names, going.order, last)
         if cursor is None:
