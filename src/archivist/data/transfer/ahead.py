@@ -71,7 +71,6 @@ class Held:
 
     expected: str
     """The request that claims it (`signature`)."""
-    limit: int
     page: Page | None = None
     """Its page, once read (the next move ahead starts after it)."""
     follow: Callable[[Page], None] | None = None

@@ -292,7 +292,7 @@ class Transfers:
             return
         after = msgspec.structs.replace(p, cursor=parse_params(cursor, CursorParam))
         pages = self._pages_of(after, info, going.order, going.prepared)
-        held = Held(ahead.signature(going.params, cursor), p.limit)
+        held = Held(ahead.signature(going.params, cursor))
         loop = asyncio.get_running_loop()
 
         def paged(page: Page) -> None:
