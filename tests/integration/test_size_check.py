@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -27,6 +28,8 @@ from archivist.sizing import Size
 from datasupport import ENGINES
 
 pytestmark = pytest.mark.timeout(300)
+
+T = TypeVar("T")
 
 NOW = int(time.time())
 OLD_BASE = NOW - 60 * 86_400
@@ -231,6 +234,34 @@ def steps() -> Iterator[Callable[[DataDaemon], list[int]]]:
     yield attach
 
 
+def rows_read_by(
+    engine: str,
+    url: str,
+    data: DataDaemon,
+    action: Callable[[], T],
+    steps: Callable[[DataDaemon], list[int]],
+    *,
+    scans: bool = False,
+) -> tuple[int, T]:
+    """What ``action`` reads of ``events`` (PostgreSQL: rows, and no sequential scan unless
+    ``scans``; MariaDB: handler reads; SQLite: VM steps in hundreds)."""
+    if engine == "postgresql":
+        scanned, before = pg_reads(url)
+        done = action()
+        scanned_after, after = pg_reads(url)
+        assert scans or scanned_after == scanned, "the table was scanned"
+        return after - before, done
+    if engine == "mysql":
+        idle = mariadb_reads(url)
+        before = mariadb_reads(url)
+        probe = before - idle  # what reading the status itself costs
+        done = action()
+        return mariadb_reads(url) - before - probe, done
+    counted = steps(data)
+    done = action()
+    return counted[0], done
+
+
 def rows_read_by_one_check(
     engine: str,
     url: str,
@@ -238,25 +269,10 @@ def rows_read_by_one_check(
     entry: ArchiveConfig,
     steps: Callable[[DataDaemon], list[int]],
 ) -> tuple[int, list[TaskRecord]]:
-    """What one policy check of ``entry`` reads of ``events`` (PostgreSQL: rows, and no
-    sequential scan; MariaDB: handler reads; SQLite: VM steps in hundreds)."""
+    """What one policy check of ``entry`` reads of ``events``."""
     tmp_path.mkdir(exist_ok=True)
     data = daemon_for(url, tmp_path, entry)
-    if engine == "postgresql":
-        scans, before = pg_reads(url)
-        records = check(data, tmp_path)
-        scans_after, after = pg_reads(url)
-        assert scans_after == scans, "the check scanned the table"
-        return after - before, records
-    if engine == "mysql":
-        idle = mariadb_reads(url)
-        before = mariadb_reads(url)
-        probe = before - idle  # what reading the status itself costs
-        records = check(data, tmp_path)
-        return mariadb_reads(url) - before - probe, records
-    counted = steps(data)
-    records = check(data, tmp_path)
-    return counted[0], records
+    return rows_read_by(engine, url, data, lambda: check(data, tmp_path), steps)
 
 
 LIMITS = {"postgresql": 20, "mysql": 200, "sqlite": 20}
@@ -313,4 +329,63 @@ def test_an_age_policy_reads_only_the_rows_older_than_its_cutoff(
         read.append(cost)
     # Three reads of the aged rows at most (the check, again under the lock, the cutoff).
     bound = {"postgresql": 3 * AGED, "mysql": 3 * AGED + LIMITS["mysql"], "sqlite": 100}
+    assert max(read) <= bound[engine], read
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_task_starts_reading_its_own_rows_not_the_table(
+    engine: str,
+    fresh_db: Callable[[str], str],
+    second_db: Callable[[str], str],
+    tmp_path: Path,
+    steps: Callable[[DataDaemon], list[int]],
+) -> None:
+    """``archivist archive --max-rows 100`` queues a task without counting the table: the
+    daemon counts at most the task's rows, and so does the worker's ``data/count`` (its
+    ``limit``), on a table of 20,000 and of 200,000 rows; without the limit the count
+    reads the table (which the test sees, or it would prove nothing)."""
+    task = 100
+    read: list[int] = []
+    for rows in SIZES:
+        url = _database(engine, fresh_db, second_db)
+        build(url, rows)
+        tmp = tmp_path / str(rows)
+        tmp.mkdir()
+        data = daemon_for(url, tmp, policy(max_rows=1_000_000))
+        count = {"collection": "events", "dbHandle": "primary"}
+
+        async def start() -> tuple[int, int]:
+            await data.start()
+            daemon = ArchiveDaemon(data, data.policies(), DaemonOptions(tmp / "unused.sock"))
+            try:
+                record = await daemon.submit("events", task)
+                counted = await data.execute("data/count", {**count, "limit": task})
+                return record.max_rows, int(counted["count"])  # type: ignore[call-overload]
+            finally:
+                await daemon.movers.release_all()
+                await data.close()
+
+        # A bounded count may scan: it stops after the task's rows.
+        cost, queued = rows_read_by(
+            engine, url, data, lambda: asyncio.run(start()), steps, scans=True
+        )
+        assert queued == (task, task)
+        read.append(cost)
+
+        whole = daemon_for(url, tmp, policy(max_rows=1_000_000))
+
+        async def count_all() -> object:
+            await whole.start()
+            try:
+                return (await whole.execute("data/count", count))["count"]
+            finally:
+                await whole.close()
+
+        everything, counted = rows_read_by(
+            engine, url, whole, lambda: asyncio.run(count_all()), steps, scans=True
+        )
+        assert counted == rows
+        assert everything >= rows // (100 if engine == "sqlite" else 1), everything
+    bound = {"postgresql": 3 * task, "mysql": 3 * task + LIMITS["mysql"], "sqlite": 50}
     assert max(read) <= bound[engine], read

@@ -153,11 +153,20 @@ async def _due_copy(
 
 
 async def count_rows(
-    data: DataService, collection: str, handle: str, filter_: dict[str, object] | None = None
+    data: DataService,
+    collection: str,
+    handle: str,
+    filter_: dict[str, object] | None = None,
+    *,
+    limit: int | None = None,
 ) -> int:
+    """The rows ``filter_`` selects on ``handle``; with ``limit``, at most that many (and
+    no more read)."""
     params: JSONObject = {"collection": collection, "dbHandle": handle}
     if filter_ is not None:
         params["filter"] = filter_
+    if limit is not None:
+        params["limit"] = limit
     result = await data.execute("data/count", params)
     count = result.get("count")
     if not isinstance(count, int) or isinstance(count, bool):

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT: Final = 30.0
 """Seconds tasks get to reach a safe point when the daemon stops."""
+DELETING_COMMANDS: Final = frozenset({"data/copy", "data/delete", "data/relay"})
+"""The worker's commands whose answer's ``deleted`` counts rows a job moved off its source."""
 
 
 @dataclass(frozen=True)
@@ -237,13 +239,9 @@ class ArchiveDaemon:
         """Queue every record not yet (or no longer) known to the worker."""
         for record in self.tracker.records():
             if record.state == "lost":
-                try:
-                    rows = await self.count(record.collection, record.source_handle, record.filter)
-                except ArchivistError as exc:
-                    self.tracker.finish(record, "error", f"cannot resume: {exc.message}")
-                    self._updated(record)
-                    continue
-                self.tracker.recount(record, rows)
+                # What the lost attempt deleted counts once its commands have ended.
+                await asyncio.gather(*record.serving, return_exceptions=True)
+                self.tracker.recount(record)
             if record.state in ("pending", "lost"):
                 await self._send(connection, record)
 
@@ -304,9 +302,17 @@ class ArchiveDaemon:
         started = time.monotonic()
         # What the data layer logs while serving it is about the task (JSON lines say so).
         with logs.task_context(**(_task_fields(record) if record is not None else {})):
-            answer = await self.movers.guard(
-                target, params, lambda: self.data.execute(target, params, caller="worker")
+            served = asyncio.ensure_future(
+                self.movers.guard(
+                    target, params, lambda: self.data.execute(target, params, caller="worker")
+                )
             )
+        if record is not None:
+            # Served to the end even if the connection drops meanwhile: what it deleted
+            # counts into the job's rows before the job is queued again.
+            record.serving.add(served)
+            served.add_done_callback(lambda done: count_deleted(record, target, params, done))
+        answer = await asyncio.shield(served)
         self.observer.executed(record, target, params, answer, time.monotonic() - started)
         return answer
 
@@ -563,9 +569,14 @@ class ArchiveDaemon:
         return await measure(self.data, policy, task_filter(policy.rules.where, None, None))
 
     async def count(
-        self, collection: str, handle: str, filter_: dict[str, object] | None = None
+        self,
+        collection: str,
+        handle: str,
+        filter_: dict[str, object] | None = None,
+        *,
+        limit: int | None = None,
     ) -> int:
-        return await count_rows(self.data, collection, handle, filter_)
+        return await count_rows(self.data, collection, handle, filter_, limit=limit)
 
     def _keep_up(self, policy: Policy, size: Size) -> None:
         if size.rows is None:
@@ -600,7 +611,10 @@ class ArchiveDaemon:
             if rules.mode != "purge":  # purge with children is refused when policies load
                 children = await self.data.ensure_archive_table(collection)
             if source_rows is None:
-                source_rows = await self.count(collection, policy.source_handle, filter_)
+                # Bounded: the rows this task moves are read, not the table.
+                source_rows = await self.count(
+                    collection, policy.source_handle, filter_, limit=rows
+                )
         except BaseException:
             if not held:
                 await self.movers.release(collection)
@@ -615,7 +629,6 @@ class ArchiveDaemon:
             order_by=None,
             task_id=self.tracker.new_task_id(collection),
             min_rate=self.keeping[collection].rate if collection in self.keeping else None,
-            target=source_rows - rows,
             filter=filter_,
             mode=rules.mode if rules.mode != "move" else None,
             children=children or [],
@@ -653,3 +666,22 @@ def _task_fields(record: TaskRecord, **fields: object) -> dict[str, object]:
         "dest_handle": record.dest_handle,
         **fields,
     }
+
+
+def count_deleted(
+    record: TaskRecord, target: str, params: JSONObject, served: asyncio.Future[JSONObject]
+) -> None:
+    """Count into ``record`` the rows a served command deleted from the job's source (its
+    children's deletes, and deletes elsewhere, are not the job's rows)."""
+    record.serving.discard(served)
+    if (
+        served.cancelled()
+        or served.exception() is not None
+        or target not in DELETING_COMMANDS
+        or params.get("collection") != record.collection
+        or params.get("dbHandle") != record.source_handle
+    ):
+        return
+    deleted = served.result().get("deleted")
+    if isinstance(deleted, int) and not isinstance(deleted, bool):
+        record.deleted += deleted

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from archivist.protocol import Child, Complete, Progress
+from archivist.protocol import Child, Complete, JSONObject, Progress
 
 RecordState = Literal["pending", "queued", "running", "success", "error", "cancelled", "lost"]
 UNFINISHED: frozenset[RecordState] = frozenset({"pending", "queued", "running", "lost"})
@@ -32,10 +32,13 @@ class TaskRecord:
     task_id: str
     min_rate: float | None = None
     """Rows/s the task keeps to at least while yielding (keeping up; None: no floor)."""
-    target: int = 0
-    """The source's row count when every row of this job has moved: an interrupted job's
-    remaining rows are recounted from it, since rows of its last batch may have moved
-    after its last progress report."""
+    deleted: int = 0
+    """Rows of this job deleted from its source, from the answers to the worker's
+    ``data/copy``, ``data/delete`` and ``data/relay`` there (the daemon runs them): what an
+    interrupted job moved, exactly, where its last progress report may be a batch behind,
+    and without counting the table."""
+    serving: set[asyncio.Future[JSONObject]] = field(default_factory=set)
+    """The job's commands still running here, which ``deleted`` waits for."""
     filter: dict[str, object] | None = None
     """Which source rows are the job's (its ``where``, its age cutoff), fixed when queued."""
     mode: Literal["copy", "purge"] | None = None
@@ -152,10 +155,10 @@ class Tracker:
         record.done.set()
         return record
 
-    def recount(self, record: TaskRecord, source_rows: int) -> None:
-        """Before queueing a lost record again: what it moved, from the source's count now."""
-        remaining = max(0, min(record.max_rows, source_rows - record.target))
-        record.archived = record.carried = record.max_rows - remaining
+    def recount(self, record: TaskRecord) -> None:
+        """Before queueing a lost record again (its commands served to the end): what it
+        moved is what was deleted from its source for it."""
+        record.archived = record.carried = min(record.max_rows, record.deleted)
 
     def mark_lost(self) -> list[TaskRecord]:
         """The connection dropped: every unfinished record must be queued again."""

@@ -162,6 +162,10 @@ class DataCommands:
         _, handle, info = await self.catalog.table(p.collection, p.db_handle)
         where = compile_filter(info, p.filter)
         query = sa.select(sa.func.count()).select_from(info.table).where(where)
+        if p.limit is not None:
+            # Counted through a bounded subquery: the scan stops at ``limit`` matching rows.
+            rows = sa.select(sa.literal(1)).select_from(info.table).where(where).limit(p.limit)
+            query = sa.select(sa.func.count()).select_from(rows.subquery())
         count = await handle.transaction(_scalar, query)
         assert isinstance(count, int)
         return {"count": count}

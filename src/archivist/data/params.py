@@ -52,6 +52,9 @@ class LoadParams(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_
 
 class CountParams(_Params):
     filter: dict[str, Any] | None = None
+    # Extension: count at most this many rows (reading no more), for a caller that needs
+    # ``min(limit, count)``: a task's start, whose rows are bounded, not the table's.
+    limit: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class SizeParams(_Params):

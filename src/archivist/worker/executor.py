@@ -206,7 +206,11 @@ class _TaskRun:
         task = self.task
         # One round trip before touching data proves the callback path (the design's Test 3).
         await self.calls.execute("ping", {})
-        counted = await self.calls.execute("data/count", {**self.source, **self.filtering})
+        # Counted up to the task's rows (an extension a daemon may ignore): the rows the
+        # task moves are read, not the whole table.
+        counted = await self.calls.execute(
+            "data/count", {**self.source, **self.filtering, "limit": task.spec.max_rows}
+        )
         task.total = min(task.spec.max_rows, int_field(counted, "count", "data/count"))
         ahead: asyncio.Task[Batch] | None = None
         failing_since: float | None = None

@@ -159,7 +159,8 @@ class LakeCommands:
         _, lake, found = await self.table(p.collection, p.db_handle)
         where = row_filter(found.specs, found.codec, p.filter)
         count = await lake.run(_count, found, where)
-        return {"count": count}
+        # pyiceberg's scan counts whole files: a limit only bounds the answer here.
+        return {"count": count if p.limit is None else min(count, p.limit)}
 
     async def list(self, params: JSONObject) -> JSONObject:
         p = parse_params(params, ListParams)
