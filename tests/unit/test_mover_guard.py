@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from archivist.daemon.movers import MOVING_COMMANDS, HeldLock, Movers
+from archivist.daemon.movers import MOVING_COMMANDS, PROBE_FRESH, HeldLock, Movers
 from archivist.daemon.service import ArchiveDaemon, DaemonOptions
 from archivist.data.registry import make_entity
 from archivist.errors import MoverBusy, MoverLost
@@ -89,6 +89,43 @@ def test_a_held_lock_lets_its_commands_run_and_a_lost_one_stops_them() -> None:
         with pytest.raises(MoverLost, match="does not hold"):
             await movers.guard("data/delete", {"collection": "chat_messages"}, _ok)
 
+    asyncio.run(run())
+
+
+def test_a_command_at_once_after_another_uses_the_look_begun_as_that_one_ended() -> None:
+    """The lock's session is looked at as each command ends; the next command waits for
+    that look (nothing more) if it comes within PROBE_FRESH, and looks again later."""
+    movers, locks = _movers()
+
+    async def run() -> None:
+        await movers.take("chat_messages")
+        lock = locks.taken["chat_messages"]
+        looks = 0
+
+        async def alive() -> bool:
+            nonlocal looks
+            looks += 1
+            return lock.live
+
+        lock.alive = alive  # type: ignore[method-assign]
+        copy = {"collection": "chat_messages"}
+        assert await movers.guard("data/copy", copy, _ok) == "ran"
+        assert looks == 1  # before it; the look begun as it ended has not run yet
+        assert await movers.guard("data/copy", copy, _ok) == "ran"
+        assert looks == 2  # that look stood for this command
+        await asyncio.sleep(PROBE_FRESH + 0.02)
+        assert looks == 3  # the look begun as the second ended, too old for the third:
+        assert await movers.guard("data/copy", copy, _ok) == "ran"
+        assert looks == 4  # it looked again
+        lock.live = False  # lost before the look begun as it ended ran, and taken by another
+        locks.busy.add("chat_messages")
+        with pytest.raises(MoverLost, match="another archivist has it now"):
+            await movers.guard("data/copy", copy, _ok)
+        assert looks == 5
+        await movers.release_all()
+
+    asyncio.run(run())
+
 
 def test_a_lock_lost_and_free_is_taken_again_before_the_next_batch() -> None:
     """The source database restarted (every session ended) and nobody else took the lock:
@@ -102,8 +139,6 @@ def test_a_lock_lost_and_free_is_taken_again_before_the_next_batch() -> None:
         assert await movers.guard("data/copy", {"collection": "chat_messages"}, _ok) == "ran"
         assert movers.holds("chat_messages") and locks.taken["chat_messages"] is not first
         await movers.release_all()
-
-    asyncio.run(run())
 
     asyncio.run(run())
 

@@ -7,7 +7,9 @@ moves rows of a collection (`MOVING_COMMANDS`) is first checked against the lock
 daemon does not hold, or no longer holds (its session was cut: another mover may have it
 now), is refused with ``mover_lost``, which the worker does not retry, so no batch of a
 collection runs while another process moves it. Reads (``data/list``, ``data/count``)
-change nothing and pass.
+change nothing and pass. The look at the lock's session starts as the previous command
+ends, while its answer travels to the worker and the next request comes back; a command
+arriving more than `PROBE_FRESH` after that look began has a look of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ HEARTBEAT_INTERVAL: Final = 10.0
 is noticed (and logged) then, not only at the next batch, and the session is never idle
 long enough for MariaDB's ``wait_timeout`` of the lock session (`archivist.data.locks`),
 which is what frees the lock of a host that vanished."""
+PROBE_FRESH: Final = 0.05
+"""Seconds a look at a lock's session, started as a command ended, stands for the next
+command: a batch following at once (the worker neither rests nor lists) is not held up
+by it; one that follows later looks again."""
 MOVING_COMMANDS: Final = frozenset({"data/create", "data/copy", "data/delete", "data/relay"})
 """The worker's commands that write rows: each runs only under its collection's lock."""
 
@@ -58,7 +64,8 @@ class Movers:
         self._take = take
         self._collections = frozenset(collections)
         self._held: dict[str, HeldLock] = {}
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases: set[asyncio.Task[None] | asyncio.Task[bool]] = set()
+        """Tasks of ours still running (releases, looks at a lock), kept until they end."""
         self._heartbeat = heartbeat
         self._beats: dict[str, asyncio.Task[None]] = {}
         self._owners: dict[str, asyncio.Event] = {}
@@ -66,6 +73,9 @@ class Movers:
         self._lost_locks: set[str] = set()
         """Collections whose lock was lost while their task ran: taken again, if nobody
         else has it, before their next moving command."""
+        self._probes: dict[str, tuple[float, HeldLock, asyncio.Task[bool]]] = {}
+        """A look at each lock's session started as a command ended: when, and on which
+        lock (`PROBE_FRESH`)."""
 
     def holds(self, collection: str) -> bool:
         return collection in self._held
@@ -87,6 +97,7 @@ class Movers:
         """Let ``collection``'s lock go."""
         self._lost_locks.discard(collection)
         self._owners.pop(collection, None)
+        self._probes.pop(collection, None)
         beat = self._beats.pop(collection, None)
         if beat is not None and beat is not asyncio.current_task():
             beat.cancel()
@@ -126,6 +137,7 @@ class Movers:
         if self._held.get(collection) is not lock:
             return
         del self._held[collection]
+        self._probes.pop(collection, None)
         self._lost_locks.add(collection)
         task = asyncio.get_running_loop().create_task(lock.release())  # what is left of it
         self._releases.add(task)
@@ -171,7 +183,7 @@ class Movers:
         ):
             return await run()
         lock = self._held.get(collection)
-        if lock is not None and not await lock.alive():
+        if lock is not None and not await self._still_held(collection, lock):
             self._lost(collection, lock)
             lock = None
         if lock is None:
@@ -194,3 +206,19 @@ class Movers:
                 target,
                 time.time(),
             )
+            held = self._held.get(collection)
+            if held is not None and collection not in self._probes:
+                probe = asyncio.get_running_loop().create_task(held.alive())
+                self._probes[collection] = (time.monotonic(), held, probe)
+                self._releases.add(probe)  # kept until it ends, whether used or not
+                probe.add_done_callback(self._releases.discard)
+
+    async def _still_held(self, collection: str, lock: HeldLock) -> bool:
+        """Whether ``lock`` is held still: by the look started as the last command ended,
+        if it began within `PROBE_FRESH`, else by a look now."""
+        probe = self._probes.pop(collection, None)
+        if probe is not None:
+            began, probed, looking = probe
+            if probed is lock and time.monotonic() - began <= PROBE_FRESH:
+                return await looking
+        return await lock.alive()
