@@ -10,6 +10,7 @@ check of a 20,000- and a 200,000-row table.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -332,6 +333,31 @@ def test_an_age_policy_reads_only_the_rows_older_than_its_cutoff(
     assert max(read) <= bound[engine], read
 
 
+async def start_a_task(data: DataDaemon, tmp: Path, rows: int) -> tuple[int, int]:
+    """Queue a task of ``rows`` rows (no worker) and count as its worker would: the rows
+    queued and counted."""
+    await data.start()
+    daemon = ArchiveDaemon(data, data.policies(), DaemonOptions(tmp / "unused.sock"))
+    try:
+        record = await daemon.submit("events", rows)
+        count = {"collection": "events", "dbHandle": "primary", "limit": rows}
+        counted = await data.execute("data/count", count)
+        return record.max_rows, int(counted["count"])  # type: ignore[call-overload]
+    finally:
+        await daemon.movers.release_all()
+        await data.close()
+
+
+async def count_all(data: DataDaemon) -> object:
+    await data.start()
+    try:
+        return (await data.execute("data/count", {"collection": "events", "dbHandle": "primary"}))[
+            "count"
+        ]
+    finally:
+        await data.close()
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_task_starts_reading_its_own_rows_not_the_table(
@@ -353,37 +379,20 @@ def test_a_task_starts_reading_its_own_rows_not_the_table(
         tmp = tmp_path / str(rows)
         tmp.mkdir()
         data = daemon_for(url, tmp, policy(max_rows=1_000_000))
-        count = {"collection": "events", "dbHandle": "primary"}
-
-        async def start() -> tuple[int, int]:
-            await data.start()
-            daemon = ArchiveDaemon(data, data.policies(), DaemonOptions(tmp / "unused.sock"))
-            try:
-                record = await daemon.submit("events", task)
-                counted = await data.execute("data/count", {**count, "limit": task})
-                return record.max_rows, int(counted["count"])  # type: ignore[call-overload]
-            finally:
-                await daemon.movers.release_all()
-                await data.close()
-
         # A bounded count may scan: it stops after the task's rows.
         cost, queued = rows_read_by(
-            engine, url, data, lambda: asyncio.run(start()), steps, scans=True
+            engine,
+            url,
+            data,
+            functools.partial(asyncio.run, start_a_task(data, tmp, task)),
+            steps,
+            scans=True,
         )
         assert queued == (task, task)
         read.append(cost)
-
         whole = daemon_for(url, tmp, policy(max_rows=1_000_000))
-
-        async def count_all() -> object:
-            await whole.start()
-            try:
-                return (await whole.execute("data/count", count))["count"]
-            finally:
-                await whole.close()
-
         everything, counted = rows_read_by(
-            engine, url, whole, lambda: asyncio.run(count_all()), steps, scans=True
+            engine, url, whole, functools.partial(asyncio.run, count_all(whole)), steps, scans=True
         )
         assert counted == rows
         assert everything >= rows // (100 if engine == "sqlite" else 1), everything
