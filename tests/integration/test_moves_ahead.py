@@ -68,7 +68,7 @@ def pair(
 
 
 def moves_in_a_row(
-    primary: str, archive: str, aheads: list[bool], caplog: pytest.LogCaptureFixture
+    primary: str, archive: str, aheads: list[bool | int], caplog: pytest.LogCaptureFixture
 ) -> list[Any]:
     """One move of 10 rows per entry of ``aheads`` (its ``ahead``), each after the last;
     the data layer's transfer logs captured meanwhile."""
@@ -112,6 +112,24 @@ def test_the_page_moved_ahead_is_claimed_by_the_request_for_it(
     assert claimed == 4, caplog.text
     assert ids_in(primary) == before[50:]
     assert ids_in(archive) == before[:50]
+
+
+@pytest.mark.timeout(120)
+def test_no_page_is_moved_ahead_past_the_rows_the_caller_says_will_follow(
+    pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ahead`` as the rows still to be asked for after each page (the worker's): the
+    last pages of a task are claimed, and none past its end is moved, held and rolled
+    back (with ``true`` the daemon moves two pages ahead whatever follows)."""
+    primary, archive = pair
+    before = ids_in(primary)
+
+    answers = moves_in_a_row(primary, archive, [30, 20, 10, 0], caplog)
+    assert [ids_of(answer) for answer in answers] == [before[i : i + 10] for i in range(0, 40, 10)]
+    assert caplog.text.count("a page moved ahead was claimed") == 3, caplog.text
+    assert "a move ahead failed" not in caplog.text, caplog.text
+    assert ids_in(primary) == before[40:]
+    assert ids_in(archive) == before[:40]
 
 
 @pytest.mark.timeout(120)

@@ -358,13 +358,15 @@ def test_progress_is_reported_as_rows_go() -> None:
 def test_the_next_page_is_moved_ahead_only_while_the_task_does_not_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``ahead`` tells the daemon the next page will be asked for at once: true while no
-    rest comes between batches and more rows are to move; after a rest (a pause, or
-    yielding to the application) the daemon would hold pages nobody asks for in time."""
+    """``ahead`` tells the daemon how many rows will be asked for at once after this page:
+    the task's rows after it while no rest comes between batches; after a rest (a pause,
+    or yielding to the application) none, since the daemon would hold pages nobody asks
+    for in time."""
     daemon = _daemon(_rows(50), copy="move")
-    assert _run(daemon, _task(50, 10)) == Outcome("success", 50)
+    assert _run(daemon, _task(45, 10)) == Outcome("success", 45)
     aheads = [call.get("ahead") for call in daemon.called("data/copy")]
-    assert aheads == [True, True, True, True, False]  # nothing follows the last page
+    # The last page is of 5 rows: nothing follows it, and no full page of 10 the fourth.
+    assert aheads == [35, 25, 15, 5, 0]
 
     async def no_sleep(self: Pacer, seconds: float) -> None:
         await asyncio.sleep(0)
@@ -376,4 +378,4 @@ def test_the_next_page_is_moved_ahead_only_while_the_task_does_not_rest(
     aheads = [call.get("ahead") for call in daemon.called("data/copy")]
     # The first two are asked before the first rest (the second as soon as the first is
     # answered); every one after it, no longer.
-    assert aheads == [True, True, False, False, False]
+    assert aheads == [40, 30, 0, 0, 0]

@@ -93,10 +93,12 @@ class CopyParams(ListParams, kw_only=True):
     """Also delete the copied rows from the source, in the copy's transaction, where the
     daemon can (`archivist.data.transfer.attached.MOVES`); the answer then says how many
     went (``deleted``)."""
-    ahead: bool = False
+    ahead: bool | Annotated[int, msgspec.Meta(ge=0)] = False
     """With ``move``: the caller asks for the page after this one (these parameters, the
     cursor answered) as soon as it has the answer, so the daemon may move that page
-    meanwhile and hold it uncommitted until asked for (`archivist.data.transfer.ahead`)."""
+    meanwhile and hold it uncommitted until asked for (`archivist.data.transfer.ahead`).
+    An integer: how many rows the caller will still ask for after this page, the most the
+    daemon moves ahead (in whole pages of ``limit``); ``true``: as many as it likes."""
 
 
 P = TypeVar("P", bound=msgspec.Struct)

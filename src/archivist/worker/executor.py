@@ -331,7 +331,7 @@ class _TaskRun:
         return max(1, min(self.sizer.size, self.remaining - in_flight))
 
     async def _list(
-        self, cursor: JSONObject | None, limit: int | None = None, following: bool | None = None
+        self, cursor: JSONObject | None, limit: int | None = None, following: int | None = None
     ) -> Batch:
         """The oldest rows still to move (``limit`` of them, by default `_limit`), or those
         just past ``cursor``."""
@@ -413,7 +413,7 @@ class _TaskRun:
         self._count_skips(1 - deleted, 1)
         await self._moved(deleted)
 
-    async def _copy_in_database(self, params: JSONObject, following: bool) -> JSONObject | None:
+    async def _copy_in_database(self, params: JSONObject, following: int) -> JSONObject | None:
         """List and copy the next rows in one call, inside the database, and delete them
         in the same transaction where the daemon can (``move``: the answer says how many
         went); None when the daemon cannot copy for this task's handles (then rows go
@@ -456,11 +456,14 @@ class _TaskRun:
         limit = self._limit(in_flight)
         return asyncio.create_task(self._list(cursor, limit, self._following(in_flight, limit)))
 
-    def _following(self, in_flight: int, limit: int) -> bool:
-        """Whether more rows will follow a page of ``limit`` rows, asked for as soon as it
-        is answered (``in_flight`` rows are being moved meanwhile): unless the task rests
-        between its batches, the daemon may move them meanwhile (``ahead``)."""
-        return self.remaining - in_flight - limit > 0 and not self.pacer.rested
+    def _following(self, in_flight: int, limit: int) -> int:
+        """How many rows will follow a page of ``limit`` rows, asked for as soon as it is
+        answered (``in_flight`` rows are being moved meanwhile): unless the task rests
+        between its batches, the daemon may move up to as many meanwhile (``ahead``), and
+        none past the task's end."""
+        if self.pacer.rested:
+            return 0
+        return max(0, self.remaining - in_flight - limit)
 
     async def _write(self, batch: Batch, *, defer: bool) -> bool:
         """Copy and verify one listed batch and delete the one copied before it, at once;

@@ -120,6 +120,14 @@ def hold(ahead: Ahead | None, stands: bool) -> None:
         raise Dropped
 
 
+def depth(ahead: bool | int, limit: int) -> int:
+    """How many pages of ``limit`` rows may be moved ahead of a request whose ``ahead`` is
+    this: `DEPTH`, and no more whole pages than the rows the caller says will follow."""
+    if ahead is True:
+        return DEPTH
+    return min(DEPTH, int(ahead) // limit)
+
+
 def signature(params: JSONObject, cursor: JSONObject | None = None) -> str:
     """A ``data/copy`` request's parameters as one text, ``ahead`` left out; with
     ``cursor``, those of the request for the page after it."""

@@ -278,14 +278,14 @@ class Transfers:
 
     def _start_ahead(self, slot: tuple[str, str, str], going: _Going, page: Page) -> None:
         """Start moving the page after ``page`` (a full one) ahead of its request, unless
-        `ahead.DEPTH` moves are held ahead for this collection already; each, once it has
-        read its page, starts the next."""
+        as many moves as `ahead.depth` allows are held ahead for this collection already;
+        each, once it has read its page, starts the next."""
         keys, last = page
         p, info = going.p, going.info
         if self._closing:
             return
         queue = self._held.setdefault(slot, [])
-        if len(queue) >= ahead.DEPTH or len(keys) < p.limit:
+        if len(queue) >= ahead.depth(p.ahead, p.limit) or len(keys) < p.limit:
             return
         cursor = _cursor_after(info, going.names, going.order, last)
         if cursor is None:
