@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
+
 Mode = Literal["move", "copy", "purge"]
 MODES: Final = ("move", "copy", "purge")
 TimeUnit = Literal["s", "ms"]
@@ -28,8 +30,7 @@ _ISO: Final = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Duration:
+class Duration(msgspec.Struct, frozen=True):
     """A length of time: calendar months (years are 12) plus a fixed number of seconds."""
 
     months: int = 0
@@ -104,8 +105,7 @@ def utc_now() -> dt.datetime:
 _WINDOW: Final = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(msgspec.Struct, frozen=True):
     """A daily time window ``HH:MM-HH:MM`` in a time zone; it may cross midnight
     (``22:00-04:00``). The start is inside, the end outside."""
 
@@ -312,8 +312,7 @@ def with_condition(
 Basis = Literal["age", "count", "copy", "none"]
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """What one check of a policy queues: ``rows`` rows, chosen by ``basis``: "age" (every
     row older than the cutoff), "count" (the oldest rows over ``max_rows``), "copy" (the
     rows a copy policy has not copied yet), or none."""

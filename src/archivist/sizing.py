@@ -7,8 +7,9 @@ daemon's start-up does not need it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 from archivist.errors import BadAnswer
 
@@ -20,8 +21,7 @@ it. InnoDB's estimate may be off by up to ~50% in either direction (its manual s
 Method = Literal["bound", "estimate", "count"]
 
 
-@dataclass(frozen=True)
-class Size:
+class Size(msgspec.Struct, frozen=True):
     """A table's size as measured: ``rows`` (exact when ``exact``; otherwise an estimate,
     or None when none was to be had), and how it was found."""
 

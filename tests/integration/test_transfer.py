@@ -12,11 +12,11 @@ import math
 import sqlite3
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from msgspec.structs import replace
 
 from archivist.data import DataDaemon, handles, slicing
 from archivist.data.columns import ColumnSpec, Kind

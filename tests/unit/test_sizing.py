@@ -3,9 +3,9 @@ is within ``max_rows``."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 
+import msgspec
 import pytest
 from rich.console import Console
 
@@ -93,5 +93,5 @@ def test_a_dry_run_marks_an_estimated_size() -> None:
     plan = ArchivePlan("events", "primary", "archive", 1000, 5000, 500, 100, 0, "exists")
     for exact, shown in ((True, "events on primary: 1,000 rows"), (False, "primary: ~1,000 rows")):
         console = Console(file=io.StringIO(), width=120)
-        print_plan(console, dataclasses.replace(plan, rows_exact=exact))
+        print_plan(console, msgspec.structs.replace(plan, rows_exact=exact))
         assert shown in console.file.getvalue()  # type: ignore[attr-defined]

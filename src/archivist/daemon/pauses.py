@@ -17,16 +17,16 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from archivist.errors import StillPaused
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Pause:
+class Pause(msgspec.Struct, frozen=True):
     by: str
     """Who paused: ``user@host/pid`` of the pausing command (or the embedding process)."""
     since: float

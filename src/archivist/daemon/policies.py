@@ -3,11 +3,12 @@ through, how many rows a check finds due (and the filter choosing them), and kee
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from archivist.daemon.keepup import KeepUp
 from archivist.daemon.movers import HeldLock
@@ -102,9 +103,9 @@ async def due(
             excess = policy.rows_to_archive(size.rows)
     decision = decide(excess=excess, aged=aged)
     if decision.basis == "age":
-        return dataclasses.replace(decision, source=aged), by_age
+        return msgspec.structs.replace(decision, source=aged), by_age
     if decision.basis == "count" and size is not None:
-        decision = dataclasses.replace(decision, source=size.rows)
+        decision = msgspec.structs.replace(decision, source=size.rows)
     return decision, everything
 
 

@@ -13,9 +13,10 @@ import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from archivist import logs
 from archivist.config import Config
@@ -54,8 +55,7 @@ def _import_data_layer() -> type[DataDaemon]:
     return DataDaemon
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(msgspec.Struct, frozen=True):
     """How to reach the worker: an existing socket, or a child process we start."""
 
     socket: Path | None = None

@@ -16,9 +16,10 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+import msgspec
 
 from archivist import logs, protocol
 from archivist.daemon.connection import WorkerConnection
@@ -54,8 +55,7 @@ DELETING_COMMANDS: Final = frozenset({"data/copy", "data/delete", "data/relay"})
 """The worker's commands whose answer's ``deleted`` counts rows a job moved off its source."""
 
 
-@dataclass(frozen=True)
-class DaemonOptions:
+class DaemonOptions(msgspec.Struct, frozen=True):
     socket_path: Path
     check_interval: float = 60.0
     health_interval: float = 30.0

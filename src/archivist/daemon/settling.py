@@ -16,8 +16,9 @@ source and reported: the policy does not ask for it to move.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from archivist.errors import BadAnswer
 from archivist.protocol import JSONObject
@@ -37,8 +38,7 @@ def look_depth(batch_size: int) -> int:
     return BATCHES_IN_FLIGHT * batch_size
 
 
-@dataclass(frozen=True)
-class InBoth:
+class InBoth(msgspec.Struct, frozen=True):
     """The rows a look found in both databases, by primary key, oldest first."""
 
     primary_key: str

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
@@ -161,8 +162,7 @@ def own_commit(connection: Connection) -> Iterator[None]:
             info[MINE] = info.get(MINE, 0) + 1
 
 
-@dataclass(frozen=True)
-class Look:
+class Look(msgspec.Struct, frozen=True):
     """What one look at ``PRAGMA data_version`` on a SQLite connection tells."""
 
     changed: bool

@@ -42,8 +42,7 @@ class Widths:
             self.seen[(handle, table)] = size / rows
 
 
-@dataclass(frozen=True)
-class Fit:
+class Fit(msgspec.Struct, frozen=True):
     rows: int
     """How many of the items, from the first, fit."""
     size: int

@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from dataclasses import dataclass, replace
 from decimal import Decimal
 from types import ModuleType
 from typing import Any, Final, cast
 
+import msgspec
 import sqlalchemy as sa
+from msgspec.structs import replace
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
@@ -48,8 +49,7 @@ class Kind(enum.StrEnum):
     OTHER = "other"  # read as text, cannot be mirrored into an archive table
 
 
-@dataclass(frozen=True)
-class ColumnSpec:
+class ColumnSpec(msgspec.Struct, frozen=True):
     """One column, engine-neutral: enough to encode its values and to recreate it elsewhere."""
 
     name: str

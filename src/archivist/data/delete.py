@@ -10,9 +10,9 @@ import functools
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -219,8 +219,7 @@ def delete_in_slices(
     return deleted, left
 
 
-@dataclass(frozen=True)
-class _GuardedDelete:
+class _GuardedDelete(msgspec.Struct, frozen=True):
     """Statements over a fixed number of rows of stored values (SQLite): which rows still
     hold them, and the delete of those. ``(VALUES (...), ...) AS g JOIN t ON t.pk = g.pk``
     finds each row by its key (the key's own index); the guard then asks for the very stored

@@ -6,9 +6,9 @@ bound parameter.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -52,8 +52,7 @@ def chunks(values: Sequence[_T], size: int = KEY_CHUNK) -> Iterator[Sequence[_T]
         yield values[start : start + size]
 
 
-@dataclass(frozen=True)
-class SortKey:
+class SortKey(msgspec.Struct, frozen=True):
     field: str
     direction: Direction = "asc"
 

@@ -6,8 +6,8 @@ batch; without one, every batch scans (and sorts) the whole table.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -15,8 +15,7 @@ PRIMARY_KEY = "PRIMARY KEY"
 """How the primary key is named when it is the index used and has no name of its own."""
 
 
-@dataclass(frozen=True)
-class Index:
+class Index(msgspec.Struct, frozen=True):
     """One index as reflected: its name (None when the database gives it none) and columns
     (None for an expression)."""
 

@@ -5,7 +5,6 @@ optionally bound so one statement serves every page of a shape) and the cursor's
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -65,8 +64,7 @@ def position_params(position: Sequence[object], limit: int) -> dict[str, object]
     return params
 
 
-@dataclass(frozen=True)
-class ListQuery:
+class ListQuery(msgspec.Struct, frozen=True):
     """A ``data/list`` query over one table (`build`), run in a transaction (`run`)."""
 
     query: sa.Select[Any]
@@ -74,7 +72,7 @@ class ListQuery:
     table: sa.Table
     stored: bool
     """Also read each row's stored form."""
-    params: Mapping[str, object] = field(default_factory=dict)
+    params: Mapping[str, object] = msgspec.field(default_factory=dict)
     """The query's parameters, when built with ``bound``."""
 
     @classmethod

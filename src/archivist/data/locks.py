@@ -28,9 +28,9 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -62,8 +62,7 @@ _PLAIN: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 # --- pure parts -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(msgspec.Struct, frozen=True):
     """Who holds a mover lock: a host and process, since when (epoch seconds)."""
 
     host: str

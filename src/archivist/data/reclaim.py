@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
 from sqlalchemy.engine import Engine
 
 from archivist.data.handles import Handle
@@ -29,8 +29,7 @@ SQLITE_INCREMENTAL = 2
 """``PRAGMA auto_vacuum`` of a file that frees pages on ``PRAGMA incremental_vacuum``."""
 
 
-@dataclass(frozen=True)
-class Reclaimed:
+class Reclaimed(msgspec.Struct, frozen=True):
     """What a reclaim did: the statements run (none when the engine had nothing it could
     run without blocking), what they said, and how long it took."""
 

@@ -12,9 +12,9 @@ second: a delete keeps every row still referenced (`guard_clause`, `guard_sql`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -33,8 +33,7 @@ REF_ALIAS: Final = "archivist_ref"
 a table that references itself is read as the other rows, not the row being deleted."""
 
 
-@dataclass(frozen=True)
-class ForeignKey:
+class ForeignKey(msgspec.Struct, frozen=True):
     """One foreign key: ``child.columns`` reference ``parent.referred``."""
 
     name: str | None
@@ -63,8 +62,7 @@ class ForeignKey:
         )
 
 
-@dataclass(frozen=True)
-class Trigger:
+class Trigger(msgspec.Struct, frozen=True):
     name: str
     timing: str
     """``BEFORE``, ``AFTER`` or ``INSTEAD OF``."""
@@ -73,8 +71,7 @@ class Trigger:
         return f"{self.name} ({self.timing} DELETE)"
 
 
-@dataclass(frozen=True)
-class Relations:
+class Relations(msgspec.Struct, frozen=True):
     """What points at a table (``inbound``: its children, itself included when it
     references itself), what it points at (``outbound``), and its ``ON DELETE`` triggers."""
 
@@ -146,8 +143,7 @@ def kept_reason(refs: Sequence[ForeignKey]) -> str:
     return f"still referenced by {shown}"
 
 
-@dataclass(frozen=True)
-class ChildTable:
+class ChildTable(msgspec.Struct, frozen=True):
     """A named child in the tree a policy moves: ``table.column`` references its parent's
     primary key ``references``; its own named children below it."""
 

@@ -24,9 +24,9 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 from sqlalchemy.engine import Connection
 
 from archivist.data.handles import Handle
@@ -46,8 +46,7 @@ SETTLE: Final = 0.5
 counts as a lag (see `standby_lag`)."""
 
 
-@dataclass(frozen=True)
-class Lag:
+class Lag(msgspec.Struct, frozen=True):
     """One replica's reading: ``seconds`` behind its source, or a ``problem`` that makes it
     count as lagging without a figure (unreachable, not replaying, not a replica)."""
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -158,8 +159,7 @@ def require_single_pk(info: TableInfo) -> str | None:
 # --- archive tables -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SchemaChange:
+class SchemaChange(msgspec.Struct, frozen=True):
     """What ``plan_archive_table`` decided: create the table, add columns, or nothing."""
 
     create: bool = False

@@ -9,9 +9,9 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -56,8 +56,7 @@ from archivist.sizing import Size
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ArchivePlan:
+class ArchivePlan(msgspec.Struct, frozen=True):
     """What archiving a collection now would do (``archivist archive --dry-run``)."""
 
     collection: str

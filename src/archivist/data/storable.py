@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from archivist.data.columns import ColumnSpec, Kind
 
@@ -62,8 +63,7 @@ def _float_word(value: object) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Unstorable:
+class Unstorable(msgspec.Struct, frozen=True):
     """One row's value that its destination cannot store."""
 
     key: object

@@ -43,8 +43,7 @@ Stored: TypeAlias = tuple[object, ...]
 Layout: TypeAlias = tuple[object, ...]
 
 
-@dataclass(frozen=True)
-class StoredForm:
+class StoredForm(msgspec.Struct, frozen=True):
     """How to read a table's rows in both forms: its columns, then again, without type
     processing, each column the dialect converts on reading (timestamps, JSON)."""
 

@@ -13,7 +13,6 @@ the config, the CLI and the worker can all import it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Final, get_args, get_origin, get_type_hints
 
 import msgspec
@@ -201,8 +200,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
         return args
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(msgspec.Struct, frozen=True):
     """One row of the table, as the CLI needs it."""
 
     name: str

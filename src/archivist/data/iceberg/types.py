@@ -9,7 +9,6 @@ a precision of at most 38 are kept as their exact text. The kinds travel with th
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -86,12 +85,13 @@ def decimal_as_text(spec: ColumnSpec) -> bool:
 
 def specs_property(specs: Iterable[ColumnSpec]) -> str:
     """The ``archivist.columns`` property of a table of these columns."""
-    defaults = {f.name: f.default for f in dataclasses.fields(ColumnSpec)}
+    names, given = ColumnSpec.__struct_fields__, ColumnSpec.__struct_defaults__
+    defaults = dict(zip(names[len(names) - len(given) :], given, strict=True))
     return json.dumps(
         [
             {
                 k: v
-                for k, v in dataclasses.asdict(spec).items()
+                for k, v in msgspec.structs.asdict(spec).items()
                 if k in ("name", "kind") or v != defaults[k]
             }
             for spec in specs

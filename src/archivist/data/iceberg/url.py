@@ -5,10 +5,11 @@ where its data files go (``warehouse``), and where a task stages rows before a c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlsplit
+
+import msgspec
 
 from archivist.errors import ConfigError
 
@@ -30,8 +31,7 @@ def is_lake_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SCHEMES
 
 
-@dataclass(frozen=True)
-class LakeURL:
+class LakeURL(msgspec.Struct, frozen=True):
     """A parsed ``iceberg+...`` URL."""
 
     catalog_url: str

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, CursorResult
@@ -36,8 +36,7 @@ _KEY_MARKS: Final = "__[POSTCOMPILE_keys]"
 each call)."""
 
 
-@dataclass(frozen=True)
-class ByKeys:
+class ByKeys(msgspec.Struct, frozen=True):
     """A statement whose one parameter is an expanding list of keys (``:keys``), compiled
     once, run with the keys as the driver's positional parameters: SQLAlchemy's expansion
     of the list at each call costs Python time on every statement of every batch."""
@@ -102,8 +101,7 @@ class ByKeys:
         return connection.exec_driver_sql(self.sized(len(keys)), tuple(self.bind(keys)))
 
 
-@dataclass(frozen=True)
-class Attached:
+class Attached(msgspec.Struct, frozen=True):
     """A collection's statements on a link whose connections reach both databases."""
 
     source: TableInfo

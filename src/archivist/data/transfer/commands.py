@@ -6,10 +6,8 @@ with the runner of the link's kind (`attached` or `piped_pg`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import msgspec
@@ -226,7 +224,7 @@ class Transfers:
             cached = (statements, pages_for(info, p, prepared.order_by, link))
         elif cached is None or cached[0] is not statements:
             cached = self._pages[shape] = (statements, pages_for(info, p, prepared.order_by, link))
-        return dataclasses.replace(cached[1], params=position_params(position, p.limit))
+        return msgspec.structs.replace(cached[1], params=position_params(position, p.limit))
 
     async def _move(
         self, going: _Going
@@ -391,8 +389,7 @@ def _moves(statements: Statements) -> bool:
     return isinstance(statements, Streamed) and statements.take is not None
 
 
-@dataclass(frozen=True)
-class _Going:
+class _Going(msgspec.Struct, frozen=True):
     """A ``data/copy`` that moves its page: what moving it, or the page after it, takes."""
 
     p: CopyParams
@@ -412,8 +409,7 @@ class _Going:
         return self.prepared.statements
 
 
-@dataclass(frozen=True)
-class _Prepared:
+class _Prepared(msgspec.Struct, frozen=True):
     order_by: str
     link: Link
     statements: Statements

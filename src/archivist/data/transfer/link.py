@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
@@ -25,8 +25,7 @@ STREAMS: Final = frozenset({"sqlite", "postgresql", "mysql", "mariadb"})
 """The schema name under which a SQLite source's connections attach the destination file."""
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(msgspec.Struct, frozen=True):
     """How the daemon reaches both databases of a (source, destination) pair."""
 
     runner: Handle

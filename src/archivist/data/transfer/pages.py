@@ -4,11 +4,10 @@ after the cursor, and the last row's order value (the next cursor), read in one 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -27,8 +26,7 @@ EXACT_MAX: Final = frozenset({Kind.INTEGER, Kind.DECIMAL, Kind.DATE, Kind.DATETI
 makes two different values of these kinds compare equal."""
 
 
-@dataclass(frozen=True)
-class Pages:
+class Pages(msgspec.Struct, frozen=True):
     """How ``data/copy`` reads the next page: its keys alone, then the last row's key and
     order value (the cursor), both in one snapshot of the source."""
 
@@ -43,7 +41,7 @@ class Pages:
     joined: sa.Select[Any, Any, Any, Any] | None = None
     """Instead of both (`_joined_page`): the keys joined in one value, the last row's order
     value and the page's size, in one statement (so in one snapshot)."""
-    params: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    params: Mapping[str, object] = msgspec.field(default_factory=dict)
     """Which page: the parameters of `keys` and `joined` (`position_params`)."""
     digested: sa.Select[Any, Any, Any, Any, Any] | None = None
     """PostgreSQL, with `joined`: the same and the digest of the page's rows
@@ -55,7 +53,7 @@ class Pages:
         if self.snapshot is None:
             return self
         connection.exec_driver_sql(self.snapshot)
-        return dataclasses.replace(self, snapshot=None)
+        return msgspec.structs.replace(self, snapshot=None)
 
     def read_digested(
         self, connection: Connection

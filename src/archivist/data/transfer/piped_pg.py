@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Final, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class Piped:
+class Piped(msgspec.Struct, frozen=True):
     """A collection's statements between two PostgreSQL databases (psycopg's ``%s``)."""
 
     source: TableInfo

@@ -7,9 +7,9 @@ its keys on each engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType
@@ -46,8 +46,7 @@ def keyed(
     return statement.replace("{keys}", f"IN ({', '.join(['%s'] * len(keys))})"), bound
 
 
-@dataclass(frozen=True)
-class HashedTake:
+class HashedTake(msgspec.Struct, frozen=True):
     """A move's delete on a server that answers each row deleted with the MD5 of its
     canonical text (`canonical.row_text_sql`), computed by the server from the very row it
     deletes: the batch's digest is then the digest of those hashes, and Python writes no
@@ -134,8 +133,7 @@ class HashedTake:
         return rows, (canonical.digest_of_hashes(hashes), len(hashes))
 
 
-@dataclass(frozen=True)
-class StoredRows:
+class StoredRows(msgspec.Struct, frozen=True):
     """A SQLite table's rows read straight from the driver's cursor, as stored, with no
     per-row type processing: a column's result processor (the one SQLAlchemy would apply)
     runs only where a stored value is not already what the digest and the writer take. A

@@ -14,9 +14,9 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -60,8 +60,7 @@ _BESIDE: Final = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archivist
 """Threads for a source's statement run while the destination works (`_move_formatted`)."""
 
 
-@dataclass(frozen=True)
-class Streamed:
+class Streamed(msgspec.Struct, frozen=True):
     """A collection's statements between two databases on different servers or engines."""
 
     source: TableInfo
