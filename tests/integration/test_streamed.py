@@ -445,3 +445,41 @@ def test_a_postgresql_page_with_a_date_mariadb_does_not_hold_is_not_formatted(
     found = run(go())
     assert found[1] is not None and found[1][1][1] == 1
     assert [found[key] for key in (2, 3, 4, 5)] == [None, None, None, None]
+
+
+INTO_PG = [("sqlite", "postgresql"), ("mysql", "postgresql")]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("source", "dest"), INTO_PG, ids=[f"{s}-{d}" for s, d in INTO_PG])
+def test_a_page_over_older_copies_in_postgresql_replaces_them_in_a_second_transaction(
+    fresh_db: Callable[[str], str], second_db: Callable[[str], str], source: str, dest: str
+) -> None:
+    """Into PostgreSQL the rows go straight in by COPY; where an interrupted run left older
+    copies of some of them, that COPY fails on their keys and is taken back whole, and the
+    page goes again through a session table that overwrites by key: the copies then equal
+    their rows, none is doubled, and the move (from MariaDB) deletes the page."""
+    primary, archive = url(fresh_db, second_db, source, 0), url(fresh_db, second_db, dest, 1)
+    create_table(primary, "kinds", KINDS)
+
+    async def go() -> tuple[Any, ...]:
+        daemon = daemon_for(primary, archive)
+        await daemon.start()
+        try:
+            await call(daemon, "data/create", items=[item(i) for i in range(1, 31)])
+            before = await listed(daemon, "primary")
+            await call(daemon, "data/copy", destHandle="archive", limit=10)
+            sql(archive, "UPDATE kinds SET name = 'older' WHERE id <= 5")
+            sql(archive, "DELETE FROM kinds WHERE id > 7")  # some copies, not all of them
+            again = await call(daemon, "data/copy", destHandle="archive", limit=20, move=True)
+            return before, again, await listed(daemon, "archive"), await listed(daemon, "primary")
+        finally:
+            await daemon.close()
+
+    before, again, copies, left = run(go())
+    assert again["copied"] == 20
+    assert set(copies) == set(range(1, 21))
+    assert {key: copies[key] for key in copies} == {key: before[key] for key in range(1, 21)}
+    if source == "mysql":  # a move deletes the page; from SQLite the copy is kept apart
+        assert again["deleted"] == 20
+        assert set(left) == set(range(21, 31))
